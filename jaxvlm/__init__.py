@@ -1,0 +1,8 @@
+"""jaxvlm: CLIP, SigLIP and CoCa image-text models in JAX."""
+
+from jaxvlm.api import Model, load
+from jaxvlm.errors import InputError
+from jaxvlm.models.registry import list_models
+
+__all__ = ["InputError", "Model", "list_models", "load"]
+__version__ = "0.1.0"

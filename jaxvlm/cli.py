@@ -1,0 +1,106 @@
+"""The `jaxvlm` command. Bad input gives one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from jaxvlm.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + error; we print one line
+        raise InputError(f"{self.prog}: {message}")
+
+
+def cmd_list(args) -> None:
+    from jaxvlm.models.registry import list_models
+
+    print("\n".join(list_models()))
+
+
+def cmd_convert(args) -> None:
+    from jaxvlm.convert import convert
+
+    convert(args.source, args.src, args.out, model_name=args.model, tokenizer=args.tokenizer)
+    print(f"wrote {args.out}")
+
+
+def cmd_embed(args) -> None:
+    import numpy as np
+
+    if args.images is None and args.texts is None:
+        raise InputError("embed needs --images and/or --texts")
+    if args.images is not None and not args.images:
+        raise InputError("empty image list: give at least one image after --images")
+    if args.texts is not None and not args.texts:
+        raise InputError("empty text list: give at least one text after --texts")
+    if not args.out.suffix == ".npz":
+        raise InputError(f"--out must name a .npz file, got {args.out}")
+    import jaxvlm
+
+    model = jaxvlm.load(args.model_dir)
+    arrays = {}
+    if args.images is not None:
+        arrays["image_embeds"] = model.encode_image(model.preprocess(args.images))
+    if args.texts is not None:
+        arrays["text_embeds"] = model.encode_text(model.tokenize(args.texts))
+    if len(arrays) == 2:
+        arrays["logits"] = model.logits(arrays["image_embeds"], arrays["text_embeds"])
+    _write_npz_atomically(args.out, arrays)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+
+
+def _write_npz_atomically(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jaxvlm", description="CLIP / SigLIP image-text models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="list the named architectures")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("convert", help="convert an open_clip / HF / big_vision checkpoint into a model directory")
+    p.add_argument("--from", dest="source", required=True, choices=("open_clip", "hf", "big_vision"))
+    p.add_argument("src", type=Path, help="weights file (.safetensors/.bin/.pt/.npz) or HF model directory")
+    p.add_argument("out", type=Path, help="model directory to create (must not exist, or be empty)")
+    p.add_argument("--model", help="architecture name (required for open_clip; optional check for the others)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer file when the source does not carry one")
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("embed", help="embed images and/or texts with a model directory")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--images", nargs="*", type=Path)
+    p.add_argument("--texts", nargs="*")
+    p.add_argument("--out", type=Path, required=True, help=".npz with image_embeds, text_embeds, logits")
+    p.set_defaults(run=cmd_embed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.run(args)
+    except InputError as e:
+        print(f"jaxvlm: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

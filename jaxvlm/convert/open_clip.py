@@ -1,0 +1,129 @@
+"""open_clip state dicts -> jaxvlm: the OpenAI-style CLIP ViTs and the timm-based SigLIP models.
+
+`model_name` is the open_clip architecture name (the same names as `jaxvlm list`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxvlm.convert.common import (Converted, SourceKeys, attention_params, check_params, conv, dense, layer_norm,
+                                   read_weights, stack_layers, strip_prefix)
+from jaxvlm.errors import InputError
+from jaxvlm.models.registry import get_architecture
+from jaxvlm.tokenizers import CLIP_BPE_FILE
+
+# Buffers that are not parameters: older checkpoints (and OpenAI's own) carry them.
+NON_PARAMETERS = ("attn_mask", "input_resolution", "context_length", "vocab_size", "text.attn_mask")
+
+
+def _residual_blocks(src: SourceKeys, name: str, heads: int):
+    """open_clip ResidualAttentionBlock (packed in_proj) -> one jaxvlm Block."""
+
+    def one(i: int) -> dict[str, np.ndarray]:
+        p = f"{name}.{i}"
+        qkv_w = np.split(src.take(f"{p}.attn.in_proj_weight"), 3)
+        qkv_b = np.split(src.take(f"{p}.attn.in_proj_bias"), 3)
+        return {
+            **layer_norm(src, f"{p}.ln_1", "norm1"),
+            **attention_params("attn", *zip(qkv_w, qkv_b), src.take(f"{p}.attn.out_proj.weight"),
+                               src.take(f"{p}.attn.out_proj.bias"), heads),
+            **layer_norm(src, f"{p}.ln_2", "norm2"),
+            **dense(src, f"{p}.mlp.c_fc", "mlp/fc1"),
+            **dense(src, f"{p}.mlp.c_proj", "mlp/fc2"),
+        }
+
+    return one
+
+
+def _timm_blocks(src: SourceKeys, name: str, heads: int):
+    """timm ViT Block (packed qkv) -> one jaxvlm Block."""
+
+    def one(i: int) -> dict[str, np.ndarray]:
+        p = f"{name}.{i}"
+        qkv_w = np.split(src.take(f"{p}.attn.qkv.weight"), 3)
+        qkv_b = np.split(src.take(f"{p}.attn.qkv.bias"), 3)
+        return {
+            **layer_norm(src, f"{p}.norm1", "norm1"),
+            **attention_params("attn", *zip(qkv_w, qkv_b), src.take(f"{p}.attn.proj.weight"),
+                               src.take(f"{p}.attn.proj.bias"), heads),
+            **layer_norm(src, f"{p}.norm2", "norm2"),
+            **dense(src, f"{p}.mlp.fc1", "mlp/fc1"),
+            **dense(src, f"{p}.mlp.fc2", "mlp/fc2"),
+        }
+
+    return one
+
+
+def _openai_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
+    v = cfg.vision
+    return {
+        "img/patch_embed/kernel": conv(src.take("visual.conv1.weight")),
+        "img/cls": src.take("visual.class_embedding").reshape(1, 1, -1),
+        "img/pos_embed": src.take("visual.positional_embedding")[None],
+        **layer_norm(src, "visual.ln_pre", "img/pre_norm"),
+        **stack_layers(v.depth, _residual_blocks(src, "visual.transformer.resblocks", v.heads), "img/encoder/blocks"),
+        **layer_norm(src, "visual.ln_post", "img/final_norm"),
+        "img/proj/kernel": src.take("visual.proj"),
+    }
+
+
+def _timm_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
+    v = cfg.vision
+    q_w, q_b = src.take("visual.trunk.attn_pool.q.weight"), src.take("visual.trunk.attn_pool.q.bias")
+    k_w, v_w = np.split(src.take("visual.trunk.attn_pool.kv.weight"), 2)
+    k_b, v_b = np.split(src.take("visual.trunk.attn_pool.kv.bias"), 2)
+    return {
+        "img/patch_embed/kernel": conv(src.take("visual.trunk.patch_embed.proj.weight")),
+        "img/patch_embed/bias": src.take("visual.trunk.patch_embed.proj.bias"),
+        "img/pos_embed": src.take("visual.trunk.pos_embed"),
+        **stack_layers(v.depth, _timm_blocks(src, "visual.trunk.blocks", v.heads), "img/encoder/blocks"),
+        **layer_norm(src, "visual.trunk.norm", "img/final_norm"),
+        "img/map_head/probe": src.take("visual.trunk.attn_pool.latent"),
+        **attention_params("img/map_head/attn", (q_w, q_b), (k_w, k_b), (v_w, v_b),
+                           src.take("visual.trunk.attn_pool.proj.weight"),
+                           src.take("visual.trunk.attn_pool.proj.bias"), v.heads),
+        **layer_norm(src, "visual.trunk.attn_pool.norm", "img/map_head/norm"),
+        **dense(src, "visual.trunk.attn_pool.mlp.fc1", "img/map_head/mlp/fc1"),
+        **dense(src, "visual.trunk.attn_pool.mlp.fc2", "img/map_head/mlp/fc2"),
+    }
+
+
+def _text(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
+    t = cfg.text
+    p = "text." if "text.token_embedding.weight" in src else ""  # CustomTextCLIP nests the tower
+    params = {
+        "txt/token_embed/embedding": src.take(f"{p}token_embedding.weight"),
+        "txt/pos_embed": src.take(f"{p}positional_embedding")[None],
+        **stack_layers(t.depth, _residual_blocks(src, f"{p}transformer.resblocks", t.heads), "txt/encoder/blocks"),
+        **layer_norm(src, f"{p}ln_final", "txt/final_norm"),
+    }
+    if f"{p}text_projection.weight" in src:  # nn.Linear (SigLIP) rather than a bare matrix
+        params.update(dense(src, f"{p}text_projection", "txt/proj", bias=t.proj_bias))
+    else:
+        params["txt/proj/kernel"] = src.take(f"{p}text_projection")
+    return params
+
+
+def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
+    if not model_name:
+        raise InputError("converting an open_clip checkpoint needs --model (the open_clip architecture name)")
+    arch = get_architecture(model_name)
+    cfg = arch.model
+    weights = strip_prefix(read_weights(src_path), "module.")
+    what = f"{src_path} as open_clip {model_name}"
+    src = SourceKeys(weights, what, ignore=NON_PARAMETERS)
+    vision = _timm_vision if cfg.vision.pool == "map" else _openai_vision
+    flat = {**vision(src, cfg), **_text(src, cfg), "t": src.take("logit_scale").reshape(())}
+    if cfg.logit_bias_init is not None:
+        flat["b"] = src.take("logit_bias").reshape(())
+    src.check_all_used()
+    params = check_params(cfg, flat, what)
+    tokenizer_source = tokenizer_path or (CLIP_BPE_FILE if arch.tokenizer.kind == "clip_bpe" else None)
+    if tokenizer_source is None:
+        raise InputError(f"{model_name} uses a SentencePiece tokenizer that open_clip downloads from the HF hub; "
+                         "pass its file with --tokenizer (e.g. the checkpoint's tokenizer.model / spiece.model)")
+    return Converted(cfg, params, arch.preprocess, arch.tokenizer, Path(tokenizer_source),
+                     {"source": "open_clip", "model": model_name, "weights": str(src_path)})

@@ -1,0 +1,69 @@
+"""ViT image tower: patch embedding, position embedding, optional class token and pre-LN,
+scanned encoder, final LN, pooling (class token, mean, or MAP head), optional projection."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvlm.models.config import VisionConfig
+from jaxvlm.models.layers import Encoder, MapHead, activations_with_axes, dense, layer_norm, param_with_axes
+
+
+def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sin/cos position table [grid*grid, width] (MoCo v3 / big_vision layout)."""
+    quarter = width // 4
+    omega = 1.0 / temperature ** (np.arange(quarter) / (quarter - 1))
+    rows, cols = np.mgrid[:grid, :grid]
+    angle_x = cols.reshape(-1, 1) * omega
+    angle_y = rows.reshape(-1, 1) * omega
+    return np.concatenate([np.sin(angle_x), np.cos(angle_x), np.sin(angle_y), np.cos(angle_y)], axis=1).astype(np.float32)
+
+
+class VisionTower(nn.Module):
+    cfg: VisionConfig
+    embed_dim: int
+    dtype: jnp.dtype = jnp.float32
+    remat: str = "none"
+
+    @nn.compact
+    def __call__(self, images):
+        """images float [B, H, W, 3] -> pooled (projected) features [B, embed_dim]."""
+        cfg = self.cfg
+        x = nn.Conv(
+            cfg.width,
+            (cfg.patch_size, cfg.patch_size),
+            strides=cfg.patch_size,
+            padding="VALID",
+            use_bias=cfg.patch_bias,
+            dtype=self.dtype,
+            kernel_init=param_with_axes(nn.initializers.lecun_normal(), None, None, None, "embed"),
+            bias_init=param_with_axes(nn.initializers.zeros, "embed"),
+            name="patch_embed",
+        )(images.astype(self.dtype))
+        x = x.reshape(x.shape[0], -1, cfg.width)
+        if cfg.class_token:
+            cls = self.param("cls", param_with_axes(nn.initializers.zeros, None, None, "embed"), (1, 1, cfg.width))
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.width)), x], axis=1)
+        if cfg.pos_embed == "learned":
+            pos = self.param("pos_embed", param_with_axes(nn.initializers.normal(0.02), None, "length", "embed"),
+                             (1, cfg.num_tokens, cfg.width))
+        else:  # the class token, if any, gets no position
+            table = sincos_2d(cfg.grid, cfg.width)
+            pos = np.concatenate([np.zeros((int(cfg.class_token), cfg.width), np.float32), table])[None]
+        x = activations_with_axes(x + pos.astype(x.dtype))
+        if cfg.pre_norm:
+            x = layer_norm(cfg.ln_eps, self.dtype, "pre_norm")(x)
+        x = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, remat=self.remat, dtype=self.dtype,
+                    name="encoder")(x)
+        x = layer_norm(cfg.ln_eps, self.dtype, "final_norm")(x)
+        if cfg.pool == "cls":
+            x = x[:, 0]
+        elif cfg.pool == "gap":
+            x = x[:, int(cfg.class_token):].mean(axis=1)
+        else:
+            x = MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, name="map_head")(x)
+        if cfg.proj:
+            x = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype, name="proj")(x)
+        return x

@@ -1,0 +1,161 @@
+"""Image preprocessing: PIL images -> normalised float32 NHWC arrays.
+
+The numbers equal open_clip's evaluation transform (torchvision Resize / CenterCrop on PIL
+images, then ToTensor and Normalize) exactly, using only Pillow and numpy:
+
+- "shortest": the short side becomes `image_size`, the long side `int(image_size * long / short)`
+  (truncated, as torchvision does), then a centre crop whose offset is Python's `round`
+  (halves go to the even integer).
+- "squash": resize straight to `image_size` x `image_size`.
+- Resizing is Pillow's, done in the image's own mode; conversion to RGB comes after the crop, as in
+  open_clip. The order matters: Pillow resizes palette ("P") and "1" images with nearest-neighbour
+  whatever filter is asked for, and RGBA with premultiplied alpha.
+- `/ 255`, `- mean`, `/ std` are each one float32 operation, so the result is bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from jaxvlm.errors import InputError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+RESIZE_MODES = ("shortest", "squash")
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def _triple(name, value, positive):
+    try:
+        values = tuple(value) if not isinstance(value, (str, bytes)) else ()
+    except TypeError:
+        values = ()
+    if len(values) != 3:
+        raise InputError(f"preprocess {name} must be 3 numbers, got {value!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise InputError(f"preprocess {name} must be 3 finite numbers, got {value!r}")
+        if positive and v <= 0:
+            raise InputError(f"preprocess {name} must be positive, got {value!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    image_size: int
+    resize_mode: str = "shortest"  # "shortest" (resize short side, centre crop) | "squash"
+    interpolation: str = "bicubic"  # "bicubic" | "bilinear"
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def __post_init__(self):
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0:
+            raise InputError(f"preprocess image_size must be a positive integer, got {size!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"preprocess resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.interpolation not in _FILTERS:
+            raise InputError(
+                f"preprocess interpolation must be one of {tuple(_FILTERS)}, got {self.interpolation!r}")
+        # Normalised so that configs read back from JSON (lists) compare equal to the originals.
+        object.__setattr__(self, "image_size", int(size))
+        object.__setattr__(self, "mean", _triple("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _triple("std", self.std, positive=True))
+
+    def to_dict(self) -> dict:
+        return {
+            "image_size": self.image_size,
+            "resize_mode": self.resize_mode,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        if not isinstance(d, dict):
+            raise InputError(f"preprocess config must be a mapping, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known), key=str)
+        if unknown:
+            raise InputError(f"unknown preprocess config keys {unknown} (known: {known})")
+        if "image_size" not in d:
+            raise InputError("preprocess config is missing 'image_size'")
+        return cls(**d)
+
+
+def load_image(path) -> Image.Image:
+    """Opens and fully decodes an image file, in its own mode (preprocess converts to RGB)."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated or corrupt file fails here and not later
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise InputError(f"cannot read image {path}: {e.strerror}") from None
+    except Exception as e:  # any decoder failure (OSError, SyntaxError, ValueError, bomb check...)
+        raise InputError(f"not an image: {path} ({e})") from e
+    return img
+
+
+def _crop_offset(have: int, want: int) -> int:
+    if want > have:
+        # torchvision pads with zeros (the odd pixel going right / bottom), then crops at 0.
+        return -((want - have) // 2)
+    return round((have - want) / 2)
+
+
+def _resize_crop_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    size = cfg.image_size
+    w, h = img.size
+    if cfg.resize_mode == "squash":
+        target = (size, size)
+    else:
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(size * long / short)
+        target = (size, new_long) if w <= h else (new_long, size)
+    if target != (w, h):
+        img = img.resize(target, _FILTERS[cfg.interpolation])
+    if cfg.resize_mode == "shortest":
+        w, h = img.size
+        left, top = _crop_offset(w, size), _crop_offset(h, size)
+        if (left, top, w, h) != (0, 0, size, size):
+            # Pillow fills the part of the box outside the image with zeros, like torchvision's pad.
+            img = img.crop((left, top, left + size, top + size))
+    return img.convert("RGB")
+
+
+def preprocess(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
+    """Returns float32 [N, image_size, image_size, 3], resized, cropped and normalised per `cfg`."""
+    if isinstance(images, Image.Image):
+        raise InputError("preprocess expects a sequence of images, got a single image")
+    images = list(images)
+    if not images:
+        raise InputError("preprocess got no images")
+    size = cfg.image_size
+    pixels = np.empty((len(images), size, size, 3), np.uint8)
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise InputError(f"image {i} is a {type(img).__name__}, not a PIL image")
+        if img.width == 0 or img.height == 0:
+            raise InputError(f"image {i} is empty ({img.width}x{img.height})")
+        try:
+            pixels[i] = np.asarray(_resize_crop_rgb(img, cfg))
+        except OSError as e:  # a lazily opened image whose data turns out to be corrupt
+            raise InputError(f"image {i} could not be decoded ({e})") from e
+    out = pixels.astype(np.float32)
+    out /= np.float32(255)
+    out -= np.asarray(cfg.mean, np.float32)
+    out /= np.asarray(cfg.std, np.float32)
+    return out

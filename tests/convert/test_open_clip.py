@@ -1,0 +1,85 @@
+"""open_clip -> jaxvlm parity: random-initialised (and perturbed) open_clip models, converted
+through the CLI, loaded with jaxvlm.load, compared in fp32."""
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+from PIL import Image
+
+import jaxvlm
+from jaxvlm.cli import main
+
+open_clip = pytest.importorskip("open_clip")
+
+CAPTIONS = ["a photo of a cat", "an astronaut in a white suit", "a cup of coffee", "", "a rocket on the launch pad " * 20]
+TOLERANCE = 1e-5
+
+
+def perturbed_open_clip_model(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None).eval()
+    with torch.no_grad():  # every tensor moves off its initial value, so swapped or missed ones show
+        for key, value in model.state_dict().items():
+            if key != "logit_scale" and value.is_floating_point():
+                value.add_(0.02 * torch.randn_like(value))
+    return model
+
+
+def photos():
+    return [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
+
+
+@pytest.fixture(scope="module", params=[("ViT-B-32", ".safetensors"), ("ViT-B-32-quickgelu", ".bin"),
+                                        ("ViT-B-16-SigLIP", ".safetensors")], ids=lambda p: p[0])
+def converted(request, tmp_path_factory, spm_model_file):
+    name, suffix = request.param
+    reference = perturbed_open_clip_model(name)
+    directory = tmp_path_factory.mktemp(name)
+    weights = directory / f"weights{suffix}"
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, weights)
+    else:
+        torch.save(state, weights)
+    args = ["convert", "--from", "open_clip", str(weights), str(directory / "model"), "--model", name]
+    if "SigLIP" in name:
+        args += ["--tokenizer", str(spm_model_file)]
+    assert main(args) == 0
+    return name, reference, jaxvlm.load(directory / "model")
+
+
+def max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def test_embeddings_and_logits_match(converted):
+    name, reference, model = converted
+    pixels = model.preprocess(photos())
+    ids = model.tokenize(CAPTIONS)
+    zi, zt = model.encode_image(pixels), model.encode_text(ids)
+    logits = model.logits(zi, zt)
+    with torch.no_grad():
+        ref_zi = reference.encode_image(torch.from_numpy(pixels).permute(0, 3, 1, 2), normalize=True)
+        ref_zt = reference.encode_text(torch.from_numpy(ids).long(), normalize=True)
+        ref_logits = reference.logit_scale.exp() * ref_zi @ ref_zt.T
+        if reference.logit_bias is not None:
+            ref_logits = ref_logits + reference.logit_bias
+    errors = {"image": max_abs(zi, ref_zi), "text": max_abs(zt, ref_zt), "logits": max_abs(logits, ref_logits)}
+    print(f"\nopen_clip {name} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert all(e <= TOLERANCE for e in errors.values()), errors
+
+
+def test_other_architecture_is_refused(converted, tmp_path, capsys):
+    name, reference, _ = converted
+    weights = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, weights)
+    other = "ViT-B-16" if name != "ViT-B-16" else "ViT-B-32"
+    assert main(["convert", "--from", "open_clip", str(weights), str(tmp_path / "out"), "--model", other]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error:" in err, err
+    assert not (tmp_path / "out").exists()
