@@ -1,0 +1,318 @@
+"""Text tokenizers that reproduce their reference implementations id for id.
+
+Three kinds, chosen by `TokenizerConfig.kind`:
+  clip_bpe       OpenAI CLIP's byte-level BPE, as open_clip's `SimpleTokenizer` runs it.
+  sentencepiece  a SentencePiece model, as HF's `SiglipTokenizer` runs it (SigLIP in open_clip).
+  hf_json        a HF `tokenizer.json`, through the `tokenizers` package.
+Every kind first applies `TokenizerConfig.clean` to each text, then returns int32
+[N, context_length] ids padded with `pad_id`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import html
+import pathlib
+import re
+import string
+from typing import Sequence
+
+import numpy as np
+
+from jaxvlm.errors import InputError
+
+CLIP_BPE_FILE = pathlib.Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+
+KINDS = ("clip_bpe", "sentencepiece", "hf_json")
+CLEANS = ("lower", "canonicalize", "whitespace", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str  # one of KINDS
+    file: str  # file name inside the model directory
+    context_length: int
+    clean: str = "lower"  # one of CLEANS, applied to each text before tokenizing
+    pad_id: int = 0
+    eos_id: int | None = None  # sentencepiece: appended to every text, kept on truncation
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InputError(f"tokenizer kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.clean not in CLEANS:
+            raise InputError(f"tokenizer clean {self.clean!r} is not one of {', '.join(CLEANS)}")
+        if not isinstance(self.context_length, int) or self.context_length < 2:
+            raise InputError(f"tokenizer context_length must be an int >= 2, got {self.context_length!r}")
+        if not isinstance(self.file, str) or not self.file:
+            raise InputError(f"tokenizer file must be a non-empty file name, got {self.file!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerConfig":
+        if not isinstance(d, dict):
+            raise InputError(f"tokenizer config must be a mapping, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise InputError(f"tokenizer config: unknown keys: {', '.join(map(str, unknown))}")
+        missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in d]
+        if missing:
+            raise InputError(f"tokenizer config: missing keys: {', '.join(missing)}")
+        return cls(**d)
+
+
+# --- text cleaning (the options of open_clip's tokenizers) ------------------------------------
+
+def basic_clean(text: str) -> str:
+    import ftfy  # imported lazily: it is slow to import and only the cleaning needs it
+
+    text = ftfy.fix_text(text)
+    # Twice, so that double-escaped entities ("&amp;amp;") come out as plain text.
+    return html.unescape(html.unescape(text)).strip()
+
+
+def whitespace_clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def canonicalize_text(text: str) -> str:
+    """big_vision's prompt canonicalisation: '_' to space, ASCII punctuation dropped, lower case."""
+    text = text.replace("_", " ").translate(_ASCII_PUNCTUATION).lower()
+    return whitespace_clean(text)
+
+
+def clean_text(text: str, mode: str) -> str:
+    if mode == "none":
+        return text
+    if mode == "lower":
+        return whitespace_clean(basic_clean(text)).lower()
+    if mode == "whitespace":
+        return whitespace_clean(basic_clean(text))
+    if mode == "canonicalize":
+        return canonicalize_text(basic_clean(text))
+    raise InputError(f"tokenizer clean {mode!r} is not one of {', '.join(CLEANS)}")
+
+
+# --- tokenizers --------------------------------------------------------------------------------
+
+class Tokenizer:
+    """Turns texts into int32 [N, context_length] ids; subclasses give `_ids` for one cleaned text."""
+
+    context_length: int
+    vocab_size: int
+    pad_id: int
+    clean: str
+
+    def __call__(self, texts: Sequence[str] | str) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise InputError("empty text list: give at least one text")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text {i} is a {type(t).__name__}, not a str")
+        rows = self._batch_ids([clean_text(t, self.clean) for t in texts])
+        out = np.full((len(rows), self.context_length), self.pad_id, dtype=np.int32)
+        for i, ids in enumerate(rows):
+            out[i, : len(ids)] = ids
+        return out
+
+    def _batch_ids(self, texts: list[str]) -> list[list[int]]:
+        return [self._ids(t) for t in texts]
+
+    def _ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable character table of GPT-2 / CLIP byte-level BPE.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...)
+    are mapped, in byte order, onto code points 256, 257, ...
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class ClipBpeTokenizer(Tokenizer):
+    """OpenAI CLIP's tokenizer: <start_of_text> + BPE tokens + <end_of_text>, padded with 0."""
+
+    NUM_MERGES = 49152 - 256 - 2  # the merges CLIP uses: vocab 49408 = 2*256 bytes + merges + 2 specials
+    SOT, EOT = "<start_of_text>", "<end_of_text>"
+
+    def __init__(self, path, context_length: int = 77, clean: str = "lower", pad_id: int = 0):
+        self.context_length, self.clean, self.pad_id = context_length, clean, pad_id
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read CLIP BPE merges file {path}: {e}") from None
+        merges = [tuple(line.split()) for line in lines[1 : self.NUM_MERGES + 1]]  # line 0 is a header
+        if len(merges) != self.NUM_MERGES or any(len(m) != 2 for m in merges):
+            raise InputError(f"{path} is not a CLIP BPE merges file ({self.NUM_MERGES} merges expected)")
+        self._byte_char = _bytes_to_unicode()
+        chars = list(self._byte_char.values())
+        vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [self.SOT, self.EOT]
+        self._encoder = {tok: i for i, tok in enumerate(vocab)}
+        self._ranks = {m: i for i, m in enumerate(merges)}
+        self.vocab_size = len(vocab)
+        self.sot_id, self.eot_id = self._encoder[self.SOT], self._encoder[self.EOT]
+        import regex  # \p{L} / \p{N} classes are not in the standard `re`
+
+        self._pattern = regex.compile(
+            rf"{regex.escape(self.SOT)}|{regex.escape(self.EOT)}"
+            r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+            regex.IGNORECASE,
+        )
+        self._word_ids = functools.lru_cache(maxsize=1 << 17)(self._word_ids_uncached)
+
+    def _word_ids_uncached(self, word: str) -> tuple[int, ...]:
+        # Only the exact lower-case literals are special; other spellings that the
+        # case-insensitive pattern lets through are ordinary BPE words, as in the reference.
+        if word == self.SOT or word == self.EOT:
+            return (self._encoder[word],)
+        symbols = [self._byte_char[b] for b in word.encode("utf-8")]
+        symbols[-1] += "</w>"
+        ranks = self._ranks
+        while len(symbols) > 1:
+            pairs = list(zip(symbols, symbols[1:]))
+            best = min(pairs, key=lambda p: ranks.get(p, len(ranks)))
+            if best not in ranks:
+                break
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        return tuple(self._encoder[s] for s in symbols)
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of an already cleaned text, without start/end tokens."""
+        ids = []
+        for word in self._pattern.findall(text):
+            ids.extend(self._word_ids(word))
+        return ids
+
+    def _ids(self, text: str) -> list[int]:
+        ids = [self.sot_id, *self.encode(text)][: self.context_length - 1]
+        return ids + [self.eot_id]
+
+
+SPIECE_UNDERLINE = "\u2581"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model run the way HF's `SiglipTokenizer` runs it.
+
+    Per text: prefix '▁', split off literal special tokens (`</s>`, `<unk>`), canonicalise each
+    remaining chunk (lower case, ASCII punctuation dropped, whitespace collapsed), encode it
+    behind an unk-token prefix that is then cut off, truncate to context_length - 1, append eos
+    unless the ids already end with it, pad with pad_id. After open_clip's "canonicalize" clean
+    this comes down to `sp.encode(text) + [eos]`; the rest matters for texts that still hold
+    special-token literals.
+    """
+
+    def __init__(self, path, context_length: int = 64, clean: str = "canonicalize", pad_id: int = 0,
+                 eos_id: int | None = None):
+        import sentencepiece as spm
+
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as e:
+            raise InputError(f"cannot load SentencePiece model {path}: {e}") from None
+        self.context_length, self.clean, self.pad_id = context_length, clean, pad_id
+        self.vocab_size = self._sp.get_piece_size()
+        eos = self._sp.eos_id() if eos_id is None else eos_id
+        self.eos_id = eos if eos >= 0 else None
+        self._unk = self._sp.id_to_piece(self._sp.unk_id())
+        # HF encodes each chunk behind the unk token's text and cuts those pieces off again (its
+        # guard against SentencePiece stripping a leading '▁'). A chunk that follows a special
+        # token then starts mid-word, which changes its pieces, so the trick is kept as is.
+        self._unk_len = len(self._sp.encode(self._unk, out_type=str))
+        self._specials = {self._unk}
+        if self.eos_id is not None:
+            self._specials.add(self._sp.id_to_piece(self.eos_id))
+        alternatives = "|".join(re.escape(s) for s in sorted(self._specials, key=len, reverse=True))
+        self._split = re.compile(f"({alternatives})")
+
+    def _chunk_pieces(self, chunk: str) -> list[str]:
+        chunk = re.sub(r"\s+", " ", chunk.lower().translate(_ASCII_PUNCTUATION)).strip()
+        pieces = self._sp.encode(self._unk + chunk, out_type=str)
+        return pieces[self._unk_len :] if len(pieces) >= self._unk_len else pieces
+
+    def pieces(self, text: str) -> list[str]:
+        """SentencePiece pieces of an already cleaned text, without eos."""
+        # Odd entries are the special tokens. (HF also strips the whitespace around them, which
+        # the chunk canonicalisation does anyway.)
+        parts = self._split.split(SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " "))
+        pieces = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                pieces.append(part)
+            elif part:
+                pieces.extend(self._chunk_pieces(part))
+        if len(pieces) > 1 and pieces[0] == SPIECE_UNDERLINE and pieces[1] in self._specials:
+            pieces = pieces[1:]
+        return pieces
+
+    def encode(self, text: str) -> list[int]:
+        return [self._sp.piece_to_id(p) for p in self.pieces(text)]
+
+    def _ids(self, text: str) -> list[int]:
+        if self.eos_id is None:
+            return self.encode(text)[: self.context_length]
+        ids = self.encode(text)[: self.context_length - 1]
+        if not ids or ids[-1] != self.eos_id:
+            ids.append(self.eos_id)
+        return ids
+
+
+class HfJsonTokenizer(Tokenizer):
+    """A HF `tokenizer.json`: its own normaliser, pre-tokenizer and special tokens."""
+
+    def __init__(self, path, context_length: int = 77, clean: str = "none", pad_id: int = 0):
+        from tokenizers import Tokenizer as _Backend
+
+        try:
+            backend = _Backend.from_file(str(path))
+        except Exception as e:  # the Rust side raises bare Exceptions for unreadable files
+            raise InputError(f"cannot load tokenizer.json {path}: {e}") from None
+        self.context_length, self.clean, self.pad_id = context_length, clean, pad_id
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        # Truncation leaves room for the special tokens the post-processor adds.
+        backend.enable_truncation(max_length=context_length)
+        backend.no_padding()
+        self._backend = backend
+
+    def _batch_ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch(texts)]
+
+
+def build_tokenizer(cfg: TokenizerConfig, directory) -> Tokenizer:
+    """The tokenizer `cfg` describes, reading `cfg.file` from `directory`."""
+    path = pathlib.Path(directory) / cfg.file
+    if not path.is_file():
+        raise InputError(f"tokenizer file not found: {path}")
+    if cfg.kind == "clip_bpe":
+        return ClipBpeTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id)
+    if cfg.kind == "sentencepiece":
+        return SentencePieceTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id, cfg.eos_id)
+    return HfJsonTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id)

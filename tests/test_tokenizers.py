@@ -1,0 +1,239 @@
+"""Tokenizer parity: ids must equal open_clip's and HF's on a broad, seeded corpus."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from jaxvlm.errors import InputError
+from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig, build_tokenizer
+
+# --- corpus ------------------------------------------------------------------------------------
+
+_NOUNS = ["cat", "dog", "bicycle", "mountain", "teapot", "skyscraper", "violin", "pizza", "robot",
+          "lighthouse", "giraffe", "umbrella", "forest", "keyboard", "sailboat", "croissant"]
+_ADJS = ["red", "tiny", "fluffy", "ancient", "shiny", "blurry", "wet", "enormous", "striped", "neon"]
+_PLACES = ["beach", "kitchen table", "city street", "snowy field", "museum", "desert", "rooftop"]
+_TEMPLATES = ["a photo of a {a} {n}.", "A {a} {n} on the {p}", "{n} near a {p}, {a}",
+              "there is a {n} in the {p}!", "close-up: the {a} {n} (cropped)", "itap of a {n}",
+              "a bad photo of the {n}", "art of the {n}.", "{a} {n}s and {a} {n}s at the {p}"]
+_SCRIPTS = ["猫がソファで寝ている", "一只小猫在桌子上", "고양이 사진", "قطة على الطاولة", "חתול על השולחן",
+            "Кошка спит на диване", "Ελληνική γάτα", "बिल्ली की तस्वीर", "แมวนอนอยู่", "বিড়ালের ছবি",
+            "பூனை படம்", "ქართული კატა", "Հայերեն կատու", "ᚠᚢᚦ runes", "𝔣𝔯𝔞𝔨𝔱𝔲𝔯 𝕕𝕠𝕦𝕓𝕝𝕖"]
+_ACCENTS = ["café naïve résumé", "Ångström Øre Æsir", "Straße über Größe", "señor piñata",
+            "e\u0301te\u0301 n\u0303 a\u0308", "Zoë Brontë coöperate", "ǅungla ﬁnance ﬂow", "Ⅻ ① ㎏ ﬀ"]
+_EMOJI = ["🐱", "🐶🐶🐶", "👩\u200d💻", "👨\u200d👩\u200d👧\u200d👦", "🇫🇷🇯🇵🇺🇸", "👍🏽", "1\ufe0f\u20e3",
+          "❤️", "🏳️\u200d🌈", "😀😃😄", "☃ ★ ✓ ♫"]
+_HTML = ["&amp;", "fish &amp; chips", "&lt;b&gt;bold&lt;/b&gt;", "it&#39;s", "a&nbsp;b", "&amp;amp;",
+         "&amp;lt;tag&amp;gt;", "&quot;quoted&quot;", "&#x263A; smile", "&copy; 2024", "&bogus; entity"]
+_MOJIBAKE = ["cafÃ©", "donâ€™t", "Ã¼ber cool", "Ã©tÃ© chaud", "â€œquotedâ€\x9d", "SchÃ¶ne GrÃ¼ÃŸe",
+             "naÃ¯ve", "The Mona Lisa doesnÃƒÂ¢Ã¢â€šÂ¬Ã¢â€žÂ¢t have eyebrows."]
+_SPECIAL = ["<start_of_text>", "<end_of_text>", "<START_OF_TEXT>", "<End_Of_Text>", "</s>", "<unk>",
+            "<pad>", "<|endoftext|>", "<|startoftext|>", "<s>", "▁", "▁▁x"]
+_NUMBERS = ["3.14159", "1,000,000", "2024-01-31", "٣٤٥", "²³", "½ ¼", "12:30pm", "#1", "007", "1e-9",
+            "١٢٣٤", "४२", "Ⅳ", "0x1F"]
+_PUNCT = ["!!!???", "...---...", "(*&^%$#@!)", "«»", "“”‘’", "—–-", "_under_score_", "~~~", ";;", "<<>>",
+          "[{}]", "\\/|", "''", "'''s", "…", "¿¡"]
+_CONTRACTIONS = ["it's", "don't", "they're", "we've", "I'm", "you'll", "he'd", "IT'S", "THEY'RE",
+                 "rock'n'roll", "cat’s", "'s", "o'clock", "y'all'd've"]
+_SPACES = ["\t", "\n", "\r\n", "  ", "\u3000", "\xa0", "\u2009", "\u200b", "\x0c", "\x1c"]
+
+
+def _caption(rng):
+    t = rng.choice(_TEMPLATES)
+    return t.format(a=rng.choice(_ADJS), n=rng.choice(_NOUNS), p=rng.choice(_PLACES))
+
+
+def _recase(rng, s):
+    return rng.choice([s, s.upper(), s.title(), s.swapcase(), "".join(
+        c.upper() if rng.random() < 0.5 else c for c in s)])
+
+
+def _fragment(rng):
+    pools = [_SCRIPTS, _ACCENTS, _EMOJI, _HTML, _MOJIBAKE, _SPECIAL, _NUMBERS, _PUNCT, _CONTRACTIONS]
+    if rng.random() < 0.4:
+        return _recase(rng, _caption(rng))
+    return rng.choice(rng.choice(pools))
+
+
+def make_corpus(n=2400, seed=0):
+    rng = random.Random(seed)
+    long_text = " ".join(_caption(rng) for _ in range(60))
+    fixed = ["", " ", "   ", "\t\n", "\u3000\xa0", long_text, long_text.upper(), "word " * 300,
+             "x" * 1200, "🐱" * 100, "a,b;c" * 200, "supercalifragilisticexpialidocious" * 8]
+    for pool in (_SCRIPTS, _ACCENTS, _EMOJI, _HTML, _MOJIBAKE, _SPECIAL, _NUMBERS, _PUNCT, _CONTRACTIONS):
+        fixed.extend(pool)
+    corpus = list(fixed)
+    while len(corpus) < n:
+        k = rng.choice([1, 1, 2, 3, 4, 8, 30])
+        seps = [rng.choice([" ", " ", " ", ""] + _SPACES) for _ in range(k)]
+        text = "".join(s + _fragment(rng) for s in seps)
+        if rng.random() < 0.1:
+            text = rng.choice(_SPACES) + text + rng.choice(_SPACES)
+        corpus.append(text)
+    return corpus
+
+
+CORPUS = make_corpus()
+
+
+def _compare(name, ours, ref):
+    assert ours.dtype == np.int32 and ours.shape == ref.shape, (ours.dtype, ours.shape, ref.shape)
+    bad = np.flatnonzero((ours != ref).any(axis=1))
+    print(f"{name}: {len(ref)} strings compared, {len(bad)} mismatches")
+    for i in bad[:3]:
+        print(repr(CORPUS[i]), ours[i][:20], ref[i][:20])
+    assert len(bad) == 0
+
+
+def test_corpus_covers_the_hard_cases():
+    assert len(CORPUS) >= 2000 and len(set(CORPUS)) > 1500
+    assert max(map(len, CORPUS)) > 1000 and "" in CORPUS
+
+
+# --- clip_bpe vs open_clip.SimpleTokenizer ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def open_clip_tokenizer():
+    pytest.importorskip("open_clip")
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer
+
+
+@pytest.mark.parametrize("clean,context_length", [("lower", 77), ("lower", 16), ("lower", 64),
+                                                  ("whitespace", 77), ("canonicalize", 77)])
+def test_clip_bpe_matches_open_clip(open_clip_tokenizer, clean, context_length):
+    cfg = TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, context_length, clean=clean)
+    ours = build_tokenizer(cfg, CLIP_BPE_FILE.parent)
+    assert ours.vocab_size == 49408
+    ref = open_clip_tokenizer(clean=clean)(CORPUS, context_length=context_length).numpy()
+    _compare(f"clip_bpe clean={clean} L={context_length}", ours(CORPUS), ref)
+
+
+# --- sentencepiece vs open_clip.HFTokenizer over transformers.SiglipTokenizer -----------------
+
+def _train_sentencepiece(path):
+    spm = pytest.importorskip("sentencepiece")
+    rng = random.Random(1)
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["th", "sh", "ing", "er", "qu"]
+    words = _NOUNS + _ADJS + " ".join(_PLACES).split() + [
+        "".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(6000)]
+    lines += [str(rng.randint(0, 10**6)) for _ in range(200)] + list(_SCRIPTS[:3])
+    # T5 / SigLIP layout: <pad>=0, </s>=1, <unk>=2, no bos; SiglipTokenizer pads with </s>.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(path), vocab_size=1000, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=0.9995, minloglevel=2)
+    return path.with_suffix(".model")
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory):
+    pytest.importorskip("open_clip")
+    transformers = pytest.importorskip("transformers")
+    model = _train_sentencepiece(tmp_path_factory.mktemp("spm") / "spm")
+    out = tmp_path_factory.mktemp("siglip_tok")
+    transformers.SiglipTokenizer(vocab_file=str(model)).save_pretrained(str(out))
+    return out
+
+
+# "whitespace" keeps literal "</s>" in the text, which makes HF warn that it adds no second eos.
+@pytest.mark.filterwarnings("ignore:This sequence already has")
+@pytest.mark.parametrize("clean,context_length", [("canonicalize", 64), ("canonicalize", 16),
+                                                  ("whitespace", 64)])
+def test_sentencepiece_matches_siglip(siglip_dir, clean, context_length):
+    from open_clip.tokenizer import HFTokenizer
+
+    ref_tok = HFTokenizer(str(siglip_dir), context_length=context_length, clean=clean)
+    assert type(ref_tok.tokenizer).__name__ == "SiglipTokenizer"
+    assert ref_tok.tokenizer.pad_token_id == 1 and ref_tok.tokenizer.eos_token_id == 1
+    cfg = TokenizerConfig("sentencepiece", "spiece.model", context_length, clean=clean, pad_id=1, eos_id=1)
+    ours = build_tokenizer(cfg, siglip_dir)
+    assert ours.vocab_size == 1000
+    ref = ref_tok(CORPUS).numpy()
+    _compare(f"sentencepiece clean={clean} L={context_length}", ours(CORPUS), ref)
+
+
+# --- hf_json vs transformers.CLIPTokenizerFast -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    import gzip
+
+    transformers = pytest.importorskip("transformers")
+    # openai/clip-vit-base-patch32 lays its files out as: vocab.json (byte chars, the same with
+    # "</w>", one entry per merge, then the two specials) and merges.txt (a version line + merges).
+    lines = gzip.open(CLIP_BPE_FILE, "rt", encoding="utf-8").read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    from jaxvlm.tokenizers import _bytes_to_unicode
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + [line.replace(" ", "") for line in lines]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    src = tmp_path_factory.mktemp("clip_src")
+    (src / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (src / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    tok = transformers.CLIPTokenizerFast.from_pretrained(str(src))
+    out = tmp_path_factory.mktemp("clip_hf")
+    tok.save_pretrained(str(out))
+    return tok, out
+
+
+def test_hf_json_matches_clip_tokenizer_fast(hf_clip):
+    ref_tok, directory = hf_clip
+    assert ref_tok.pad_token_id == 49407 and len(ref_tok) == 49408
+    cfg = TokenizerConfig("hf_json", "tokenizer.json", 77, clean="none", pad_id=ref_tok.pad_token_id)
+    ours = build_tokenizer(cfg, directory)
+    ref = np.asarray(ref_tok(CORPUS, padding="max_length", max_length=77, truncation=True).input_ids)
+    _compare("hf_json L=77", ours(CORPUS), ref)
+
+
+def test_hf_json_agrees_with_clip_bpe_on_plain_captions(hf_clip):
+    # On clean lower-case ASCII the HF conversion and open_clip's BPE are the same tokenizer.
+    _, directory = hf_clip
+    texts = [c.lower() for c in CORPUS if c.isascii() and "<" not in c and "&" not in c][:300]
+    hf = build_tokenizer(TokenizerConfig("hf_json", "tokenizer.json", 77, clean="lower", pad_id=0), directory)
+    bpe = build_tokenizer(TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, 77), CLIP_BPE_FILE.parent)
+    np.testing.assert_array_equal(hf(texts), bpe(texts))
+
+
+# --- errors and config -------------------------------------------------------------------------
+
+def test_bad_inputs_raise_input_error():
+    tok = build_tokenizer(TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, 77), CLIP_BPE_FILE.parent)
+    with pytest.raises(InputError, match="empty text list"):
+        tok([])
+    with pytest.raises(InputError, match="text 1 is a int"):
+        tok(["ok", 3])
+    with pytest.raises(InputError, match="bytes"):
+        tok([b"raw bytes"])
+    single = tok("a photo of a cat")
+    assert single.shape == (1, 77) and single.dtype == np.int32
+
+
+def test_missing_file_names_the_path(tmp_path):
+    cfg = TokenizerConfig("sentencepiece", "spiece.model", 64, clean="canonicalize", pad_id=1, eos_id=1)
+    with pytest.raises(InputError, match=str(tmp_path / "spiece.model")):
+        build_tokenizer(cfg, tmp_path)
+
+
+def test_unreadable_file_is_input_error(tmp_path):
+    for kind in ("clip_bpe", "sentencepiece", "hf_json"):
+        (tmp_path / "junk").write_bytes(b"not a tokenizer")
+        with pytest.raises(InputError, match="junk"):
+            build_tokenizer(TokenizerConfig(kind, "junk", 16), tmp_path)
+
+
+def test_config_round_trip_and_unknown_keys():
+    cfg = TokenizerConfig("sentencepiece", "tokenizer.model", 64, clean="canonicalize", pad_id=1, eos_id=1)
+    d = cfg.to_dict()
+    assert json.loads(json.dumps(d)) == d and TokenizerConfig.from_dict(d) == cfg
+    with pytest.raises(InputError, match="unknown keys: bogus, extra"):
+        TokenizerConfig.from_dict({**d, "bogus": 1, "extra": 2})
+    with pytest.raises(InputError, match="missing keys: file"):
+        TokenizerConfig.from_dict({"kind": "clip_bpe", "context_length": 77})
+    with pytest.raises(InputError, match="kind"):
+        TokenizerConfig("wordpiece", "vocab.txt", 77)
+    with pytest.raises(InputError, match="clean"):
+        TokenizerConfig("clip_bpe", "x", 77, clean="upper")
