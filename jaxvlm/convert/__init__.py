@@ -22,6 +22,13 @@ def convert(source: str, src: Path, out: Path, model_name: str | None = None, to
     out = Path(out)
     model_dir.check_output_dir(out)
     module = importlib.import_module(f"jaxvlm.convert.{source}")
-    converted = module.convert(Path(src), model_name, Path(tokenizer) if tokenizer else None)
+    try:
+        converted = module.convert(Path(src), model_name, Path(tokenizer) if tokenizer else None)
+    except InputError:
+        raise
+    except ValueError as e:  # a reshape or split that the tensors do not fit
+        detail = " ".join(str(e).split())[:200]
+        raise InputError(f"{src}: the weights do not fit the architecture {model_name or '(inferred)'} ({detail})"
+                         ) from None
     model_dir.save(out, model_dir.ModelDir(converted.config, converted.preprocess, converted.tokenizer,
                                            converted.provenance, converted.params), converted.tokenizer_source)

@@ -51,8 +51,8 @@ class VisionConfig:
         _check_choice("vision.act", self.act, ACTIVATIONS)
         _check_choice("vision.pool", self.pool, VISION_POOLS)
         _check_choice("vision.pos_embed", self.pos_embed, POS_EMBEDS)
-        if self.image_size % self.patch_size:
-            raise InputError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.image_size < self.patch_size:  # a remainder is dropped (So400m/14 at 384 px: 27 x 27 patches)
+            raise InputError(f"vision.image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.width % self.heads:
             raise InputError(f"vision.width {self.width} is not divisible by heads {self.heads}")
         if self.pool == "cls" and not self.class_token:

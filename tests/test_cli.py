@@ -1,0 +1,148 @@
+"""The command line on good and bad input: one error line, exit code 2, nothing left behind."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from jaxvlm.cli import main
+
+open_clip = pytest.importorskip("open_clip")
+
+
+def tiny_open_clip_state():
+    """An open_clip CLIP with jaxvlm's tiny-clip shapes (random weights)."""
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+    )
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "tiny.safetensors"
+    save_file(tiny_open_clip_state(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    assert main(["convert", "--from", "open_clip", str(weights), str(out), "--model", "tiny-clip"]) == 0
+    return out
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(path)
+    return path
+
+
+def assert_one_error_line(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxvlm: error:") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_list_names_the_architectures(capsys):
+    assert main(["list"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"ViT-B-32", "ViT-B-32-quickgelu", "ViT-L-14-336", "ViT-B-16-SigLIP-384", "ViT-SO400M-14-SigLIP"} <= set(names)
+
+
+def test_embed_writes_the_three_arrays(model_dir, image_file, tmp_path, capsys):
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(model_dir), "--images", str(image_file), str(image_file),
+                 "--texts", "a cat", "a dog", "", "--out", str(out)]) == 0
+    with np.load(out) as z:
+        assert sorted(z.files) == ["image_embeds", "logits", "text_embeds"]
+        assert z["image_embeds"].shape == (2, 32) and z["text_embeds"].shape == (3, 32)
+        np.testing.assert_allclose(np.linalg.norm(z["image_embeds"], axis=1), 1, atol=1e-5)
+        assert z["logits"].shape == (2, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".partial"] == []
+
+
+def test_truncated_safetensors(weights, tmp_path, capsys):
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert main(["convert", "--from", "open_clip", str(bad), str(out), "--model", "tiny-clip"]) == 2
+    assert_one_error_line(capsys, "safetensors", str(bad))
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["cut.safetensors"]
+
+
+def test_state_dict_of_another_architecture(weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", "--from", "open_clip", str(weights), str(out), "--model", "ViT-B-32"]) == 2
+    assert_one_error_line(capsys, "architecture")
+    assert not out.exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("packing", ["torch.save", "raw pickle"])
+def test_malicious_pickle_never_runs(packing, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.bin"
+    payload = {"visual.proj": _RunsCode(marker)}
+    if packing == "torch.save":
+        torch.save(payload, bad)
+    else:
+        bad.write_bytes(pickle.dumps(payload))
+    out = tmp_path / "out"
+    assert main(["convert", "--from", "open_clip", str(bad), str(out), "--model", "tiny-clip"]) == 2
+    assert_one_error_line(capsys, str(bad))
+    assert not marker.exists(), "the pickle ran code"
+    assert not out.exists()
+
+
+def test_non_image_file(model_dir, tmp_path, capsys):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a picture")
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(model_dir), "--images", str(bad), "--texts", "x", "--out", str(out)]) == 2
+    assert_one_error_line(capsys, str(bad))
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["notes.jpg"]
+
+
+def test_empty_text_list(model_dir, tmp_path, capsys):
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(model_dir), "--texts", "--out", str(out)]) == 2
+    assert_one_error_line(capsys, "empty text list")
+    assert not out.exists()
+
+
+def test_output_directory_not_empty(weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["convert", "--from", "open_clip", str(weights), str(out), "--model", "tiny-clip"]) == 2
+    assert_one_error_line(capsys, "not an empty directory")
+    assert os.listdir(out) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("argv", [["convert", "--from", "nowhere", "a", "b"], ["embed"], ["frobnicate"], []])
+def test_usage_errors_are_one_line(argv, capsys):
+    assert main(argv) == 2
+    assert_one_error_line(capsys)
+
+
+def test_not_a_model_directory(tmp_path, capsys):
+    assert main(["embed", str(tmp_path), "--texts", "a", "--out", str(tmp_path / "e.npz")]) == 2
+    assert_one_error_line(capsys, "config.json")
