@@ -1,0 +1,309 @@
+"""big_vision SigLIP `.npz` checkpoints -> jaxvlm.
+
+big_vision (`models/proj/image_text/two_towers.py`) is flax too, so its kernels already have
+our layouts (conv [p, p, 3, w], attention [w, heads, head_dim] / [heads, head_dim, w], dense
+[in, out]) and LayerNorms already say `scale`; converting is renaming, stacking per-layer
+blocks on a leading axis, and turning the [1]-shaped `t` / `b` into scalars. The names:
+
+    img/embedding/{kernel,bias}                 patch embedding (a Conv with bias)
+    img/pos_embedding                           [1, grid*grid, w], no class token
+    img/Transformer/encoderblock_{i}/...        one block per layer, or
+    img/Transformer/encoderblock/...            all layers stacked (a `scan=True` model)
+        LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out}, LayerNorm_1,
+        MlpBlock_0/{Dense_0,Dense_1}
+    img/Transformer/encoder_norm                final LayerNorm
+    img/MAPHead_0/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}
+    img/head/{kernel,bias}                      only when the image tower has an out_dim
+    txt/Embed_0/embedding, txt/pos_embedding    [vocab, w], [1, context, w]
+    txt/Encoder_0/encoderblock(_{i})/..., txt/Encoder_0/encoder_norm
+    txt/head/{kernel,bias}
+    t, b                                        [1] each (b only with a sigmoid loss)
+
+optionally all under `params/`. Some early text towers also hold `txt/Encoder_0/pos_embedding`
+(a second position embedding added by mistake); big_vision's loader sums it into
+`txt/pos_embedding`, and so does this converter.
+
+With no `model_name` the architecture is read off the shapes. big_vision's numerics are flax
+defaults: tanh-approximated GELU, LayerNorm eps 1e-6; the text tower is bidirectional and pools
+its last token (the tokenizer pads with the sticky EOS, id 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxvlm.convert.common import Converted, SourceKeys, check_params, read_weights, stack_layers
+from jaxvlm.errors import InputError
+from jaxvlm.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxvlm.models.registry import SIGLIP_TOKENIZER_FILE, get_architecture
+from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
+from jaxvlm.tokenizers import TokenizerConfig
+
+LN_EPS = 1e-6  # flax nn.LayerNorm's default, which big_vision never overrides
+ACT = "gelu_tanh"  # flax nn.gelu defaults to approximate=True
+PAD_ID = 1  # big_vision's SigLIP text pre-processing: tokenize(..., eos="sticky", pad_value=1)
+
+# (big_vision name inside one encoder block, jaxvlm name inside one Block)
+BLOCK = {
+    "LayerNorm_0/scale": "norm1/scale",
+    "LayerNorm_0/bias": "norm1/bias",
+    **{f"MultiHeadDotProductAttention_0/{p}/{a}": f"attn/{p}/{a}"
+       for p in ("query", "key", "value", "out") for a in ("kernel", "bias")},
+    "LayerNorm_1/scale": "norm2/scale",
+    "LayerNorm_1/bias": "norm2/bias",
+    "MlpBlock_0/Dense_0/kernel": "mlp/fc1/kernel",
+    "MlpBlock_0/Dense_0/bias": "mlp/fc1/bias",
+    "MlpBlock_0/Dense_1/kernel": "mlp/fc2/kernel",
+    "MlpBlock_0/Dense_1/bias": "mlp/fc2/bias",
+}
+
+MAP_HEAD = {
+    "probe": "probe",
+    **{f"MultiHeadDotProductAttention_0/{p}/{a}": f"attn/{p}/{a}"
+       for p in ("query", "key", "value", "out") for a in ("kernel", "bias")},
+    "LayerNorm_0/scale": "norm/scale",
+    "LayerNorm_0/bias": "norm/bias",
+    "MlpBlock_0/Dense_0/kernel": "mlp/fc1/kernel",
+    "MlpBlock_0/Dense_0/bias": "mlp/fc1/bias",
+    "MlpBlock_0/Dense_1/kernel": "mlp/fc2/kernel",
+    "MlpBlock_0/Dense_1/bias": "mlp/fc2/bias",
+}
+
+# Where each tower keeps its encoder blocks and final norm.
+IMG_ENCODER = "img/Transformer"
+TXT_ENCODER = "txt/Encoder_0"
+TXT_EXTRA_POSEMB = "txt/Encoder_0/pos_embedding"
+
+TOKENIZER_HINT = ("big_vision checkpoints do not carry their tokenizer: pass its SentencePiece model with "
+                  "--tokenizer (SigLIP's English models use c4_en, gs://t5-data/vocabs/cc_en.32000/sentencepiece.model; "
+                  "the i18n ones mc4, gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model)")
+
+
+# ---------------------------------------------------------------- reading and layout
+
+def _without_params_prefix(weights: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """Drops the `params/` prefix of a saved train state; keys outside it stay (and so are unused)."""
+    if not any(k.startswith("params/") for k in weights):
+        return weights
+    out = {}
+    for k, v in weights.items():
+        name = k.removeprefix("params/")
+        if name in out:
+            raise InputError(f"{what}: '{name}' is there both with and without the 'params/' prefix")
+        out[name] = v
+    return out
+
+
+def _layout(weights: dict[str, np.ndarray], encoder: str) -> str:
+    """'stacked' (scan: one encoderblock with a leading layer axis) or 'per_layer'."""
+    return "stacked" if any(k.startswith(f"{encoder}/encoderblock/") for k in weights) else "per_layer"
+
+
+def _depth(weights: dict[str, np.ndarray], encoder: str, layout: str, what: str) -> int:
+    if layout == "stacked":
+        key = f"{encoder}/encoderblock/LayerNorm_0/scale"
+        shape = _shape(weights, key, what)
+        if len(shape) != 2:
+            raise InputError(f"{what}: stacked '{key}' has shape {shape}; expected [layers, width]")
+        return shape[0]
+    pattern = re.compile(re.escape(encoder) + r"/encoderblock_(\d+)/")
+    indices = {int(m.group(1)) for k in weights if (m := pattern.match(k))}
+    if not indices:
+        raise InputError(f"{what}: no encoder blocks under '{encoder}/' (expected '{encoder}/encoderblock_0/...' "
+                         f"or '{encoder}/encoderblock/...') — is this a big_vision SigLIP checkpoint?")
+    return max(indices) + 1  # a gap shows up as a missing key when its block is read
+
+
+def _shape(weights: dict[str, np.ndarray], key: str, what: str) -> tuple[int, ...]:
+    if key not in weights:
+        raise InputError(f"{what}: missing key '{key}' — is this a big_vision SigLIP checkpoint?")
+    return tuple(int(d) for d in np.shape(weights[key]))
+
+
+# ---------------------------------------------------------------- architecture from shapes
+
+def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
+    """A SigLIP ModelConfig with big_vision's numerics, sized by the checkpoint's own shapes."""
+
+    def block_shape(encoder, name):
+        layout = _layout(weights, encoder)
+        block = "encoderblock" if layout == "stacked" else "encoderblock_0"
+        shape = _shape(weights, f"{encoder}/{block}/{name}", what)
+        return shape[1:] if layout == "stacked" else shape
+
+    def tower(encoder):
+        q = block_shape(encoder, "MultiHeadDotProductAttention_0/query/kernel")  # [w, heads, head_dim]
+        mlp = block_shape(encoder, "MlpBlock_0/Dense_0/kernel")  # [w, mlp_dim]
+        if len(q) != 3 or len(mlp) != 2:
+            raise InputError(f"{what}: '{encoder}' attention kernels are {q}, MLP kernels {mlp}; expected "
+                             "[width, heads, head_dim] and [width, mlp_dim]")
+        return dict(depth=_depth(weights, encoder, _layout(weights, encoder), what), heads=q[1], mlp_dim=mlp[1])
+
+    patch = _shape(weights, "img/embedding/kernel", what)
+    if len(patch) != 4 or patch[0] != patch[1] or patch[2] != 3:
+        raise InputError(f"{what}: 'img/embedding/kernel' has shape {patch}; expected [p, p, 3, width]")
+    width, p = patch[3], patch[0]
+    pos = _shape(weights, "img/pos_embedding", what)
+    grid = math.isqrt(pos[1]) if len(pos) == 3 else 0
+    if len(pos) != 3 or pos[0] != 1 or grid * grid != pos[1]:
+        raise InputError(f"{what}: 'img/pos_embedding' has shape {pos}; expected [1, grid*grid, width]")
+    img_out = _shape(weights, "img/head/kernel", what)[-1] if "img/head/kernel" in weights else None
+    vision = VisionConfig(
+        image_size=grid * p, patch_size=p, width=width, **tower(IMG_ENCODER), act=ACT, ln_eps=LN_EPS,
+        patch_bias="img/embedding/bias" in weights, class_token=False, pos_embed="learned", pre_norm=False,
+        pool="map", proj=img_out is not None, proj_bias="img/head/bias" in weights)
+
+    vocab, text_width = _shape(weights, "txt/Embed_0/embedding", what)
+    txt_pos = _shape(weights, "txt/pos_embedding", what)
+    if len(txt_pos) != 3 or txt_pos[0] != 1:
+        raise InputError(f"{what}: 'txt/pos_embedding' has shape {txt_pos}; expected [1, context_length, width]")
+    txt_out = _shape(weights, "txt/head/kernel", what)[-1] if "txt/head/kernel" in weights else None
+    text = TextConfig(
+        vocab_size=vocab, context_length=txt_pos[1], width=text_width, **tower(TXT_ENCODER), act=ACT,
+        ln_eps=LN_EPS, causal=False, pool="last", proj=txt_out is not None, proj_bias="txt/head/bias" in weights)
+
+    img_dim, txt_dim = img_out or vision.width, txt_out or text.width
+    if img_dim != txt_dim:
+        raise InputError(f"{what}: the image tower gives {img_dim}-d embeddings but the text tower {txt_dim}-d")
+    sigmoid = "b" in weights  # LiT-style checkpoints (softmax loss) have no bias
+    return ModelConfig(embed_dim=img_dim, vision=vision, text=text, loss="sigmoid" if sigmoid else "softmax",
+                       logit_scale_init=math.log(10.0), logit_bias_init=-10.0 if sigmoid else None).validate()
+
+
+def named_config(model_name: str) -> ModelConfig:
+    """The registry architecture, with big_vision's tanh GELU in both towers."""
+    cfg = get_architecture(model_name).model
+    v = cfg.vision
+    if v.pool != "map" or v.class_token or v.pre_norm or v.pos_embed != "learned":
+        raise InputError(f"{model_name} is not a SigLIP architecture (a ViT with a MAP head, no class token); "
+                         "big_vision SigLIP checkpoints need one of the *-SigLIP models, or no --model at all")
+    return cfg.replace(vision=dataclasses.replace(cfg.vision, act=ACT), text=dataclasses.replace(cfg.text, act=ACT))
+
+
+def _check_named(cfg: ModelConfig, weights: dict[str, np.ndarray], what: str) -> ModelConfig:
+    """Names what differs between the named architecture and the checkpoint's shapes, when those read."""
+    try:
+        found = infer_config(weights, what)
+    except InputError:
+        return cfg  # not readable as a whole; the key accounting below names what is wrong
+    diffs = [f"embed_dim {found.embed_dim} (model: {cfg.embed_dim})"] if found.embed_dim != cfg.embed_dim else []
+    for tower in ("vision", "text"):
+        ours, theirs = getattr(found, tower), getattr(cfg, tower)
+        diffs += [f"{tower}.{f.name} {getattr(ours, f.name)} (model: {getattr(theirs, f.name)})"
+                  for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)]
+    if diffs:
+        raise InputError(f"{what}: the checkpoint is not this architecture: {', '.join(diffs)}")
+    return cfg
+
+
+# ---------------------------------------------------------------- conversion
+
+def _encoder(src: SourceKeys, encoder: str, depth: int, layout: str, prefix: str) -> dict[str, np.ndarray]:
+    """Encoder blocks (per-layer or stacked) -> jaxvlm's stacked blocks under ``prefix``."""
+    if layout == "stacked":
+        return {f"{prefix}/{ours}": src.take(f"{encoder}/encoderblock/{theirs}") for theirs, ours in BLOCK.items()}
+    return stack_layers(
+        depth, lambda i: {ours: src.take(f"{encoder}/encoderblock_{i}/{theirs}") for theirs, ours in BLOCK.items()},
+        prefix)
+
+
+def _norm(src: SourceKeys, name: str, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}/scale": src.take(f"{name}/scale"), f"{prefix}/bias": src.take(f"{name}/bias")}
+
+
+def _dense(src: SourceKeys, name: str, prefix: str, bias: bool) -> dict[str, np.ndarray]:
+    out = {f"{prefix}/kernel": src.take(f"{name}/kernel")}
+    if bias:
+        out[f"{prefix}/bias"] = src.take(f"{name}/bias")
+    return out
+
+
+def _scalar(src: SourceKeys, key: str, what: str) -> np.ndarray:
+    value = src.take(key)
+    if value.size != 1:
+        raise InputError(f"{what}: '{key}' has shape {value.shape}; expected a single number")
+    return value.reshape(())
+
+
+def _vision(src: SourceKeys, cfg: ModelConfig, layout: str) -> dict[str, np.ndarray]:
+    v = cfg.vision
+    params = {"img/patch_embed/kernel": src.take("img/embedding/kernel")}
+    if v.patch_bias:
+        params["img/patch_embed/bias"] = src.take("img/embedding/bias")
+    params["img/pos_embed"] = src.take("img/pos_embedding")
+    params.update(_encoder(src, IMG_ENCODER, v.depth, layout, "img/encoder/blocks"))
+    params.update(_norm(src, f"{IMG_ENCODER}/encoder_norm", "img/final_norm"))
+    params.update({f"img/map_head/{ours}": src.take(f"img/MAPHead_0/{theirs}") for theirs, ours in MAP_HEAD.items()})
+    if v.proj:
+        params.update(_dense(src, "img/head", "img/proj", v.proj_bias))
+    return params
+
+
+def _text(src: SourceKeys, cfg: ModelConfig, layout: str) -> dict[str, np.ndarray]:
+    t = cfg.text
+    pos = src.take("txt/pos_embedding")
+    if TXT_EXTRA_POSEMB in src:  # early checkpoints added a second posemb inside the encoder
+        pos = pos + src.take(TXT_EXTRA_POSEMB)
+    params = {"txt/token_embed/embedding": src.take("txt/Embed_0/embedding"), "txt/pos_embed": pos}
+    params.update(_encoder(src, TXT_ENCODER, t.depth, layout, "txt/encoder/blocks"))
+    params.update(_norm(src, f"{TXT_ENCODER}/encoder_norm", "txt/final_norm"))
+    if t.proj:
+        params.update(_dense(src, "txt/head", "txt/proj", t.proj_bias))
+    return params
+
+
+def _tokenizer(tokenizer_path: Path | None, cfg: ModelConfig) -> TokenizerConfig:
+    """SigLIP's text pre-processing: SentencePiece ids + sticky EOS, padded with id 1."""
+    if tokenizer_path is None:
+        raise InputError(TOKENIZER_HINT)
+    if not Path(tokenizer_path).is_file():
+        raise InputError(f"no such tokenizer file: {tokenizer_path}")
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"{tokenizer_path} is not a SentencePiece model ({' '.join(str(e).split())[:200]})") from None
+    if sp.eos_id() < 0:
+        raise InputError(f"SentencePiece model {tokenizer_path} has no EOS piece, which SigLIP's text tower pools")
+    if sp.get_piece_size() > cfg.text.vocab_size:
+        raise InputError(f"SentencePiece model {tokenizer_path} has {sp.get_piece_size()} pieces but the text tower "
+                         f"embeds only {cfg.text.vocab_size} — the tokenizer belongs to another model")
+    return TokenizerConfig(kind="sentencepiece", file=SIGLIP_TOKENIZER_FILE, context_length=cfg.text.context_length,
+                           clean="canonicalize", pad_id=PAD_ID, eos_id=int(sp.eos_id()))
+
+
+def preprocess_config(image_size: int) -> PreprocessConfig:
+    """big_vision's `resize(size)|value_range(-1, 1)`: squash to size x size, then [-1, 1].
+
+    big_vision resizes with TensorFlow's `tf.image.resize(method="bilinear")`, which does not
+    antialias. Pillow's bilinear filter (used here) widens its kernel when it shrinks an image,
+    so pixels are not bit-identical to big_vision's, and differ visibly for large downscales;
+    the model's inputs are otherwise the same (mean = std = 0.5 is value_range(-1, 1)).
+    """
+    return PreprocessConfig(image_size=image_size, resize_mode="squash", interpolation="bilinear",
+                            mean=INCEPTION_MEAN, std=INCEPTION_STD)
+
+
+def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
+    what = f"{src_path} as big_vision" + (f" {model_name}" if model_name else "")
+    weights = _without_params_prefix(read_weights(src_path), what)
+    cfg = infer_config(weights, what) if not model_name else _check_named(named_config(model_name), weights, what)
+    tokenizer = _tokenizer(tokenizer_path, cfg)
+    layouts = {"img": _layout(weights, IMG_ENCODER), "txt": _layout(weights, TXT_ENCODER)}
+    src = SourceKeys(weights, what)
+    flat = {**_vision(src, cfg, layouts["img"]), **_text(src, cfg, layouts["txt"]), "t": _scalar(src, "t", what)}
+    if cfg.logit_bias_init is not None:
+        flat["b"] = _scalar(src, "b", what)
+    src.check_all_used()
+    params = check_params(cfg, flat, what)
+    layout = layouts["img"] if layouts["img"] == layouts["txt"] else f"img {layouts['img']}, txt {layouts['txt']}"
+    provenance = {"source": "big_vision", "weights": str(src_path), "layout": layout}
+    if model_name:
+        provenance["model"] = model_name
+    return Converted(cfg, params, preprocess_config(cfg.vision.image_size), tokenizer, Path(tokenizer_path), provenance)

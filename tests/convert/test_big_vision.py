@@ -1,0 +1,338 @@
+"""big_vision -> jaxvlm parity.
+
+There is no big_vision package here, so HF's SiglipModel (the reference port of big_vision's
+SigLIP numerics: tanh GELU, eps 1e-6, bidirectional text pooled at the last token, MAP head)
+stands in for it: a small random SiglipModel, every parameter perturbed, is written out as a
+big_vision .npz by the big_vision <-> HF key correspondence (per-layer and stacked blocks, with
+and without the `params/` prefix), converted, and compared in float32 against HF run in float64.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxvlm
+from jaxvlm.cli import main
+from jaxvlm.convert import big_vision
+from jaxvlm.errors import InputError
+from jaxvlm.models.two_tower import TwoTower
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOLERANCE = 1e-5
+
+# Vision as the brief's small model; the text tower deliberately differs in width, depth, heads
+# and MLP size so that inferring each from the shapes is tested.
+SMALL = dict(
+    vision=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
+                patch_size=8),
+    text=dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96, vocab_size=1000,
+              max_position_embeddings=12, projection_size=64),
+)
+# The registry's tiny-siglip: siglip(32, 8, 64, 2, 4, 256, context=16), vocab 32000.
+TINY_SIGLIP = dict(
+    vision=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, image_size=32,
+                patch_size=8),
+    text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=32000,
+              max_position_embeddings=16, projection_size=64),
+)
+
+
+# ---------------------------------------------------------------- the reference and its npz
+
+def hf_siglip(shapes, seed=0):
+    torch.manual_seed(seed)
+    common = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    special = dict(pad_token_id=1, eos_token_id=1, bos_token_id=None)  # SigLIP's vocab layout
+    config = transformers.SiglipConfig(text_config={**shapes["text"], **common, **special},
+                                       vision_config={**shapes["vision"], **common})
+    model = transformers.SiglipModel(config).eval()
+    with torch.no_grad():  # every tensor moves off its initial value, so swapped or missed ones show
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.add_(0.02 * torch.randn_like(value))
+        model.logit_scale.fill_(np.log(10.0) + 0.1)
+        model.logit_bias.fill_(-10.0 + 0.3)
+    return model.double()
+
+
+def _attention(prefix, q, k, v, out, heads):
+    """(weight, bias) pairs in torch layout -> big_vision MultiHeadDotProductAttention_0 arrays."""
+    params = {}
+    for name, (w, b) in (("query", q), ("key", k), ("value", v)):
+        params[f"{prefix}/{name}/kernel"] = w.T.reshape(w.shape[1], heads, -1)
+        params[f"{prefix}/{name}/bias"] = b.reshape(heads, -1)
+    w, b = out
+    params[f"{prefix}/out/kernel"] = w.T.reshape(heads, -1, w.shape[0])
+    params[f"{prefix}/out/bias"] = b
+    return params
+
+
+def _block(sd, p, heads):
+    """HF SiglipEncoderLayer `p` -> the arrays of one big_vision encoderblock (relative names)."""
+    lin = lambda n: (sd[f"{p}.{n}.weight"], sd[f"{p}.{n}.bias"])  # noqa: E731
+    return {
+        "LayerNorm_0/scale": sd[f"{p}.layer_norm1.weight"], "LayerNorm_0/bias": sd[f"{p}.layer_norm1.bias"],
+        **_attention("MultiHeadDotProductAttention_0", lin("self_attn.q_proj"), lin("self_attn.k_proj"),
+                     lin("self_attn.v_proj"), lin("self_attn.out_proj"), heads),
+        "LayerNorm_1/scale": sd[f"{p}.layer_norm2.weight"], "LayerNorm_1/bias": sd[f"{p}.layer_norm2.bias"],
+        "MlpBlock_0/Dense_0/kernel": sd[f"{p}.mlp.fc1.weight"].T, "MlpBlock_0/Dense_0/bias": sd[f"{p}.mlp.fc1.bias"],
+        "MlpBlock_0/Dense_1/kernel": sd[f"{p}.mlp.fc2.weight"].T, "MlpBlock_0/Dense_1/bias": sd[f"{p}.mlp.fc2.bias"],
+    }
+
+
+def _blocks(sd, hf_prefix, bv_prefix, depth, heads, stacked):
+    layers = [_block(sd, f"{hf_prefix}.{i}", heads) for i in range(depth)]
+    if stacked:
+        return {f"{bv_prefix}/encoderblock/{k}": np.stack([layer[k] for layer in layers]) for k in layers[0]}
+    return {f"{bv_prefix}/encoderblock_{i}/{k}": v for i, layer in enumerate(layers) for k, v in layer.items()}
+
+
+def to_big_vision(model, *, stacked: bool, prefix: str = "", img_head=None) -> dict[str, np.ndarray]:
+    """A SiglipModel's weights under big_vision's names, as a float32 npz would hold them."""
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    vc, tc = model.config.vision_config, model.config.text_config
+    h = "vision_model.head"
+    q, k, v = np.split(sd[f"{h}.attention.in_proj_weight"], 3)
+    qb, kb, vb = np.split(sd[f"{h}.attention.in_proj_bias"], 3)
+    out = {
+        "img/embedding/kernel": sd["vision_model.embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0),
+        "img/embedding/bias": sd["vision_model.embeddings.patch_embedding.bias"],
+        "img/pos_embedding": sd["vision_model.embeddings.position_embedding.weight"][None],
+        **_blocks(sd, "vision_model.encoder.layers", "img/Transformer", vc.num_hidden_layers,
+                  vc.num_attention_heads, stacked),
+        "img/Transformer/encoder_norm/scale": sd["vision_model.post_layernorm.weight"],
+        "img/Transformer/encoder_norm/bias": sd["vision_model.post_layernorm.bias"],
+        "img/MAPHead_0/probe": sd[f"{h}.probe"],
+        **_attention("img/MAPHead_0/MultiHeadDotProductAttention_0", (q, qb), (k, kb), (v, vb),
+                     (sd[f"{h}.attention.out_proj.weight"], sd[f"{h}.attention.out_proj.bias"]),
+                     vc.num_attention_heads),
+        "img/MAPHead_0/LayerNorm_0/scale": sd[f"{h}.layernorm.weight"],
+        "img/MAPHead_0/LayerNorm_0/bias": sd[f"{h}.layernorm.bias"],
+        "img/MAPHead_0/MlpBlock_0/Dense_0/kernel": sd[f"{h}.mlp.fc1.weight"].T,
+        "img/MAPHead_0/MlpBlock_0/Dense_0/bias": sd[f"{h}.mlp.fc1.bias"],
+        "img/MAPHead_0/MlpBlock_0/Dense_1/kernel": sd[f"{h}.mlp.fc2.weight"].T,
+        "img/MAPHead_0/MlpBlock_0/Dense_1/bias": sd[f"{h}.mlp.fc2.bias"],
+        "txt/Embed_0/embedding": sd["text_model.embeddings.token_embedding.weight"],
+        "txt/pos_embedding": sd["text_model.embeddings.position_embedding.weight"][None],
+        **_blocks(sd, "text_model.encoder.layers", "txt/Encoder_0", tc.num_hidden_layers,
+                  tc.num_attention_heads, stacked),
+        "txt/Encoder_0/encoder_norm/scale": sd["text_model.final_layer_norm.weight"],
+        "txt/Encoder_0/encoder_norm/bias": sd["text_model.final_layer_norm.bias"],
+        "txt/head/kernel": sd["text_model.head.weight"].T,
+        "txt/head/bias": sd["text_model.head.bias"],
+        "t": sd["logit_scale"],
+        "b": sd["logit_bias"],
+    }
+    if img_head is not None:
+        out["img/head/kernel"], out["img/head/bias"] = (x.astype(np.float32) for x in img_head)
+    return {f"{prefix}{k}": np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+
+
+def write_npz(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def inputs(model, n_images=3, n_texts=4, seed=0):
+    rng = np.random.default_rng(seed)
+    vc, tc = model.config.vision_config, model.config.text_config
+    pixels = rng.uniform(-1, 1, (n_images, vc.image_size, vc.image_size, 3)).astype(np.float32)
+    ids = rng.integers(2, tc.vocab_size, (n_texts, tc.max_position_embeddings)).astype(np.int32)
+    ids[0, 3:] = 1  # a short text: sticky EOS, then padding with 1
+    ids[1, -1] = 1  # a truncated one: the EOS kept at the end
+    return pixels, ids
+
+
+def reference(model, pixels, ids, img_head=None):
+    """HF's normalised image / text features and logits_per_image, in float64."""
+    with torch.no_grad():
+        px = torch.from_numpy(pixels).double().permute(0, 3, 1, 2)
+        tok = torch.from_numpy(ids).long()
+        zi = model.get_image_features(pixel_values=px).pooler_output
+        if img_head is not None:  # HF's SiglipModel has no image projection; apply big_vision's img/head
+            zi = zi @ torch.from_numpy(img_head[0]).double() + torch.from_numpy(img_head[1]).double()
+        zt = model.get_text_features(input_ids=tok).pooler_output
+        zi, zt = zi / zi.norm(dim=-1, keepdim=True), zt / zt.norm(dim=-1, keepdim=True)
+        logits = model.logit_scale.exp() * zi @ zt.T + model.logit_bias
+        if img_head is None:  # the model's own forward agrees with the sum above
+            full = model(input_ids=tok, pixel_values=px).logits_per_image
+            assert torch.allclose(full, logits, atol=1e-10)
+    return zi.numpy(), zt.numpy(), logits.numpy()
+
+
+def ours(converted, pixels, ids):
+    module, variables = TwoTower(converted.config), {"params": converted.params}
+    zi = jax.jit(lambda v, x: module.apply(v, x, method=TwoTower.encode_image))(variables, pixels)
+    zt = jax.jit(lambda v, x: module.apply(v, x, method=TwoTower.encode_text))(variables, ids)
+    zi2, zt2, logits = jax.jit(module.apply)(variables, pixels, ids)
+    np.testing.assert_allclose(zi2, zi, atol=1e-6)
+    np.testing.assert_allclose(zt2, zt, atol=1e-6)
+    return np.asarray(zi), np.asarray(zt), np.asarray(logits)
+
+
+def max_errors(got, want):
+    names = ("image", "text", "logits")
+    return {n: float(np.max(np.abs(np.asarray(g, np.float64) - w))) for n, g, w in zip(names, got, want)}
+
+
+def check_parity(label, converted, model, img_head=None):
+    pixels, ids = inputs(model)
+    errors = max_errors(ours(converted, pixels, ids), reference(model, pixels, ids, img_head))
+    print(f"\nbig_vision {label} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert all(e <= TOLERANCE for e in errors.values()), errors
+
+
+# ---------------------------------------------------------------- parity
+
+@pytest.fixture(scope="module")
+def small():
+    return hf_siglip(SMALL)
+
+
+@pytest.mark.parametrize("layout,prefix,with_img_head", [
+    ("per_layer", "", False), ("stacked", "params/", False), ("per_layer", "params/", True), ("stacked", "", True),
+])
+def test_inferred_architecture_matches_hf(small, tmp_path, spm_model_file, layout, prefix, with_img_head):
+    img_head = None
+    if with_img_head:  # an image tower with an out_dim: img/head projects 64 -> 32, so must the text head
+        model = hf_siglip({**SMALL, "text": {**SMALL["text"], "projection_size": 32}}, seed=1)
+        rng = np.random.default_rng(1)
+        img_head = (rng.normal(0, 0.1, (64, 32)), rng.normal(0, 0.1, (32,)))
+    else:
+        model = small
+    npz = write_npz(tmp_path / "ckpt.npz", to_big_vision(model, stacked=layout == "stacked", prefix=prefix,
+                                                         img_head=img_head))
+    converted = big_vision.convert(npz, None, spm_model_file)
+
+    cfg = converted.config
+    v, t = cfg.vision, cfg.text
+    assert (v.image_size, v.patch_size, v.width, v.depth, v.heads, v.mlp_dim) == (32, 8, 64, 2, 4, 128)
+    assert (t.vocab_size, t.context_length, t.width, t.depth, t.heads, t.mlp_dim) == (1000, 12, 48, 3, 2, 96)
+    assert (v.act, t.act, v.ln_eps, t.ln_eps) == ("gelu_tanh", "gelu_tanh", 1e-6, 1e-6)
+    assert (v.pool, v.class_token, v.pre_norm, v.patch_bias) == ("map", False, False, True)
+    assert (t.pool, t.causal, t.proj, t.proj_bias) == ("last", False, True, True)
+    assert (v.proj, v.proj_bias, cfg.embed_dim) == ((True, True, 32) if with_img_head else (False, False, 64))
+    assert cfg.loss == "sigmoid" and cfg.logit_bias_init is not None
+    assert converted.provenance == {"source": "big_vision", "weights": str(npz), "layout": layout}
+    check_parity(f"{layout} prefix={prefix!r} img_head={with_img_head}", converted, model, img_head)
+
+
+def test_named_tiny_siglip_matches_hf(tmp_path, spm_model_file):
+    model = hf_siglip(TINY_SIGLIP, seed=2)
+    npz = write_npz(tmp_path / "ckpt.npz", to_big_vision(model, stacked=True, prefix="params/"))
+    named = big_vision.convert(npz, "tiny-siglip", spm_model_file)
+    # the registry architecture with tanh GELU is exactly what the shapes say
+    assert named.config == big_vision.convert(npz, None, spm_model_file).config
+    assert named.config.vision.act == named.config.text.act == "gelu_tanh"
+    assert named.provenance["model"] == "tiny-siglip"
+    check_parity("tiny-siglip (named)", named, model)
+    arrays = to_big_vision(model, stacked=True, prefix="params/")
+    del arrays["params/b"]
+    with pytest.raises(InputError, match="missing key 'b'"):
+        big_vision.convert(write_npz(tmp_path / "no_b.npz", arrays), "tiny-siglip", spm_model_file)
+
+
+def test_extra_text_posemb_is_summed(small, tmp_path, spm_model_file):
+    """Early text towers carry a second posemb at txt/Encoder_0/pos_embedding; the two add up."""
+    arrays = to_big_vision(small, stacked=False)
+    pos = arrays["txt/pos_embedding"]
+    arrays["txt/pos_embedding"], arrays["txt/Encoder_0/pos_embedding"] = 0.25 * pos, 0.75 * pos
+    converted = big_vision.convert(write_npz(tmp_path / "ckpt.npz", arrays), None, spm_model_file)
+    check_parity("split text posemb", converted, small)
+
+
+def test_preprocess_and_tokenizer_configs(small, tmp_path, spm_model_file):
+    converted = big_vision.convert(write_npz(tmp_path / "ckpt.npz", to_big_vision(small, stacked=False)), None,
+                                   spm_model_file)
+    pp, tok = converted.preprocess, converted.tokenizer
+    assert (pp.image_size, pp.resize_mode, pp.interpolation, pp.mean, pp.std) == (
+        32, "squash", "bilinear", (0.5,) * 3, (0.5,) * 3)
+    assert (tok.kind, tok.context_length, tok.pad_id, tok.eos_id) == ("sentencepiece", 12, 1, 1)
+    assert converted.tokenizer_source == spm_model_file
+
+
+def test_cli_end_to_end(small, tmp_path, spm_model_file):
+    npz = write_npz(tmp_path / "ckpt.npz", to_big_vision(small, stacked=True, prefix="params/"))
+    out = tmp_path / "model"
+    assert main(["convert", "--from", "big_vision", str(npz), str(out), "--tokenizer", str(spm_model_file)]) == 0
+    assert json.loads((out / "config.json").read_text())["provenance"]["layout"] == "stacked"
+    loaded = jaxvlm.load(out)
+    pixels, _ = inputs(small)
+    ids = loaded.tokenize(["a photo of a cat", "ka to ri mo su ne " * 5])
+    assert ids.shape == (2, 12) and ids[0, -1] == 1 and ids[1, -1] == 1  # sticky EOS, padded with 1
+    zi, zt = loaded.encode_image(pixels), loaded.encode_text(ids)
+    ref_zi, ref_zt, ref_logits = reference(small, pixels, ids)
+    errors = max_errors((zi, zt, loaded.logits(zi, zt)), (ref_zi, ref_zt, ref_logits))
+    print("\nbig_vision via CLI + jaxvlm.load max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert all(e <= TOLERANCE for e in errors.values()), errors
+
+
+# ---------------------------------------------------------------- bad inputs
+
+@pytest.fixture(scope="module")
+def small_arrays(small):
+    return to_big_vision(small, stacked=False)
+
+
+def _convert(tmp_path, arrays, tokenizer, model_name=None):
+    return big_vision.convert(write_npz(tmp_path / "bad.npz", arrays), model_name, tokenizer)
+
+
+def test_extra_key_is_refused(small_arrays, tmp_path, spm_model_file):
+    arrays = {**small_arrays, "img/extra/kernel": np.zeros((2, 2), np.float32)}
+    with pytest.raises(InputError, match="unused source keys.*img/extra/kernel"):
+        _convert(tmp_path, arrays, spm_model_file)
+
+
+@pytest.mark.parametrize("missing", ["txt/Encoder_0/encoderblock_1/MlpBlock_0/Dense_1/bias",
+                                     "img/Transformer/encoderblock_0/LayerNorm_0/scale",
+                                     "img/MAPHead_0/LayerNorm_0/scale", "t"])
+def test_missing_key_is_refused(small_arrays, tmp_path, spm_model_file, missing):
+    arrays = {k: v for k, v in small_arrays.items() if k != missing}
+    with pytest.raises(InputError, match=f"missing key '{missing}'"):
+        _convert(tmp_path, arrays, spm_model_file)
+
+
+def test_without_bias_is_a_softmax_two_tower(small_arrays, tmp_path, spm_model_file):
+    converted = _convert(tmp_path, {k: v for k, v in small_arrays.items() if k != "b"}, spm_model_file)
+    assert converted.config.loss == "softmax" and converted.config.logit_bias_init is None
+    assert "b" not in converted.params
+
+
+def test_missing_stacked_key_is_refused(small, tmp_path, spm_model_file):
+    arrays = to_big_vision(small, stacked=True, prefix="params/")
+    del arrays["params/img/Transformer/encoderblock/MultiHeadDotProductAttention_0/key/bias"]
+    with pytest.raises(InputError, match="missing key 'img/Transformer/encoderblock/MultiHeadDotProductAttention_0/key/bias'"):
+        _convert(tmp_path, arrays, spm_model_file)
+
+
+def test_pickled_npz_is_refused(tmp_path, spm_model_file):
+    npz = tmp_path / "pickled.npz"
+    np.savez(npz, **{"img/embedding/kernel": np.array([{"evil": 1}], dtype=object)})
+    with pytest.raises(InputError, match="pickled"):
+        big_vision.convert(npz, None, spm_model_file)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("tiny-siglip", r"not this architecture: vision.mlp_dim 128 \(model: 256\), text.vocab_size 1000"),
+    ("ViT-B-16-SigLIP", r"not this architecture: embed_dim 64 \(model: 768\)"),
+    ("ViT-B-32", "not a SigLIP architecture"),
+])
+def test_mismatching_model_name_is_refused(small_arrays, tmp_path, spm_model_file, name, message):
+    with pytest.raises(InputError, match=message):
+        _convert(tmp_path, small_arrays, spm_model_file, model_name=name)
+
+
+def test_tokenizer_is_required(small_arrays, tmp_path, spm_model_file):
+    with pytest.raises(InputError, match="--tokenizer"):
+        _convert(tmp_path, small_arrays, None)
+    not_spm = tmp_path / "vocab.txt"
+    not_spm.write_text("hello\nworld\n")
+    with pytest.raises(InputError, match="not a SentencePiece model"):
+        _convert(tmp_path, small_arrays, not_spm)
+    with pytest.raises(InputError, match="no such tokenizer"):
+        _convert(tmp_path, small_arrays, tmp_path / "absent.model")
