@@ -1,0 +1,513 @@
+"""HF transformers model directories -> jaxvlm: `CLIPModel` and `SiglipModel`.
+
+The directory's `config.json` decides the architecture (a `model_name`, when given, must agree
+with it); the weights are `model.safetensors`, `pytorch_model.bin`, or a sharded index of either.
+Numerics follow what transformers computes:
+
+- CLIP: class token, pre-LN (HF's `pre_layrnorm`), causal text, the class token's features
+  through `post_layernorm`, bias-free projections, logits exp(t) * cos. Text pooling is HF's:
+  the argmax of the ids when the config's `eos_token_id` is 2 (legacy configs), otherwise the
+  first position holding `eos_token_id`.
+- SigLIP: patch conv with bias, no class token, no pre-LN, MAP head (a torch MultiheadAttention
+  with packed in_proj), bidirectional text pooled at the last position, `text_model.head` as the
+  text projection, logits exp(t) * cos + b.
+
+Fields a config.json leaves out take transformers' defaults (written out below), so converting
+needs neither transformers nor network access.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxvlm.convert.common import (Converted, SourceKeys, attention_params, check_params, conv, dense, layer_norm,
+                                   read_weights, stack_layers)
+from jaxvlm.errors import InputError
+from jaxvlm.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxvlm.models.registry import CLIP_TOKENIZER, SIGLIP_TOKENIZER_FILE, get_architecture
+from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN, OPENAI_STD, PreprocessConfig
+from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
+
+MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+
+# Non-persistent buffers that older checkpoints saved along with the parameters.
+NON_PARAMETERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+# Weight files in the order transformers looks for them.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+# HF `hidden_act` -> jaxvlm act. gelu_new computes the same tanh formula as gelu_pytorch_tanh.
+ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+# transformers' defaults (configuration_clip.py / configuration_siglip.py) for omitted fields.
+DEFAULTS = {
+    "clip": {
+        "model": {"projection_dim": 512, "logit_scale_init_value": 2.6592},
+        "text_config": {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                        "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                        "layer_norm_eps": 1e-5, "eos_token_id": 49407},
+        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
+                          "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+    },
+    "siglip": {
+        "model": {},
+        "text_config": {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                        "num_attention_heads": 12, "max_position_embeddings": 64,
+                        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "projection_size": None},
+        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 16,
+                          "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True},
+    },
+}
+
+# The HF image processors' class defaults (image_processing_clip.py / image_processing_siglip.py).
+PROCESSOR_DEFAULTS = {
+    "clip": {"resample": 3, "image_mean": OPENAI_MEAN, "image_std": OPENAI_STD, "do_center_crop": True},
+    "siglip": {"resample": 3, "image_mean": INCEPTION_MEAN, "image_std": INCEPTION_STD, "do_center_crop": False},
+}
+RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
+
+# The HF tokenizer classes' default special tokens (CLIPTokenizer / SiglipTokenizer).
+TOKENIZER_DEFAULTS = {"clip": {"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
+                      "siglip": {"pad_token": "</s>", "eos_token": "</s>"}}
+
+# Fields that legitimately differ between sources of one architecture: not compared with model_name.
+_NUMERIC_FIELDS = {"vision.act", "vision.ln_eps", "text.act", "text.ln_eps", "text.pool", "text.eos_id",
+                   "logit_scale_init", "logit_bias_init", "dtype", "remat"}
+
+
+# ---------------------------------------------------------------- config.json
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} does not hold a JSON object")
+    return data
+
+
+class _Fields:
+    """One (sub-)config: the file's values over transformers' defaults, with typed access."""
+
+    def __init__(self, values: dict, defaults: dict, where: str):
+        self.values, self.defaults, self.where = values, defaults, where
+
+    def get(self, key: str) -> Any:
+        value = self.values.get(key)
+        return self.defaults.get(key) if value is None else value
+
+    def int(self, key: str) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"{self.where}.{key} must be a positive integer, got {value!r}")
+        return value
+
+    def square(self, key: str) -> int:
+        """image_size / patch_size: an int or a [height, width] pair, which must be square."""
+        value = self.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"{self.where}.{key} must be a positive integer (square), got {value!r}")
+        return value
+
+    def eps(self) -> float:
+        value = self.get("layer_norm_eps")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise InputError(f"{self.where}.layer_norm_eps must be a small positive number, got {value!r}")
+        return float(value)
+
+    def act(self) -> str:
+        value = self.get("hidden_act")
+        if value not in ACTIVATIONS:
+            raise InputError(f"{self.where}.hidden_act {value!r} is not supported; expected one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        return ACTIVATIONS[value]
+
+
+def _sub_config(config: dict, name: str, defaults: dict, where: str) -> _Fields:
+    values = config.get(name) or {}
+    legacy = config.get(f"{name}_dict")  # transformers < 4.2x wrote text_config_dict; it overrides
+    if not isinstance(values, dict) or not isinstance(legacy or {}, dict):
+        raise InputError(f"{where}: '{name}' must be a JSON object")
+    return _Fields({**values, **(legacy or {})}, defaults, f"{where} {name}")
+
+
+def _vision_common(v: _Fields) -> dict:
+    if v.int("num_channels") != 3:
+        raise InputError(f"{v.where}.num_channels is {v.get('num_channels')}; only RGB (3) models are supported")
+    return dict(image_size=v.square("image_size"), patch_size=v.square("patch_size"), width=v.int("hidden_size"),
+                depth=v.int("num_hidden_layers"), heads=v.int("num_attention_heads"),
+                mlp_dim=v.int("intermediate_size"), act=v.act(), ln_eps=v.eps())
+
+
+def _text_common(t: _Fields) -> dict:
+    return dict(vocab_size=t.int("vocab_size"), context_length=t.int("max_position_embeddings"),
+                width=t.int("hidden_size"), depth=t.int("num_hidden_layers"), heads=t.int("num_attention_heads"),
+                mlp_dim=t.int("intermediate_size"), act=t.act(), ln_eps=t.eps())
+
+
+def _clip_config(config: dict, where: str) -> ModelConfig:
+    d = DEFAULTS["clip"]
+    top = _Fields(config, d["model"], where)
+    v = _sub_config(config, "vision_config", d["vision_config"], where)
+    t = _sub_config(config, "text_config", d["text_config"], where)
+    eos = t.get("eos_token_id")
+    if isinstance(eos, bool) or not isinstance(eos, int):
+        raise InputError(f"{t.where}.eos_token_id must be one integer (transformers' CLIP pools on it), "
+                         f"got {eos!r}")
+    pool = dict(pool="argmax") if eos == 2 else dict(pool="eos", eos_id=eos)  # HF's legacy rule
+    scale = top.get("logit_scale_init_value")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise InputError(f"{where}.logit_scale_init_value must be a number, got {scale!r}")
+    vision = VisionConfig(**_vision_common(v), patch_bias=False, class_token=True, pre_norm=True, pool="cls",
+                          proj=True, proj_bias=False)
+    text = TextConfig(**_text_common(t), causal=True, **pool, proj=True, proj_bias=False)
+    return ModelConfig(embed_dim=top.int("projection_dim"), vision=vision, text=text, loss="softmax",
+                       logit_scale_init=float(scale))
+
+
+def _siglip_config(config: dict, where: str) -> ModelConfig:
+    d = DEFAULTS["siglip"]
+    v = _sub_config(config, "vision_config", d["vision_config"], where)
+    t = _sub_config(config, "text_config", d["text_config"], where)
+    if v.get("vision_use_head") is not True:
+        raise InputError(f"{v.where}.vision_use_head is off: the model has no pooled image embedding")
+    vision = VisionConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map",
+                          proj=False)
+    embed_dim = vision.width
+    projection = t.get("projection_size")
+    projection = t.int("hidden_size") if projection is None else t.int("projection_size")
+    if projection != embed_dim:
+        raise InputError(f"{t.where}.projection_size {projection} differs from the image width {embed_dim}: "
+                         "the two embeddings cannot be compared")
+    text = TextConfig(**_text_common(t), causal=False, pool="last", proj=True, proj_bias=True)
+    # HF's config holds no init values for t and b; these are the SigLIP paper's (big_vision's).
+    return ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="sigmoid",
+                       logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
+
+
+def model_config(config: dict, where: str) -> tuple[str, ModelConfig]:
+    """HF config.json contents -> (model_type, jaxvlm ModelConfig)."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in MODEL_CLASSES:
+        raise InputError(f"{where}: model_type is {model_type!r}; this converter reads "
+                         f"{' / '.join(repr(k) for k in MODEL_CLASSES)} ({' / '.join(MODEL_CLASSES.values())})")
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and MODEL_CLASSES[model_type] not in architectures:
+        raise InputError(f"{where}: architectures is {architectures}; expected {MODEL_CLASSES[model_type]} "
+                         "(both towers)")
+    cfg = _clip_config(config, where) if model_type == "clip" else _siglip_config(config, where)
+    try:
+        return model_type, cfg.validate()
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+def _flat_fields(cfg: ModelConfig) -> dict[str, Any]:
+    out = {}
+    for key, value in cfg.to_dict().items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _check_model_name(model_name: str, cfg: ModelConfig, where: str) -> None:
+    named = _flat_fields(get_architecture(model_name).model)
+    mine = _flat_fields(cfg)
+    diffs = [f"{k} {mine[k]} vs {named[k]}" for k in mine if k not in _NUMERIC_FIELDS and mine[k] != named[k]]
+    if diffs:
+        raise InputError(f"{where} is not a {model_name} ({'; '.join(diffs[:4])}"
+                         f"{'; ...' if len(diffs) > 4 else ''}); leave out --model to take the config's architecture")
+
+
+# ---------------------------------------------------------------- weights
+
+def _read_sharded(index: Path) -> dict[str, np.ndarray]:
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index} has no 'weight_map'")
+    weights: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise InputError(f"{index}: shard {shard!r} is not a file name in the same directory")
+        part = read_weights(index.parent / shard)
+        clash = sorted(set(part) & set(weights))
+        if clash:
+            raise InputError(f"{index}: keys in more than one shard, e.g. {', '.join(clash[:5])}")
+        weights.update(part)
+    unlisted = sorted(set(weights) ^ set(weight_map))
+    if unlisted:
+        raise InputError(f"{index}: the shards and the weight_map disagree on keys, e.g. {', '.join(unlisted[:5])}")
+    return weights
+
+
+def _read_dir_weights(src_dir: Path) -> tuple[dict[str, np.ndarray], Path]:
+    for name in WEIGHT_FILES:
+        path = src_dir / name
+        if path.is_file():
+            return (_read_sharded(path) if name.endswith(".index.json") else read_weights(path)), path
+    raise InputError(f"{src_dir} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _encoder_layers(src: SourceKeys, name: str, heads: int):
+    """HF CLIPEncoderLayer / SiglipEncoderLayer (separate q/k/v) -> one jaxvlm Block."""
+
+    def one(i: int) -> dict[str, np.ndarray]:
+        p = f"{name}.{i}"
+        qkv = [(src.take(f"{p}.self_attn.{n}_proj.weight"), src.take(f"{p}.self_attn.{n}_proj.bias"))
+               for n in ("q", "k", "v")]
+        return {
+            **layer_norm(src, f"{p}.layer_norm1", "norm1"),
+            **attention_params("attn", *qkv, src.take(f"{p}.self_attn.out_proj.weight"),
+                               src.take(f"{p}.self_attn.out_proj.bias"), heads),
+            **layer_norm(src, f"{p}.layer_norm2", "norm2"),
+            **dense(src, f"{p}.mlp.fc1", "mlp/fc1"),
+            **dense(src, f"{p}.mlp.fc2", "mlp/fc2"),
+        }
+
+    return one
+
+
+def _scalar(src: SourceKeys, key: str) -> np.ndarray:
+    value = src.take(key)
+    if value.size != 1:
+        raise InputError(f"{src.what}: '{key}' has shape {value.shape}, expected a scalar")
+    return value.reshape(())
+
+
+def _clip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    v, t = cfg.vision, cfg.text
+    return {
+        "img/patch_embed/kernel": conv(src.take("vision_model.embeddings.patch_embedding.weight")),
+        "img/cls": src.take("vision_model.embeddings.class_embedding").reshape(1, 1, -1),
+        "img/pos_embed": src.take("vision_model.embeddings.position_embedding.weight")[None],
+        **layer_norm(src, "vision_model.pre_layrnorm", "img/pre_norm"),
+        **stack_layers(v.depth, _encoder_layers(src, "vision_model.encoder.layers", v.heads), "img/encoder/blocks"),
+        **layer_norm(src, "vision_model.post_layernorm", "img/final_norm"),
+        **dense(src, "visual_projection", "img/proj", bias=False),
+        **_text_params(src, t),
+        **dense(src, "text_projection", "txt/proj", bias=False),
+        "t": _scalar(src, "logit_scale"),
+    }
+
+
+def _siglip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    v, t = cfg.vision, cfg.text
+    head = "vision_model.head"
+    q_w, k_w, v_w = np.split(src.take(f"{head}.attention.in_proj_weight"), 3)  # torch packs q, k, v in order
+    q_b, k_b, v_b = np.split(src.take(f"{head}.attention.in_proj_bias"), 3)
+    return {
+        "img/patch_embed/kernel": conv(src.take("vision_model.embeddings.patch_embedding.weight")),
+        "img/patch_embed/bias": src.take("vision_model.embeddings.patch_embedding.bias"),
+        "img/pos_embed": src.take("vision_model.embeddings.position_embedding.weight")[None],
+        **stack_layers(v.depth, _encoder_layers(src, "vision_model.encoder.layers", v.heads), "img/encoder/blocks"),
+        **layer_norm(src, "vision_model.post_layernorm", "img/final_norm"),
+        "img/map_head/probe": src.take(f"{head}.probe"),
+        **attention_params("img/map_head/attn", (q_w, q_b), (k_w, k_b), (v_w, v_b),
+                           src.take(f"{head}.attention.out_proj.weight"), src.take(f"{head}.attention.out_proj.bias"),
+                           v.heads),
+        **layer_norm(src, f"{head}.layernorm", "img/map_head/norm"),
+        **dense(src, f"{head}.mlp.fc1", "img/map_head/mlp/fc1"),
+        **dense(src, f"{head}.mlp.fc2", "img/map_head/mlp/fc2"),
+        **_text_params(src, t),
+        **dense(src, "text_model.head", "txt/proj", bias=True),
+        "t": _scalar(src, "logit_scale"),
+        "b": _scalar(src, "logit_bias"),
+    }
+
+
+def _text_params(src: SourceKeys, t: TextConfig) -> dict[str, np.ndarray]:
+    return {
+        "txt/token_embed/embedding": src.take("text_model.embeddings.token_embedding.weight"),
+        "txt/pos_embed": src.take("text_model.embeddings.position_embedding.weight")[None],
+        **stack_layers(t.depth, _encoder_layers(src, "text_model.encoder.layers", t.heads), "txt/encoder/blocks"),
+        **layer_norm(src, "text_model.final_layer_norm", "txt/final_norm"),
+    }
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def _size_pair(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, dict) and set(value) == {"height", "width"}:
+        return value["height"], value["width"]
+    raise InputError(f"{what} is {value!r}; expected an int or {{'height', 'width'}}")
+
+
+def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> PreprocessConfig:
+    """The HF image processor's transform, from preprocessor_config.json or the class defaults.
+
+    Only what PreprocessConfig can reproduce is accepted: resize to the model's size (shortest side
+    then a centre crop of that size, or straight to a square), bicubic or bilinear, /255, mean/std.
+    """
+    defaults = PROCESSOR_DEFAULTS[model_type]
+    path = src_dir / "preprocessor_config.json"
+    p = _Fields(_read_json(path) if path.is_file() else {}, defaults, str(path))
+    resample = p.get("resample")
+    if resample not in RESAMPLE:
+        raise InputError(f"{path}: resample {resample!r} is not supported (2 bilinear, 3 bicubic)")
+    if p.values.get("do_resize") is False:
+        raise InputError(f"{path}: do_resize is false; jaxvlm always resizes to the model's image size")
+    square = {"height": image_size, "width": image_size}
+    size = p.values.get("size", {"shortest_edge": image_size} if model_type == "clip" else square)
+    shortest = isinstance(size, int) and not isinstance(size, bool)  # HF reads a bare int as the short side
+    if isinstance(size, dict) and set(size) == {"shortest_edge"}:
+        size, shortest = size["shortest_edge"], True
+    if shortest:
+        crop = _size_pair(p.values.get("crop_size", size), f"{path}: crop_size")
+        if size != image_size or not p.get("do_center_crop") or crop != (image_size, image_size):
+            raise InputError(f"{path}: shortest-side resize to {size} with centre crop "
+                             f"{crop if p.get('do_center_crop') else 'off'} is not the model's "
+                             f"{image_size}x{image_size} resize-and-crop")
+        mode = "shortest"
+    else:
+        size = _size_pair(size, f"{path}: size")
+        crop = _size_pair(p.values.get("crop_size", size[0]), f"{path}: crop_size")
+        if size != (image_size, image_size) or (p.get("do_center_crop") and crop != size):
+            raise InputError(f"{path}: resize to {size} (crop {crop if p.get('do_center_crop') else 'off'}) "
+                             f"does not give the model's {image_size}x{image_size}")
+        mode = "squash"
+    if p.values.get("do_rescale") is False:
+        raise InputError(f"{path}: do_rescale is false; jaxvlm always scales pixels to [0, 1]")
+    factor = p.values.get("rescale_factor", 1 / 255)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or abs(factor - 1 / 255) > 1e-12:
+        raise InputError(f"{path}: rescale_factor {factor!r} is not 1/255")
+    if p.values.get("do_normalize") is False:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean, std = p.get("image_mean"), p.get("image_std")
+    return PreprocessConfig(image_size=image_size, resize_mode=mode, interpolation=RESAMPLE[resample], mean=mean,
+                            std=std)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def _special_token(src_dir: Path, name: str, default: str) -> str:
+    """The content of a special token named by tokenizer_config.json or special_tokens_map.json."""
+    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = src_dir / file
+        if path.is_file():
+            value = _read_json(path).get(name)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str) and value:
+                return value
+    return default
+
+
+def _hf_json_pad(path: Path, src_dir: Path, model_type: str, config_pad: Any) -> int:
+    from tokenizers import Tokenizer
+
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises bare Exceptions
+        raise InputError(f"cannot load tokenizer.json {path}: {e}") from None
+    pad = backend.token_to_id(_special_token(src_dir, "pad_token", TOKENIZER_DEFAULTS[model_type]["pad_token"]))
+    if pad is not None:
+        return pad
+    if isinstance(config_pad, int) and not isinstance(config_pad, bool) and config_pad >= 0:
+        return config_pad
+    raise InputError(f"{path}: cannot tell the padding token; name it as pad_token in {src_dir}/tokenizer_config.json")
+
+
+def _sentencepiece_ids(path: Path, src_dir: Path) -> tuple[int, int]:
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"cannot load SentencePiece model {path}: {e}") from None
+    ids = []
+    for name in ("pad_token", "eos_token"):  # SiglipTokenizer's defaults: '</s>' for both
+        piece = _special_token(src_dir, name, TOKENIZER_DEFAULTS["siglip"][name])
+        token = sp.piece_to_id(piece)
+        if token == sp.unk_id() and piece != sp.id_to_piece(sp.unk_id()):
+            raise InputError(f"{path}: the {name} {piece!r} is not in the SentencePiece vocabulary")
+        ids.append(token)
+    return ids[0], ids[1]
+
+
+def _tokenizer_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".json"):
+        return "hf_json"
+    if name.endswith(".model"):
+        return "sentencepiece"
+    if name.endswith((".txt.gz", ".txt")):
+        return "clip_bpe"
+    raise InputError(f"cannot tell the kind of tokenizer file {path}: expected tokenizer.json, a SentencePiece "
+                     ".model, or CLIP's bpe_simple_vocab_16e6.txt.gz")
+
+
+def tokenizer_config(src_dir: Path, model_type: str, text: _Fields, context: int,
+                     tokenizer_path: Path | None) -> tuple[TokenizerConfig, Path]:
+    if tokenizer_path is not None:
+        path = Path(tokenizer_path)
+        if not path.is_file():
+            raise InputError(f"no such tokenizer file: {path}")
+        kind = _tokenizer_kind(path)
+    else:
+        # SiglipTokenizer is SentencePiece only: spiece.model is what transformers runs.
+        found = [("spiece.model", "sentencepiece"), ("tokenizer.json", "hf_json")]
+        if model_type == "clip":
+            found.reverse()
+        found = [(src_dir / name, kind) for name, kind in found if (src_dir / name).is_file()]
+        if found:
+            path, kind = found[0]
+        elif model_type == "clip" and text.get("vocab_size") == 49408:
+            path, kind = CLIP_BPE_FILE, "clip_bpe"
+        else:
+            raise InputError(f"{src_dir} holds no tokenizer (tokenizer.json or spiece.model); "
+                             "pass its file with --tokenizer")
+    if kind == "clip_bpe":
+        return dataclasses.replace(CLIP_TOKENIZER, context_length=context), path
+    if kind == "sentencepiece":
+        pad, eos = _sentencepiece_ids(path, src_dir)
+        return TokenizerConfig(kind="sentencepiece", file=SIGLIP_TOKENIZER_FILE, context_length=context,
+                               clean="canonicalize", pad_id=pad, eos_id=eos), path
+    pad = _hf_json_pad(path, src_dir, model_type, text.values.get("pad_token_id"))
+    return TokenizerConfig(kind="hf_json", file="tokenizer.json", context_length=context, clean="none",
+                           pad_id=pad), path
+
+
+# ---------------------------------------------------------------- entry point
+
+def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise InputError(f"{src_dir} is not a directory: the HF source is a model directory "
+                         "(config.json and model.safetensors)")
+    config_path = src_dir / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{src_dir} has no config.json: is it a HF transformers model directory?")
+    hf_config = _read_json(config_path)
+    model_type, cfg = model_config(hf_config, str(config_path))
+    if model_name:
+        _check_model_name(model_name, cfg, str(config_path))
+    weights, weights_path = _read_dir_weights(src_dir)
+    what = f"{weights_path} as HF {MODEL_CLASSES[model_type]}"
+    src = SourceKeys(weights, what, ignore=NON_PARAMETERS)
+    flat = _clip_params(src, cfg) if model_type == "clip" else _siglip_params(src, cfg)
+    src.check_all_used()
+    params = check_params(cfg, flat, what)
+    preprocess = preprocess_config(src_dir, model_type, cfg.vision.image_size)
+    text = _sub_config(hf_config, "text_config", DEFAULTS[model_type]["text_config"], str(config_path))
+    tokenizer, tokenizer_source = tokenizer_config(src_dir, model_type, text, cfg.text.context_length, tokenizer_path)
+    return Converted(cfg, params, preprocess, tokenizer, Path(tokenizer_source),
+                     {"source": "hf", "model_type": model_type, "weights": str(weights_path)})
