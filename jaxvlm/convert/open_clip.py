@@ -19,39 +19,26 @@ from jaxvlm.tokenizers import CLIP_BPE_FILE
 NON_PARAMETERS = ("attn_mask", "input_resolution", "context_length", "vocab_size", "text.attn_mask")
 
 
-def _residual_blocks(src: SourceKeys, name: str, heads: int):
-    """open_clip ResidualAttentionBlock (packed in_proj) -> one jaxvlm Block."""
+# Source names inside one block: norm1, packed q/k/v (weight and bias), out projection, norm2, fc1, fc2.
+OPENAI_BLOCK = ("ln_1", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+TIMM_BLOCK = ("norm1", "attn.qkv.weight", "attn.qkv.bias", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+
+def _blocks(src: SourceKeys, name: str, heads: int, names: tuple):
+    """One open_clip ResidualAttentionBlock or timm Block (both pre-LN, packed qkv) -> one jaxvlm Block."""
+    norm1, qkv_weight, qkv_bias, out, norm2, fc1, fc2 = names
 
     def one(i: int) -> dict[str, np.ndarray]:
         p = f"{name}.{i}"
-        qkv_w = np.split(src.take(f"{p}.attn.in_proj_weight"), 3)
-        qkv_b = np.split(src.take(f"{p}.attn.in_proj_bias"), 3)
+        qkv_w = np.split(src.take(f"{p}.{qkv_weight}"), 3)
+        qkv_b = np.split(src.take(f"{p}.{qkv_bias}"), 3)
         return {
-            **layer_norm(src, f"{p}.ln_1", "norm1"),
-            **attention_params("attn", *zip(qkv_w, qkv_b), src.take(f"{p}.attn.out_proj.weight"),
-                               src.take(f"{p}.attn.out_proj.bias"), heads),
-            **layer_norm(src, f"{p}.ln_2", "norm2"),
-            **dense(src, f"{p}.mlp.c_fc", "mlp/fc1"),
-            **dense(src, f"{p}.mlp.c_proj", "mlp/fc2"),
-        }
-
-    return one
-
-
-def _timm_blocks(src: SourceKeys, name: str, heads: int):
-    """timm ViT Block (packed qkv) -> one jaxvlm Block."""
-
-    def one(i: int) -> dict[str, np.ndarray]:
-        p = f"{name}.{i}"
-        qkv_w = np.split(src.take(f"{p}.attn.qkv.weight"), 3)
-        qkv_b = np.split(src.take(f"{p}.attn.qkv.bias"), 3)
-        return {
-            **layer_norm(src, f"{p}.norm1", "norm1"),
-            **attention_params("attn", *zip(qkv_w, qkv_b), src.take(f"{p}.attn.proj.weight"),
-                               src.take(f"{p}.attn.proj.bias"), heads),
-            **layer_norm(src, f"{p}.norm2", "norm2"),
-            **dense(src, f"{p}.mlp.fc1", "mlp/fc1"),
-            **dense(src, f"{p}.mlp.fc2", "mlp/fc2"),
+            **layer_norm(src, f"{p}.{norm1}", "norm1"),
+            **attention_params("attn", *zip(qkv_w, qkv_b), src.take(f"{p}.{out}.weight"),
+                               src.take(f"{p}.{out}.bias"), heads),
+            **layer_norm(src, f"{p}.{norm2}", "norm2"),
+            **dense(src, f"{p}.{fc1}", "mlp/fc1"),
+            **dense(src, f"{p}.{fc2}", "mlp/fc2"),
         }
 
     return one
@@ -64,7 +51,8 @@ def _openai_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
         "img/cls": src.take("visual.class_embedding").reshape(1, 1, -1),
         "img/pos_embed": src.take("visual.positional_embedding")[None],
         **layer_norm(src, "visual.ln_pre", "img/pre_norm"),
-        **stack_layers(v.depth, _residual_blocks(src, "visual.transformer.resblocks", v.heads), "img/encoder/blocks"),
+        **stack_layers(v.depth, _blocks(src, "visual.transformer.resblocks", v.heads, OPENAI_BLOCK),
+                       "img/encoder/blocks"),
         **layer_norm(src, "visual.ln_post", "img/final_norm"),
         "img/proj/kernel": src.take("visual.proj"),
     }
@@ -79,7 +67,7 @@ def _timm_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
         "img/patch_embed/kernel": conv(src.take("visual.trunk.patch_embed.proj.weight")),
         "img/patch_embed/bias": src.take("visual.trunk.patch_embed.proj.bias"),
         "img/pos_embed": src.take("visual.trunk.pos_embed"),
-        **stack_layers(v.depth, _timm_blocks(src, "visual.trunk.blocks", v.heads), "img/encoder/blocks"),
+        **stack_layers(v.depth, _blocks(src, "visual.trunk.blocks", v.heads, TIMM_BLOCK), "img/encoder/blocks"),
         **layer_norm(src, "visual.trunk.norm", "img/final_norm"),
         "img/map_head/probe": src.take("visual.trunk.attn_pool.latent"),
         **attention_params("img/map_head/attn", (q_w, q_b), (k_w, k_b), (v_w, v_b),
@@ -97,7 +85,8 @@ def _text(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     params = {
         "txt/token_embed/embedding": src.take(f"{p}token_embedding.weight"),
         "txt/pos_embed": src.take(f"{p}positional_embedding")[None],
-        **stack_layers(t.depth, _residual_blocks(src, f"{p}transformer.resblocks", t.heads), "txt/encoder/blocks"),
+        **stack_layers(t.depth, _blocks(src, f"{p}transformer.resblocks", t.heads, OPENAI_BLOCK),
+                       "txt/encoder/blocks"),
         **layer_norm(src, f"{p}ln_final", "txt/final_norm"),
     }
     if f"{p}text_projection.weight" in src:  # nn.Linear (SigLIP) rather than a bare matrix
