@@ -59,3 +59,16 @@ def test_empty_inputs(model):
         model.tokenize([])
     with pytest.raises(InputError):
         model.preprocess([])
+
+
+def test_loading_and_encoding_never_import_torch(model):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, jaxvlm\n"
+        f"m = jaxvlm.load({str(model.directory)!r})\n"
+        "m.encode_text(m.tokenize(['a cat']))\n"
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('torch', 'transformers', 'open_clip')], 'torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
