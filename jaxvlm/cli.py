@@ -30,7 +30,6 @@ def cmd_convert(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    import numpy as np
 
     if args.images is None and args.texts is None:
         raise InputError("embed needs --images and/or --texts")
