@@ -30,7 +30,6 @@ def cmd_convert(args) -> None:
 
 
 def cmd_embed(args) -> None:
-
     if args.images is None and args.texts is None:
         raise InputError("embed needs --images and/or --texts")
     if args.images is not None and not args.images:
