@@ -48,13 +48,11 @@ class VisionConfig:
         return self.grid**2 + int(self.class_token)
 
     def validate(self) -> None:
-        _check_choice("vision.act", self.act, ACTIVATIONS)
+        _check_encoder("vision", self)
         _check_choice("vision.pool", self.pool, VISION_POOLS)
         _check_choice("vision.pos_embed", self.pos_embed, POS_EMBEDS)
         if self.image_size < self.patch_size:  # a remainder is dropped (So400m/14 at 384 px: 27 x 27 patches)
             raise InputError(f"vision.image_size {self.image_size} is smaller than patch_size {self.patch_size}")
-        if self.width % self.heads:
-            raise InputError(f"vision.width {self.width} is not divisible by heads {self.heads}")
         if self.pool == "cls" and not self.class_token:
             raise InputError("vision.pool 'cls' needs vision.class_token")
 
@@ -76,10 +74,8 @@ class TextConfig:
     proj_bias: bool = False
 
     def validate(self) -> None:
-        _check_choice("text.act", self.act, ACTIVATIONS)
+        _check_encoder("text", self)
         _check_choice("text.pool", self.pool, TEXT_POOLS)
-        if self.width % self.heads:
-            raise InputError(f"text.width {self.width} is not divisible by heads {self.heads}")
         if self.pool == "eos" and self.eos_id is None:
             raise InputError("text.pool 'eos' needs text.eos_id")
 
@@ -131,6 +127,13 @@ def _build(cls, d: Any, where: str):
         return cls(**d)
     except TypeError as e:
         raise InputError(f"model config: '{where}': {e}") from None
+
+
+def _check_encoder(where: str, tower) -> None:
+    """Checks what the vision and text encoders have in common."""
+    _check_choice(f"{where}.act", tower.act, ACTIVATIONS)
+    if tower.width % tower.heads:
+        raise InputError(f"{where}.width {tower.width} is not divisible by heads {tower.heads}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
