@@ -12,6 +12,8 @@ import numpy as np
 
 from jaxvlm import model_dir
 from jaxvlm.errors import InputError
+from jaxvlm.generation import GenerationConfig, generator
+from jaxvlm.models import build_model
 from jaxvlm.models.two_tower import TwoTower, contrastive_logits
 from jaxvlm.preprocess import load_image, preprocess
 from jaxvlm.tokenizers import build_tokenizer
@@ -31,9 +33,10 @@ class Model:
         self.tokenizer_config = loaded.tokenizer
         self.provenance = loaded.provenance
         self.params = jax.tree.map(jnp.asarray, loaded.params)
-        self.module = TwoTower(self.config)
+        self.module = build_model(self.config)
         self.batch_size = batch_size
         self._tokenizer = build_tokenizer(loaded.tokenizer, self.directory)
+        self._generators: dict[GenerationConfig, object] = {}
 
     def __repr__(self) -> str:
         return f"Model({self.directory}, provenance={self.provenance})"
@@ -49,11 +52,7 @@ class Model:
                           self.preprocess_config)
 
     def encode_image(self, pixels) -> np.ndarray:
-        size = self.config.vision.image_size
-        pixels = np.asarray(pixels, np.float32)
-        if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or not len(pixels):
-            raise InputError(f"encode_image expects float pixels [N>0, {size}, {size}, 3], got {pixels.shape}")
-        return self._chunked(self._image_fn, pixels)
+        return self._chunked(self._image_fn, self._checked_pixels(pixels, "encode_image"))
 
     def encode_text(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
@@ -69,6 +68,33 @@ class Model:
         b = self.params.get("b")
         return np.asarray(contrastive_logits(jnp.asarray(image_embeds), jnp.asarray(text_embeds),
                                              self.params["t"], b))
+
+    def generate(self, pixels, **options) -> list[str]:
+        """Captions from a CoCa model, one per image (for beam search, the best beam).
+
+        Options are `jaxvlm.generation.GenerationConfig`'s: method ("greedy", "beam", "sample"),
+        num_beams, max_len, min_len, temperature, top_k, top_p, repetition_penalty,
+        length_penalty, seed. They are checked before anything is compiled.
+        """
+        try:
+            cfg = GenerationConfig(**options)
+        except TypeError as e:
+            raise InputError(f"generate: {e}") from None
+        cfg.validate(self.config)
+        pixels = self._checked_pixels(pixels, "generate")
+        if cfg not in self._generators:
+            self._generators[cfg] = generator(self.module, cfg, self.tokenizer_config.pad_id)
+        run, rng = self._generators[cfg], jax.random.key(cfg.seed)
+        ids = self._chunked(lambda params, x: run(params, x, rng)[0][:, 0], pixels)
+        eot = self.config.decoder.eot_id
+        return [self._tokenizer.decode(row[: list(row).index(eot)] if eot in row else row) for row in ids]
+
+    def _checked_pixels(self, pixels, what: str) -> np.ndarray:
+        size = self.config.vision.image_size
+        pixels = np.asarray(pixels, np.float32)
+        if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or not len(pixels):
+            raise InputError(f"{what} expects float pixels [N>0, {size}, {size}, 3], got {pixels.shape}")
+        return pixels
 
     @functools.cached_property
     def _image_fn(self):

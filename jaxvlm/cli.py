@@ -52,6 +52,34 @@ def cmd_embed(args) -> None:
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
+def cmd_caption(args) -> None:
+    if not args.images:
+        raise InputError("caption needs at least one image after --images")
+    import jaxvlm
+    from jaxvlm.generation import GenerationConfig
+
+    options = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+    model = jaxvlm.load(args.model_dir)
+    GenerationConfig(**options).validate(model.config)  # bad options fail before the images are read
+    for path, caption in zip(args.images, model.generate(model.preprocess(args.images), **options)):
+        print(f"{path}\t{caption}")
+
+
+# GenerationConfig's fields (its defaults apply to those not given)
+GENERATION_OPTIONS = {
+    "method": (str, "greedy, beam or sample"),
+    "num_beams": (int, "beams for beam search"),
+    "max_len": (int, "most tokens to generate, end token included"),
+    "min_len": (int, "fewest tokens before the end token"),
+    "temperature": (float, "sampling temperature"),
+    "top_k": (int, "sample from the k most likely tokens"),
+    "top_p": (float, "sample from the smallest set of tokens with this much probability"),
+    "repetition_penalty": (float, "> 1 discourages repeated tokens"),
+    "length_penalty": (float, "beam scores are divided by length ** this"),
+    "seed": (int, "random seed for sampling"),
+}
+
+
 def _write_npz_atomically(path: Path, arrays: dict) -> None:
     import numpy as np
 
@@ -67,7 +95,7 @@ def _write_npz_atomically(path: Path, arrays: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jaxvlm", description="CLIP / SigLIP image-text models in JAX.")
+    parser = _Parser(prog="jaxvlm", description="CLIP / SigLIP / CoCa image-text models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("list", help="list the named architectures")
@@ -87,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", nargs="*")
     p.add_argument("--out", type=Path, required=True, help=".npz with image_embeds, text_embeds, logits")
     p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("caption", help="caption images with a CoCa model directory")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--images", nargs="+", type=Path, required=True)
+    for name, (kind, text) in GENERATION_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    p.set_defaults(run=cmd_caption)
     return parser
 
 

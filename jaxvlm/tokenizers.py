@@ -5,7 +5,7 @@ Three kinds, chosen by `TokenizerConfig.kind`:
   sentencepiece  a SentencePiece model, as HF's `SiglipTokenizer` runs it (SigLIP in open_clip).
   hf_json        a HF `tokenizer.json`, through the `tokenizers` package.
 Every kind first applies `TokenizerConfig.clean` to each text, then returns int32
-[N, context_length] ids padded with `pad_id`.
+[N, context_length] ids padded with `pad_id`. `Tokenizer.decode` turns ids back into text.
 """
 
 from __future__ import annotations
@@ -103,7 +103,10 @@ def clean_text(text: str, mode: str) -> str:
 # --- tokenizers --------------------------------------------------------------------------------
 
 class Tokenizer:
-    """Turns texts into int32 [N, context_length] ids; subclasses give `_ids` for one cleaned text."""
+    """Turns texts into int32 [N, context_length] ids and ids back into text.
+
+    Subclasses give `_ids` for one cleaned text and `_decode` for a list of in-vocabulary ids.
+    """
 
     context_length: int
     vocab_size: int
@@ -129,6 +132,20 @@ class Tokenizer:
         return [self._ids(t) for t in texts]
 
     def _ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids` (a list or 1-d array), special tokens skipped, ends stripped.
+
+        The ids are decoded as given: cutting a generated sequence at its end token is the caller's job.
+        """
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise InputError(f"token id {i} is outside the tokenizer's vocabulary of {self.vocab_size} ids")
+        return self._decode(ids).strip()
+
+    def _decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
 
@@ -165,8 +182,10 @@ class ClipBpeTokenizer(Tokenizer):
         if len(merges) != self.NUM_MERGES or any(len(m) != 2 for m in merges):
             raise InputError(f"{path} is not a CLIP BPE merges file ({self.NUM_MERGES} merges expected)")
         self._byte_char = _bytes_to_unicode()
+        self._char_byte = {c: b for b, c in self._byte_char.items()}
         chars = list(self._byte_char.values())
         vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [self.SOT, self.EOT]
+        self._tokens = vocab
         self._encoder = {tok: i for i, tok in enumerate(vocab)}
         self._ranks = {m: i for i, m in enumerate(merges)}
         self.vocab_size = len(vocab)
@@ -214,6 +233,12 @@ class ClipBpeTokenizer(Tokenizer):
     def _ids(self, text: str) -> list[int]:
         ids = [self.sot_id, *self.encode(text)][: self.context_length - 1]
         return ids + [self.eot_id]
+
+    def _decode(self, ids: list[int]) -> str:
+        # open_clip's `SimpleTokenizer.decode`, without the two special tokens.
+        chars = "".join(self._tokens[i] for i in ids if i != self.sot_id and i != self.eot_id)
+        text = bytes(self._char_byte[c] for c in chars).decode("utf-8", errors="replace")
+        return text.replace("</w>", " ")
 
 
 SPIECE_UNDERLINE = "\u2581"
@@ -284,6 +309,9 @@ class SentencePieceTokenizer(Tokenizer):
             ids.append(self.eos_id)
         return ids
 
+    def _decode(self, ids: list[int]) -> str:
+        return self._sp.decode(ids)
+
 
 class HfJsonTokenizer(Tokenizer):
     """A HF `tokenizer.json`: its own normaliser, pre-tokenizer and special tokens."""
@@ -301,9 +329,16 @@ class HfJsonTokenizer(Tokenizer):
         backend.enable_truncation(max_length=context_length)
         backend.no_padding()
         self._backend = backend
+        # CLIP's tokenizer.json ends words with "</w>", which its ByteLevel decoder leaves in;
+        # transformers' CLIPTokenizerFast turns it into a space after decoding, as `_decode` does.
+        self._word_end = getattr(backend.model, "end_of_word_suffix", None)
 
     def _batch_ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._backend.encode_batch(texts)]
+
+    def _decode(self, ids: list[int]) -> str:
+        text = self._backend.decode(ids, skip_special_tokens=True)
+        return text.replace(self._word_end, " ") if self._word_end else text
 
 
 def build_tokenizer(cfg: TokenizerConfig, directory) -> Tokenizer:

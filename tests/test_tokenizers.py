@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from jaxvlm.errors import InputError
-from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig, build_tokenizer
+from jaxvlm.tokenizers import (
+    CLIP_BPE_FILE,
+    TokenizerConfig,
+    build_tokenizer,
+    clean_text,
+)
 
 # --- corpus ------------------------------------------------------------------------------------
 
@@ -196,6 +201,95 @@ def test_hf_json_agrees_with_clip_bpe_on_plain_captions(hf_clip):
     hf = build_tokenizer(TokenizerConfig("hf_json", "tokenizer.json", 77, clean="lower", pad_id=0), directory)
     bpe = build_tokenizer(TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, 77), CLIP_BPE_FILE.parent)
     np.testing.assert_array_equal(hf(texts), bpe(texts))
+
+
+# --- decode ------------------------------------------------------------------------------------
+
+_DECODE_TEXTS = ["a photo of a cat.", "Hello, World!!", "it's (really) 3.14 -- isn't it?", "café naïve",
+                 "東京タワー", "🐱👍🏽 ok", "<b>x</b> & y", "  spaced\tout  "]
+
+
+def _clip_bpe(context_length=77):
+    return build_tokenizer(TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, context_length), CLIP_BPE_FILE.parent)
+
+
+def _squeeze(text):
+    return "".join(text.split())
+
+
+def test_clip_bpe_decode_matches_open_clip(open_clip_tokenizer):
+    tok, ref = _clip_bpe(), open_clip_tokenizer()
+    specials, plain = (tok.sot_id, tok.eot_id), 0
+    for text in _DECODE_TEXTS + CORPUS:
+        cleaned = clean_text(text, "lower")
+        ids = tok.encode(cleaned)
+        decoded = tok.decode(ids)
+        # open_clip writes special tokens out (CORPUS has texts holding them), ours skips them.
+        assert decoded == ref.decode([i for i in ids if i not in specials]).strip(), text
+        if not any(i in specials for i in ids):
+            # CLIP BPE forgets the spacing: every word, and every run of punctuation, ends in a space.
+            assert _squeeze(decoded) == _squeeze(cleaned), text
+            plain += 1
+    assert plain > 2000
+    assert tok.decode(tok.encode("café 東京")) == "café 東京"
+    assert tok.decode(tok.encode("a photo of a cat.")) == "a photo of a cat ."
+
+
+def test_clip_bpe_decode_cut_mid_character_matches_open_clip(open_clip_tokenizer):
+    tok, ref = _clip_bpe(), open_clip_tokenizer()
+    ids = tok.encode("東京 𝔣ᚠ")
+    for k in range(len(ids) + 1):
+        assert tok.decode(ids[:k]) == ref.decode(ids[:k]).strip()
+    # "京" is two byte-level pieces, so this prefix ends inside its UTF-8 bytes.
+    assert tok.decode(ids[:2]) == "東\ufffd"
+
+
+def test_clip_bpe_decode_skips_special_tokens():
+    tok = _clip_bpe()
+    row = tok("A photo of a café!")[0]
+    assert row[0] == tok.sot_id and tok.eot_id in row
+    cut = row[: list(row).index(tok.eot_id) + 1]  # what a caller does with a generated sequence
+    assert tok.decode(cut) == tok.decode(list(cut[1:-1])) == "a photo of a café !"
+    assert tok.decode([tok.sot_id, tok.eot_id, tok.eot_id]) == tok.decode([]) == ""
+
+
+@pytest.mark.parametrize("bad", [49408, -1, 10**9])
+def test_clip_bpe_decode_bad_id_is_input_error(bad):
+    tok = _clip_bpe()
+    with pytest.raises(InputError, match=f"token id {bad} is outside") as e:
+        tok.decode([320, bad, 1125])
+    assert "\n" not in str(e.value)
+
+
+def test_sentencepiece_decode_round_trips(spm_model_file):
+    spm = pytest.importorskip("sentencepiece")
+    cfg = TokenizerConfig("sentencepiece", spm_model_file.name, 32, clean="canonicalize", pad_id=0, eos_id=1)
+    tok = build_tokenizer(cfg, spm_model_file.parent)
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model_file))
+    texts = ["kato rimo sky", "Red CAT, blu dog!", "  the_zz   quphx  ", "anorsu"]
+    for text, row in zip(texts, tok(texts)):
+        # The whole padded row: pad and eos are control tokens, which decode skips.
+        assert row[-1] == 0 and 1 in row
+        assert tok.decode(row) == sp.decode(row.tolist()).strip() == clean_text(text, "canonicalize")
+    with pytest.raises(InputError, match="token id 200 is outside"):
+        tok.decode([5, 200])
+
+
+def test_hf_json_decode_matches_clip_tokenizer_fast(hf_clip):
+    ref_tok, directory = hf_clip
+    cfg = TokenizerConfig("hf_json", "tokenizer.json", 77, clean="none", pad_id=ref_tok.pad_token_id)
+    ours = build_tokenizer(cfg, directory)
+    bpe = _clip_bpe()
+    texts = [t.lower() for t in _DECODE_TEXTS]
+    for text, row in zip(texts, ours(texts)):
+        # The whole padded row: start, end and padding are all special tokens.
+        decoded = ours.decode(row)
+        assert decoded == ref_tok.decode(row.tolist(), skip_special_tokens=True), text
+        assert "</w>" not in decoded and _squeeze(decoded) == _squeeze(text)
+        if text.isascii() and "<" not in text and "&" not in text:
+            assert decoded == bpe.decode(bpe.encode(text))
+    with pytest.raises(InputError, match="token id 49408 is outside"):
+        ours.decode([49408])
 
 
 # --- errors and config -------------------------------------------------------------------------

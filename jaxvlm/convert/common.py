@@ -132,9 +132,9 @@ class SourceKeys:
 
 def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> dict:
     """Compares converted params with the model's own tree; returns the nested tree."""
-    from jaxvlm.models.two_tower import TwoTower
+    from jaxvlm.models import build_model
 
-    expected = abstract_params(TwoTower(cfg), cfg)
+    expected = abstract_params(build_model(cfg), cfg)
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     if missing or extra:

@@ -1,4 +1,4 @@
-"""open_clip state dicts -> jaxvlm: the OpenAI-style CLIP ViTs and the timm-based SigLIP models.
+"""open_clip state dicts -> jaxvlm: the OpenAI-style CLIP ViTs, the timm-based SigLIP models and CoCa.
 
 `model_name` is the open_clip architecture name (the same names as `jaxvlm list`).
 """
@@ -46,7 +46,9 @@ def _blocks(src: SourceKeys, name: str, heads: int, names: tuple):
 
 def _openai_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     v = cfg.vision
+    pooler = _attention_pooler(src, "visual.attn_pool", v.attn_pool_heads) if v.pool == "attn_pool" else {}
     return {
+        **pooler,
         "img/patch_embed/kernel": conv(src.take("visual.conv1.weight")),
         "img/cls": src.take("visual.class_embedding").reshape(1, 1, -1),
         "img/pos_embed": src.take("visual.positional_embedding")[None],
@@ -55,6 +57,23 @@ def _openai_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
                        "img/encoder/blocks"),
         **layer_norm(src, "visual.ln_post", "img/final_norm"),
         "img/proj/kernel": src.take("visual.proj"),
+    }
+
+
+def _attention_pooler(src: SourceKeys, name: str, heads: int) -> dict[str, np.ndarray]:
+    """CoCa's AttentionalPooler. Its nn.MultiheadAttention keeps separate q/k/v weights when the
+    key width differs from the query width (as in every open_clip CoCa ViT), one packed bias always."""
+    if f"{name}.attn.in_proj_weight" in src:
+        weights = np.split(src.take(f"{name}.attn.in_proj_weight"), 3)
+    else:
+        weights = [src.take(f"{name}.attn.{x}_proj_weight") for x in "qkv"]
+    biases = np.split(src.take(f"{name}.attn.in_proj_bias"), 3)
+    return {
+        "img/attn_pool/queries": src.take(f"{name}.query"),
+        **attention_params("img/attn_pool/attn", *zip(weights, biases), src.take(f"{name}.attn.out_proj.weight"),
+                           src.take(f"{name}.attn.out_proj.bias"), heads),
+        **layer_norm(src, f"{name}.ln_q", "img/attn_pool/norm_q"),
+        **layer_norm(src, f"{name}.ln_k", "img/attn_pool/norm_kv"),
     }
 
 
@@ -93,7 +112,27 @@ def _text(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
         params.update(dense(src, f"{p}text_projection", "txt/proj", bias=t.proj_bias))
     else:
         params["txt/proj/kernel"] = src.take(f"{p}text_projection")
+    if t.append_cls:
+        params["txt/cls"] = src.take(f"{p}cls_emb").reshape(1, 1, -1)
     return params
+
+
+def _decoder(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
+    """CoCa's MultimodalTransformer: per layer resblocks.i (self) and cross_attn.i (cross, with ln_1_kv)."""
+    d = cfg.decoder
+    self_block = _blocks(src, "text_decoder.resblocks", d.heads, OPENAI_BLOCK)
+    cross_block = _blocks(src, "text_decoder.cross_attn", d.heads, OPENAI_BLOCK)
+
+    def layer(i: int) -> dict[str, np.ndarray]:
+        cross = {**cross_block(i), **layer_norm(src, f"text_decoder.cross_attn.{i}.ln_1_kv", "norm_kv")}
+        return {**{f"self_block/{k}": x for k, x in self_block(i).items()},
+                **{f"cross_block/{k}": x for k, x in cross.items()}}
+
+    return {
+        **stack_layers(d.depth, layer, "dec/layers"),
+        **layer_norm(src, "text_decoder.ln_final", "dec/final_norm"),
+        "dec/head/kernel": src.take("text_decoder.text_projection"),
+    }
 
 
 def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
@@ -106,6 +145,8 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
     src = SourceKeys(weights, what, ignore=NON_PARAMETERS)
     vision = _timm_vision if cfg.vision.pool == "map" else _openai_vision
     flat = {**vision(src, cfg), **_text(src, cfg), "t": src.take("logit_scale").reshape(())}
+    if cfg.decoder is not None:
+        flat.update(_decoder(src, cfg))
     if cfg.logit_bias_init is not None:
         flat["b"] = src.take("logit_bias").reshape(())
     src.check_all_used()

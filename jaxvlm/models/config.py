@@ -13,9 +13,10 @@ from typing import Any
 from jaxvlm.errors import InputError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
-VISION_POOLS = ("cls", "gap", "map")
+VISION_POOLS = ("cls", "gap", "map", "attn_pool")
 TEXT_POOLS = ("argmax", "eos", "last", "first")
 POS_EMBEDS = ("learned", "sincos2d")
+PAD_MASKS = ("none", "exact", "shifted")
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -35,9 +36,11 @@ class VisionConfig:
     class_token: bool = True
     pos_embed: str = "learned"
     pre_norm: bool = True
-    pool: str = "cls"
+    pool: str = "cls"  # attn_pool: CoCa's learned queries; the first one's output is the pooled feature
     proj: bool = True  # linear projection to the joint embedding (off when width == embed_dim)
     proj_bias: bool = False
+    attn_pool_queries: int = 256
+    attn_pool_heads: int = 8
 
     @property
     def grid(self) -> int:
@@ -55,6 +58,8 @@ class VisionConfig:
             raise InputError(f"vision.image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.pool == "cls" and not self.class_token:
             raise InputError("vision.pool 'cls' needs vision.class_token")
+        if self.pool == "attn_pool" and self.attn_pool_queries < 2:
+            raise InputError("vision.attn_pool_queries must be >= 2 (one pooled, the rest image tokens)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +77,50 @@ class TextConfig:
     eos_id: int | None = None  # only for pool == "eos": the first position holding this id
     proj: bool = True
     proj_bias: bool = False
+    append_cls: bool = False  # CoCa: a learned token after the text, pooled with pool "last"
+    # Keys holding pad_id are masked out: "exact" masks those positions; "shifted" reproduces
+    # open_clip's CoCa, whose mask is built with the cls slot first, so each position takes the
+    # padding flag of the one before it (see `text.key_mask`).
+    pad_mask: str = "none"
+    pad_id: int = 0
+
+    @property
+    def positions(self) -> int:
+        return self.context_length + int(self.append_cls)
 
     def validate(self) -> None:
         _check_encoder("text", self)
         _check_choice("text.pool", self.pool, TEXT_POOLS)
+        _check_choice("text.pad_mask", self.pad_mask, PAD_MASKS)
         if self.pool == "eos" and self.eos_id is None:
             raise InputError("text.pool 'eos' needs text.eos_id")
+        if self.append_cls and self.pool != "last":
+            raise InputError("text.append_cls needs text.pool 'last' (the appended token is the pooled one)")
+        if self.pad_mask == "shifted" and not self.append_cls:
+            raise InputError("text.pad_mask 'shifted' needs text.append_cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """CoCa's multimodal decoder: causal self-attention over the text tower's tokens,
+    cross-attention to the image tokens, and a vocabulary head."""
+
+    vocab_size: int
+    context_length: int
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    act: str = "gelu"
+    ln_eps: float = 1e-5
+    sot_id: int = 49406  # generation starts from this token and stops at eot_id
+    eot_id: int = 49407
+
+    def validate(self) -> None:
+        _check_encoder("decoder", self)
+        for name in ("sot_id", "eot_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise InputError(f"decoder.{name} {getattr(self, name)} is outside the vocabulary of {self.vocab_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +133,20 @@ class ModelConfig:
     logit_bias_init: float | None = None  # a learned bias b exists only when this is set (SigLIP)
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"
+    decoder: DecoderConfig | None = None  # CoCa's captioning decoder
+
+    @property
+    def image_token_width(self) -> int:
+        return self.embed_dim if self.vision.pool == "attn_pool" else self.vision.width
 
     def validate(self) -> "ModelConfig":
         self.vision.validate()
         self.text.validate()
+        if self.vision.pool == "attn_pool" and self.embed_dim % self.vision.attn_pool_heads:
+            raise InputError(f"embed_dim {self.embed_dim} is not divisible by vision.attn_pool_heads "
+                             f"{self.vision.attn_pool_heads}")
+        if self.decoder is not None:
+            self._validate_decoder()
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("remat", self.remat, REMAT_POLICIES)
@@ -101,6 +154,16 @@ class ModelConfig:
             if not tower.proj and tower.width != self.embed_dim:
                 raise InputError(f"{name}.proj is off but {name}.width {tower.width} != embed_dim {self.embed_dim}")
         return self
+
+    def _validate_decoder(self) -> None:
+        dec = self.decoder
+        dec.validate()
+        if dec.width != self.text.width or dec.width != self.image_token_width:
+            raise InputError(f"decoder.width {dec.width} must equal the text width {self.text.width} and the image "
+                             f"token width {self.image_token_width}")
+        if dec.context_length > self.text.context_length:
+            raise InputError(f"decoder.context_length {dec.context_length} exceeds text.context_length "
+                             f"{self.text.context_length}")
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -113,7 +176,10 @@ class ModelConfig:
         d = dict(d)
         vision = _build(VisionConfig, d.pop("vision", None), "vision")
         text = _build(TextConfig, d.pop("text", None), "text")
-        return _build(cls, {**d, "vision": vision, "text": text}, "model").validate()
+        decoder = d.pop("decoder", None)
+        if decoder is not None:
+            decoder = _build(DecoderConfig, decoder, "decoder")
+        return _build(cls, {**d, "vision": vision, "text": text, "decoder": decoder}, "model").validate()
 
 
 def _build(cls, d: Any, where: str):
@@ -130,7 +196,7 @@ def _build(cls, d: Any, where: str):
 
 
 def _check_encoder(where: str, tower) -> None:
-    """Checks what the vision and text encoders have in common."""
+    """Checks what the encoders and the decoder have in common."""
     _check_choice(f"{where}.act", tower.act, ACTIVATIONS)
     if tower.width % tower.heads:
         raise InputError(f"{where}.width {tower.width} is not divisible by heads {tower.heads}")

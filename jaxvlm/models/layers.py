@@ -72,14 +72,22 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate query/key/value/out projections."""
+    """Multi-head attention with separate query/key/value/out projections.
+
+    Returns (output, (keys, values)): the keys and values it attended over, which is what a
+    decoding cache keeps. While decoding:
+      - self-attention gets ``cache`` (fixed-length key/value buffers) and ``index``: the new
+        keys/values are written at ``index`` and the queries sit at positions index, index+1, ...
+      - cross-attention gets ``x_kv=None`` and attends over the cached ``cache`` as it is.
+    A key/value set may serve several consecutive query sequences (the beams of one image).
+    """
 
     heads: int
     causal: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_q, x_kv):
+    def __call__(self, x_q, x_kv, *, key_mask=None, cache=None, index=None):
         width = x_q.shape[-1]
         head_dim = width // self.heads
 
@@ -92,9 +100,19 @@ class Attention(nn.Module):
                 name=name,
             )
 
-        q, k, v = proj("query")(x_q), proj("key")(x_kv), proj("value")(x_kv)
-        y = ops.attention(q, k, v, causal=self.causal)
-        return nn.DenseGeneral(
+        q = proj("query")(x_q)
+        if x_kv is None:
+            k, v = cache
+        else:
+            k, v = proj("key")(x_kv), proj("value")(x_kv)
+            if cache is not None:
+                k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
+                v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
+        if q.shape[0] != k.shape[0]:  # several query sequences share each key/value set: fold them together
+            y = ops.attention(q.reshape(k.shape[0], -1, *q.shape[2:]), k, v).reshape(q.shape)
+        else:
+            y = ops.attention(q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask)
+        out = nn.DenseGeneral(
             width,
             axis=(-2, -1),
             dtype=self.dtype,
@@ -102,29 +120,60 @@ class Attention(nn.Module):
             bias_init=param_with_axes(nn.initializers.zeros, "embed"),
             name="out",
         )(y)
+        return out, (k, v)
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; returns (x, None) so it can be scanned."""
+    """Pre-LN transformer block: attention then MLP, each with a residual.
+
+    With ``cross`` the attention reads keys/values from ``x_kv`` (normalised by its own
+    LayerNorm) instead of from ``x``. Returns (x, cache): while decoding (``index`` given) the
+    cache is this block's keys/values, otherwise None, so the block can be scanned.
+    """
 
     heads: int
     mlp_dim: int
     act: str
     ln_eps: float
     causal: bool = False
+    cross: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, _=None):
+    def __call__(self, x, cache=None, key_mask=None, index=None, x_kv=None):
         y = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
-        x = activations_with_axes(x + Attention(self.heads, self.causal, self.dtype, name="attn")(y, y))
+        if self.cross:
+            source = None if x_kv is None else layer_norm(self.ln_eps, self.dtype, "norm_kv")(x_kv)
+        else:
+            source = y
+        y, kv = Attention(self.heads, self.causal, self.dtype, name="attn")(y, source, key_mask=key_mask,
+                                                                          cache=cache, index=index)
+        x = activations_with_axes(x + y)
         y = layer_norm(self.ln_eps, self.dtype, "norm2")(x)
         x = activations_with_axes(x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y))
-        return x, None
+        return x, (None if index is None else kv)
+
+
+def scan_layers(layer: type[nn.Module], depth: int, remat: str, in_axes: tuple):
+    """``depth`` copies of ``layer`` as one scanned module, parameters stacked on a "layers" axis.
+
+    The layer is called as layer(carry, *args) -> (carry, output); ``in_axes`` says for each arg
+    whether it is sliced per layer (0) or the same for all (nn.broadcast).
+    """
+    if remat != "none":
+        layer = nn.remat(layer, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return nn.scan(
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=in_axes,
+        length=depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
 
 
 class Encoder(nn.Module):
-    """``depth`` blocks as one scanned layer: parameters stacked on a leading "layers" axis."""
+    """``depth`` pre-LN blocks, scanned. Returns (x, cache); see `Block` for decoding."""
 
     depth: int
     heads: int
@@ -136,19 +185,10 @@ class Encoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
-        block = Block
-        if self.remat != "none":
-            block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-        blocks = nn.scan(
-            block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            length=self.depth,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(self.heads, self.mlp_dim, self.act, self.ln_eps, self.causal, self.dtype, name="blocks")
-        x, _ = blocks(x, None)
-        return x
+    def __call__(self, x, cache=None, key_mask=None, index=None):
+        blocks = scan_layers(Block, self.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
+            self.heads, self.mlp_dim, self.act, self.ln_eps, self.causal, dtype=self.dtype, name="blocks")
+        return blocks(x, cache, key_mask, index)
 
 
 class MapHead(nn.Module):
@@ -165,7 +205,28 @@ class MapHead(nn.Module):
         probe = self.param("probe", param_with_axes(nn.initializers.xavier_uniform(), None, None, "embed"),
                            (1, 1, x.shape[-1]))
         probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x = Attention(self.heads, dtype=self.dtype, name="attn")(probe, x)
+        x, _ = Attention(self.heads, dtype=self.dtype, name="attn")(probe, x)
         y = layer_norm(self.ln_eps, self.dtype, "norm")(x)
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y)
         return x[:, 0]
+
+
+class AttentionPool(nn.Module):
+    """open_clip's CoCa attentional pooler: LayerNorm'd learned queries attend over the
+    LayerNorm'd tokens; no residual and no MLP. Output [B, queries, width]."""
+
+    queries: int
+    width: int
+    heads: int
+    ln_eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        queries = self.param("queries", param_with_axes(nn.initializers.normal(1.0), None, "embed"),
+                             (self.queries, self.width))
+        queries = layer_norm(self.ln_eps, self.dtype, "norm_q")(queries.astype(self.dtype))
+        x = layer_norm(self.ln_eps, self.dtype, "norm_kv")(x)
+        queries = jnp.broadcast_to(queries, (x.shape[0], *queries.shape))
+        y, _ = Attention(self.heads, dtype=self.dtype, name="attn")(queries, x)
+        return y

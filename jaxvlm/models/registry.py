@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from jaxvlm.errors import InputError
-from jaxvlm.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxvlm.models.config import DecoderConfig, ModelConfig, TextConfig, VisionConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
@@ -54,6 +54,34 @@ def siglip(image_size, patch, width, depth, heads, mlp_dim, text_depth=None, con
                                                 std=INCEPTION_STD), tokenizer)
 
 
+def coca(image_size, patch, width, depth, text_width, text_depth, text_heads, embed_dim, vocab=49408, pool_heads=None):
+    """open_clip's CoCa: with ``pool_heads`` the ViT's tokens go through the 256-query attentional
+    pooler (its first query is the contrastive one), otherwise the class token is pooled and the
+    patch tokens feed the decoder."""
+    context = 76  # text positions; the appended cls token takes the 77th
+    pool = {"pool": "attn_pool", "attn_pool_heads": pool_heads} if pool_heads else {}
+    vision = VisionConfig(image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64,
+                          mlp_dim=4 * width, **pool)
+    text = TextConfig(vocab_size=vocab, context_length=context, width=text_width, depth=text_depth,
+                      heads=text_heads, mlp_dim=4 * text_width, pool="last", append_cls=True, pad_mask="shifted")
+    decoder = DecoderConfig(vocab_size=vocab, context_length=context, width=text_width, depth=text.depth,
+                            heads=text_heads, mlp_dim=4 * text_width)
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax", decoder=decoder),
+        PreprocessConfig(image_size=image_size),
+        dataclasses.replace(CLIP_TOKENIZER, context_length=context),
+    )
+
+
+def _coca_family() -> dict[str, Architecture]:
+    return {
+        "coca_ViT-B-32": coca(224, 32, 768, 12, 512, 12, 8, 512, pool_heads=8),
+        "coca_ViT-L-14": coca(224, 14, 1024, 24, 768, 12, 12, 768, pool_heads=8),
+        "coca_base": coca(288, 18, 768, 12, 768, 12, 12, 512, vocab=64000),
+        "tiny-coca": coca(32, 8, 64, 2, 32, 2, 2, 32, pool_heads=2),
+    }
+
+
 def _clip_family() -> dict[str, Architecture]:
     sizes = {
         "ViT-B-32": (224, 32, 768, 12, 512, 12, 512),
@@ -83,7 +111,7 @@ def _siglip_family() -> dict[str, Architecture]:
     }
 
 
-ARCHITECTURES: dict[str, Architecture] = {**_clip_family(), **_siglip_family()}
+ARCHITECTURES: dict[str, Architecture] = {**_clip_family(), **_siglip_family(), **_coca_family()}
 
 
 def list_models() -> list[str]:

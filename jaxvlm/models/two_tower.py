@@ -36,10 +36,10 @@ class TwoTower(nn.Module):
             self.b = self.param("b", nn.initializers.constant(cfg.logit_bias_init), ())
 
     def encode_image(self, images):
-        return l2_normalize(self.img(images))
+        return l2_normalize(self.img(images)[0])
 
     def encode_text(self, ids):
-        return l2_normalize(self.txt(ids))
+        return l2_normalize(self.txt(ids)[0])
 
     def scale_and_bias(self):
         return self.t, (self.b if self.cfg.logit_bias_init is not None else None)

@@ -1,5 +1,6 @@
 """ViT image tower: patch embedding, position embedding, optional class token and pre-LN,
-scanned encoder, final LN, pooling (class token, mean, or MAP head), optional projection."""
+scanned encoder, pooling (class token, mean, MAP head, or CoCa's attentional pooler), final LN,
+optional projection. Returns the pooled feature and the image tokens a caption decoder reads."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvlm.models.config import VisionConfig
-from jaxvlm.models.layers import Encoder, MapHead, activations_with_axes, dense, layer_norm, param_with_axes
+from jaxvlm.models.layers import AttentionPool, Encoder, MapHead, activations_with_axes, dense, layer_norm, param_with_axes
 
 
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -29,7 +30,11 @@ class VisionTower(nn.Module):
 
     @nn.compact
     def __call__(self, images):
-        """images float [B, H, W, 3] -> pooled (projected) features [B, embed_dim]."""
+        """images float [B, H, W, 3] -> (pooled (projected) features [B, embed_dim], tokens [B, N, C]).
+
+        tokens are the normalised sequence without the token that was pooled (class token or first
+        query); for "map" pooling, all of it.
+        """
         cfg = self.cfg
         x = nn.Conv(
             cfg.width,
@@ -55,15 +60,20 @@ class VisionTower(nn.Module):
         x = activations_with_axes(x + pos.astype(x.dtype))
         if cfg.pre_norm:
             x = layer_norm(cfg.ln_eps, self.dtype, "pre_norm")(x)
-        x = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, remat=self.remat, dtype=self.dtype,
-                    name="encoder")(x)
+        x, _ = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, remat=self.remat, dtype=self.dtype,
+                       name="encoder")(x)
+        if cfg.pool == "attn_pool":  # open_clip's CoCa: pool first, then normalise all query outputs
+            x = AttentionPool(cfg.attn_pool_queries, self.embed_dim, cfg.attn_pool_heads, cfg.ln_eps, self.dtype,
+                              name="attn_pool")(x)
         x = layer_norm(cfg.ln_eps, self.dtype, "final_norm")(x)
-        if cfg.pool == "cls":
-            x = x[:, 0]
+        if cfg.pool in ("cls", "attn_pool"):
+            pooled, tokens = x[:, 0], x[:, 1:]
         elif cfg.pool == "gap":
-            x = x[:, int(cfg.class_token):].mean(axis=1)
+            tokens = x[:, int(cfg.class_token):]
+            pooled = tokens.mean(axis=1)
         else:
-            x = MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, name="map_head")(x)
+            pooled, tokens = MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, name="map_head")(x), x
         if cfg.proj:
-            x = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype, name="proj")(x)
-        return x
+            pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype,
+                           name="proj")(pooled)
+        return pooled, tokens
