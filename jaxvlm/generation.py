@@ -157,10 +157,10 @@ def _sample(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad
 
 
 def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad_id, rng):
-    """Beam search with ``num_beams`` beams per image, HF-style: each step takes the best 2k
-    continuations, moves those ending in the end token to the finished pool (kept to the k best
-    by normalised score), and keeps the best k others alive. Sequences still alive at
-    ``max_len`` compete with the finished ones at the end.
+    """Beam search with ``num_beams`` = k beams per image: each step takes the best 2k
+    continuations, moves those among the best k that end in the end token to the finished pool
+    (kept to the k best by normalised score), and keeps the best k that do not end alive.
+    Sequences still alive at ``max_len`` compete with the finished ones at the end.
     """
     del rng
     eot, k = model.decoder.eot_id, cfg.num_beams
@@ -183,8 +183,11 @@ def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens
         candidate_ids = jnp.take_along_axis(ids.reshape(batch, k, length), parent[:, :, None], axis=1)
         candidate_ids = candidate_ids.at[:, :, index + 1].set(token)
         ends = token == eot
+        # as in fairseq, an ended candidate counts only if it ranks among the best k, so that
+        # one beam is greedy decoding
+        admitted = ends & (jnp.arange(2 * k) < k)
         pool_ids = jnp.concatenate([finished_ids, candidate_ids], axis=1)
-        pool = jnp.concatenate([finished, jnp.where(ends, _normalise(scores, index + 1, cfg), -jnp.inf)], axis=1)
+        pool = jnp.concatenate([finished, jnp.where(admitted, _normalise(scores, index + 1, cfg), -jnp.inf)], axis=1)
         finished, best = jax.lax.top_k(pool, k)
         finished_ids = jnp.take_along_axis(pool_ids, best[:, :, None], axis=1)
         alive, keep = jax.lax.top_k(jnp.where(ends, -jnp.inf, scores), k)

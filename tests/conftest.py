@@ -52,3 +52,51 @@ def spm_model_file(tmp_path_factory):
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
     )
     return directory / "spm.model"
+
+
+def initialise_decoder_head(model):
+    """open_clip allocates CoCa's vocabulary head with torch.empty and never initialises it (its
+    MultimodalTransformer.init_parameters is not called): give it values, not leftover memory."""
+    import torch
+
+    head = model.text_decoder.text_projection
+    torch.nn.init.normal_(head.data, std=head.shape[0] ** -0.5)
+    return model
+
+
+TINY_COCA = dict(  # open_clip CoCa arguments with the sizes of jaxvlm's "tiny-coca"
+    embed_dim=32,
+    multimodal_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2),
+    text_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2, embed_cls=True,
+                  output_tokens=True),
+    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, attentional_pool=True, attn_pooler_heads=2,
+                    output_tokens=True),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_coca(tmp_path_factory):
+    """(open_clip CoCa at tiny sizes, the jaxvlm model directory converted from it by the CLI).
+
+    Every tensor is perturbed, and the end token's column of the vocabulary head copies that of
+    a token the model often produces, so that greedy captions end at different lengths.
+    """
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    from jaxvlm.cli import main
+
+    torch.manual_seed(0)
+    model = initialise_decoder_head(open_clip.CoCa(**TINY_COCA).eval())
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key != "logit_scale" and value.is_floating_point():
+                value.add_(0.02 * torch.randn_like(value))
+        head = model.text_decoder.text_projection
+        head[:, 49407] = 1.01 * head[:, 519]  # a token this model often picks: some captions end early
+    directory = tmp_path_factory.mktemp("tiny-coca")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "weights.safetensors")
+    assert main(["convert", "--from", "open_clip", str(directory / "weights.safetensors"), str(directory / "model"),
+                 "--model", "tiny-coca"]) == 0
+    return model, directory / "model"

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import jaxvlm
 from jaxvlm.cli import main
 
 open_clip = pytest.importorskip("open_clip")
@@ -146,3 +147,32 @@ def test_usage_errors_are_one_line(argv, capsys):
 def test_not_a_model_directory(tmp_path, capsys):
     assert main(["embed", str(tmp_path), "--texts", "a", "--out", str(tmp_path / "e.npz")]) == 2
     assert_one_error_line(capsys, "config.json")
+
+
+def test_caption_prints_one_line_per_image(tiny_coca, image_file, tmp_path, capsys):
+    _, coca_dir = tiny_coca
+    other = tmp_path / "other.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 20, 3), np.uint8)).save(other)
+    assert main(["caption", str(coca_dir), "--images", str(image_file), str(other), "--method", "greedy",
+                 "--max-len", "8", "--min-len", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(image_file), str(other)]
+    model = jaxvlm.load(coca_dir)
+    expected = model.generate(model.preprocess([image_file, other]), method="greedy", max_len=8, min_len=2)
+    assert [line.split("\t", 1)[1] for line in lines] == expected
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--num-beams", "0"], ["num_beams"]),
+    (["--method", "sample", "--top-p", "1.5"], ["top_p"]),
+    (["--max-len", "3", "--min-len", "5"], ["min_len"]),
+    (["--max-len", "ten"], ["--max-len", "ten"]),
+])
+def test_caption_bad_options(tiny_coca, image_file, options, words, capsys):
+    assert main(["caption", str(tiny_coca[1]), "--images", str(image_file), *options]) == 2
+    assert_one_error_line(capsys, *words)
+
+
+def test_caption_needs_a_coca_model(model_dir, image_file, capsys):
+    assert main(["caption", str(model_dir), "--images", str(image_file)]) == 2
+    assert_one_error_line(capsys, "CoCa")

@@ -9,8 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvlm.convert.common import (Converted, SourceKeys, attention_params, check_params, conv, dense, layer_norm,
-                                   read_weights, stack_layers, strip_prefix)
+from jaxvlm.convert.common import (
+    Converted,
+    SourceKeys,
+    attention_params,
+    check_params,
+    conv,
+    dense,
+    layer_norm,
+    read_weights,
+    stack_layers,
+    strip_prefix,
+)
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.tokenizers import CLIP_BPE_FILE
@@ -135,14 +145,11 @@ def _decoder(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     }
 
 
-def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
-    if not model_name:
-        raise InputError("converting an open_clip checkpoint needs --model (the open_clip architecture name)")
-    arch = get_architecture(model_name)
-    cfg = arch.model
-    weights = strip_prefix(read_weights(src_path), "module.")
-    what = f"{src_path} as open_clip {model_name}"
-    src = SourceKeys(weights, what, ignore=NON_PARAMETERS)
+def convert_state_dict(weights: dict[str, np.ndarray], model_name: str, what: str = "state dict") -> dict:
+    """An open_clip state dict (numpy arrays) -> the jaxvlm parameter tree of ``model_name``,
+    every source key used and every parameter's shape checked."""
+    cfg = get_architecture(model_name).model
+    src = SourceKeys(strip_prefix(weights, "module."), what, ignore=NON_PARAMETERS)
     vision = _timm_vision if cfg.vision.pool == "map" else _openai_vision
     flat = {**vision(src, cfg), **_text(src, cfg), "t": src.take("logit_scale").reshape(())}
     if cfg.decoder is not None:
@@ -150,10 +157,17 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
     if cfg.logit_bias_init is not None:
         flat["b"] = src.take("logit_bias").reshape(())
     src.check_all_used()
-    params = check_params(cfg, flat, what)
+    return check_params(cfg, flat, what)
+
+
+def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
+    if not model_name:
+        raise InputError("converting an open_clip checkpoint needs --model (the open_clip architecture name)")
+    arch = get_architecture(model_name)
+    params = convert_state_dict(read_weights(src_path), model_name, f"{src_path} as open_clip {model_name}")
     tokenizer_source = tokenizer_path or (CLIP_BPE_FILE if arch.tokenizer.kind == "clip_bpe" else None)
     if tokenizer_source is None:
         raise InputError(f"{model_name} uses a SentencePiece tokenizer that open_clip downloads from the HF hub; "
                          "pass its file with --tokenizer (e.g. the checkpoint's tokenizer.model / spiece.model)")
-    return Converted(cfg, params, arch.preprocess, arch.tokenizer, Path(tokenizer_source),
+    return Converted(arch.model, params, arch.preprocess, arch.tokenizer, Path(tokenizer_source),
                      {"source": "open_clip", "model": model_name, "weights": str(src_path)})

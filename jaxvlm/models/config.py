@@ -63,7 +63,9 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TokenStackConfig:
+    """What the text tower and the caption decoder share: a transformer over token ids."""
+
     vocab_size: int
     context_length: int
     width: int
@@ -72,6 +74,10 @@ class TextConfig:
     mlp_dim: int
     act: str = "gelu"
     ln_eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig(TokenStackConfig):
     causal: bool = True
     pool: str = "argmax"
     eos_id: int | None = None  # only for pool == "eos": the first position holding this id
@@ -101,18 +107,10 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(TokenStackConfig):
     """CoCa's multimodal decoder: causal self-attention over the text tower's tokens,
     cross-attention to the image tokens, and a vocabulary head."""
 
-    vocab_size: int
-    context_length: int
-    width: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    act: str = "gelu"
-    ln_eps: float = 1e-5
     sot_id: int = 49406  # generation starts from this token and stops at eot_id
     eot_id: int = 49407
 

@@ -9,7 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvlm.models.config import VisionConfig
-from jaxvlm.models.layers import AttentionPool, Encoder, MapHead, activations_with_axes, dense, layer_norm, param_with_axes
+from jaxvlm.models.layers import (
+    AttentionPool,
+    Encoder,
+    MapHead,
+    activations_with_axes,
+    dense,
+    layer_norm,
+    param_with_axes,
+)
 
 
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:

@@ -4,11 +4,12 @@ through the CLI, loaded with jaxvlm.load, compared in fp32."""
 import numpy as np
 import pytest
 import torch
-from skimage import data
 from PIL import Image
+from skimage import data
 
 import jaxvlm
 from jaxvlm.cli import main
+from tests.conftest import initialise_decoder_head
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -19,6 +20,8 @@ TOLERANCE = 1e-5
 def perturbed_open_clip_model(name: str, seed: int = 0):
     torch.manual_seed(seed)
     model = open_clip.create_model(name, pretrained=None).eval()
+    if hasattr(model, "text_decoder"):
+        initialise_decoder_head(model)
     with torch.no_grad():  # every tensor moves off its initial value, so swapped or missed ones show
         for key, value in model.state_dict().items():
             if key != "logit_scale" and value.is_floating_point():
@@ -83,3 +86,58 @@ def test_other_architecture_is_refused(converted, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error:" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def converted_coca(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    reference = perturbed_open_clip_model("coca_ViT-B-32")
+    directory = tmp_path_factory.mktemp("coca")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, directory / "w.safetensors")
+    assert main(["convert", "--from", "open_clip", str(directory / "w.safetensors"), str(directory / "model"),
+                 "--model", "coca_ViT-B-32"]) == 0
+    return reference, jaxvlm.load(directory / "model")
+
+
+def test_coca_embeddings_and_decoder_logits_match(converted_coca):
+    import jax
+
+    reference, model = converted_coca
+    pixels = model.preprocess(photos())
+    ids = model.tokenize(CAPTIONS[:3])
+    zi, zt = model.encode_image(pixels), model.encode_text(ids)
+    logits = model.logits(zi, zt)
+    caption_logits = jax.jit(model.module.apply)({"params": model.params}, pixels, ids)[3]
+    with torch.no_grad():
+        out = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(ids).long(),
+                        output_labels=False)
+    errors = {"image": max_abs(zi, out["image_features"]), "text": max_abs(zt, out["text_features"]),
+              "logits": max_abs(logits, out["logit_scale"] * out["image_features"] @ out["text_features"].T),
+              "decoder logits": max_abs(caption_logits, out["logits"])}
+    print("\nopen_clip coca_ViT-B-32 max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert ids.shape[1] == 76 and np.all(ids[:, -1] == 0)  # padded texts: the shifted mask matters
+    assert all(e <= TOLERANCE for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14", "coca_base"])
+def test_coca_converters_account_for_every_key(name):
+    """At full size without real weights: open_clip's tensors on the meta device, converted from
+    zero-stride arrays of their shapes, so every key and shape is checked in seconds."""
+    from jaxvlm.convert.open_clip import convert_state_dict
+
+    with torch.device("meta"):
+        reference = open_clip.create_model(name, pretrained=None, device="meta")
+    state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in reference.state_dict().items()}
+    params = convert_state_dict(state, name)
+    leaves = [np.shape(x) for x in jax_leaves(params)]
+    assert sum(int(np.prod(s)) for s in leaves) == sum(v.numel() for v in reference.state_dict().values())
+    del state["text.cls_emb"]
+    with pytest.raises(jaxvlm.InputError, match="text.cls_emb"):
+        convert_state_dict(state, name)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
