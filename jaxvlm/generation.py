@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,9 +118,38 @@ def _normalise(score, length, cfg: GenerationConfig):
     return score / jnp.asarray(length, jnp.float32) ** cfg.length_penalty
 
 
+class _Sampling(NamedTuple):
+    ids: jax.Array  # [R, max_len + 1], the start token first
+    cache: dict
+    index: jax.Array  # the position whose next-token logits come next
+    done: jax.Array  # [R] the end token has been produced
+    score: jax.Array  # [R] sum of log-probabilities
+    length: jax.Array  # [R] tokens generated, end token included
+    rng: jax.Array
+
+
+class _Beams(NamedTuple):
+    ids: jax.Array  # [B * k, max_len + 1] the alive beams
+    cache: dict
+    index: jax.Array
+    alive: jax.Array  # [B, k] sum of log-probabilities of the alive beams, best first
+    finished_ids: jax.Array  # [B, k, max_len + 1]
+    finished: jax.Array  # [B, k] normalised scores of the finished sequences, best first (-inf: none)
+
+
 def _start(model: ModelConfig, rows: int, length: int, pad_id: int):
     ids = jnp.full((rows, length), pad_id, jnp.int32).at[:, 0].set(model.decoder.sot_id)
     return ids, empty_cache(model, rows, length, jnp.dtype(model.dtype))
+
+
+def _decode_loop(decode, state, logits, choose, running):
+    """choose(state, logits) -> state after each decoded position, while running(state)."""
+
+    def step(state):
+        logits, cache = decode(state.ids, state.index, state.cache)
+        return choose(state._replace(cache=cache), logits)
+
+    return jax.lax.while_loop(running, step, choose(state, logits))
 
 
 def _sample(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad_id, rng):
@@ -129,9 +159,9 @@ def _sample(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad
     ids, cache = _start(model, rows, cfg.max_len + 1, pad_id)
     logits, cache = decode(ids, 0, cache, image_tokens)
 
-    def choose(state, logits):
-        ids, _, done, score, length, index, rng = state
-        logits = _process(logits, ids, index, cfg, eot)
+    def choose(state: _Sampling, logits) -> _Sampling:
+        logits = _process(logits, state.ids, state.index, cfg, eot)
+        rng = state.rng
         if cfg.method == "greedy":
             token = jnp.argmax(logits, axis=-1)
         else:
@@ -139,21 +169,16 @@ def _sample(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad
             rng, key = jax.random.split(rng)
             token = jax.random.categorical(key, logits, axis=-1)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-        token = jnp.where(done, pad_id, token)
-        score = score + jnp.where(done, 0.0, logprob)
-        length = length + (~done).astype(jnp.int32)
-        ids = ids.at[:, index + 1].set(token)
-        return ids, state[1], done | (token == eot), score, length, index + 1, rng
-
-    def step(state):
-        logits, cache = decode(state[0], state[5], state[1])
-        return choose((state[0], cache, *state[2:]), logits)
+        token = jnp.where(state.done, pad_id, token)
+        return state._replace(ids=state.ids.at[:, state.index + 1].set(token), index=state.index + 1,
+                              done=state.done | (token == eot),
+                              score=state.score + jnp.where(state.done, 0.0, logprob),
+                              length=state.length + (~state.done).astype(jnp.int32), rng=rng)
 
     zeros = jnp.zeros((rows,), jnp.float32)
-    state = choose((ids, cache, zeros.astype(bool), zeros, zeros.astype(jnp.int32), 0, rng), logits)
-    ids, _, _, score, length, _, _ = jax.lax.while_loop(
-        lambda s: (s[5] < cfg.max_len) & ~jnp.all(s[2]), step, state)
-    return ids[:, None, 1:], _normalise(score, length, cfg)[:, None]
+    start = _Sampling(ids, cache, jnp.int32(0), zeros.astype(bool), zeros, zeros.astype(jnp.int32), rng)
+    end = _decode_loop(decode, start, logits, choose, lambda s: (s.index < cfg.max_len) & ~jnp.all(s.done))
+    return end.ids[:, None, 1:], _normalise(end.score, end.length, cfg)[:, None]
 
 
 def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad_id, rng):
@@ -167,49 +192,44 @@ def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens
     batch = image_tokens.shape[0]
     length = cfg.max_len + 1
     ids, cache = _start(model, batch * k, length, pad_id)
-    # all beams start as the same sequence: only the first may extend it, or the k would be equal
-    alive = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (batch, 1))
-    finished_ids = jnp.full((batch, k, length), pad_id, jnp.int32)
-    finished = jnp.full((batch, k), -jnp.inf)
     logits, cache = decode(ids, 0, cache, image_tokens)
 
-    def choose(state, logits):
-        ids, cache, alive, finished_ids, finished, index = state
-        vocab = logits.shape[-1]
-        logprobs = jax.nn.log_softmax(_process(logits, ids, index, cfg, eot), axis=-1)
-        candidates = (alive[:, :, None] + logprobs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
+    def choose(state: _Beams, logits) -> _Beams:
+        index, vocab = state.index, logits.shape[-1]
+        logprobs = jax.nn.log_softmax(_process(logits, state.ids, index, cfg, eot), axis=-1)
+        candidates = (state.alive[:, :, None] + logprobs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
         scores, flat = jax.lax.top_k(candidates, 2 * k)
         parent, token = flat // vocab, flat % vocab
-        candidate_ids = jnp.take_along_axis(ids.reshape(batch, k, length), parent[:, :, None], axis=1)
+        candidate_ids = jnp.take_along_axis(state.ids.reshape(batch, k, length), parent[:, :, None], axis=1)
         candidate_ids = candidate_ids.at[:, :, index + 1].set(token)
         ends = token == eot
         # as in fairseq, an ended candidate counts only if it ranks among the best k, so that
         # one beam is greedy decoding
         admitted = ends & (jnp.arange(2 * k) < k)
-        pool_ids = jnp.concatenate([finished_ids, candidate_ids], axis=1)
-        pool = jnp.concatenate([finished, jnp.where(admitted, _normalise(scores, index + 1, cfg), -jnp.inf)], axis=1)
+        pool_ids = jnp.concatenate([state.finished_ids, candidate_ids], axis=1)
+        pool = jnp.concatenate([state.finished, jnp.where(admitted, _normalise(scores, index + 1, cfg), -jnp.inf)],
+                               axis=1)
         finished, best = jax.lax.top_k(pool, k)
-        finished_ids = jnp.take_along_axis(pool_ids, best[:, :, None], axis=1)
         alive, keep = jax.lax.top_k(jnp.where(ends, -jnp.inf, scores), k)
-        ids = jnp.take_along_axis(candidate_ids, keep[:, :, None], axis=1).reshape(batch * k, length)
         rows = (jnp.take_along_axis(parent, keep, axis=1) + k * jnp.arange(batch)[:, None]).reshape(-1)
-        return ids, reorder_cache(cache, rows), alive, finished_ids, finished, index + 1
+        return _Beams(ids=jnp.take_along_axis(candidate_ids, keep[:, :, None], axis=1).reshape(batch * k, length),
+                      cache=reorder_cache(state.cache, rows), index=index + 1, alive=alive,
+                      finished_ids=jnp.take_along_axis(pool_ids, best[:, :, None], axis=1), finished=finished)
 
-    def running(state):
-        _, _, alive, _, finished, index = state
+    def running(state: _Beams):
         # alive scores only fall; the best a continuation can reach is at the longest (lp >= 0)
         # or shortest (lp < 0) length still possible
-        bound = _normalise(alive[:, 0], cfg.max_len if cfg.length_penalty >= 0 else index + 1, cfg)
-        return (index < cfg.max_len) & ~jnp.all(bound <= finished[:, -1])
+        best_length = cfg.max_len if cfg.length_penalty >= 0 else state.index + 1
+        bound = _normalise(state.alive[:, 0], best_length, cfg)
+        return (state.index < cfg.max_len) & ~jnp.all(bound <= state.finished[:, -1])
 
-    def step(state):
-        logits, cache = decode(state[0], state[5], state[1])
-        return choose((state[0], cache, *state[2:]), logits)
-
-    state = choose((ids, cache, alive, finished_ids, finished, 0), logits)
-    ids, _, alive, finished_ids, finished, _ = jax.lax.while_loop(running, step, state)
+    # all beams start as the same sequence: only the first may extend it, or the k would be equal
+    alive = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (batch, 1))
+    start = _Beams(ids, cache, jnp.int32(0), alive, jnp.full((batch, k, length), pad_id, jnp.int32),
+                   jnp.full((batch, k), -jnp.inf))
+    end = _decode_loop(decode, start, logits, choose, running)
     # sequences that never ended compete at full length
-    pool_ids = jnp.concatenate([finished_ids, ids.reshape(batch, k, length)], axis=1)
-    pool = jnp.concatenate([finished, _normalise(alive, cfg.max_len, cfg)], axis=1)
+    pool_ids = jnp.concatenate([end.finished_ids, end.ids.reshape(batch, k, length)], axis=1)
+    pool = jnp.concatenate([end.finished, _normalise(end.alive, cfg.max_len, cfg)], axis=1)
     scores, best = jax.lax.top_k(pool, k)
     return jnp.take_along_axis(pool_ids, best[:, :, None], axis=1)[:, :, 1:], scores
