@@ -8,6 +8,8 @@ before anything imports it. No test calls these operators.
 
 import os
 
+# 8 simulated CPU devices for the multi-device tests; single-device programs still use one
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
