@@ -1,40 +1,170 @@
-"""Dispatch for the hot operations.
+"""Dispatch for the hot operations: each op runs a Pallas kernel (``jaxvlm.kernels``) where one
+applies and XLA otherwise, chosen by an ``implementation`` argument ("auto", "xla", "pallas").
 
-Each op has an XLA reference here; the Pallas kernels (``jaxvlm.kernels``) plug in behind the
-same signatures when they are available for the backend and shapes.
+Kernels are chosen by the platform the program is lowered for (`jax.lax.platform_dependent`),
+not the platform of this process, so a program compiled ahead of time for a TPU topology on a
+CPU host gets the TPU kernel.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvlm.kernels import flash_attention as fa
+from jaxvlm.kernels import sigmoid_loss as gl
+from jaxvlm.kernels import softmax_loss as sl
+
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+# "auto" uses the attention kernel only when both sequences are at least this long: shorter ones
+# fit one kernel block, where padding to the block costs more than flash attention saves.
+ATTENTION_KERNEL_MIN_LENGTH = 128
+# Logical axes of q, k, v: a kernel under a mesh runs on each device's share of batch and heads.
+ATTENTION_AXES = ("batch", "length", "heads", "kv")
+
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, q_offset=None,
-              key_mask: jax.Array | None = None) -> jax.Array:
+              key_mask: jax.Array | None = None, implementation: str = "auto") -> jax.Array:
     """Scaled dot-product attention. q [B, T, H, D], k and v [B, S, H, D] -> [B, T, H, D].
 
     causal: query t sits at position ``q_offset + t`` (by default S - T: the queries are the
     last T positions) and sees only keys at positions up to its own. ``q_offset`` may be traced.
     key_mask: bool [B, S]; keys where it is False are never attended to.
     Scores and softmax are computed in float32 whatever the input dtype.
+
+    implementation:
+      "xla": `jax.nn.dot_product_attention`'s XLA implementation, every case.
+      "pallas": the flash attention kernel of the platform (TPU: Mosaic, CUDA: Triton) for every
+        call it covers; XLA for the rest: decoding with ``q_offset``, causal with T != S, and for
+        the Triton kernel ``key_mask`` or T > S (see `jaxvlm.kernels.flash_attention.unsupported`).
+        On CPU, for tests, the Triton kernel in Pallas's interpreter: unlike the TPU interpreter
+        it has no side effects, which a platform-dependent choice needs.
+      "auto": as "pallas" on TPU and CUDA when T and S are both >= ATTENTION_KERNEL_MIN_LENGTH, else XLA.
     """
-    scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("bthd,bshd->bhts", q * jnp.asarray(scale, q.dtype), k,
-                        preferred_element_type=jnp.float32)
-    if causal or key_mask is not None:
-        scores = jnp.where(_allowed(*scores.shape[-2:], causal, q_offset, key_mask), scores,
-                           jnp.finfo(scores.dtype).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", weights, v)
+    fa.check_inputs(q, k, v, key_mask)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention: implementation {implementation!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
+    xla = functools.partial(_xla_attention, causal=causal, q_offset=q_offset)
+    t, s = q.shape[1], k.shape[1]
+    wanted = implementation == "pallas" or (implementation == "auto" and min(t, s) >= ATTENTION_KERNEL_MIN_LENGTH)
+    if not wanted or q_offset is not None:
+        return xla(q, k, v, key_mask)
+    kernels = {}
+    for platform, backend in (("tpu", "tpu"), ("cuda", "gpu")):
+        if fa.unsupported(backend, t, s, causal=causal, key_mask=key_mask is not None) is None:
+            kernels[platform] = _attention_kernel(backend, causal)
+    if implementation == "pallas" and "cuda" in kernels:
+        kernels["cpu"] = _attention_kernel("gpu", causal, interpret=True)
+    if not kernels:
+        return xla(q, k, v, key_mask)
+    return jax.lax.platform_dependent(q, k, v, key_mask, default=xla, **kernels)
 
 
-def _allowed(t: int, s: int, causal: bool, q_offset, key_mask) -> jax.Array:
-    """Which (query, key) pairs attention may use, broadcastable to [B, H, T, S]."""
-    allowed = jnp.ones((1, 1, t, s), dtype=bool)
-    if causal:
-        offset = s - t if q_offset is None else q_offset
-        allowed = allowed & (jnp.arange(s)[None, :] <= offset + jnp.arange(t)[:, None])
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :]
-    return allowed
+def _xla_attention(q, k, v, key_mask, *, causal: bool, q_offset):
+    mask = fa.attention_mask(q.shape[1], k.shape[1], causal=causal, q_offset=q_offset, key_mask=key_mask)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _attention_kernel(backend: str, causal: bool, interpret: bool = False):
+    """``fn(q, k, v, key_mask)`` running the flash attention kernel, under shard_map when a mesh
+    with several devices is set (`jax.set_mesh`): Mosaic kernels cannot be partitioned
+    automatically. Batch and heads stay sharded as the logical axis rules say; each device sees
+    whole sequences."""
+
+    def kernel(q, k, v, key_mask):
+        return fa.flash_attention(q, k, v, causal=causal, key_mask=key_mask, backend=backend, interpret=interpret)
+
+    def run(q, k, v, key_mask):
+        mesh = jax.sharding.get_abstract_mesh()
+        free = set(mesh.axis_names) - set(mesh.manual_axes)
+        if mesh.empty or all(mesh.shape[a] == 1 for a in free):
+            return kernel(q, k, v, key_mask)
+        spec = nn.logical_to_mesh_axes(ATTENTION_AXES)
+        batch, heads = (_mesh_axes(spec[i], q.shape[i], mesh, free) for i in (0, 2))
+        qkv = jax.P(batch, None, heads, None)
+        # check_vma=False: JAX's Pallas kernels declare their outputs without varying mesh axes
+        return jax.shard_map(kernel, in_specs=(qkv, qkv, qkv, jax.P(batch, None)), out_specs=qkv,
+                             axis_names=free, check_vma=False)(q, k, v, key_mask)
+
+    return run
+
+
+def _mesh_axes(entry, size: int, mesh, free: set) -> tuple | None:
+    """The mesh axes of one PartitionSpec entry to split a dimension of ``size`` over: those the
+    mesh has and does not already split manually (rules may name others), or none when their
+    product does not divide ``size``."""
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    names = tuple(a for a in names if a in free)
+    return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
+
+
+def softmax_contrastive_loss(x: jax.Array, y: jax.Array, scale, *, axis_name=None,
+                             implementation: str = "auto") -> jax.Array:
+    """CLIP's loss: (CE over rows + CE over columns) / 2 of S = scale * x @ y.T, positives on the
+    diagonal. x, y [N, D]; ``scale`` is exp(t).
+
+    With ``axis_name``, called inside shard_map over that axis: x and y are this device's rows and
+    the result is the global loss. "pallas" / "auto" on TPU: the fused kernels
+    (`jaxvlm.kernels.softmax_loss`), which never hold S; "xla" and other platforms: the jnp
+    reference (sharded: texts and images all-gathered, each device's rows and columns, a psum).
+    """
+    kernel = functools.partial(sl.sharded_softmax_loss, axis_name=axis_name) if axis_name else sl.softmax_loss
+    reference = functools.partial(_sharded_softmax_reference, axis_name=axis_name) if axis_name \
+        else sl.softmax_loss_reference
+    return _contrastive(kernel, reference, (x, y, scale), implementation)
+
+
+def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, scale, bias, *, axis_name=None,
+                             implementation: str = "auto") -> jax.Array:
+    """SigLIP's loss: mean over images of sum_j -log sigmoid(z_ij (scale * x_i . y_j + bias)),
+    z = +1 on the diagonal, -1 elsewhere. x [N, D], y [M, D].
+
+    With ``axis_name`` (inside shard_map): local rows in, global loss out; "pallas" / "auto" on
+    TPU: the fused ring (`jaxvlm.kernels.sigmoid_loss`); "xla" and other platforms: the jnp
+    reference against all-gathered texts.
+    """
+    kernel = functools.partial(gl.sharded_sigmoid_loss, axis_name=axis_name) if axis_name else gl.sigmoid_loss
+    reference = functools.partial(_sharded_sigmoid_reference, axis_name=axis_name) if axis_name \
+        else gl.sigmoid_loss_reference
+    return _contrastive(kernel, reference, (x, y, scale, bias), implementation)
+
+
+def _contrastive(kernel, reference, args, implementation: str):
+    """The Mosaic kernels run on TPU only; elsewhere "auto" means the reference. "pallas" on a CPU
+    process runs the kernels in Pallas's interpreter (for tests)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"contrastive loss: implementation {implementation!r}; expected one of "
+                         f"{', '.join(IMPLEMENTATIONS)}")
+    if implementation == "xla":
+        return reference(*args)
+    if implementation == "pallas" and jax.default_backend() == "cpu":
+        return kernel(*args, interpret=True)
+    return jax.lax.platform_dependent(*args, tpu=kernel, default=reference)
+
+
+def _sharded_softmax_reference(x, y, scale, *, axis_name):
+    images = jax.lax.all_gather(x, axis_name, tiled=True)
+    texts = jax.lax.all_gather(y, axis_name, tiled=True)
+    first = jax.lax.axis_index(axis_name) * x.shape[0]
+
+    def cross_entropy(rows, columns):  # this device's rows against all columns, positives on the diagonal
+        logits = scale * jnp.dot(rows, columns.T, preferred_element_type=jnp.float32)
+        positives = jnp.take_along_axis(logits, (first + jnp.arange(rows.shape[0]))[:, None], axis=1)[:, 0]
+        return jnp.sum(jax.nn.logsumexp(logits, axis=1) - positives)
+
+    share = (cross_entropy(x, texts) + cross_entropy(y, images)) / (2 * images.shape[0])
+    return jax.lax.psum(share, axis_name)
+
+
+def _sharded_sigmoid_reference(x, y, scale, bias, *, axis_name):
+    texts = jax.lax.all_gather(y, axis_name, tiled=True)
+    logits = scale * jnp.dot(x, texts.T, preferred_element_type=jnp.float32) + bias
+    rows = jax.lax.axis_index(axis_name) * x.shape[0] + jnp.arange(x.shape[0])
+    labels = jnp.where(rows[:, None] == jnp.arange(texts.shape[0])[None, :], 1.0, -1.0)
+    share = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / (x.shape[0] * jax.lax.axis_size(axis_name))
+    return jax.lax.psum(share, axis_name)

@@ -10,6 +10,8 @@ import os
 
 # 8 simulated CPU devices for the multi-device tests; single-device programs still use one
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# libtpu (ahead-of-time TPU compiles) refuses to load while another process holds its lock file
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

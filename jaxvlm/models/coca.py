@@ -25,15 +25,16 @@ from jaxvlm.models.two_tower import TwoTower, contrastive_logits, l2_normalize
 class DecoderLayer(nn.Module):
     cfg: DecoderConfig
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"  # the attention implementation (`jaxvlm.ops.attention`)
 
     @nn.compact
     def __call__(self, x, cache, image_tokens, index):
         cfg = self.cfg
         self_cache, cross_cache = (None, None) if cache is None else cache
-        args = (cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps)
-        x, self_cache = Block(*args, causal=True, dtype=self.dtype, name="self_block")(x, self_cache, None, index)
-        x, cross_cache = Block(*args, cross=True, dtype=self.dtype, name="cross_block")(x, cross_cache, None, index,
-                                                                                        image_tokens)
+        block = functools.partial(Block, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, dtype=self.dtype,
+                                  attention=self.attention)
+        x, self_cache = block(causal=True, name="self_block")(x, self_cache, None, index)
+        x, cross_cache = block(cross=True, name="cross_block")(x, cross_cache, None, index, image_tokens)
         return x, (None if index is None else (self_cache, cross_cache))
 
 
@@ -41,6 +42,7 @@ class Decoder(nn.Module):
     cfg: DecoderConfig
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, tokens, image_tokens, cache=None, index=None):
@@ -50,7 +52,7 @@ class Decoder(nn.Module):
         per layer ((self keys, values), (cross keys, values) or None before the first step).
         """
         layers = scan_layers(DecoderLayer, self.cfg.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
-            self.cfg, self.dtype, name="layers")
+            self.cfg, self.dtype, self.attention, name="layers")
         x, cache = layers(tokens, cache, image_tokens, index)
         x = layer_norm(self.cfg.ln_eps, self.dtype, "final_norm")(x)
         logits = dense(self.cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype, name="head")(x)
@@ -82,7 +84,7 @@ class CoCa(TwoTower):
 
     def setup(self):
         super().setup()
-        self.dec = Decoder(self.cfg.decoder, jnp.dtype(self.cfg.dtype), self.cfg.remat)
+        self.dec = Decoder(self.cfg.decoder, jnp.dtype(self.cfg.dtype), self.cfg.remat, self.cfg.attention)
 
     def __call__(self, images, ids):
         """Returns (image embeddings, text embeddings, logits [N, M], caption logits [N, L, vocab]);

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from jaxvlm.errors import InputError
+from jaxvlm.ops import IMPLEMENTATIONS as ATTENTIONS
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 VISION_POOLS = ("cls", "gap", "map", "attn_pool")
@@ -132,6 +133,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"
     decoder: DecoderConfig | None = None  # CoCa's captioning decoder
+    attention: str = "auto"  # every attention layer's implementation: auto, xla or pallas (see jaxvlm.ops.attention)
 
     @property
     def image_token_width(self) -> int:
@@ -148,6 +150,7 @@ class ModelConfig:
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("remat", self.remat, REMAT_POLICIES)
+        _check_choice("attention", self.attention, ATTENTIONS)
         for name, tower in (("vision", self.vision), ("text", self.text)):
             if not tower.proj and tower.width != self.embed_dim:
                 raise InputError(f"{name}.proj is off but {name}.width {tower.width} != embed_dim {self.embed_dim}")

@@ -80,11 +80,13 @@ class Attention(nn.Module):
         keys/values are written at ``index`` and the queries sit at positions index, index+1, ...
       - cross-attention gets ``x_kv=None`` and attends over the cached ``cache`` as it is.
     A key/value set may serve several consecutive query sequences (the beams of one image).
+    ``implementation`` is `jaxvlm.ops.attention`'s: "auto", "xla" or "pallas".
     """
 
     heads: int
     causal: bool = False
     dtype: jnp.dtype = jnp.float32
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x_q, x_kv, *, key_mask=None, cache=None, index=None):
@@ -109,9 +111,11 @@ class Attention(nn.Module):
                 k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
                 v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
         if q.shape[0] != k.shape[0]:  # several query sequences share each key/value set: fold them together
-            y = ops.attention(q.reshape(k.shape[0], -1, *q.shape[2:]), k, v).reshape(q.shape)
+            y = ops.attention(q.reshape(k.shape[0], -1, *q.shape[2:]), k, v,
+                              implementation=self.implementation).reshape(q.shape)
         else:
-            y = ops.attention(q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask)
+            y = ops.attention(q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask,
+                              implementation=self.implementation)
         out = nn.DenseGeneral(
             width,
             axis=(-2, -1),
@@ -138,6 +142,7 @@ class Block(nn.Module):
     causal: bool = False
     cross: bool = False
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"  # the attention implementation (`jaxvlm.ops.attention`)
 
     @nn.compact
     def __call__(self, x, cache=None, key_mask=None, index=None, x_kv=None):
@@ -146,8 +151,8 @@ class Block(nn.Module):
             source = None if x_kv is None else layer_norm(self.ln_eps, self.dtype, "norm_kv")(x_kv)
         else:
             source = y
-        y, kv = Attention(self.heads, self.causal, self.dtype, name="attn")(y, source, key_mask=key_mask,
-                                                                          cache=cache, index=index)
+        y, kv = Attention(self.heads, self.causal, self.dtype, self.attention, name="attn")(
+            y, source, key_mask=key_mask, cache=cache, index=index)
         x = activations_with_axes(x + y)
         y = layer_norm(self.ln_eps, self.dtype, "norm2")(x)
         x = activations_with_axes(x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y))
@@ -183,11 +188,13 @@ class Encoder(nn.Module):
     causal: bool = False
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x, cache=None, key_mask=None, index=None):
         blocks = scan_layers(Block, self.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
-            self.heads, self.mlp_dim, self.act, self.ln_eps, self.causal, dtype=self.dtype, name="blocks")
+            self.heads, self.mlp_dim, self.act, self.ln_eps, self.causal, dtype=self.dtype, attention=self.attention,
+            name="blocks")
         return blocks(x, cache, key_mask, index)
 
 
@@ -199,13 +206,14 @@ class MapHead(nn.Module):
     act: str
     ln_eps: float
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         probe = self.param("probe", param_with_axes(nn.initializers.xavier_uniform(), None, None, "embed"),
                            (1, 1, x.shape[-1]))
         probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x, _ = Attention(self.heads, dtype=self.dtype, name="attn")(probe, x)
+        x, _ = Attention(self.heads, dtype=self.dtype, implementation=self.attention, name="attn")(probe, x)
         y = layer_norm(self.ln_eps, self.dtype, "norm")(x)
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y)
         return x[:, 0]
@@ -220,6 +228,7 @@ class AttentionPool(nn.Module):
     heads: int
     ln_eps: float
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -228,5 +237,5 @@ class AttentionPool(nn.Module):
         queries = layer_norm(self.ln_eps, self.dtype, "norm_q")(queries.astype(self.dtype))
         x = layer_norm(self.ln_eps, self.dtype, "norm_kv")(x)
         queries = jnp.broadcast_to(queries, (x.shape[0], *queries.shape))
-        y, _ = Attention(self.heads, dtype=self.dtype, name="attn")(queries, x)
+        y, _ = Attention(self.heads, dtype=self.dtype, implementation=self.attention, name="attn")(queries, x)
         return y

@@ -47,6 +47,7 @@ class TextTower(nn.Module):
     embed_dim: int
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
+    attention: str = "auto"  # the attention implementation (`jaxvlm.ops.attention`)
 
     def setup(self):
         cfg = self.cfg
@@ -58,7 +59,7 @@ class TextTower(nn.Module):
             self.cls = self.param("cls", param_with_axes(nn.initializers.normal(0.01), None, None, "embed"),
                                   (1, 1, cfg.width))
         self.encoder = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, causal=cfg.causal,
-                               remat=self.remat, dtype=self.dtype)
+                               remat=self.remat, dtype=self.dtype, attention=self.attention)
         self.final_norm = layer_norm(cfg.ln_eps, self.dtype, None)
         if cfg.proj:
             self.proj = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype, name=None)

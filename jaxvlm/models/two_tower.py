@@ -29,8 +29,8 @@ class TwoTower(nn.Module):
     def setup(self):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        self.img = VisionTower(cfg.vision, cfg.embed_dim, dtype, cfg.remat)
-        self.txt = TextTower(cfg.text, cfg.embed_dim, dtype, cfg.remat)
+        self.img = VisionTower(cfg.vision, cfg.embed_dim, dtype, cfg.remat, cfg.attention)
+        self.txt = TextTower(cfg.text, cfg.embed_dim, dtype, cfg.remat, cfg.attention)
         self.t = self.param("t", nn.initializers.constant(cfg.logit_scale_init), ())
         if cfg.logit_bias_init is not None:
             self.b = self.param("b", nn.initializers.constant(cfg.logit_bias_init), ())

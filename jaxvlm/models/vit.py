@@ -35,6 +35,7 @@ class VisionTower(nn.Module):
     embed_dim: int
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
+    attention: str = "auto"  # the attention implementation (`jaxvlm.ops.attention`)
 
     @nn.compact
     def __call__(self, images):
@@ -69,10 +70,10 @@ class VisionTower(nn.Module):
         if cfg.pre_norm:
             x = layer_norm(cfg.ln_eps, self.dtype, "pre_norm")(x)
         x, _ = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, remat=self.remat, dtype=self.dtype,
-                       name="encoder")(x)
+                       attention=self.attention, name="encoder")(x)
         if cfg.pool == "attn_pool":  # open_clip's CoCa: pool first, then normalise all query outputs
             x = AttentionPool(cfg.attn_pool_queries, self.embed_dim, cfg.attn_pool_heads, cfg.ln_eps, self.dtype,
-                              name="attn_pool")(x)
+                              self.attention, name="attn_pool")(x)
         x = layer_norm(cfg.ln_eps, self.dtype, "final_norm")(x)
         if cfg.pool in ("cls", "attn_pool"):
             pooled, tokens = x[:, 0], x[:, 1:]
@@ -80,7 +81,8 @@ class VisionTower(nn.Module):
             tokens = x[:, int(cfg.class_token):]
             pooled = tokens.mean(axis=1)
         else:
-            pooled, tokens = MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, name="map_head")(x), x
+            pooled, tokens = MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, self.attention,
+                                     name="map_head")(x), x
         if cfg.proj:
             pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype,
                            name="proj")(pooled)

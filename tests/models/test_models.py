@@ -152,3 +152,27 @@ def test_bad_config_is_one_clear_error(change):
             d[key] = value
     with pytest.raises(InputError):
         ModelConfig.from_dict(d)
+
+
+def test_attention_switch():
+    """config.attention reaches every attention layer: "pallas" (on CPU, the Triton kernel in
+    interpret mode) gives the embeddings "xla" gives. Configs saved before the switch load as "auto"."""
+    base = get_architecture("tiny-clip").model
+    saved = base.to_dict()
+    del saved["attention"]
+    assert ModelConfig.from_dict(saved) == base and base.attention == "auto"
+    assert ModelConfig.from_dict(base.replace(attention="pallas").to_dict()).attention == "pallas"
+    with pytest.raises(InputError, match="attention"):
+        ModelConfig.from_dict({**saved, "attention": "flash"})
+
+    params = init(base)
+    images, ids = inputs(base)
+    models = [TwoTower(base.replace(attention=name)) for name in ("xla", "pallas")]
+    loops = [jax.jit(m.apply).lower({"params": params}, images, ids).as_text().count("stablehlo.while")
+             for m in models]
+    assert loops[1] > loops[0]  # the interpreted kernels' grid loops, besides the scans over layers
+    xla, pallas = (jax.jit(m.apply)({"params": params}, images, ids) for m in models)
+    for name, a, b in zip(("image", "text"), xla[:2], pallas[:2]):
+        error = float(jnp.max(jnp.abs(a - b)))
+        print(f"pallas vs xla {name} embedding max abs error: {error:.1e}")
+        assert error < 1e-5

@@ -1,0 +1,384 @@
+"""SigLIP's sigmoid contrastive loss as fused Pallas TPU (Mosaic) kernels.
+
+With image embeddings X [N, D], text embeddings Y [M, D] and the scalars ``scale`` (already
+exponentiated) and ``bias``, the logits are S = scale * X Y^T + bias and the labels z_ij = +1 on
+the diagonal j == i (rows i < min(N, M)), -1 elsewhere. The loss is big_vision's: the mean over
+images of the per-image sum, (1/N) sum_ij softplus(-z_ij S_ij), accumulated in float32.
+
+The kernels score tiles of X against tiles of Y in VMEM and never write an N x M array to HBM:
+the forward pass keeps per-row partial sums, the backward pass recomputes each tile of S and
+contracts the tile's gradient G = dLoss/dS straight into dX and dY. ``sharded_sigmoid_loss`` runs
+the same kernels around a ring of devices (inside ``shard_map``) so that no device ever holds more
+than its own text chunk and the one passing through.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+_LANES = 128
+_TILES = (512, 256, 128)  # candidate tile heights (rows of X or Y per block), largest first
+# Per-kernel VMEM the tiles may use: below the 16 MiB a TPU v4 core has, and below the default
+# scoped limit of the later generations, so no kernel needs a raised vmem_limit_bytes.
+_VMEM_BUDGET = 12 * 2**20
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def sigmoid_loss_reference(x, y, scale, bias):
+    """The loss in plain jnp (materialises the [N, M] logits): f32 scalar."""
+    logits = scale * jnp.dot(x.astype(jnp.float32), y.astype(jnp.float32).T,
+                             precision=lax.Precision.HIGHEST) + bias
+    z = 2.0 * jnp.eye(x.shape[0], y.shape[0], dtype=jnp.float32) - 1.0
+    return jnp.sum(jax.nn.softplus(-z * logits)) / x.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels. Grid (i, j): i walks the blocks of the kernel's "a" operand (parallel), j the blocks of
+# its "b" operand (arbitrary: the reduction, accumulated in VMEM scratch). a = images, b = texts,
+# except for the dY kernel, which is transposed (a = texts, b = images) so that its reduction runs
+# over images and every matmul keeps the MXU-native "contract the last dims" form.
+
+
+def _scores(params_ref, a_ref, b_ref, *, a_size, b_size, offset, transposed):
+    """One (ta, tb) tile: the raw dot a b^T (f32), the logits, the positive mask (None: none in
+    this tile), the valid mask (None: no padded row or column)."""
+    a, b = a_ref[...], b_ref[...]
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    dot = lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
+                          preferred_element_type=jnp.float32)
+    logits = params_ref[0] * dot + params_ref[1]
+    ta, tb = dot.shape
+    ai = pl.program_id(0) * ta + lax.broadcasted_iota(jnp.int32, dot.shape, 0)
+    bi = pl.program_id(1) * tb + lax.broadcasted_iota(jnp.int32, dot.shape, 1)
+    valid = None
+    if a_size % ta:
+        valid = ai < a_size
+    if b_size % tb:
+        valid = bi < b_size if valid is None else valid & (bi < b_size)
+    image, text = (bi, ai) if transposed else (ai, bi)
+    positive = None if offset is None else text - image == offset
+    return dot, logits, positive, valid
+
+
+def _lane_sum(v):
+    """[r, c] -> [r, 128]: sum of the 128-lane column groups (whole vregs, no cross-lane work)."""
+    out = v[:, :_LANES]
+    for k in range(_LANES, v.shape[1], _LANES):
+        out = out + v[:, k:k + _LANES]
+    return out
+
+
+def _loss_kernel(params_ref, x_ref, y_ref, out_ref, acc_ref, **tile):
+    j = pl.program_id(1)
+
+    @pl.when(j == 0)
+    def _():
+        acc_ref[...] = jnp.zeros_like(acc_ref)
+
+    _, logits, positive, valid = _scores(params_ref, x_ref, y_ref, transposed=False, **tile)
+    u = logits if positive is None else jnp.where(positive, -logits, logits)  # u = -z S
+    loss = jnp.maximum(u, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(u)))  # softplus(u), stable
+    if valid is not None:
+        loss = jnp.where(valid, loss, 0.0)
+    acc_ref[...] += _lane_sum(loss)
+
+    @pl.when(j == pl.num_programs(1) - 1)
+    def _():
+        out_ref[...] = acc_ref[...]
+
+
+def _grad_kernel(params_ref, a_ref, b_ref, *refs, transposed, **tile):
+    """da = scale * G b for G = coef * dsoftplus(-z S)/dS = coef * (sigmoid(S) - [z = +1]); the
+    untransposed (dX) pass also sums G * (X Y^T) and G per row, the scale and bias gradients."""
+    if transposed:
+        da_ref, acc_ref = refs
+    else:
+        da_ref, dscale_ref, dbias_ref, acc_ref, dscale_acc, dbias_acc = refs
+    j = pl.program_id(1)
+
+    @pl.when(j == 0)
+    def _():
+        acc_ref[...] = jnp.zeros_like(acc_ref)
+        if not transposed:
+            dscale_acc[...] = jnp.zeros_like(dscale_acc)
+            dbias_acc[...] = jnp.zeros_like(dbias_acc)
+
+    dot, logits, positive, valid = _scores(params_ref, a_ref, b_ref, transposed=transposed, **tile)
+    g = jax.nn.sigmoid(logits)
+    if positive is not None:
+        g = jnp.where(positive, g - 1.0, g)
+    g = params_ref[2] * g
+    if valid is not None:
+        g = jnp.where(valid, g, 0.0)
+    b = b_ref[...]
+    precision = lax.Precision.HIGHEST if b.dtype == jnp.float32 else None
+    acc_ref[...] += jnp.dot(g.astype(b.dtype), b, precision=precision,
+                            preferred_element_type=jnp.float32)
+    if not transposed:
+        dscale_acc[...] += _lane_sum(g * dot)
+        dbias_acc[...] += _lane_sum(g)
+
+    @pl.when(j == pl.num_programs(1) - 1)
+    def _():
+        da_ref[...] = params_ref[0] * acc_ref[...]
+        if not transposed:
+            dscale_ref[...] = dscale_acc[...]
+            dbias_ref[...] = dbias_acc[...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-level calls on padded operands: xp [n_pad, d_pad] against yp [m_pad, d_pad], of which the
+# first n and m rows are real. `offset` is static: positives at (i, j) with j == i + offset, or
+# None when this block holds none (the ring's foreign chunks).
+
+
+def _varying(v):
+    """The mesh axes along which v varies inside shard_map (empty outside, or with check_vma off)."""
+    return jax.typeof(v).mat.varying
+
+
+def _call(kernel, params, a, b, outs, scratch, *, ta, tb, flops, transcendentals, interpret):
+    """pallas_call over the (a blocks, b blocks) grid; outs: (rows, width) f32 outputs, blocked by
+    a's tile height. Under shard_map (check_vma) the kernel's operands and outputs all vary along
+    the union of the axes the inputs vary along (a replicated scale meets a per-device x)."""
+    ga, gb = a.shape[0] // ta, b.shape[0] // tb
+    varying = _varying(params) | _varying(a) | _varying(b)
+    params, a, b = (lax.pcast(v, tuple(sorted(varying - _varying(v))), to="varying") for v in (params, a, b))
+    mat = jax.sharding.ManualAxisType(varying=varying)
+    d = a.shape[1]
+    out_bytes = 4 * sum(rows * width for rows, width in outs)
+    return pl.pallas_call(
+        kernel,
+        grid=(ga, gb),
+        in_specs=[pl.BlockSpec(memory_space=pltpu.SMEM),
+                  pl.BlockSpec((ta, d), lambda i, j: (i, 0)),
+                  pl.BlockSpec((tb, d), lambda i, j: (j, 0))],
+        out_specs=[pl.BlockSpec((ta, width), lambda i, j: (i, 0)) for _, width in outs],
+        out_shape=[jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=mat) for shape in outs],
+        scratch_shapes=scratch,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        cost_estimate=pl.CostEstimate(
+            flops=int(flops), transcendentals=int(transcendentals),
+            bytes_accessed=int((a.size + ga * b.size) * a.dtype.itemsize + out_bytes)),
+        interpret=interpret,
+    )(params, a, b)
+
+
+def _block_loss(xp, yp, scale, bias, *, n, m, offset, tiles, interpret):
+    """Sum of softplus(-z S) over the block's real n x m entries (f32 scalar). Memory: a
+    [n_pad, 128] f32 array of per-row partial sums."""
+    tn, tm = tiles
+    rows, = _call(
+        functools.partial(_loss_kernel, a_size=n, b_size=m, offset=offset),
+        jnp.stack([scale, bias]), xp, yp,
+        [(xp.shape[0], _LANES)],
+        [pltpu.VMEM((tn, _LANES), jnp.float32)],
+        ta=tn, tb=tm, flops=2 * xp.shape[0] * yp.shape[0] * xp.shape[1],
+        transcendentals=2 * xp.shape[0] * yp.shape[0], interpret=interpret)
+    return jnp.sum(rows)
+
+
+def _block_grads(xp, yp, scale, bias, coef, *, n, m, offset, tiles, interpret):
+    """Gradients of coef * (the block's loss sum): dX [n_pad, d_pad] f32, dY [m_pad, d_pad] f32
+    (zero in padded rows and columns), d scale, d bias (f32 scalars). Two kernels, each
+    recomputing S tile by tile: one reduces over texts (dX, d scale, d bias), one over images (dY).
+    Memory: the two f32 outputs and [n_pad, 128] f32 partial sums."""
+    tn, tm = tiles
+    np_, mp, d = xp.shape[0], yp.shape[0], xp.shape[1]
+    params = jnp.stack([scale, bias, coef])
+    per_row = (np_, _LANES)
+    cost = dict(flops=4 * np_ * mp * d, transcendentals=np_ * mp, interpret=interpret)
+    dx, dscale, dbias = _call(
+        functools.partial(_grad_kernel, a_size=n, b_size=m, offset=offset, transposed=False),
+        params, xp, yp, [(np_, d), per_row, per_row],
+        [pltpu.VMEM((tn, d), jnp.float32)] + 2 * [pltpu.VMEM((tn, _LANES), jnp.float32)],
+        ta=tn, tb=tm, **cost)
+    dy, = _call(
+        functools.partial(_grad_kernel, a_size=m, b_size=n, offset=offset, transposed=True),
+        params, yp, xp, [(mp, d)],
+        [pltpu.VMEM((tm, d), jnp.float32)], ta=tm, tb=tn, **cost)
+    return dx, dy, jnp.sum(dscale), jnp.sum(dbias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding, tiles and input checks.
+
+
+def _round_up(v, k):
+    return -(-v // k) * k
+
+
+def _tiles(n, m, d, dtype):
+    """Tile heights for rows of X and of Y: the largest whose gradient kernel (two double-buffered
+    input blocks, a double-buffered f32 output block, its f32 accumulator, a few f32 (t, t)
+    temporaries) fits the VMEM budget, capped by the padded sizes."""
+    d_pad, size = _round_up(d, _LANES), jnp.dtype(dtype).itemsize
+    cap = next((t for t in _TILES if 4 * t * d_pad * size + 3 * t * d_pad * 4 + 8 * t * t * 4
+                <= _VMEM_BUDGET), _TILES[-1])
+    return min(cap, _round_up(n, _LANES)), min(cap, _round_up(m, _LANES))
+
+
+def _pad(v, rows):
+    """v zero-padded to `rows` rows and to a multiple of 128 columns (zero features change no dot
+    product; padded rows are masked in the kernels)."""
+    return jnp.pad(v, ((0, rows - v.shape[0]), (0, _round_up(v.shape[1], _LANES) - v.shape[1])))
+
+
+def _check(name, x, y, scale, bias):
+    """Validated (x, y, f32 scale, f32 bias), or ValueError with one line naming the bad input.
+    Finiteness of scale and bias is checked only when they are concrete (not under jit/grad
+    tracing, where their values are unknown)."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim != 2 or y.ndim != 2:
+        raise ValueError(f"{name}: x and y must be 2-D [N, D] and [M, D], got shapes {x.shape} and {y.shape}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{name}: x and y must share the embedding size D, got {x.shape[1]} and {y.shape[1]}")
+    if x.shape[0] == 0 or y.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: empty input, x {x.shape} and y {y.shape}")
+    if x.dtype != y.dtype or x.dtype not in _DTYPES:
+        raise ValueError(f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
+                         "(sigmoid_loss_reference takes any float dtype)")
+    scalars = []
+    for label, v in (("scale", scale), ("bias", bias)):
+        if np.ndim(v) != 0:
+            raise ValueError(f"{name}: {label} must be a scalar, got shape {np.shape(v)}")
+        if not isinstance(v, jax.core.Tracer) and not np.isfinite(np.asarray(v, np.float32)):
+            raise ValueError(f"{name}: {label} must be finite, got {np.asarray(v)}")
+        scalars.append(jnp.asarray(v).astype(jnp.float32))
+    return x, y, *scalars
+
+
+# ---------------------------------------------------------------------------------------------
+# Single device.
+
+
+def sigmoid_loss(x, y, scale, bias, *, interpret=False):
+    """The loss of images x [N, D] against texts y [M, D] (f32 scalar) on one device.
+
+    x and y: both float32 or both bfloat16; scale, bias: scalars (any float dtype). Differentiable
+    (custom VJP) in all four: dx, dy in the inputs' dtype, d scale and d bias in float32. The
+    backward pass saves only the inputs and recomputes the logits. HBM beyond the inputs: O((N +
+    M) D) (padded copies, f32 gradients), never O(N M). `interpret=True` runs the kernels in Pallas
+    interpret mode (CPU). Raises ValueError for bad shapes, dtypes or a concrete non-finite scale
+    or bias."""
+    x, y, scale, bias = _check("sigmoid_loss", x, y, scale, bias)
+    return _single(x, y, scale, bias, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _single(x, y, scale, bias, interpret):
+    return _single_fwd(x, y, scale, bias, interpret)[0]
+
+
+def _single_fwd(x, y, scale, bias, interpret):
+    (n, d), m = x.shape, y.shape[0]
+    tiles = _tiles(n, m, d, x.dtype)
+    total = _block_loss(_pad(x, _round_up(n, tiles[0])), _pad(y, _round_up(m, tiles[1])), scale, bias,
+                        n=n, m=m, offset=0, tiles=tiles, interpret=interpret)
+    return total / n, (x, y, scale, bias)
+
+
+def _single_bwd(interpret, residuals, g):
+    x, y, scale, bias = residuals
+    (n, d), m = x.shape, y.shape[0]
+    tiles = _tiles(n, m, d, x.dtype)
+    dx, dy, dscale, dbias = _block_grads(
+        _pad(x, _round_up(n, tiles[0])), _pad(y, _round_up(m, tiles[1])), scale, bias, g / n,
+        n=n, m=m, offset=0, tiles=tiles, interpret=interpret)
+    return dx[:n, :d].astype(x.dtype), dy[:m, :d].astype(y.dtype), dscale, dbias
+
+
+_single.defvjp(_single_fwd, _single_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device ring (inside shard_map). Device k holds images and texts k*n .. k*n + n - 1. At step s it
+# holds text chunk k - s (mod P) and passes it on to k + 1; step 0 (its own chunk) is the only one
+# with positives.
+
+
+def sharded_sigmoid_loss(x, y, scale, bias, *, axis_name, interpret=False):
+    """The global loss (f32 scalar, the same on every device), called inside `shard_map` over
+    `axis_name` with this device's images x [n, D] and texts y [n, D] (global N = n * axis size).
+
+    Forward: P ring steps, each scoring the local images against the text chunk held, then
+    ppermuting the chunk to the next device. Backward (one custom VJP around the whole ring, saving
+    only x, y, scale, bias): the ring again, recomputing; dx accumulates locally while the f32
+    gradient of each text chunk travels with the chunk and arrives home complete after the full
+    circle. Per-device memory: O(n D) for any P (the own chunk, the visiting chunk and its
+    gradient, f32 dx), never O(P n D) and never the n x N logits. Works with shard_map's check_vma
+    on or off; scale and bias may be replicated (the usual case) or device-varying."""
+    x, y, scale, bias = _check("sharded_sigmoid_loss", x, y, scale, bias)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"sharded_sigmoid_loss: each device needs as many texts as images, got x {x.shape} and y {y.shape}")
+    return _ring(x, y, scale, bias, axis_name, interpret)
+
+
+def _ring_setup(x, y, axis_name):
+    size = lax.axis_size(axis_name)
+    n, d = x.shape
+    tiles = _tiles(n, n, d, x.dtype)
+    shift = functools.partial(lax.ppermute, axis_name=axis_name,
+                              perm=[(k, (k + 1) % size) for k in range(size)])
+    return size, tiles, _pad(x, _round_up(n, tiles[0])), _pad(y, _round_up(n, tiles[1])), shift
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _ring(x, y, scale, bias, axis_name, interpret):
+    return _ring_fwd(x, y, scale, bias, axis_name, interpret)[0]
+
+
+def _ring_fwd(x, y, scale, bias, axis_name, interpret):
+    size, tiles, xp, yp, shift = _ring_setup(x, y, axis_name)
+    n = x.shape[0]
+    loss = functools.partial(_block_loss, xp, scale=scale, bias=bias, n=n, m=n, tiles=tiles,
+                             interpret=interpret)
+
+    # Each step's chunk is sent on while it is being scored (no data dependence between the two).
+    def step(_, carry):
+        chunk, total = carry
+        return shift(chunk), total + loss(chunk, offset=None)
+
+    total = loss(yp, offset=0)
+    if size > 1:
+        chunk, total = lax.fori_loop(0, size - 2, step, (shift(yp), total))
+        total = total + loss(chunk, offset=None)
+    return lax.psum(total, axis_name) / (n * size), (x, y, scale, bias)
+
+
+def _ring_bwd(axis_name, interpret, residuals, g):
+    x, y, scale, bias = residuals
+    size, tiles, xp, yp, shift = _ring_setup(x, y, axis_name)
+    n, d = x.shape
+    # The cotangent of the global loss. With check_vma on, a replicated loss gets it whole on every
+    # device; with check_vma off (or a per-device loss), the devices' shares sum to it.
+    checked = axis_name in _varying(x)
+    if not (checked and axis_name not in _varying(g)):
+        g = lax.psum(g, axis_name)
+    grads = functools.partial(_block_grads, xp, scale=scale, bias=bias, coef=g / (n * size), n=n, m=n,
+                              tiles=tiles, interpret=interpret)
+
+    def step(_, carry):
+        chunk, dchunk, dx, dscale, dbias = carry
+        gx, gy, gs, gb = grads(chunk, offset=None)
+        return shift(chunk), shift(dchunk + gy), dx + gx, dscale + gs, dbias + gb
+
+    dx, dy, dscale, dbias = grads(yp, offset=0)
+    if size > 1:
+        chunk, dy, dx, dscale, dbias = lax.fori_loop(0, size - 2, step, (shift(yp), shift(dy), dx, dscale, dbias))
+        gx, gy, gs, gb = grads(chunk, offset=None)
+        dx, dy, dscale, dbias = dx + gx, shift(dy + gy), dscale + gs, dbias + gb
+    # dscale, dbias are this device's rows' share. A replicated scale/bias (check_vma on) needs the
+    # total; with check_vma off, shard_map's transpose sums the shares itself.
+    if checked:
+        dscale, dbias = (lax.psum(v, axis_name) if axis_name not in _varying(p) else v
+                         for v, p in ((dscale, scale), (dbias, bias)))
+    return dx[:n, :d].astype(x.dtype), dy[:n, :d].astype(y.dtype), dscale, dbias
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
