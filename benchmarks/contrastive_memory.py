@@ -72,10 +72,10 @@ def temp_bytes(kind: str, fused: bool, mesh: Mesh, batch: int) -> tuple[float, b
     try:
         return lowered.compile().memory_analysis().temp_size_in_bytes, True
     except jax.errors.JaxRuntimeError as e:
-        needed = re.search(r"HLO temporaries \(([\d.]+)G\)", str(e))
+        needed = re.search(r"HLO temporaries \(([\d.]+)([GT])\)", str(e))
         if "RESOURCE_EXHAUSTED" not in str(e) or not needed:
             raise
-        return float(needed.group(1)) * GIB, False
+        return float(needed.group(1)) * GIB * (1024 if needed.group(2) == "T" else 1), False
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxvlm.errors import InputError
+
 _LANES = 128
 _TILES = (512, 256, 128)  # candidate tile heights (rows of X or Y per block), largest first
 # Per-kernel VMEM the tiles may use: below the 16 MiB a TPU v4 core has, and below the default
@@ -144,12 +146,9 @@ def _varying(v):
 
 def _call(kernel, params, a, b, outs, scratch, *, ta, tb, flops, transcendentals, interpret):
     """pallas_call over the (a blocks, b blocks) grid; outs: (rows, width) f32 outputs, blocked by
-    a's tile height. Under shard_map (check_vma) the kernel's operands and outputs all vary along
-    the union of the axes the inputs vary along (a replicated scale meets a per-device x)."""
+    a's tile height. Under shard_map (check_vma) they vary along the axes the inputs vary along."""
     ga, gb = a.shape[0] // ta, b.shape[0] // tb
-    varying = _varying(params) | _varying(a) | _varying(b)
-    params, a, b = (lax.pcast(v, tuple(sorted(varying - _varying(v))), to="varying") for v in (params, a, b))
-    mat = jax.sharding.ManualAxisType(varying=varying)
+    mat = jax.sharding.ManualAxisType(varying=_varying(params) | _varying(a) | _varying(b))
     d = a.shape[1]
     out_bytes = 4 * sum(rows * width for rows, width in outs)
     return pl.pallas_call(
@@ -192,7 +191,7 @@ def _block_grads(xp, yp, scale, bias, coef, *, n, m, offset, tiles, interpret):
     np_, mp, d = xp.shape[0], yp.shape[0], xp.shape[1]
     params = jnp.stack([scale, bias, coef])
     per_row = (np_, _LANES)
-    cost = dict(flops=4 * np_ * mp * d, transcendentals=np_ * mp, interpret=interpret)
+    cost = {"flops": 4 * np_ * mp * d, "transcendentals": np_ * mp, "interpret": interpret}
     dx, dscale, dbias = _call(
         functools.partial(_grad_kernel, a_size=n, b_size=m, offset=offset, transposed=False),
         params, xp, yp, [(np_, d), per_row, per_row],
@@ -230,25 +229,25 @@ def _pad(v, rows):
 
 
 def _check(name, x, y, scale, bias):
-    """Validated (x, y, f32 scale, f32 bias), or ValueError with one line naming the bad input.
-    Finiteness of scale and bias is checked only when they are concrete (not under jit/grad
-    tracing, where their values are unknown)."""
+    """Validated (x, y, f32 scale, f32 bias), or InputError (a ValueError) with one line naming the
+    bad input. Finiteness of scale and bias is checked only when they are concrete (not under
+    jit/grad tracing, where their values are unknown)."""
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.ndim != 2 or y.ndim != 2:
-        raise ValueError(f"{name}: x and y must be 2-D [N, D] and [M, D], got shapes {x.shape} and {y.shape}")
+        raise InputError(f"{name}: x and y must be 2-D [N, D] and [M, D], got shapes {x.shape} and {y.shape}")
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"{name}: x and y must share the embedding size D, got {x.shape[1]} and {y.shape[1]}")
+        raise InputError(f"{name}: x and y must share the embedding size D, got {x.shape[1]} and {y.shape[1]}")
     if x.shape[0] == 0 or y.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name}: empty input, x {x.shape} and y {y.shape}")
+        raise InputError(f"{name}: empty input, x {x.shape} and y {y.shape}")
     if x.dtype != y.dtype or x.dtype not in _DTYPES:
-        raise ValueError(f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
+        raise InputError(f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
                          "(sigmoid_loss_reference takes any float dtype)")
     scalars = []
     for label, v in (("scale", scale), ("bias", bias)):
         if np.ndim(v) != 0:
-            raise ValueError(f"{name}: {label} must be a scalar, got shape {np.shape(v)}")
+            raise InputError(f"{name}: {label} must be a scalar, got shape {np.shape(v)}")
         if not isinstance(v, jax.core.Tracer) and not np.isfinite(np.asarray(v, np.float32)):
-            raise ValueError(f"{name}: {label} must be finite, got {np.asarray(v)}")
+            raise InputError(f"{name}: {label} must be finite, got {np.asarray(v)}")
         scalars.append(jnp.asarray(v).astype(jnp.float32))
     return x, y, *scalars
 
@@ -261,11 +260,13 @@ def sigmoid_loss(x, y, scale, bias, *, interpret=False):
     """The loss of images x [N, D] against texts y [M, D] (f32 scalar) on one device.
 
     x and y: both float32 or both bfloat16; scale, bias: scalars (any float dtype). Differentiable
-    (custom VJP) in all four: dx, dy in the inputs' dtype, d scale and d bias in float32. The
-    backward pass saves only the inputs and recomputes the logits. HBM beyond the inputs: O((N +
-    M) D) (padded copies, f32 gradients), never O(N M). `interpret=True` runs the kernels in Pallas
-    interpret mode (CPU). Raises ValueError for bad shapes, dtypes or a concrete non-finite scale
-    or bias."""
+    (custom VJP) in all four: dx, dy in the inputs' dtype, d scale and d bias computed in float32
+    (returned in their own dtype). The backward pass saves only the inputs and recomputes the
+    logits. HBM beyond the inputs: O((N + M) D) (padded copies, f32 gradients), never O(N M).
+    `interpret=True` (or a `pltpu.InterpretParams`) runs the kernels in Pallas interpret mode, e.g.
+    on CPU. Raises InputError (a ValueError) for bad shapes, dtypes or a non-finite scale or bias;
+    finiteness is checked only for concrete values, not under jit (a NaN scale then gives a NaN
+    loss)."""
     x, y, scale, bias = _check("sigmoid_loss", x, y, scale, bias)
     return _single(x, y, scale, bias, interpret)
 
@@ -312,10 +313,16 @@ def sharded_sigmoid_loss(x, y, scale, bias, *, axis_name, interpret=False):
     gradient of each text chunk travels with the chunk and arrives home complete after the full
     circle. Per-device memory: O(n D) for any P (the own chunk, the visiting chunk and its
     gradient, f32 dx), never O(P n D) and never the n x N logits. Works with shard_map's check_vma
-    on or off; scale and bias may be replicated (the usual case) or device-varying."""
+    on or off; scale and bias may be replicated (the usual case) or device-varying.
+
+    On CPU, `interpret=True` (Pallas' HLO interpreter) needs `shard_map(..., check_vma=False)`:
+    in jax 0.10 it cannot evaluate a kernel on device-varying values. With check_vma on, pass
+    `interpret=pltpu.InterpretParams()` (the TPU interpreter), whose per-kernel barrier across the
+    simulated devices needs a free host thread per device."""
     x, y, scale, bias = _check("sharded_sigmoid_loss", x, y, scale, bias)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"sharded_sigmoid_loss: each device needs as many texts as images, got x {x.shape} and y {y.shape}")
+        raise InputError(f"sharded_sigmoid_loss: each device needs as many texts as images, got x {x.shape} and "
+                         f"y {y.shape}")
     return _ring(x, y, scale, bias, axis_name, interpret)
 
 
