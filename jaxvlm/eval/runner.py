@@ -124,10 +124,10 @@ def _class_names(spec: EvalSpec) -> list[str]:
 
 def _retrieval(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
     images, texts, text_image = [], [], []
-    for batch in _batches(model, spec, spec.split, "texts", progress):
+    for batch, valid in _batches(model, spec, spec.split, "texts", progress):
         first_image = sum(len(x) for x in images)
-        images.append(model.encode_image(batch["image"]))
-        for i, captions in enumerate(batch["texts"]):
+        images.append(model.encode_image(batch["image"])[valid])
+        for i, captions in enumerate(_kept(batch["texts"], valid)):
             texts.extend(captions)
             text_image.extend([first_image + i] * len(captions))
     if not texts:
@@ -150,23 +150,25 @@ def _captioning(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
     except TypeError as e:
         raise InputError(f"captioning generation options: {e}") from None
     candidates, references = [], []
-    for batch in _batches(model, spec, spec.split, "texts", progress):
-        candidates.extend(model.generate(batch["image"], **spec.generation))
-        references.extend(batch["texts"])
+    for batch, valid in _batches(model, spec, spec.split, "texts", progress):
+        candidates.extend(_kept(model.generate(batch["image"], **spec.generation), valid))
+        references.extend(_kept(batch["texts"], valid))
     return captioning_metrics(candidates, references)
 
 
 def _image_features(model, spec: EvalSpec, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     embeds, labels = [], []
-    for batch in _batches(model, spec, split, "label", progress):
-        embeds.append(model.encode_image(batch["image"]))
-        labels.append(batch["label"])
+    for batch, valid in _batches(model, spec, split, "label", progress):
+        embeds.append(model.encode_image(batch["image"])[valid])
+        labels.append(batch["label"][valid])
     return np.concatenate(embeds), np.concatenate(labels)
 
 
-def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> Iterator[dict]:
-    """The split's batches with the padding removed. The first batch is read before the progress
-    bar starts, so that a dataset lacking ``needs`` ("label" or "texts") is one clean error."""
+def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> Iterator[tuple[dict, np.ndarray]]:
+    """(batch, valid mask) for every batch of the split. Batches keep their padding, so every one
+    has the same shape (one compiled program); callers drop the padding's outputs with the mask.
+    The first batch is read before the progress bar starts, so that a dataset lacking ``needs``
+    ("label" or "texts") is one clean error."""
     from tqdm import tqdm
 
     from jaxvlm import data
@@ -179,11 +181,9 @@ def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> I
     if needs not in first:
         what = "class labels" if needs == "label" else "captions"
         raise InputError(f"dataset {spec.dataset!r} has no {what}: {spec.task} needs them")
-    bar = tqdm(desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}", unit=" batches", disable=not progress)
-    with bar:
+    with tqdm(desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}", unit=" batches", disable=not progress) as bar:
         for batch in _chain(first, batches):
-            valid = np.asarray(batch["valid"], bool)
-            yield {name: _rows(value, valid) for name, value in batch.items() if name != "valid"}
+            yield batch, np.asarray(batch["valid"], bool)
             bar.update()
 
 
@@ -192,8 +192,8 @@ def _chain(first, rest):
     yield from rest
 
 
-def _rows(value, valid: np.ndarray):
-    return [v for v, keep in zip(value, valid) if keep] if isinstance(value, list) else np.asarray(value)[valid]
+def _kept(items: list, valid: np.ndarray) -> list:
+    return [item for item, keep in zip(items, valid) if keep]
 
 
 _RUNNERS: dict[str, Callable] = {

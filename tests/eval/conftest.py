@@ -14,7 +14,7 @@ from jaxvlm.tokenizers import CLIP_BPE_FILE
 
 
 def random_model_dir(path, architecture: str, seed: int = 0):
-    """A model directory for a named architecture with random parameters: N(0, 0.02) weights,
+    """A model directory for a named architecture with random parameters: N(0, 0.1) weights,
     LayerNorm scales near 1 (shapes from `jax.eval_shape`: running `init` would compile the model)."""
     arch = get_architecture(architecture)
     cfg = arch.model
@@ -24,7 +24,7 @@ def random_model_dir(path, architecture: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     params = jax.tree_util.tree_map_with_path(
         lambda key, leaf: (float(jax.tree_util.keystr(key).endswith("'scale']")) +
-                           0.02 * rng.standard_normal(leaf.shape)).astype(np.float32), shapes)
+                           0.1 * rng.standard_normal(leaf.shape)).astype(np.float32), shapes)
     model_dir.save(path, model_dir.ModelDir(cfg, arch.preprocess, arch.tokenizer,
                                             {"source": "random init", "model": architecture}, params), CLIP_BPE_FILE)
     return path

@@ -38,30 +38,25 @@ def spec(task, digits_dir, **kw):
     return EvalSpec(task=task, dataset=DIGITS, data_dir=digits_dir, **kw)
 
 
-@pytest.mark.parametrize("task", ["zeroshot", "retrieval"])
-def test_padding_and_devices_never_change_a_metric(task, tiny_clip_dir, digits_dir):
+def test_padding_and_devices_never_change_a_metric(tiny_clip_dir, digits_dir):
     """Batches that divide the split (360 = 45 x 8) and that do not (7, 50), on 8 devices and on 1."""
     runs = {}
     for batch_size, devices in [(45, None), (7, None), (50, jax.local_devices()[:1])]:
         model = jaxvlm.load(tiny_clip_dir, batch_size=batch_size, devices=devices)
-        runs[batch_size, 1 if devices else 8] = evaluate(model, spec(task, digits_dir, batch_size=batch_size))
-    print(runs)
-    first = next(iter(runs.values()))
-    assert all(metrics == first for metrics in runs.values())
-
-
-def test_features_are_the_same_whatever_the_batching(tiny_clip_dir, digits_dir):
-    features = {}
-    for batch_size, devices in [(45, None), (7, None), (50, jax.local_devices()[:1])]:
-        model = jaxvlm.load(tiny_clip_dir, batch_size=batch_size, devices=devices)
-        features[batch_size] = _image_features(model, spec("zeroshot", digits_dir, batch_size=batch_size), "test",
-                                               progress=False)
-    (embeds, labels), *others = features.values()
+        runs[batch_size] = {
+            "features": _image_features(model, spec("zeroshot", digits_dir, batch_size=batch_size), "test",
+                                        progress=False),
+            **{task: evaluate(model, spec(task, digits_dir, batch_size=batch_size)) for task in ("zeroshot", "retrieval")},
+        }
+    first, *others = runs.values()
+    print({size: {task: run[task] for task in ("zeroshot", "retrieval")} for size, run in runs.items()})
+    embeds, labels = first["features"]
     assert embeds.shape == (TEST_SIZE, 32) and labels.shape == (TEST_SIZE,)
-    for other_embeds, other_labels in others:
-        print("max abs difference", np.abs(other_embeds - embeds).max())
-        np.testing.assert_array_equal(other_labels, labels)
-        np.testing.assert_allclose(other_embeds, embeds, atol=1e-6)
+    for other in others:
+        print("max abs difference of the image features", np.abs(other["features"][0] - embeds).max())
+        np.testing.assert_array_equal(other["features"][1], labels)
+        np.testing.assert_allclose(other["features"][0], embeds, atol=1e-6)
+        assert other["zeroshot"] == first["zeroshot"] and other["retrieval"] == first["retrieval"]
 
 
 def test_linear_probe_on_random_features(tiny_clip_dir, digits_dir):
@@ -69,26 +64,52 @@ def test_linear_probe_on_random_features(tiny_clip_dir, digits_dir):
     metrics = evaluate(model, spec("linear_probe", digits_dir, batch_size=120, probe=_small_probe()))
     print(metrics)
     assert set(metrics) == {"lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "l2"}
-    assert metrics["lp_acc1"] > 0.5  # random features of digits still separate them well
+    assert metrics["lp_acc1"] > 0.4  # chance is 0.1: random features of digits still tell them apart
 
 
 def _small_probe():
     from jaxvlm.eval import ProbeConfig
 
-    return ProbeConfig(l2_min=1e-5, l2_max=1e-1, grid=9, coarse=3, max_iter=300)
+    return ProbeConfig(l2_min=1e-6, l2_max=1e-2, grid=9, coarse=3, max_iter=300)
 
 
 def test_captioning_scores_the_generated_captions(tiny_coca_dir, digits_dir):
-    model = jaxvlm.load(tiny_coca_dir, batch_size=64)
-    options = {"method": "greedy", "max_len": 6, "min_len": 2}
-    metrics = evaluate(model, spec("captioning", digits_dir, split="test[:40]", batch_size=16, generation=options))
+    model = jaxvlm.load(tiny_coca_dir, batch_size=8)  # generation compiles once: every chunk has 8 rows
+    options = {"method": "greedy", "max_len": 5, "min_len": 2}
+    metrics = evaluate(model, spec("captioning", digits_dir, split="test[:24]", batch_size=16, generation=options))
     from jaxvlm.data import eval_batches
 
-    batch = next(eval_batches(DIGITS, "test[:40]", preprocess=model.preprocess_config, batch_size=40,
+    batch = next(eval_batches(DIGITS, "test[:24]", preprocess=model.preprocess_config, batch_size=24,
                               data_dir=digits_dir))
     expected = captioning_metrics(model.generate(batch["image"], **options), batch["texts"])
     print(metrics)
     assert metrics == expected and set(metrics) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"}
+
+
+class EchoCaptioner:
+    """A stand-in CoCa answering each image with its first reference caption (looked up by its
+    pixels), and padding images with words no reference has."""
+
+    def __init__(self, model, lookup):
+        self.config, self.preprocess_config, self.lookup = model.config, model.preprocess_config, lookup
+
+    def generate(self, pixels, **options):
+        return [self.lookup.get(np.asarray(p).tobytes(), "padding padding padding padding") for p in pixels]
+
+
+def test_captioning_pairs_each_caption_with_its_references(tiny_coca_dir, digits_dir):
+    from jaxvlm.data import eval_batches
+
+    model = jaxvlm.load(tiny_coca_dir)
+    lookup = {}
+    for batch in eval_batches(DIGITS, "test", preprocess=model.preprocess_config, batch_size=64, data_dir=digits_dir):
+        for pixels, texts, valid in zip(batch["image"], batch["texts"], batch["valid"]):
+            if valid:
+                lookup[pixels.tobytes()] = texts[0]
+    metrics = evaluate(EchoCaptioner(model, lookup), spec("captioning", digits_dir, batch_size=64))
+    print(metrics)
+    # every candidate is one of its image's references: all precisions 1, no brevity penalty
+    assert metrics["Bleu_4"] == metrics["Bleu_1"] == 1.0 and metrics["CIDEr"] > 1
 
 
 def test_cli_writes_clip_benchmark_json(tiny_clip_dir, digits_dir, tmp_path, capsys):
