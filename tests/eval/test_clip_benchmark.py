@@ -71,7 +71,8 @@ def test_zeroshot_classification(adapted, digits):
 def test_retrieval(adapted, digits):
     model, transform, tokenizer = adapted
     images, labels = digits
-    captions = [[f"a photo of the number {NAMES[y]}", f"the digit {y}"] for y in labels]
+    # distinct captions: equal texts would tie, and torch.topk breaks ties in no fixed order
+    captions = [[f"photo {i} of the number {NAMES[y]}", f"the digit {y}, example {i}"] for i, y in enumerate(labels)]
 
     class Captioned(Digits):
         def __getitem__(self, i):

@@ -2,6 +2,8 @@
 metric, the CLI's JSON, the training hook, and bad input."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -112,12 +114,19 @@ def test_captioning_pairs_each_caption_with_its_references(tiny_coca_dir, digits
     assert metrics["Bleu_4"] == metrics["Bleu_1"] == 1.0 and metrics["CIDEr"] > 1
 
 
-def test_cli_writes_clip_benchmark_json(tiny_clip_dir, digits_dir, tmp_path, capsys):
+def test_cli_writes_clip_benchmark_json_without_importing_torch(tiny_clip_dir, digits_dir, tmp_path):
     out = tmp_path / "results" / "digits.json"
-    assert main(["eval", str(tiny_clip_dir), "--task", "retrieval", "--dataset", DIGITS, "--data-dir", digits_dir,
-                 "--batch-size", "64", "--out", str(out)]) == 0
+    argv = ["eval", str(tiny_clip_dir), "--task", "retrieval", "--dataset", DIGITS, "--data-dir", digits_dir,
+            "--batch-size", "64", "--out", str(out)]
+    script = (
+        "import sys\n"
+        "from jaxvlm.cli import main\n"
+        f"assert main({argv!r}) == 0\n"
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('torch', 'transformers', 'open_clip')], 'torch'\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     record = json.loads(out.read_text())
-    assert json.loads(capsys.readouterr().out) == record
+    assert json.loads(printed) == record
     assert {k: record[k] for k in ("dataset", "model", "pretrained", "task", "language", "split")} == {
         "dataset": DIGITS, "model": "tiny-clip", "pretrained": str(tiny_clip_dir), "task": "zeroshot_retrieval",
         "language": "en", "split": "test"}
