@@ -2,8 +2,11 @@
 metric, the CLI's JSON, the training hook, and bad input."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +20,7 @@ from jaxvlm.models.registry import get_architecture
 from jaxvlm.tokenizers import CLIP_BPE_FILE, build_tokenizer
 
 DIGITS = "tfds:jaxvlm_digits"
+REPO = Path(__file__).resolve().parents[2]
 TEST_SIZE = 360  # every fifth of scikit-learn's 1797 digits
 
 
@@ -148,6 +152,29 @@ def test_the_training_hook_reports_what_the_cli_reports(tiny_clip_dir, digits_di
     # other parameters, same compiled programs
     shifted = jax.tree.map(lambda x: x * 1.5, loaded.params)
     assert hook(200, shifted).keys() == reported.keys()
+
+
+def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir, digits_dir):
+    """Each process gathers the parameters, evaluates the whole split on its own devices, and
+    reports what one process reports."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.eval.processes", str(tiny_clip_dir), digits_dir, str(port),
+                               str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    reported = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        reported.append(json.loads(out.strip().splitlines()[-1]))
+    loaded = jaxvlm.load(tiny_clip_dir)
+    tokenizer = build_tokenizer(get_architecture("tiny-clip").tokenizer, CLIP_BPE_FILE.parent)
+    hook = training_hook(loaded.config, loaded.preprocess_config, tokenizer,
+                         [spec(task, digits_dir, batch_size=64) for task in ("zeroshot", "retrieval")])
+    print(reported)
+    assert reported[0] == reported[1] == hook(0, loaded.params)
 
 
 @pytest.mark.parametrize("argv, words", [
