@@ -21,13 +21,13 @@ NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 @pytest.fixture(scope="module")
 def digits():
     data = load_digits()
-    images = [Image.fromarray(np.uint8(x * 15)).resize((32, 32)).convert("RGB") for x in data.images[:150]]
-    return images, data.target[:150]
+    images = [Image.fromarray(np.uint8(x * 15)).resize((32, 32)).convert("RGB") for x in data.images[:80]]
+    return images, data.target[:80]
 
 
 @pytest.fixture(scope="module")
 def adapted(tiny_clip_dir):
-    return load_clip_benchmark("tiny-clip", str(tiny_clip_dir), device="cpu", batch_size=64)
+    return load_clip_benchmark("tiny-clip", str(tiny_clip_dir), device="cpu", batch_size=40)
 
 
 class Digits(torch.utils.data.Dataset):
@@ -78,7 +78,7 @@ def test_retrieval(adapted, digits):
         def __getitem__(self, i):
             return self.transform(self.images[i]), captions[i]
 
-    loader = torch.utils.data.DataLoader(Captioned(images, labels, transform), batch_size=32,
+    loader = torch.utils.data.DataLoader(Captioned(images, labels, transform), batch_size=40,
                                          collate_fn=builder.image_captions_collate_fn)
     theirs = zeroshot_retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
     jax_model = model.model
