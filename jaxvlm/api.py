@@ -153,6 +153,5 @@ def load(directory, batch_size: int = 32, devices=None) -> Model:
     """Loads a converted or trained model directory (no network, no torch)."""
     directory = Path(directory)
     loaded = model_dir.load(directory)
-    return Model(loaded.config, jax.tree.map(jnp.asarray, loaded.params), loaded.preprocess,
-                 build_tokenizer(loaded.tokenizer, directory), provenance=loaded.provenance, directory=directory,
-                 batch_size=batch_size, devices=devices)
+    return Model(loaded.config, loaded.params, loaded.preprocess, build_tokenizer(loaded.tokenizer, directory),
+                 provenance=loaded.provenance, directory=directory, batch_size=batch_size, devices=devices)
