@@ -64,9 +64,9 @@ class EvalSpec:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise InputError(f"eval spec: unknown keys: {', '.join(unknown)}")
-        if isinstance(d.get("probe"), Mapping):
-            d["probe"] = ProbeConfig(**d["probe"])
         try:
+            if isinstance(d.get("probe"), Mapping):
+                d["probe"] = ProbeConfig(**d["probe"])
             return cls(**d)
         except TypeError as e:
             raise InputError(f"eval spec: {e}") from None
@@ -204,7 +204,7 @@ def result_record(spec: EvalSpec, metrics: Mapping[str, float], *, model: str, p
 
 
 def result_json(record: Mapping) -> str:
-    return json.dumps(record, indent=2, sort_keys=False) + "\n"
+    return json.dumps(record, indent=2) + "\n"
 
 
 def training_hook(config, preprocess_config, tokenizer, specs: Sequence[EvalSpec | Mapping], *,

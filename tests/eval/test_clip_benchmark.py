@@ -99,3 +99,18 @@ def test_transform_and_encoders_follow_torch_conventions(adapted, digits):
     assert isinstance(z, torch.Tensor) and z.shape == (1, 32)
     assert isinstance(model.encode_text(ids.numpy()), np.ndarray)
     assert model.eval() is model and model.to("cpu") is model
+
+
+def test_generate_gives_ids_clip_benchmark_decodes_to_our_captions(tiny_coca_dir, digits):
+    from open_clip.tokenizer import _tokenizer
+
+    model, transform, _ = load_clip_benchmark("tiny-coca", str(tiny_coca_dir), batch_size=8)
+    pixels = torch.from_numpy(np.stack([transform(image) for image in digits[0][:8]]))
+    options = {"method": "greedy", "max_len": 5, "min_len": 2}
+    ids = model.generate(pixels, **options)
+    # CLIP_benchmark's captioning decodes each row this way
+    decoded = [_tokenizer.decode(row).split("<end_of_text>")[0].replace("<start_of_text>", "").strip()
+               for row in ids.numpy()]
+    expected = model.model.generate(np.transpose(pixels.numpy(), (0, 2, 3, 1)), **options)
+    print(decoded)
+    assert decoded == [caption.strip() for caption in expected]

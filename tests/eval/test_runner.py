@@ -180,6 +180,9 @@ def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir,
     (["--task", "zeroshot", "--dataset", DIGITS, "--prompts", "cifar10"], ["cifar10", "jaxvlm_digits"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--out", "r.txt"], ["--out", ".json"]),
     (["--task", "clustering", "--dataset", DIGITS], ["--task"]),
+    (["--task", "retrieval", "--dataset", f"{DIGITS}?text_key=nothing"], ["no captions", "retrieval"]),
+    (["--task", "retrieval", "--dataset", DIGITS, "--recall-k", "0"], ["recall_k"]),
+    (["--task", "zeroshot", "--dataset", DIGITS, "--batch-size", "0"], ["batch_size"]),
 ])
 def test_bad_input_is_one_error_line(argv, words, tiny_clip_dir, digits_dir, capsys):
     assert main(["eval", str(tiny_clip_dir), "--data-dir", digits_dir, *argv]) == 2
