@@ -17,11 +17,9 @@ from jaxvlm.kernels.contrastive_gpu import sigmoid_loss_gpu, softmax_loss_gpu
 from jaxvlm.kernels.sigmoid_loss import sigmoid_loss_reference
 from jaxvlm.kernels.softmax_loss import softmax_loss_reference
 from tests.kernels.gpu import lower_for_cuda, triton_kernels
+from tests.kernels.test_softmax_loss import assert_close  # the TPU kernels' tolerances: 1e-5 f32, 2e-2 bf16
 
 SOFTMAX, SIGMOID = (0, 1, 2), (0, 1, 2, 3)  # differentiated arguments: x, y, scale (, bias)
-# float32: 1e-5, relative to the largest reference value where that exceeds 1; bfloat16: 2e-2
-# relative (with a floor for all-zero references, e.g. the softmax loss of N = 1).
-TOLERANCES = {jnp.dtype(jnp.float32): (1e-5, 1e-5), jnp.dtype(jnp.bfloat16): (2e-2, 1e-7)}
 
 
 def embeddings(n, m, d, dtype, *, noise=2.0, seed=0):
@@ -33,14 +31,6 @@ def embeddings(n, m, d, dtype, *, noise=2.0, seed=0):
     y = y.at[:min(n, m)].add(x[:min(n, m)])
     unit = lambda v: (v / jnp.linalg.norm(v, axis=1, keepdims=True)).astype(dtype)  # noqa: E731
     return unit(x), unit(y)
-
-
-def assert_close(name, got, want, dtype):
-    rtol, atol = TOLERANCES[jnp.dtype(dtype)]
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    error, size = np.max(np.abs(got - want)), np.max(np.abs(want))
-    print(f"  {name}: max abs error {error:.3g}, max |ref| {size:.3g}")
-    assert error <= max(rtol * size, atol), (name, error, size)
 
 
 def check(kernel, reference, argnums, *args):
@@ -60,7 +50,7 @@ def check(kernel, reference, argnums, *args):
     (7, 72, jnp.float32, 20.0, 2.0),
     (130, 1152, jnp.float32, 20.0, 1.0),
     (257, 64, jnp.bfloat16, 50.0, 2.0),
-    (100, 1152, jnp.bfloat16, 20.0, 1.0),
+    (100, 72, jnp.bfloat16, 20.0, 1.0),
 ])
 def test_softmax_matches_reference(n, d, dtype, scale, noise):
     print(f"\nsoftmax_loss_gpu N={n} D={d} {jnp.dtype(dtype).name} scale={scale} noise={noise}")
@@ -71,7 +61,7 @@ def test_softmax_matches_reference(n, d, dtype, scale, noise):
 @pytest.mark.parametrize("n, m, d, dtype", [
     (1, 7, 64, jnp.float32),
     (130, 7, 72, jnp.float32),
-    (100, 257, 1152, jnp.float32),
+    (100, 257, 72, jnp.float32),
     (257, 130, 64, jnp.bfloat16),
     (7, 100, 1152, jnp.bfloat16),
 ])
