@@ -126,6 +126,7 @@ def attention_rows(sizes, repeats: int, interpret: bool, cudnn: bool) -> list[di
             q, k, v, cotangent = (jax.random.normal(key, (batch, tokens, heads, head_dim), jnp.bfloat16)
                                   for key in keys)
             row = {"tokens": tokens, "causal": causal, "head_dim": head_dim, "heads": heads, "batch": batch}
+            results = {}
             for name, method in methods.items():
                 attend = method(causal)
 
@@ -133,12 +134,11 @@ def attention_rows(sizes, repeats: int, interpret: bool, cudnn: bool) -> list[di
                     out, vjp = jax.vjp(attend, q, k, v)
                     return out, vjp(cotangent)
 
-                result = measure(forward_backward, (q, k, v), repeats)
-                row |= {f"{name}_{key}": value for key, value in result.items() if key != "value"}
+                results[name] = measure(forward_backward, (q, k, v), repeats)
+                row |= {f"{name}_{key}": value for key, value in results[name].items() if key != "value"}
             rows.append(row)
             print(f"attention T={tokens:>4}{' causal' if causal else '       '} head_dim={head_dim:>4}  "
-                  + "  ".join(f"{name} {cell({k[len(name) + 1:]: v for k, v in row.items() if k.startswith(name)})}"
-                              for name in methods), flush=True)
+                  + "  ".join(f"{name} {cell(result)}" for name, result in results.items()), flush=True)
     return rows
 
 
