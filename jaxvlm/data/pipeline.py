@@ -3,14 +3,15 @@
 Training, per process:
 
     each source: its process shard of the index -> global shuffle per epoch -> repeat forever
-    -> mix the sources by weight -> per-record transform (decode, augment, tokenise; its random
-    generator is seeded by the seed and the record's position, so it does not depend on which
-    worker runs it) -> batches of good records (bad ones are set aside with their keys) ->
-    `worker_count` worker processes -> `TrainIterator` (counts and logs the bad records).
+    -> mix the sources by weight -> per-record transform (decode, augment, tokenise)
+    -> `worker_count` worker processes -> batches of the good records -> `TrainIterator`
 
-Grain hands worker i the positions i, i + n, i + 2n, ... before batching, so the batches depend on
-the number of workers; for a given number they are fully determined, and a restored state
-continues exactly where it was saved.
+Worker i transforms positions i, i + n, i + 2n, ... and Grain interleaves their outputs back in
+position order; a record's random generator is seeded by the seed and its position. Batching
+and dropping bad records happen after the workers, so the batches are the same for every
+worker count, and epochs end exactly where they should. A restored state continues exactly
+where it was saved (with the worker count it was saved with: Grain's state holds one entry per
+worker).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 LOGGED_BAD_RECORDS = 5  # the first few bad records are logged by key; the rest are only counted
 MAX_BAD_PER_GOOD = 10  # more bad records than this per good one is an error, not a data set
-_BAD = "bad_records"  # batch entry carrying the bad records from the workers to TrainIterator
 MAX_AUTO_WORKERS = 16
 
 
@@ -55,63 +55,37 @@ def auto_worker_count() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
 
-class _GoodBatches(grain.IterDataset):
-    """Batches `batch_size` good examples; the bad records met on the way ride along under `_BAD`."""
-
-    def __init__(self, parent: grain.IterDataset, batch_size: int):
-        super().__init__(parent)
-        self._batch_size = batch_size
-
-    def __iter__(self):
-        return _GoodBatchesIterator(self._parent.__iter__(), self._batch_size)
-
-
-class _GoodBatchesIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
-        super().__init__(parent)
-        self._batch_size = batch_size
-
-    def __next__(self) -> dict:
-        examples, bad = [], []
-        while len(examples) < self._batch_size:
-            element = next(self._parent)
-            if isinstance(element, BadRecord):
-                bad.append(element)
-                if len(bad) > MAX_BAD_PER_GOOD * self._batch_size:
-                    raise InputError(f"more than {MAX_BAD_PER_GOOD} bad records per good one, "
-                                     f"e.g. {bad[0].describe()}")
-            else:
-                examples.append(element)
-        batch = {name: np.stack([e[name] for e in examples]) for name in examples[0]}
-        batch[_BAD] = [(b.key, b.shard, b.reason, b.detail) for b in bad]
-        return batch
-
-    def get_state(self):
-        return self._parent.get_state()  # batches end at record boundaries: the parent's state says it all
-
-    def set_state(self, state):
-        self._parent.set_state(state)
-
-
 class TrainIterator(grain.DatasetIterator):
     """What `train_iterator` returns: batches of numpy arrays, with Grain's get_state / set_state.
 
-    `skipped` counts the bad records skipped so far, per reason; it is part of the state.
+    It stacks `batch_size` good examples per batch and sets the bad records aside: `skipped`
+    counts them per reason (the first LOGGED_BAD_RECORDS are logged by key and shard), and is part
+    of the state.
     """
 
-    def __init__(self, parent: grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
         super().__init__(parent)
+        self._batch_size = batch_size
         self.skipped = collections.Counter()
 
     def __next__(self) -> dict:
-        batch = next(self._parent)
-        for key, shard, reason, detail in batch.pop(_BAD):
-            if self.skipped.total() < LOGGED_BAD_RECORDS:
-                log.warning("skipping %s", BadRecord(key, shard, reason, detail).describe())
-            self.skipped[reason] += 1
-        return batch
+        examples, bad = [], 0
+        while len(examples) < self._batch_size:
+            element = next(self._parent)
+            if isinstance(element, BadRecord):
+                if self.skipped.total() < LOGGED_BAD_RECORDS:
+                    log.warning("skipping %s", element.describe())
+                self.skipped[element.reason] += 1
+                bad += 1
+                if bad > MAX_BAD_PER_GOOD * self._batch_size:
+                    raise InputError(f"more than {MAX_BAD_PER_GOOD} bad records per good one, "
+                                     f"e.g. {element.describe()}")
+            else:
+                examples.append(element)
+        return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
 
     def get_state(self) -> dict:
+        # Batches end at record boundaries, so the parent's state says where the next one starts.
         return {"pipeline": self._parent.get_state(), "skipped": dict(self.skipped)}
 
     def set_state(self, state: dict) -> None:
@@ -166,10 +140,9 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
     batch_size = global_batch_size // process_count
     ds = ds.random_map(transform, seed=seed)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=batch_size))
-    ds = _GoodBatches(ds, batch_size)
     workers = auto_worker_count() if config.worker_count == -1 else config.worker_count
-    ds = _multiprocessing(ds, workers, config.worker_buffer_size)
-    return TrainIterator(ds.__iter__())
+    ds = _multiprocessing(ds, workers, buffer_size=config.worker_buffer_size * batch_size)
+    return TrainIterator(ds.__iter__(), batch_size)
 
 
 class _EvalExample:

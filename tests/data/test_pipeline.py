@@ -122,14 +122,13 @@ def test_unbuilt_dataset_says_how_to_build_it(tmp_path):
         jaxvlm.data.class_names("tfds:jaxvlm_digits", data_dir=tmp_path)
 
 
-def test_workers_give_deterministic_batches(digits_config, tokenizer):
-    digits_config.worker_count = 2
-
-    def digests():
+def test_batches_do_not_depend_on_the_worker_count(digits_config, tokenizer):
+    def digests(workers):
+        digits_config.worker_count = workers
         it = jaxvlm.data.train_iterator(digits_config, preprocess=PREPROCESS, tokenizer=tokenizer,
                                         global_batch_size=8, seed=3)
         out = [batch_digest(b) for b in itertools.islice(it, 12)]
         it.close()
         return out
 
-    assert digests() == digests()
+    assert digests(2) == digests(0)
