@@ -105,6 +105,18 @@ def captions(texts) -> list[str]:
     return out
 
 
+def checked_record(record: Record | BadRecord, max_pixels: int, need_texts: bool) -> Record | BadRecord:
+    """`record` with its captions as text once its image decodes fully, or why it is bad."""
+    if isinstance(record, BadRecord):
+        return record
+    try:
+        load_image(open_image(record.image, max_pixels))
+        texts = captions(record.texts) if need_texts or record.texts else []
+    except _Rejected as e:
+        return BadRecord(record.key, record.shard, e.reason, e.detail)
+    return dataclasses.replace(record, texts=tuple(texts))
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleTransform:
     """A Grain random map: `Record` -> {"image", "text"?, "texts"?, "label"?}, or a `BadRecord`.
