@@ -176,6 +176,8 @@ def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, token
                  worker_count: int = 0):
     """Every record of a split once, in order, with the model's own eval transform.
 
+    `split` and the feature keys apply to TFDS sources (a spec's own options override them).
+
     Batches of `batch_size`: "image" float32 [b, H, W, 3], "valid" bool [b] (False on the padding
     that fills the last batch), "label" int32 [b] if the source has labels, "texts" (a list of each
     record's captions) if it has captions, and "text" int32 [b, L] (the first caption's ids) with a
