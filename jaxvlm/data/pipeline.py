@@ -93,16 +93,19 @@ class TrainIterator(grain.DatasetIterator):
         self.skipped = collections.Counter(state["skipped"])
 
 
-def _sources(config, *, need_texts: bool):
+def _sources(config, *, need_texts: bool) -> list[tuple[str, object, float]]:
+    """(spec, opened source, weight) of each source the config names."""
     entries = tuple(config.mixture) or ((config.source, 1.0),)
-    sources = [open_source(spec, split=config.split, data_dir=config.data_dir, image_key=config.image_key,
-                           text_key=config.text_key, label_key=config.label_key,
-                           text_templates=tuple(config.text_templates)) for spec, _ in entries]
-    for (spec, _), source in zip(entries, sources):
+    out = []
+    for spec, weight in entries:
+        source = open_source(spec, split=config.split, data_dir=config.data_dir, image_key=config.image_key,
+                             text_key=config.text_key, label_key=config.label_key,
+                             text_templates=tuple(config.text_templates))
         if need_texts and not source.has_texts:
             raise InputError(f"dataset {spec!r} has no captions (no text feature {config.text_key!r}, "
                              "and no text_templates)")
-    return sources, [float(weight) for _, weight in entries]
+        out.append((spec, source, float(weight)))
+    return out
 
 
 def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer | None, global_batch_size: int,
@@ -120,22 +123,22 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
     if not isinstance(global_batch_size, int) or global_batch_size < 1 or global_batch_size % process_count:
         raise InputError(f"global batch size {global_batch_size!r} must be a positive multiple of the "
                          f"{process_count} processes")
-    sources, weights = _sources(config, need_texts=tokenizer is not None)
+    sources = _sources(config, need_texts=tokenizer is not None)
     shuffle_seed = seed if config.shuffle_seed is None else config.shuffle_seed
     datasets = []
-    for i, source in enumerate(sources):
+    for i, (spec, source, _) in enumerate(sources):
         ds = grain.MapDataset.source(source)[process_index::process_count]
         if len(ds) == 0:
-            raise InputError(f"dataset {config.mixture[i][0] if config.mixture else config.source!r} has "
-                             f"{len(source)} records: too few for {process_count} processes")
+            raise InputError(f"dataset {spec!r} has {len(source)} records: too few for {process_count} processes")
         if config.shuffle:
             ds = ds.shuffle(seed=shuffle_seed + i)
         datasets.append(ds.repeat())
+    weights = [weight for _, _, weight in sources]
     ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
     transform = ExampleTransform(
         preprocess, tokenizer, augment=config.augment, crop_scale=tuple(config.crop_scale),
         crop_ratio=tuple(config.crop_ratio), flip=config.flip, jpeg_draft=config.jpeg_draft,
-        max_image_pixels=config.max_image_pixels, with_label=all(s.has_labels for s in sources),
+        max_image_pixels=config.max_image_pixels, with_label=all(source.has_labels for _, source, _ in sources),
         strict=config.strict)
     batch_size = global_batch_size // process_count
     ds = ds.random_map(transform, seed=seed)
@@ -148,16 +151,17 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
 class _EvalExample:
     """Position -> example; positions past the end are padding (zeros, "valid" False)."""
 
-    def __init__(self, source, transform: ExampleTransform, pad_id: int):
-        self._source, self._transform, self._pad_id = source, transform, pad_id
+    def __init__(self, source, transform: ExampleTransform):
+        self._source, self._transform = source, transform
 
     def __call__(self, index: int) -> dict:
         if index < len(self._source):
             return {**self._transform(self._source[index]), "valid": True}
         size = self._transform.preprocess.image_size
         example = {"image": np.zeros((size, size, 3), np.float32), "valid": False}
-        if self._transform.tokenizer is not None:
-            example["text"] = np.full(self._transform.tokenizer.context_length, self._pad_id, np.int32)
+        tokenizer = self._transform.tokenizer
+        if tokenizer is not None:
+            example["text"] = np.full(tokenizer.context_length, tokenizer.pad_id, np.int32)
         if self._transform.with_texts:
             example["texts"] = []
         if self._transform.with_label:
@@ -198,7 +202,7 @@ def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, token
     per_shard = math.ceil(math.ceil(len(src) / num_shards) / batch_size) * batch_size
     start = shard_index * per_shard
     ds = grain.MapDataset.range(start, start + per_shard)
-    ds = ds.map(_EvalExample(src, transform, tokenizer.pad_id if tokenizer else 0)).batch(batch_size, batch_fn=_stack)
+    ds = ds.map(_EvalExample(src, transform)).batch(batch_size, batch_fn=_stack)
     ds = _multiprocessing(ds.to_iter_dataset(), worker_count, buffer_size=1)
     return iter(ds)
 

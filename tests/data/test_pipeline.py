@@ -185,3 +185,9 @@ def test_mixture_follows_the_weights(tmp_path, digits_config):
                                     seed=0)
     labels = np.concatenate([next(it)["label"] for _ in range(5)])
     assert (labels == 0).sum() == 150 and (labels == 1).sum() == 50
+
+
+def test_eval_never_skips_a_bad_record(spoiled_tars):
+    spec, _ = spoiled_tars
+    with pytest.raises(InputError, match=r"bad record '00007' in .*0.tar: corrupt image"):
+        list(jaxvlm.data.eval_batches(spec, "test", preprocess=PREPROCESS, batch_size=50))
