@@ -207,9 +207,10 @@ def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, token
     return iter(ds)
 
 
-def class_names(source: str, *, data_dir=None, label_key: str = "label") -> list[str]:
-    """The class names of a source's labels (a TFDS ClassLabel, or those `jaxvlm data build` kept)."""
-    names = open_source(source, data_dir=data_dir, label_key=label_key).class_names
+def class_names(source: str, *, split: str = "train", data_dir=None, label_key: str = "label") -> list[str]:
+    """The class names of a source's labels (a TFDS ClassLabel, or those `jaxvlm data build` kept),
+    read from ``split`` (some datasets have no "train" split)."""
+    names = open_source(source, split=split, data_dir=data_dir, label_key=label_key).class_names
     if names is None:
-        raise InputError(f"dataset {source!r} has no class names (no ClassLabel feature {label_key!r})")
+        raise InputError(f"dataset {source!r} has no class names (no labels, or labels that are not a TFDS ClassLabel)")
     return names

@@ -106,13 +106,9 @@ def _prompt_set(spec: EvalSpec) -> PromptSet:
 
 
 def _class_names(spec: EvalSpec) -> list[str]:
-    # the split's own source: `data.class_names` would open the "train" split, which some datasets lack
-    from jaxvlm.data.sources import open_source
+    from jaxvlm.data import class_names
 
-    names = open_source(spec.dataset, split=spec.split, data_dir=spec.data_dir).class_names
-    if names is None:
-        raise InputError(f"dataset {spec.dataset!r} has no class labels: zero-shot classification needs them")
-    return names
+    return class_names(spec.dataset, split=spec.split, data_dir=spec.data_dir)
 
 
 def _retrieval(model, spec: EvalSpec, progress: bool) -> dict[str, float]:

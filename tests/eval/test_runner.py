@@ -175,7 +175,7 @@ def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir,
 @pytest.mark.parametrize("argv, words", [
     (["--task", "zeroshot", "--dataset", "tfds:no_such_dataset"], ["no_such_dataset"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--split", "validation"], ["validation"]),
-    (["--task", "zeroshot", "--dataset", f"{DIGITS}?label_key=digit"], ["no class labels", "zero-shot"]),
+    (["--task", "zeroshot", "--dataset", f"{DIGITS}?label_key=digit"], ["no class names", "label_key=digit"]),
     (["--task", "captioning", "--dataset", DIGITS], ["CoCa"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--prompts", "cifar10"], ["cifar10", "jaxvlm_digits"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--out", "r.txt"], ["--out", ".json"]),
