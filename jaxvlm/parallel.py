@@ -67,8 +67,9 @@ def create_mesh(ici: Mapping[str, int], dcn: Mapping[str, int] | None = None,
     if len(devices) % slices:
         raise InputError(f"{len(devices)} devices cannot form {slices} slices")
     ici_shape = mesh_shape(ici, len(devices) // slices, "mesh")
-    if slices > 1:
-        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+    if slices > 1:  # devices without a slice index (CPU, GPU): each process stands for a slice
+        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                                    process_is_granule=not hasattr(devices[0], "slice_index"))
     else:
         grid = mesh_utils.create_device_mesh(ici_shape, devices, allow_split_physical_axes=True)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
@@ -97,14 +98,14 @@ def activate(mesh: Mesh, rules=LOGICAL_RULES) -> Iterator[None]:
 def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, *, fsdp_min_size: int = 0,
              rules=LOGICAL_RULES) -> P:
     """The mesh PartitionSpec of an array with logical axis ``names``: mesh axes that do not
-    divide their dimension are dropped, and so is fsdp for arrays under ``fsdp_min_size`` elements
-    (splitting those costs more communication than it saves memory)."""
+    divide their dimension (or have size 1) are dropped, and so is fsdp for arrays under
+    ``fsdp_min_size`` elements (splitting those costs more communication than it saves memory)."""
     spec = nn.logical_to_mesh_axes(tuple(names), rules)
     small = math.prod(shape) < fsdp_min_size
     entries = []
     for entry, size in zip(spec, shape):
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-        axes = tuple(a for a in axes if not (small and a == "fsdp"))
+        axes = tuple(a for a in axes if mesh.shape[a] > 1 and not (small and a == "fsdp"))
         if axes and size % math.prod(mesh.shape[a] for a in axes):
             axes = ()
         entries.append(axes[0] if len(axes) == 1 else (axes or None))

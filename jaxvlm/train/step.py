@@ -48,12 +48,9 @@ def embed(module: nn.Module, params, batch: dict, rng, caption: bool):
     return module.apply({"params": params}, batch["image"], batch["text"], method=fn, rngs={"dropout": rng})
 
 
-def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objective: Objective, *,
-                    mesh: Mesh | None, schedule: optax.Schedule, trainable: Any, microbatches: int = 1,
-                    logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": f32 [B, H, W, 3],
-    "text": i32 [B, L]} (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
-    for frozen parameters (kept bitwise as they are)."""
+def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None, microbatches: int = 1) -> Callable:
+    """``gradients(params, batch, rng) -> (loss, loss terms, image embeddings, text embeddings,
+    gradients)`` of the whole batch; with ``microbatches`` > 1 by gradient caching (see above)."""
 
     def contrastive(zimg, ztxt, t, b):
         return losses.contrastive_loss(objective.loss, zimg, ztxt, t, b, mesh=mesh,
@@ -62,6 +59,12 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
     def caption_tokens(batch):
         return jnp.maximum(jnp.sum(batch["text"][:, 1:] != objective.pad_id), 1)
 
+    def total(terms):
+        value = objective.contrastive_weight * terms["contrastive_loss"]
+        if objective.caption:
+            value = value + objective.caption_weight * terms["caption_loss"]
+        return value
+
     def full_batch(params, batch, rng):
         def loss_fn(params):
             zimg, ztxt, caption_logits = embed(module, params, batch, rng, objective.caption)
@@ -69,15 +72,15 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
             if objective.caption:
                 nll, _ = losses.caption_nll(caption_logits, batch["text"], objective.pad_id)
                 terms["caption_loss"] = nll / caption_tokens(batch)
-            return _total(terms), (terms, zimg, ztxt)
+            return total(terms), (terms, zimg, ztxt)
 
         (loss, (terms, zimg, ztxt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, terms, zimg, ztxt, grads
 
     def accumulated(params, batch, rng):
         parts = jax.tree.map(lambda x: _split(x, microbatches, mesh), batch)
-        no_caption = lambda p, mb: embed(module, p, mb, rng, caption=False)[:2]
-        _, (zimg, ztxt) = jax.lax.scan(lambda _, mb: (None, no_caption(params, mb)), None, parts)
+        embeddings = lambda mb: embed(module, params, mb, rng, caption=False)[:2]
+        _, (zimg, ztxt) = jax.lax.scan(lambda _, mb: (None, embeddings(mb)), None, parts)
         zimg, ztxt = _merge(zimg), _merge(ztxt)
         t, b = params["t"], params.get("b")
         closs, (gimg, gtxt, gt, gb) = jax.value_and_grad(contrastive, argnums=(0, 1, 2, 3))(zimg, ztxt, t, b)
@@ -90,7 +93,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
             def surrogate(p):  # its gradient is this micro-batch's share of the full loss's
                 zi, zt, caption_logits = embed(module, p, mb, rng, objective.caption)
                 value = weight * (jnp.vdot(zi, gimg_mb) + jnp.vdot(zt, gtxt_mb))
-                nll = 0.0
+                nll = jnp.zeros((), jnp.float32)
                 if objective.caption:
                     nll, _ = losses.caption_nll(caption_logits, mb["text"], objective.pad_id)
                     value = value + objective.caption_weight * nll / tokens
@@ -100,34 +103,38 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
             return jax.tree.map(jnp.add, acc, (grads, nll)), None
 
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
-        (grads, nll), _ = jax.lax.scan(backward, zeros, (parts, _split(gimg, microbatches, mesh),
-                                                         _split(gtxt, microbatches, mesh)))
+        cached = (parts, _split(gimg, microbatches, mesh), _split(gtxt, microbatches, mesh))
+        (grads, nll), _ = jax.lax.scan(backward, zeros, cached)
         grads["t"] = grads["t"] + weight * gt
         if b is not None:
             grads["b"] = grads["b"] + weight * gb
         terms = {"contrastive_loss": closs}
         if objective.caption:
             terms["caption_loss"] = nll / tokens
-        return _total(terms), terms, zimg, ztxt, grads
+        return total(terms), terms, zimg, ztxt, grads
 
-    def _total(terms):
-        total = objective.contrastive_weight * terms["contrastive_loss"]
-        if objective.caption:
-            total = total + objective.caption_weight * terms["caption_loss"]
-        return total
+    return full_batch if microbatches == 1 else accumulated
 
-    compute = full_batch if microbatches == 1 else accumulated
+
+def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objective: Objective, *,
+                    mesh: Mesh | None, schedule: optax.Schedule, trainable: Any, microbatches: int = 1,
+                    logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": f32 [B, H, W, 3],
+    "text": i32 [B, L]} (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
+    for frozen parameters (kept bitwise as they are). A step whose loss, gradient norm or new
+    parameters are not finite changes nothing but the step and the NaN-guard counters."""
+    compute = make_gradients(module, objective, mesh=mesh, microbatches=microbatches)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, terms, zimg, ztxt, grads = compute(state.params, batch, rng)
-        grad_norm = optax.global_norm(jax.tree.map(lambda g, keep: g if keep else None, grads, trainable))
+        grad_norm = optax.tree.norm(jax.tree.map(lambda g, keep: g if keep else None, grads, trainable))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u, keep: p + u.astype(p.dtype) if keep else p, state.params, updates,
                               trainable)
         if logit_scale_max is not None and trainable["t"]:
             params["t"] = jnp.minimum(params["t"], logit_scale_max)
-        param_norm = optax.global_norm(params)
+        param_norm = optax.tree.norm(params)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
         keep_if_ok = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         metrics = {
