@@ -49,7 +49,9 @@ def cmd_embed(args) -> None:
         arrays["text_embeds"] = model.encode_text(model.tokenize(args.texts))
     if len(arrays) == 2:
         arrays["logits"] = model.logits(arrays["image_embeds"], arrays["text_embeds"])
-    _write_npz_atomically(args.out, arrays)
+    import numpy as np
+
+    _write_atomically(args.out, lambda f: np.savez(f, **arrays))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
@@ -64,6 +66,24 @@ def cmd_caption(args) -> None:
     GenerationConfig(**options).validate(model.config)  # bad options fail before the images are read
     for path, caption in zip(args.images, model.generate(model.preprocess(args.images), **options)):
         print(f"{path}\t{caption}")
+
+
+def cmd_eval(args) -> None:
+    if args.out is not None and args.out.suffix != ".json":
+        raise InputError(f"--out must name a .json file, got {args.out}")
+    import jaxvlm
+    from jaxvlm.eval.runner import EvalSpec, evaluate, model_name, result_json, result_record
+
+    generation = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+    spec = EvalSpec(task=args.task, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
+                    data_dir=args.data_dir, prompts=args.prompts, recall_k=tuple(args.recall_k),
+                    train_split=args.train_split, val_split=args.val_split, generation=generation)
+    model = jaxvlm.load(args.model_dir, batch_size=args.batch_size)
+    metrics = evaluate(model, spec, progress=not args.quiet)
+    text = result_json(result_record(spec, metrics, model=model_name(model), pretrained=str(args.model_dir)))
+    if args.out is not None:
+        _write_atomically(args.out, lambda f: f.write(text.encode()))
+    print(text, end="")
 
 
 def cmd_train(args) -> int | None:
@@ -131,14 +151,13 @@ GENERATION_OPTIONS = {
 }
 
 
-def _write_npz_atomically(path: Path, arrays: dict) -> None:
-    import numpy as np
-
+def _write_atomically(path: Path, write) -> None:
+    """Calls ``write(binary_file)`` on a hidden sibling of ``path``, then renames it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -173,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, text) in GENERATION_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
     p.set_defaults(run=cmd_caption)
+
+    p = sub.add_parser("eval", help="evaluate a model directory: zero-shot, retrieval, linear probe, captioning")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--task", required=True, choices=("zeroshot", "retrieval", "linear_probe", "captioning"))
+    p.add_argument("--dataset", required=True, help="data source, e.g. tfds:cifar10 or tfds:jaxvlm_digits")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per batch, split over the local devices")
+    p.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    p.add_argument("--prompts", help="zero-shot prompt set: a shipped set's name or a JSON file "
+                                     "(default: the dataset's own, else its class names)")
+    p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="retrieval: the k of recall@k")
+    p.add_argument("--train-split", default="train", help="linear probe: split to fit on")
+    p.add_argument("--val-split", help="linear probe: split to choose the regularisation on "
+                                       "(default: a held-out part of --train-split)")
+    for name, (kind, text) in GENERATION_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"captioning: {text}")
+    p.add_argument("--out", type=Path, help="also write the result JSON (CLIP_benchmark's schema) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("train", help="train or fine-tune from a config; the same command resumes",
                        epilog="Override any config field with --config.KEY=VALUE, e.g. --config.optimizer.lr=3e-4.")
