@@ -108,8 +108,10 @@ def cmd_train(args) -> int | None:
     print(f"  metrics          {args.workdir / 'metrics.jsonl'}")
     print(f"  tensorboard      {args.workdir / 'tensorboard'}  (tensorboard --logdir {args.workdir / 'tensorboard'})")
     print(f"  loss curves      {args.workdir / 'curves.png'}")
-    for name, value in result.metrics.items():
-        print(f"  {name:<16} {value:.4f}")
+    if "loss" in result.metrics:
+        print(f"final loss {result.metrics['loss']:.4f}")
+    for name, value in result.evaluation.items():
+        print(f"{name} {value:.4f}")
 
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early, with a checkpoint to resume from

@@ -68,6 +68,12 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.close()
 
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def export(out: Path, spec, params, provenance: dict) -> None:
     """Writes ``params`` as a model directory that `jaxvlm.load` opens (process 0 writes; every

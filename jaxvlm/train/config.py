@@ -5,6 +5,7 @@ whole config before anything is compiled. Every mistake is a one-line InputError
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import math
 from pathlib import Path
@@ -23,6 +24,16 @@ _PARSERS = {
     str: flags.ArgumentParser(),
     tuple: tuple_parser.TupleParser(),
 }
+
+
+class _UntypedParser:
+    """For fields that default to None: a Python literal, else the text itself."""
+
+    def parse(self, raw: str):
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.contrastive_weight = 1.0
     c.loss.caption_weight = 2.0  # CoCa: open_clip's coca_caption_loss_weight
     c.loss.logit_scale_max = math.log(100.0)  # t is clamped to this after each update (open_clip)
-    c.loss.accuracy = True  # log in-batch image->text top-1 accuracy (gathers the texts)
+    c.loss.batch_accuracy = True  # log in-batch image->text top-1 accuracy (gathers the texts)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw, adafactor or lion
@@ -122,7 +133,7 @@ def override(config: ml_collections.ConfigDict, item: str) -> None:
         kind = config_path.get_type(key, config)
     except (KeyError, AttributeError, IndexError, ValueError):
         raise InputError(f"unknown config key '{key}'") from None
-    parser = _PARSERS.get(kind)
+    parser = _PARSERS.get(kind, _UntypedParser() if kind is type(None) else None)
     if parser is None:
         raise InputError(f"config key '{key}' holds a {kind.__name__}, which cannot be set from the command line")
     try:

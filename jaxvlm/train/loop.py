@@ -37,7 +37,8 @@ MODEL_DIR = "model"
 class Result:
     step: int  # steps done
     state: TrainState
-    metrics: dict[str, float]  # the last logged train metrics and evaluation results
+    metrics: dict[str, float]  # the last logged train metrics
+    evaluation: dict[str, float]  # the last evaluation results
     preempted: bool  # stopped by SIGTERM / a preemption notice, after saving a checkpoint
     workdir: Path
 
@@ -66,11 +67,8 @@ def train(config: ml_collections.ConfigDict, workdir: Path | str, *, hooks: Sequ
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint)
-    try:
+    with Checkpoints(workdir / "checkpoints", config.checkpoint) as checkpoints:
         return _Run(config, workdir, program, iterator, hooks, checkpoints).run()
-    finally:
-        checkpoints.close()
 
 
 def _eval_hooks(config, program: TrainProgram, tokenizer) -> list[Hook]:
@@ -127,6 +125,7 @@ class _Run:
         self.progress = Progress(config.total_steps, start, config.global_batch_size) if self.chief else None
         preemption = _Preemption()
         metrics: dict[str, float] = {}
+        evaluation: dict[str, float] = {}
         pending = None  # the previous step's metrics, read once the next step is queued
         try:
             for step in range(start + 1, config.total_steps + 1):
@@ -140,21 +139,21 @@ class _Run:
                 if step % config.log_every == 0 or step == config.total_steps:
                     metrics = self._log(step, step_metrics)
                 if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-                    metrics.update(self._evaluate(step, state))
+                    evaluation = self._evaluate(step, state)
                 if preemption.reached(step):
                     self._save(step, state)
                     self.checkpoints.wait()
-                    return Result(step, state, metrics, True, self.workdir)
+                    return Result(step, state, metrics, evaluation, True, self.workdir)
                 if step % config.checkpoint.every == 0 or step == config.total_steps:
                     self._save(step, state)
             if pending is not None:
                 self._check(*pending)
             if self.hooks:
-                metrics.update(self._evaluate(config.total_steps, state))
+                evaluation = self._evaluate(config.total_steps, state)
             self._save(config.total_steps, state)
             self.checkpoints.wait()
             self._export(state)
-            return Result(config.total_steps, state, metrics, False, self.workdir)
+            return Result(config.total_steps, state, metrics, evaluation, False, self.workdir)
         finally:
             preemption.close()
             self.checkpoints.wait()

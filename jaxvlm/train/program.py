@@ -95,7 +95,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainProgram:
     objective = Objective(loss=spec.config.loss, caption=spec.config.decoder is not None,
                           contrastive_weight=config.loss.contrastive_weight, caption_weight=config.loss.caption_weight,
                           pad_id=spec.tokenizer.pad_id, implementation=config.loss.implementation,
-                          accuracy=config.loss.accuracy)
+                          batch_accuracy=config.loss.batch_accuracy)
     step = make_train_step(module, optimizer.tx, objective, mesh=mesh, schedule=optimizer.schedule,
                            trainable=optimizer.trainable, microbatches=config.microbatches,
                            logit_scale_max=config.loss.logit_scale_max)

@@ -33,7 +33,7 @@ class Objective:
     caption_weight: float = 2.0
     pad_id: int = 0  # the tokenizer's padding id: caption targets holding it are ignored
     implementation: str = "auto"  # contrastive loss: auto, xla or pallas (see jaxvlm.ops)
-    accuracy: bool = True  # log in-batch image->text top-1 accuracy (gathers the texts)
+    batch_accuracy: bool = True  # log in-batch image->text top-1 accuracy (gathers the texts)
 
 
 def embed(module: nn.Module, params, batch: dict, rng, caption: bool):
@@ -147,8 +147,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
         }
         if "b" in state.params:
             metrics["logit_bias"] = state.params["b"]
-        if objective.accuracy:
-            metrics["accuracy"] = losses.retrieval_accuracy(zimg, ztxt, mesh=mesh)
+        if objective.batch_accuracy:
+            metrics["batch_accuracy"] = losses.retrieval_accuracy(zimg, ztxt, mesh=mesh)
         new_state = state.replace(
             step=state.step + 1,
             params=keep_if_ok(params, state.params),
