@@ -67,9 +67,9 @@ def create_mesh(ici: Mapping[str, int], dcn: Mapping[str, int] | None = None,
     if len(devices) % slices:
         raise InputError(f"{len(devices)} devices cannot form {slices} slices")
     ici_shape = mesh_shape(ici, len(devices) // slices, "mesh")
-    if slices > 1:  # devices without a slice index (CPU, GPU): each process stands for a slice
-        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
-                                                    process_is_granule=not hasattr(devices[0], "slice_index"))
+    if slices > 1:  # devices all in one slice (CPU, GPU, one TPU slice): each process stands for a slice
+        one_slice = len({getattr(d, "slice_index", 0) for d in devices}) == 1
+        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=one_slice)
     else:
         grid = mesh_utils.create_device_mesh(ici_shape, devices, allow_split_physical_axes=True)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
