@@ -3,14 +3,17 @@ equals the full batch, frozen parameters stay bitwise, the NaN guard skips bad s
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax
 import jax
 import numpy as np
 import pytest
 
 from jaxvlm import model_dir, parallel
+from jaxvlm.train import program as program_module
 from jaxvlm.train.checkpoint import export
-from jaxvlm.train.program import build
+from jaxvlm.train.program import ModelSpec, build, model_spec
 from jaxvlm.train.step import Objective, make_gradients
 
 from tests.train.conftest import batches, mesh_of, on_mesh, tiny_config
@@ -18,21 +21,35 @@ from tests.train.conftest import batches, mesh_of, on_mesh, tiny_config
 STEPS = 20
 
 
-def run(config, mesh, host_batches):
-    program = build(config, mesh)
+def run(program, host_batches):
     state = program.init()
     losses = []
     for batch in host_batches:
-        state, metrics = program.run_step(state, on_mesh(batch, mesh))
+        state, metrics = program.run_step(state, on_mesh(batch, program.mesh))
         losses.append(float(metrics["loss"]))
-    return program, state, np.array(losses)
+    return state, np.array(losses)
 
 
 @pytest.fixture(scope="module")
-def curve():
+def programs():
+    """Programs of the tiny config by mesh, built once for the module (each compiles once)."""
     config = tiny_config()
+    built = {}
+
+    def get(sizes):
+        if sizes not in built:
+            built[sizes] = build(config, mesh_of(sizes))
+        return built[sizes]
+
+    return config, get
+
+
+@pytest.fixture(scope="module")
+def curve(programs):
+    config, get = programs
     host_batches = batches(config, STEPS)
-    return config, host_batches, run(config, mesh_of((1, 1, 1)), host_batches)[2]
+    state, losses = run(get((1, 1, 1)), host_batches)
+    return host_batches, state, losses
 
 
 @pytest.mark.parametrize("sizes, most", [
@@ -40,9 +57,10 @@ def curve():
     ((1, 8, 1), 0.14),  # FSDP: each device about 1/8
     ((4, 1, 2), 0.55),  # data x tensor: the vocabulary, heads and MLP split in two
 ])
-def test_meshes_give_the_single_device_loss_curve(curve, sizes, most):
-    config, host_batches, reference = curve
-    _, state, losses = run(config, mesh_of(sizes), host_batches)
+def test_meshes_give_the_single_device_loss_curve(programs, curve, sizes, most):
+    _, get = programs
+    host_batches, _, reference = curve
+    state, losses = run(get(sizes), host_batches)
     error = np.abs(losses - reference).max()
     print(f"mesh {sizes}: max abs loss difference over {STEPS} steps {error:.2e} (losses {losses[0]:.4f} -> "
           f"{losses[-1]:.4f})")
@@ -58,10 +76,19 @@ def test_meshes_give_the_single_device_loss_curve(curve, sizes, most):
         assert embedding.addressable_shards[0].data.size == embedding.size // 8 * (sizes[0])
 
 
+def small_vocabulary(spec: ModelSpec) -> ModelSpec:
+    """The same model with a 1000-token vocabulary (CoCa's caption logits stay small on CPU)."""
+    cfg = spec.config
+    decoder = cfg.decoder and dataclasses.replace(cfg.decoder, vocab_size=1000)
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=1000), decoder=decoder)
+    return dataclasses.replace(spec, config=cfg)
+
+
 @pytest.mark.parametrize("name", ["tiny-clip", "tiny-siglip", "tiny-coca"])
-def test_gradient_caching_equals_the_full_batch(name):
+def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
     config = tiny_config(name, {"global_batch_size": 32})
     mesh = mesh_of((4, 2, 1))
+    monkeypatch.setattr(program_module, "model_spec", lambda cfg: small_vocabulary(model_spec(cfg)))
     program = build(config, mesh)
     params = program.init().params
     spec = program.spec.config
@@ -86,14 +113,15 @@ def test_gradient_caching_equals_the_full_batch(name):
     assert error < 1e-5
 
 
-def test_lit_keeps_the_frozen_tower_bitwise(tmp_path):
-    """LiT: the image tower comes from a model directory and is frozen; the text tower is new."""
-    mesh = mesh_of((2, 4, 1))
-    donor = build(tiny_config(), mesh)
-    export(tmp_path / "donor", donor.spec, donor.init().params, {"source": "test"})
+def test_lit_keeps_the_frozen_tower_bitwise(programs, curve, tmp_path):
+    """LiT: the image tower comes from a model directory (here: the trained curve's) and is
+    frozen; the text tower is new."""
+    _, get = programs
+    _, trained_state, _ = curve
+    export(tmp_path / "donor", get((1, 1, 1)).spec, trained_state.params, {"source": "test"})
     config = tiny_config(changes={"model.init_from": str(tmp_path / "donor"), "model.init_params": "img/.*",
                                   "optimizer.freeze": "img/.*"})
-    program, state, _ = run(config, mesh, batches(config, 3))
+    state, _ = run(build(config, mesh_of((2, 4, 1))), batches(config, 3))
     pretrained = flax.traverse_util.flatten_dict(model_dir.load(tmp_path / "donor").params, sep="/")
     trained = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
     image = [n for n in trained if n.startswith("img/")]
@@ -105,17 +133,19 @@ def test_lit_keeps_the_frozen_tower_bitwise(tmp_path):
     assert sum(x.size for x in moments) == 2 * sum(v.size for n, v in trained.items() if v.ndim and n[:4] != "img/")
 
 
-def test_nan_guard_skips_the_update():
-    config = tiny_config(changes={"optimizer.warmup_steps": 0})
-    mesh = mesh_of((8, 1, 1))
-    program = build(config, mesh)
+def test_nan_guard_skips_the_update(programs, curve):
+    config, get = programs
+    program = get((8, 1, 1))
+    mesh = program.mesh
     state = program.init()
-    good, bad = batches(config, 2)
+    bad, good = batches(config, 2)
+    state, _ = program.run_step(state, on_mesh(good, mesh))  # past the warmup's zero learning rate
     bad["image"][3, 0, 0, 0] = np.nan
     before = jax.device_get(state.params)
     state, metrics = program.run_step(state, on_mesh(bad, mesh))
     assert int(metrics["skipped"]) == 1 and int(state.nan_streak) == 1 and int(state.skipped) == 1
+    assert int(state.step) == 2
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))
     state, metrics = program.run_step(state, on_mesh(good, mesh))
-    assert int(metrics["skipped"]) == 0 and int(state.nan_streak) == 0 and int(state.step) == 2
+    assert int(metrics["skipped"]) == 0 and int(state.nan_streak) == 0 and int(state.step) == 3
     assert not np.array_equal(before["txt"]["proj"]["kernel"], state.params["txt"]["proj"]["kernel"])
