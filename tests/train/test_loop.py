@@ -121,12 +121,14 @@ def free_port() -> int:
 
 def test_two_processes_train_checkpoint_and_resume(digits_dir, tmp_path):
     """2 processes x 4 CPU devices (gloo), the parameters FSDP-split across both, each process a
-    slice of a multi-slice mesh; both resume from the shared checkpoint and continue."""
+    slice of a multi-slice mesh, bfloat16 compute with rematerialisation; both resume from the
+    shared checkpoint and continue."""
 
     def run(steps: int) -> list[subprocess.CompletedProcess]:
         port = free_port()
         args = train_args(tmp_path, digits_dir, "--config.mesh.fsdp=2", "--config.mesh.dcn.data=2",
-                          f"--config.total_steps={steps}", "--config.eval_specs=()")
+                          f"--config.total_steps={steps}", "--config.eval_specs=()", "--config.model.dtype=bfloat16",
+                          "--config.model.remat=full")
         procs = [start([*args, "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
                         "--process-id", str(i)], env=cli_env(devices=4)) for i in range(2)]
         return [(p, *p.communicate(timeout=600)) for p in procs]
@@ -139,3 +141,36 @@ def test_two_processes_train_checkpoint_and_resume(digits_dir, tmp_path):
     logged = [line["step"] for line in read(tmp_path / "metrics.jsonl") if "loss" in line]
     assert logged == [1, 2, 3, 4, 5, 6]  # the second run started at step 5
     assert jaxvlm.load(tmp_path / "model").config.vision.image_size == 32
+
+
+def test_hooks_run_and_the_nan_guard_stops_the_run(tmp_path):
+    """In process: an evaluation hook every 2 steps, then batches that make the loss NaN: each is
+    skipped, and the run stops after max_nan_steps of them in a row."""
+    import jax.numpy as jnp
+
+    from jaxvlm.train import TrainingError
+    from jaxvlm.train.loop import train
+
+    from tests.train.conftest import standin_iterator, tiny_config
+
+    config = tiny_config(changes={"total_steps": 10, "eval_every": 2, "max_nan_steps": 2, "log_every": 1,
+                                  "checkpoint.every": 100})
+    calls = []
+
+    def hook(step, params):
+        calls.append(step)
+        return {"probe/t": float(jnp.asarray(params["t"]))}
+
+    def batches():
+        for step, batch in enumerate(standin_iterator(config), start=1):
+            if step >= 4:
+                batch["image"][0, 0, 0, 0] = np.nan
+            yield batch
+
+    with pytest.raises(TrainingError, match=r"not finite for 2 steps in a row \(steps 4-5, each skipped\)"):
+        train(config, tmp_path, hooks=[hook], iterator=batches())
+    assert calls == [2, 4]
+    lines = read(tmp_path / "metrics.jsonl")
+    assert [line["skipped"] for line in lines if "skipped" in line][:5] == [0, 0, 0, 1, 1]
+    assert [line["step"] for line in lines if "probe/t" in line] == [2, 4]
+    assert (tmp_path / "curves.png").exists()

@@ -52,6 +52,13 @@ def curve(programs):
     return host_batches, state, losses
 
 
+def test_the_step_lowers_from_shapes_alone(programs):
+    """What `jaxvlm plan` needs: the step lowered for abstract, sharded inputs (no data, no state)."""
+    _, get = programs
+    text = get((1, 8, 1)).lower(64).as_text()
+    assert "sharding" in text and "64x32x32x3" in text
+
+
 @pytest.mark.parametrize("sizes, most", [
     ((8, 1, 1), 1.0),  # data parallel: every device holds all parameters
     ((1, 8, 1), 0.14),  # FSDP: each device about 1/8
@@ -120,7 +127,7 @@ def test_lit_keeps_the_frozen_tower_bitwise(programs, curve, tmp_path):
     _, trained_state, _ = curve
     export(tmp_path / "donor", get((1, 1, 1)).spec, trained_state.params, {"source": "test"})
     config = tiny_config(changes={"model.init_from": str(tmp_path / "donor"), "model.init_params": "img/.*",
-                                  "optimizer.freeze": "img/.*"})
+                                  "optimizer.freeze": "img/.*", "loss.logit_scale_max": 2.0})
     state, _ = run(build(config, mesh_of((2, 4, 1))), batches(config, 3))
     pretrained = flax.traverse_util.flatten_dict(model_dir.load(tmp_path / "donor").params, sep="/")
     trained = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
@@ -129,6 +136,7 @@ def test_lit_keeps_the_frozen_tower_bitwise(programs, curve, tmp_path):
     assert all(trained[n].tobytes() == pretrained[n].tobytes() for n in image)
     text = [n for n in trained if n.startswith("txt/")]
     assert all(not np.array_equal(trained[n], pretrained[n]) for n in text if n.endswith("kernel"))
+    assert 1.99 < float(state.params["t"]) <= 2.0  # from ln(1 / 0.07) = 2.66, clamped to 2 by the first step
     moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim]  # optimizer state: text tower only
     assert sum(x.size for x in moments) == 2 * sum(v.size for n, v in trained.items() if v.ndim and n[:4] != "img/")
 
