@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from jaxvlm.errors import InputError
+from jaxvlm.train import TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +94,58 @@ def cmd_data_build(args) -> None:
                      records_per_shard=args.records_per_shard, workers=args.workers,
                      max_image_pixels=args.max_image_pixels)
     print(summary(metadata, args.out))
+
+
+def cmd_train(args) -> int | None:
+    if args.coordinator_address or args.multihost:
+        _start_distributed(args)
+    from jaxvlm.train import config as train_config
+    from jaxvlm.train.loop import train
+
+    config = train_config.load(args.config, args.overrides)
+    result = train(config, args.workdir)
+    import jax
+
+    if jax.process_index() != 0:
+        return PREEMPTED_EXIT_CODE if result.preempted else None
+    if result.preempted:
+        print(f"stopped by a preemption notice at step {result.step}; its checkpoint is saved in "
+              f"{args.workdir / 'checkpoints'}: run the same command to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    print(f"trained {result.step} steps; everything is in {args.workdir}:")
+    print(f"  model directory  {result.model_dir}  (jaxvlm.load, jaxvlm eval)")
+    print(f"  checkpoints      {args.workdir / 'checkpoints'}")
+    print(f"  metrics          {args.workdir / 'metrics.jsonl'}")
+    print(f"  tensorboard      {args.workdir / 'tensorboard'}  (tensorboard --logdir {args.workdir / 'tensorboard'})")
+    print(f"  loss curves      {args.workdir / 'curves.png'}")
+    if "loss" in result.metrics:
+        print(f"final loss {result.metrics['loss']:.4f}")
+    for name, value in result.evaluation.items():
+        print(f"{name} {value:.4f}")
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early, with a checkpoint to resume from
+
+
+def _start_distributed(args) -> None:
+    """jax.distributed for multi-host runs: explicit coordinator settings (local rehearsals use
+    127.0.0.1 and CPU devices, whose collectives then go over gloo) or the cluster's own."""
+    import jax
+
+    if args.multihost:
+        jax.distributed.initialize()
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise InputError("--coordinator-address needs --num-processes and --process-id")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def cmd_wise_ft(args) -> None:
+    from jaxvlm.train.wise_ft import interpolate
+
+    interpolate(args.zero_shot, args.fine_tuned, args.alpha, args.out)
+    print(f"wrote {args.out}")
 
 
 # GenerationConfig's fields (its defaults apply to those not given)
@@ -188,17 +241,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
     p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="larger images are skipped")
     p.set_defaults(run=cmd_data_build)
+
+    p = sub.add_parser("train", help="train or fine-tune from a config; the same command resumes",
+                       epilog="Override any config field with --config.KEY=VALUE, e.g. --config.optimizer.lr=3e-4.")
+    p.add_argument("--config", type=Path, required=True, help="an ml_collections config file (configs/*.py)")
+    p.add_argument("--workdir", type=Path, required=True, help="checkpoints, logs and the final model go here")
+    p.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0's coordinator")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--multihost", action="store_true", help="multi-host with the cluster's own settings (Cloud TPU)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("wise-ft", help="interpolate a zero-shot and a fine-tuned model directory (WiSE-FT)")
+    p.add_argument("zero_shot", type=Path)
+    p.add_argument("fine_tuned", type=Path)
+    p.add_argument("--alpha", type=float, required=True, help="0: the zero-shot model, 1: the fine-tuned one")
+    p.add_argument("out", type=Path, help="model directory to create")
+    p.set_defaults(run=cmd_wise_ft)
     return parser
+
+
+def _config_overrides(extra: list[str]) -> list[str]:
+    """``--config.KEY=VALUE`` or ``--config.KEY VALUE`` arguments -> ["KEY=VALUE", ...]."""
+    overrides, items = [], iter(extra)
+    for item in items:
+        if not item.startswith("--config."):
+            raise InputError(f"unrecognized argument: {item}")
+        key, sep, value = item[len("--config."):].partition("=")
+        if not sep:
+            value = next(items, None)
+            if value is None:
+                raise InputError(f"{item} needs a value")
+        overrides.append(f"{key}={value}")
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        args.run(args)
+        args, extra = build_parser().parse_known_args(argv)
+        if args.command == "train":
+            args.overrides = _config_overrides(extra)
+        elif extra:
+            raise InputError(f"unrecognized arguments: {' '.join(extra)}")
+        return args.run(args) or 0
     except InputError as e:
         print(f"jaxvlm: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except TrainingError as e:
+        print(f"jaxvlm: training stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ REMAT_POLICIES = {
 
 
 def param_with_axes(init, *axes):
-    return nn.with_logical_partitioning(init, axes)
+    """``init`` whose output carries logical axis names. rules=() keeps flax from constraining the
+    initialiser's output under a mesh: DenseGeneral initialises a flattened kernel and would
+    constrain it by the unflattened names (google/flax#3676); shardings come from the names."""
+    return nn.with_logical_partitioning(init, axes, rules=())
 
 
 def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float32, name: str):
