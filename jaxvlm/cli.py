@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from jaxvlm.errors import InputError
-from jaxvlm.train import TrainingError
+from jaxvlm.train import PREEMPTED_EXIT_CODE, TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,8 +124,6 @@ def cmd_train(args) -> int | None:
         print(f"{name} {value:.4f}")
 
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early, with a checkpoint to resume from
-
 
 def _start_distributed(args) -> None:
     """jax.distributed for multi-host runs: explicit coordinator settings (local rehearsals use
@@ -139,6 +137,10 @@ def _start_distributed(args) -> None:
         raise InputError("--coordinator-address needs --num-processes and --process-id")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    # If process 0 dies, JAX ends the others at once with its own message, which names only the
+    # "coordination_service": say here who that is.
+    print(f"jaxvlm: process {args.process_id} of {args.num_processes}; the coordinator is process 0 at "
+          f"{args.coordinator_address}", file=sys.stderr)
 
 
 def cmd_wise_ft(args) -> None:

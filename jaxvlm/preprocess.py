@@ -32,6 +32,10 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 RESIZE_MODES = ("shortest", "squash")
+# The raster formats images are read in. Others are refused: Pillow hands EPS files to Ghostscript,
+# so an image file or data record that is really PostScript would run a program. (JPEG covers
+# MPO, the multi-picture JPEG of phone cameras.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "JPEG2000", "AVIF")
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -100,7 +104,7 @@ def load_image(path) -> Image.Image:
     """Opens and fully decodes an image file, in its own mode (preprocess converts to RGB)."""
     path = os.fspath(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()  # decode now, so a truncated or corrupt file fails here and not later
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise InputError(f"cannot read image {path}: {e.strerror}") from None

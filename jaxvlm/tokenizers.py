@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import heapq
 import html
 import pathlib
 import re
@@ -45,8 +46,9 @@ class TokenizerConfig:
             raise InputError(f"tokenizer clean {self.clean!r} is not one of {', '.join(CLEANS)}")
         if not isinstance(self.context_length, int) or self.context_length < 2:
             raise InputError(f"tokenizer context_length must be an int >= 2, got {self.context_length!r}")
-        if not isinstance(self.file, str) or not self.file:
-            raise InputError(f"tokenizer file must be a non-empty file name, got {self.file!r}")
+        if not isinstance(self.file, str) or self.file in ("", "..") or pathlib.PurePath(self.file).name != self.file:
+            # a path would read (or, when a model directory is written, write) outside the directory
+            raise InputError(f"tokenizer file must be a plain file name, got {self.file!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,6 +90,16 @@ def canonicalize_text(text: str) -> str:
     return whitespace_clean(text)
 
 
+def _valid_unicode(text: str) -> str:
+    """``text`` with surrogate code points, which a str can hold but no encoding can, made
+    characters: a pair becomes the character it stands for, a lone one U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def clean_text(text: str, mode: str) -> str:
     if mode == "none":
         return text
@@ -122,7 +134,7 @@ class Tokenizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"text {i} is a {type(t).__name__}, not a str")
-        rows = self._batch_ids([clean_text(t, self.clean) for t in texts])
+        rows = self._batch_ids([clean_text(_valid_unicode(t), self.clean) for t in texts])
         out = np.full((len(rows), self.context_length), self.pad_id, dtype=np.int32)
         for i, ids in enumerate(rows):
             out[i, : len(ids)] = ids
@@ -216,22 +228,7 @@ class ClipBpeTokenizer(Tokenizer):
             return (self._encoder[word],)
         symbols = [self._byte_char[b] for b in word.encode("utf-8")]
         symbols[-1] += "</w>"
-        ranks = self._ranks
-        while len(symbols) > 1:
-            pairs = list(zip(symbols, symbols[1:]))
-            best = min(pairs, key=lambda p: ranks.get(p, len(ranks)))
-            if best not in ranks:
-                break
-            merged, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    merged.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
-        return tuple(self._encoder[s] for s in symbols)
+        return tuple(self._encoder[s] for s in _merge(symbols, self._ranks))
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of an already cleaned text, without start/end tokens."""
@@ -249,6 +246,41 @@ class ClipBpeTokenizer(Tokenizer):
         chars = "".join(self._tokens[i] for i in ids if i != self.sot_id and i != self.eot_id)
         text = bytes(self._char_byte[c] for c in chars).decode("utf-8", errors="replace")
         return text.replace("</w>", " ")
+
+
+def _merge(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-level BPE as open_clip runs it: take the lowest-ranked adjacent pair, merge all its
+    occurrences left to right, repeat. The pairs wait in a heap over a linked list of symbols, so a
+    word of n symbols costs O(n log n), not open_clip's O(n^2) (minutes for a 100 kB one-word caption)."""
+    following = [*range(1, len(symbols)), -1]
+    preceding = list(range(-1, len(symbols) - 1))
+
+    def rank(i: int) -> int | None:  # of the pair that starts at live symbol i
+        j = following[i]
+        return ranks.get((symbols[i], symbols[j])) if j >= 0 else None
+
+    heap = [(r, i) for i in range(len(symbols)) if (r := rank(i)) is not None]
+    heapq.heapify(heap)
+    while heap:
+        best = heap[0][0]
+        starts = set()
+        while heap and heap[0][0] == best:
+            starts.add(heapq.heappop(heap)[1])
+        merged = []
+        for i in sorted(starts):  # left to right; an occurrence overlapping the one before is gone
+            if symbols[i] is None or rank(i) != best:
+                continue
+            j = following[i]
+            symbols[i], symbols[j] = symbols[i] + symbols[j], None
+            following[i] = following[j]
+            if following[j] >= 0:
+                preceding[following[j]] = i
+            merged.append(i)
+        for i in merged:  # the pairs the merges made
+            for k in (preceding[i], i):
+                if k >= 0 and (r := rank(k)) is not None:
+                    heapq.heappush(heap, (r, k))
+    return [s for s in symbols if s is not None]
 
 
 SPIECE_UNDERLINE = "\u2581"

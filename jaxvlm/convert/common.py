@@ -104,6 +104,8 @@ def strip_prefix(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.nd
 
 # ---------------------------------------------------------------- key accounting
 
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
 class SourceKeys:
     """A source state dict whose keys must all be used exactly once."""
 
@@ -121,7 +123,11 @@ class SourceKeys:
         if key in self.used:
             raise AssertionError(f"converter bug: '{key}' used twice")
         self.used.add(key)
-        return np.asarray(self.weights[key], dtype=np.float32)
+        value = np.asarray(self.weights[key])
+        if value.dtype.name not in FLOAT_DTYPES:  # integers, booleans, complex numbers: not weights
+            raise InputError(f"{self.what}: '{key}' holds {value.dtype.name} values; weights are floating point "
+                             f"({', '.join(FLOAT_DTYPES)})")
+        return value.astype(np.float32)
 
     def check_all_used(self) -> None:
         unused = sorted(set(self.weights) - self.used)
@@ -143,6 +149,8 @@ def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> di
         if tuple(flat[key].shape) != shape:
             raise InputError(f"{what}: '{key}' has shape {tuple(flat[key].shape)}, the model expects {shape}"
                              " — the weights are of another architecture")
+        if not np.isfinite(flat[key]).all():
+            raise InputError(f"{what}: '{key}' holds NaN or infinite values — the checkpoint is damaged")
     return flax.traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep="/")
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from jaxvlm.data.records import BadRecord, Record
 from jaxvlm.errors import InputError
-from jaxvlm.preprocess import _FILTERS, PreprocessConfig, preprocess
+from jaxvlm.preprocess import _FILTERS, IMAGE_FORMATS, PreprocessConfig, preprocess
 from jaxvlm.tokenizers import Tokenizer
 
 AUGMENTS = ("train", "eval")
@@ -36,7 +36,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise _Rejected("no image bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError:
         raise _Rejected("image too large", "decompression bomb") from None
     except Exception as e:  # whatever the header parser of the format raises

@@ -17,6 +17,8 @@ from ml_collections.config_flags import config_path, tuple_parser
 from jaxvlm.errors import InputError
 from jaxvlm.ops import IMPLEMENTATIONS
 
+SAVE_ERROR_ACTIONS = ("stop", "continue")
+
 _PARSERS = {
     bool: flags.BooleanParser(),
     int: flags.IntegerParser(),
@@ -49,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # run the evaluations every this many steps (0: only at the end)
     c.eval_specs = ()  # jaxvlm.eval.EvalSpec fields as dicts; data_dir defaults to data.data_dir
     c.max_nan_steps = 10  # stop after this many non-finite steps in a row (each one is skipped)
+    c.peer_timeout_secs = 30.0  # several processes: one silent this long is lost, and the others stop
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "tiny-clip"  # an architecture of jaxvlm.models.registry (ignored with init_from)
@@ -96,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_last = 3
     c.checkpoint.keep_every = 0  # also keep every checkpoint at a multiple of this step (0: none)
     c.checkpoint.async_save = True
+    c.checkpoint.on_save_error = "stop"  # a save fails (disk full, write error): "stop" the run or "continue"
+    c.checkpoint.preemption_grace_secs = 25.0  # after SIGTERM, exit without the checkpoint if it takes longer
 
     c.data = data.default_config()
     return c
@@ -147,6 +152,12 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     """Rejects configs that cannot run on ``devices`` devices, before anything is built."""
     from jaxvlm import parallel
 
+    unknown = sorted(set(_leaves(config)) - set(_leaves(base_config())))
+    if unknown:  # a recipe that sets a misspelt field would otherwise be silently ignored
+        raise InputError(f"unknown config keys {unknown}: a recipe sets the fields of base_config(), it adds none")
+    for key, value in _leaves(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"config key '{key}' is {value}; numbers in a config must be finite")
     for name in ("total_steps", "global_batch_size", "microbatches", "log_every", "max_nan_steps"):
         if config[name] < 1:
             raise InputError(f"{name} must be >= 1, got {config[name]}")
@@ -156,6 +167,13 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     ck = config.checkpoint
     if ck.every < 1 or ck.keep_last < 1 or ck.keep_every < 0:
         raise InputError("checkpoint.every and checkpoint.keep_last must be >= 1, checkpoint.keep_every >= 0")
+    if ck.on_save_error not in SAVE_ERROR_ACTIONS:
+        raise InputError(f"checkpoint.on_save_error is {ck.on_save_error!r}; expected one of "
+                         f"{', '.join(SAVE_ERROR_ACTIONS)}")
+    for name, value in (("checkpoint.preemption_grace_secs", ck.preemption_grace_secs),
+                        ("peer_timeout_secs", config.peer_timeout_secs)):
+        if not 0 < value < math.inf:
+            raise InputError(f"{name} must be a positive number of seconds, got {value}")
     if config.loss.implementation not in IMPLEMENTATIONS:
         raise InputError(f"loss.implementation is {config.loss.implementation!r}; expected one of "
                          f"{', '.join(IMPLEMENTATIONS)}")
@@ -168,3 +186,14 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     if config.global_batch_size % (shards * config.microbatches):
         raise InputError(f"global_batch_size {config.global_batch_size} is not divisible by the {shards} batch shards "
                          f"(mesh data x fsdp) times {config.microbatches} microbatches")
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """{dotted key: value} of every field that is not itself a ConfigDict."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -20,10 +23,11 @@ import ml_collections
 
 from jaxvlm import data, parallel
 from jaxvlm.tokenizers import build_tokenizer
-from jaxvlm.train import TrainingError
+from jaxvlm.train import PREEMPTED_EXIT_CODE, TrainingError
 from jaxvlm.train import config as train_config
-from jaxvlm.train.checkpoint import Checkpoints, export
+from jaxvlm.train.checkpoint import CheckpointWriteError, Checkpoints, export
 from jaxvlm.train.metrics import CURVES_FILE, METRICS_FILE, MetricsLog, Progress, plot
+from jaxvlm.train.peers import PeerWatch
 from jaxvlm.train.program import TrainProgram, build
 from jaxvlm.train.state import TrainState
 
@@ -57,6 +61,20 @@ def train(config: ml_collections.ConfigDict, workdir: Path | str, *, hooks: Sequ
     the end."""
     workdir = Path(workdir)
     train_config.check(config, jax.device_count())
+    if jax.process_count() == 1:
+        return _train(config, workdir, hooks, iterator, mesh)
+    watch = PeerWatch(config.peer_timeout_secs)
+    try:
+        result = _train(config, workdir, hooks, iterator, mesh)
+    except jax.errors.JaxRuntimeError:  # a collective failed: most likely another process is gone
+        watch.verdict()
+        raise
+    finally:
+        watch.stop()
+    return result
+
+
+def _train(config, workdir: Path, hooks, iterator, mesh) -> Result:
     mesh = mesh or parallel.create_mesh(config.mesh, config.mesh.dcn)
     program = build(config, mesh)
     tokenizer = build_tokenizer(program.spec.tokenizer, program.spec.tokenizer_dir)
@@ -82,25 +100,45 @@ def _eval_hooks(config, program: TrainProgram, tokenizer) -> list[Hook]:
 
 class _Preemption:
     """Whether to save and stop now. Several processes: JAX's preemption service (it catches
-    SIGTERM and agrees on a step all processes reach); one process: our own SIGTERM handler."""
+    SIGTERM and agrees on a step all processes reach); one process: our own SIGTERM handler. Once
+    noticed, the checkpoint must be written within ``grace_secs``, or the process exits without
+    it (the previous checkpoint stays the newest)."""
 
-    def __init__(self):
+    def __init__(self, grace_secs: float, checkpoints: Checkpoints):
         self._multi = jax.process_count() > 1
-        self._noticed = False
+        self._grace, self._checkpoints = grace_secs, checkpoints
+        self._deadline: threading.Timer | None = None
+        self.step: int | None = None  # the step being saved for the notice
         if not self._multi:
             self._previous = signal.signal(signal.SIGTERM, self._notice)
 
-    def _notice(self, signum, frame):
-        self._noticed = True
+    def _notice(self, signum=None, frame=None):
+        if self._deadline is None:
+            self._deadline = threading.Timer(self._grace, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
 
     def reached(self, step: int) -> bool:
         if self._multi:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._noticed
+            if multihost_utils.reached_preemption_sync_point(step):
+                self._notice()
+        if self._deadline is not None and self.step is None:
+            self.step = step
+        return self.step is not None
+
+    def _expire(self):
+        saving = f"the checkpoint of step {self.step} was not" if self.step is not None else "no checkpoint was"
+        sys.stderr.write(f"jaxvlm: preempted: {saving} finished within the grace period of {self._grace:g} s "
+                         f"(checkpoint.preemption_grace_secs); the newest complete checkpoint is step "
+                         f"{self._checkpoints.newest()}: run the same command to resume\n")
+        sys.stderr.flush()
+        os._exit(PREEMPTED_EXIT_CODE)
 
     def close(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
         if not self._multi:
             signal.signal(signal.SIGTERM, self._previous)
 
@@ -123,7 +161,7 @@ class _Run:
             log.info("resuming %s at step %d", self.workdir, start)
         self.log = MetricsLog(self.workdir, start) if self.chief else None
         self.progress = Progress(config.total_steps, start, config.global_batch_size) if self.chief else None
-        preemption = _Preemption()
+        preemption = _Preemption(config.checkpoint.preemption_grace_secs, self.checkpoints)
         metrics: dict[str, float] = {}
         evaluation: dict[str, float] = {}
         pending = None  # the previous step's metrics, read once the next step is queued
@@ -141,8 +179,7 @@ class _Run:
                 if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
                     evaluation = self._evaluate(step, state)
                 if preemption.reached(step):
-                    self._save(step, state)
-                    self.checkpoints.wait()
+                    self._save_for_preemption(step, state)
                     return Result(step, state, metrics, evaluation, True, self.workdir)
                 if step % config.checkpoint.every == 0 or step == config.total_steps:
                     self._save(step, state)
@@ -151,12 +188,12 @@ class _Run:
             if self.hooks:
                 evaluation = self._evaluate(config.total_steps, state)
             self._save(config.total_steps, state)
-            self.checkpoints.wait()
+            self._wait()
             self._export(state)
             return Result(config.total_steps, state, metrics, evaluation, False, self.workdir)
         finally:
             preemption.close()
-            self.checkpoints.wait()
+            self._settle()
             if self.chief:
                 self.progress.close()
                 self.log.close()
@@ -166,10 +203,10 @@ class _Run:
     def _check(self, step: int, metrics: dict) -> None:
         streak = int(metrics["nan_streak"])
         if streak >= self.config.max_nan_steps:
-            self.checkpoints.wait()
+            self._settle()
             raise TrainingError(f"the loss or gradients were not finite for {streak} steps in a row (steps "
                                 f"{step - streak + 1}-{step}, each skipped); the newest checkpoint is step "
-                                f"{max(self.checkpoints.steps(), default=0)}")
+                                f"{self.checkpoints.newest() or 0}")
         if streak and self.chief:
             log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)", step, streak)
 
@@ -196,13 +233,49 @@ class _Run:
 
     def _save(self, step: int, state: TrainState) -> None:
         if step != self.last_saved:
-            self.checkpoints.save(step, state, self.iterator)
             self.last_saved = step
+            try:
+                self.checkpoints.save(step, state, self.iterator)
+            except CheckpointWriteError as e:
+                self._write_failed(e)
+
+    def _wait(self) -> None:
+        try:
+            self.checkpoints.wait()
+        except CheckpointWriteError as e:
+            self._write_failed(e)
+
+    def _write_failed(self, error: CheckpointWriteError) -> None:
+        """Stops the run or goes on, as ``checkpoint.on_save_error`` says."""
+        newest = self.checkpoints.newest()
+        where = f"the newest complete checkpoint is step {newest}" if newest is not None else "no checkpoint is complete"
+        if self.config.checkpoint.on_save_error == "stop":
+            raise TrainingError(f"{error}; {where}") from None
+        if self.chief:
+            log.warning("%s; training goes on (checkpoint.on_save_error is 'continue'), %s", error, where)
+
+    def _settle(self) -> None:
+        """Waits for a save still being written, when the run is ending anyway: a failure is logged."""
+        try:
+            self.checkpoints.wait()
+        except CheckpointWriteError as e:
+            log.warning("%s; the newest complete checkpoint is step %s", e, self.checkpoints.newest())
+
+    def _save_for_preemption(self, step: int, state: TrainState) -> None:
+        try:
+            if step != self.last_saved:
+                self.checkpoints.save(step, state, self.iterator)
+            self.checkpoints.wait()
+        except CheckpointWriteError as e:
+            raise TrainingError(f"preempted after step {step}, but {e}; the newest complete checkpoint is step "
+                                f"{self.checkpoints.newest()}") from None
 
     def _export(self, state: TrainState) -> None:
         out = self.workdir / MODEL_DIR
-        if self.chief and out.exists():
-            shutil.rmtree(out)
+        if self.chief:
+            # a previous export killed half-way left its hidden staging directory (model_dir.save)
+            for stale in [out, *self.workdir.glob(f".{MODEL_DIR}.partial-*")]:
+                shutil.rmtree(stale, ignore_errors=True)
         provenance = {"source": "jaxvlm train", "workdir": str(self.workdir.absolute()),
                       "steps": self.config.total_steps, "model": self.config.model.name or self.config.model.init_from}
         export(out, self.program.spec, state.params, provenance)

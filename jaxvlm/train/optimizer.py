@@ -178,3 +178,8 @@ def check(cfg, total_steps: int) -> None:
         raise InputError(f"optimizer.layer_decay must be in (0, 1], got {cfg.layer_decay}")
     if cfg.grad_clip_norm < 0 or cfg.weight_decay < 0:
         raise InputError("optimizer.grad_clip_norm and optimizer.weight_decay must be >= 0")
+    if not (0 <= cfg.b1 < 1 and 0 <= cfg.b2 < 1 and cfg.eps >= 0 and 0 <= cfg.min_lr_ratio <= 1
+            and cfg.rsqrt_timescale > 0):
+        raise InputError(f"optimizer.b1 and b2 must lie in [0, 1), eps be >= 0, min_lr_ratio in [0, 1] and "
+                         f"rsqrt_timescale > 0; got b1 {cfg.b1}, b2 {cfg.b2}, eps {cfg.eps}, min_lr_ratio "
+                         f"{cfg.min_lr_ratio}, rsqrt_timescale {cfg.rsqrt_timescale}")
