@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test demo clean
+.PHONY: test test-faults demo clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(INSTALLED): pyproject.toml
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
+
+# The slow fault cases (tests/faults, marked faults_slow): 20 kill -9 points, the fuzzers at full
+# length, a full disk, a lost process. `make test` runs the quick ones; both update docs/reliability.md.
+test-faults: $(INSTALLED)
+	$(PY) -m pytest -q tests/faults -m faults_slow
 
 # Trains a tiny CLIP from scratch on scikit-learn's handwritten digits (built once as the
 # jaxvlm_digits TFDS dataset in out/tfds), on CPU, in a few minutes; evaluates zero-shot top-1 on

@@ -229,7 +229,9 @@ def _flat_fields(cfg: ModelConfig) -> dict[str, Any]:
 def _check_model_name(model_name: str, cfg: ModelConfig, where: str) -> None:
     named = _flat_fields(get_architecture(model_name).model)
     mine = _flat_fields(cfg)
-    diffs = [f"{k} {mine[k]} vs {named[k]}" for k in mine if k not in _NUMERIC_FIELDS and mine[k] != named[k]]
+    keys = [*mine, *(k for k in named if k not in mine)]  # a CoCa has decoder fields, a two-tower not
+    diffs = [f"{k} {mine.get(k)} vs {named.get(k)}" for k in keys
+             if k not in _NUMERIC_FIELDS and mine.get(k) != named.get(k)]
     if diffs:
         raise InputError(f"{where} is not a {model_name} ({'; '.join(diffs[:4])}"
                          f"{'; ...' if len(diffs) > 4 else ''}); leave out --model to take the config's architecture")

@@ -65,13 +65,12 @@ def train(config: ml_collections.ConfigDict, workdir: Path | str, *, hooks: Sequ
         return _train(config, workdir, hooks, iterator, mesh)
     watch = PeerWatch(config.peer_timeout_secs)
     try:
-        result = _train(config, workdir, hooks, iterator, mesh)
-    except jax.errors.JaxRuntimeError:  # a collective failed: most likely another process is gone
-        watch.verdict()
+        return _train(config, workdir, hooks, iterator, mesh)
+    except Exception:  # if a lost process caused it (a failed collective or barrier), name that one
+        watch.leave()
         raise
     finally:
         watch.stop()
-    return result
 
 
 def _train(config, workdir: Path, hooks, iterator, mesh) -> Result:
@@ -234,6 +233,7 @@ class _Run:
     def _save(self, step: int, state: TrainState) -> None:
         if step != self.last_saved:
             self.last_saved = step
+            self._wait()  # the previous save's failure, if any, is that step's
             try:
                 self.checkpoints.save(step, state, self.iterator)
             except CheckpointWriteError as e:

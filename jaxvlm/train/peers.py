@@ -5,6 +5,10 @@ process with one line naming the lost one, and process 0 publishes the verdict s
 process does the same. Without this a survivor waits in a collective or in JAX's shutdown barrier
 until JAX's own heartbeat timeout, and then aborts with a page of C++ logs.
 
+A process that stops on an error first says so ("leaving") and waits for the verdict: if the error
+came from a lost process (a failed collective, a checkpoint barrier), the message names that one;
+if every process stops alike (the NaN guard), they all leave at once.
+
 If process 0 itself dies, the coordination service dies with it and JAX's runtime ends every
 other process at once (non-zero, "the JAX distributed service detected fatal errors ...
 coordination_service ... Socket closed"); jaxvlm names the coordinator in its start-up line.
@@ -22,13 +26,12 @@ import jax
 
 LOST_PEER_EXIT_CODE = 1
 _generations = itertools.count()  # every process creates its watches in the same order: one key space each
-_DONE = "done"
-_LOST = "lost: "
+_DONE, _LEAVING, _LOST = "done", "leaving", "lost: "
 
 
 class PeerWatch:
-    """Started by the training loop of a multi-process run; ``stop()`` when this process leaves it
-    on purpose (finished, or an error every process raises alike)."""
+    """Started by the training loop of a multi-process run: ``leave()`` when this process stops on
+    an error, ``stop()`` when it is done with the run either way."""
 
     def __init__(self, timeout: float):
         from jax._src import distributed  # the coordination service client; JAX has no public accessor
@@ -38,22 +41,29 @@ class PeerWatch:
         self._timeout = timeout
         self._interval = min(1.0, timeout / 10)
         self._keys = f"jaxvlm/heartbeat/{next(_generations)}/"
+        self._leaving = False
+        self._settled = threading.Event()  # while leaving: the watched processes have left too
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jaxvlm-peer-watch", daemon=True)
         self._thread.start()
 
+    def leave(self) -> None:
+        """This process stops on an error: says so, then waits (at most the timeout) until the watched
+        processes have stopped too; a lost one ends this process with its name instead."""
+        self._leaving = True
+        self._publish(_LEAVING)
+        self._settled.wait(self._timeout + 3 * self._interval)
+
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+        self._publish(_DONE)
+
+    def _publish(self, value: str) -> None:
         try:
-            self._client.key_value_set(self._key(self._me), _DONE, allow_overwrite=True)
+            self._client.key_value_set(self._key(self._me), value, allow_overwrite=True)
         except Exception:  # noqa: BLE001 - the coordinator is gone: nobody is left to tell
             pass
-
-    def verdict(self) -> None:
-        """After a collective failed: waits (at most the timeout) for the watch to name a lost
-        process and end this one; returns if nobody was lost."""
-        self._thread.join(self._timeout + 3 * self._interval)
 
     def _run(self) -> None:
         last_seen: dict[int, tuple[str | None, float]] = {}
@@ -61,23 +71,27 @@ class PeerWatch:
             if self._stopped.wait(self._interval):
                 return
             try:
-                self._client.key_value_set(self._key(self._me), str(beat), allow_overwrite=True)
+                if not self._leaving:
+                    self._client.key_value_set(self._key(self._me), str(beat), allow_overwrite=True)
                 beats = self._beats()
             except Exception as e:  # noqa: BLE001
                 self._end(f"process 0 of {self._count} (the coordinator): it cannot be reached "
                           f"({' '.join(str(e).split())[:120]})")
             if beats.get(0, "").startswith(_LOST):  # process 0's verdict
                 self._end(beats[0][len(_LOST):])
-            now = time.monotonic()
-            for peer in range(1, self._count) if self._me == 0 else (0,):
+            now, watched, left = time.monotonic(), range(1, self._count) if self._me == 0 else (0,), 0
+            for peer in watched:
                 value = beats.get(peer)
-                if value == _DONE:
+                if value in (_DONE, _LEAVING):
+                    left += 1
                     continue
                 seen = last_seen.get(peer)
                 if seen is None or seen[0] != value:
                     last_seen[peer] = (value, now)
                 elif now - seen[1] > self._timeout:
                     self._lose(peer)
+            if self._leaving and left == len(watched):
+                self._settled.set()
 
     def _key(self, process: int) -> str:
         return f"{self._keys}{process}"
@@ -96,10 +110,7 @@ class PeerWatch:
     def _lose(self, peer: int) -> None:
         what = f"process {peer} of {self._count}: no heartbeat for {self._timeout:g} s"
         if self._me == 0:
-            try:
-                self._client.key_value_set(self._key(0), _LOST + what, allow_overwrite=True)
-            except Exception:  # noqa: BLE001
-                pass
+            self._publish(_LOST + what)
         self._end(what)
 
     def _end(self, what: str) -> None:

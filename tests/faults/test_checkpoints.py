@@ -13,15 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvlm import data, parallel
-from jaxvlm.tokenizers import build_tokenizer
+from jaxvlm import parallel
 from jaxvlm.train import TrainingError
-from jaxvlm.train import config as train_config
 from jaxvlm.train.checkpoint import UNREADABLE_SUFFIX, Checkpoints
 from jaxvlm.train.program import build
 
-from tests.faults import runs
+from tests.train.conftest import standin_iterator, tiny_config
 
+STEPS = 8
 DAMAGES = {
     "truncated to half": lambda path: os.truncate(path, path.stat().st_size // 2),
     "truncated to 0 bytes": lambda path: os.truncate(path, 0),
@@ -29,22 +28,33 @@ DAMAGES = {
 }
 
 
+def config():
+    return tiny_config(changes={"total_steps": STEPS, "global_batch_size": 8, "checkpoint.every": 2,
+                                "checkpoint.keep_last": 2, "checkpoint.preemption_grace_secs": 600.0})
+
+
 @pytest.fixture(scope="module")
-def restore(train_data):
-    """``restore(checkpoints directory) -> (host state or None, warnings)``, as the run of
-    `runs.train_args` restores it (one device)."""
-    args = runs.train_args(runs.REPO, train_data, runs.STEPS)
-    config = train_config.load(args[2], [a[len("--config."):] for a in args if a.startswith("--config.")])
-    mesh = parallel.create_mesh(config.mesh, devices=jax.devices()[:1])
-    program = build(config, mesh)
-    tokenizer = build_tokenizer(program.spec.tokenizer, program.spec.tokenizer_dir)
+def reference(train_in_process, tmp_path_factory):
+    """An uninterrupted run in process: its work directory and final parameters."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = train_in_process(config(), workdir, standin_iterator(config()))
+    return workdir, jax.device_get(result.state.params)
+
+
+def complete_steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def restore():
+    """``restore(checkpoints directory, caplog) -> (host state, warnings)`` as the run restores it."""
+    c = config()
+    abstract = build(c, parallel.create_mesh(c.mesh, devices=jax.devices()[:1])).state.abstract
 
     def run(directory, caplog):
-        iterator = data.train_iterator(config.data, preprocess=program.spec.preprocess, tokenizer=tokenizer,
-                                       global_batch_size=config.global_batch_size, seed=config.seed)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, "jaxvlm"), Checkpoints(directory, config.checkpoint) as checkpoints:
-            state = checkpoints.restore(program.state.abstract, iterator)
+        with caplog.at_level(logging.WARNING, "jaxvlm"), Checkpoints(directory, c.checkpoint) as checkpoints:
+            state = checkpoints.restore(abstract, standin_iterator(c))
         return jax.device_get(state), caplog.text
 
     return run
@@ -54,69 +64,72 @@ def same(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_every_file_of_the_newest_checkpoint_damaged(reference_run, restore, tmp_path, caplog, record):
-    """Each file of the newest step truncated or deleted in turn: restore gives either that step,
-    bitwise, or the step before (with a warning, the damaged step set aside) — nothing else."""
-    source = reference_run / "checkpoints"
-    newest, previous = runs.complete_steps(reference_run)[-1], runs.complete_steps(reference_run)[-2]
+@pytest.mark.parametrize("cases", [pytest.param(12, id="sample"),
+                                   pytest.param(None, id="every", marks=pytest.mark.faults_slow)])
+def test_files_of_the_newest_checkpoint_damaged(cases, reference, restore, tmp_path, caplog, record):
+    """Files of the newest step truncated or deleted (a random sample, or each file in turn with
+    each damage): restore gives either that step, bitwise, or the step before (with a warning, the
+    damaged step set aside) — nothing else."""
+    source = reference[0] / "checkpoints"
+    previous, newest = complete_steps(reference[0])
     intact = {step: restore(_copy(source, tmp_path / f"intact-{step}", keep=[step]), caplog)[0]
               for step in (newest, previous)}
     files = sorted(p.relative_to(source / str(newest)) for p in (source / str(newest)).rglob("*") if p.is_file())
+    combinations = [(damage, name) for damage in DAMAGES for name in files]
+    if cases is not None:
+        combinations = random.sample(combinations, cases)
     outcomes = {"fell back": 0, "unaffected": 0}
-    for damage, apply in DAMAGES.items():
-        for name in files:
-            work = _copy(source, tmp_path / "work")
-            apply(work / str(newest) / name)
-            state, warnings = restore(work, caplog)
-            if same(state, intact[newest]):
-                outcomes["unaffected"] += 1
-                continue
-            assert same(state, intact[previous]), f"{name} {damage}: restored neither step"
-            assert f"restored checkpoint step {previous} instead of the newest, {newest}" in warnings
-            assert (work / f"{newest}{UNREADABLE_SUFFIX}").is_dir() and not (work / str(newest)).exists()
-            outcomes["fell back"] += 1
+    for damage, name in combinations:
+        work = _copy(source, tmp_path / "work")
+        DAMAGES[damage](work / str(newest) / name)
+        state, warnings = restore(work, caplog)
+        if same(state, intact[newest]):
+            outcomes["unaffected"] += 1
+            continue
+        assert same(state, intact[previous]), f"{name} {damage}: restored neither step"
+        assert f"restored checkpoint step {previous} instead of the newest, {newest}" in warnings
+        assert (work / f"{newest}{UNREADABLE_SUFFIX}").is_dir() and not (work / str(newest)).exists()
+        outcomes["fell back"] += 1
     print(outcomes)
     record("Faults", "a file of the newest checkpoint truncated to half, to 0 bytes, or deleted",
-           f"each of its {len(files)} files x {len(DAMAGES)} damages = {len(files) * len(DAMAGES)}",
+           f"{len(combinations)} of its {len(files)} files x {len(DAMAGES)} damages",
            f"{outcomes['fell back']}: fell back to the previous step with a warning, damaged step set aside; "
            f"{outcomes['unaffected']}: file not needed, newest step restored bitwise; 0 other outcomes")
-    assert outcomes["fell back"] >= len(DAMAGES)
+    assert cases is not None or outcomes["fell back"] >= len(DAMAGES)
 
 
-def test_no_readable_checkpoint_is_one_clear_error(reference_run, restore, tmp_path, caplog, record):
-    work = _copy(reference_run / "checkpoints", tmp_path / "work")
-    for step in runs.complete_steps(reference_run):
+def test_no_readable_checkpoint_is_one_clear_error(reference, restore, tmp_path, caplog, record):
+    work = _copy(reference[0] / "checkpoints", tmp_path / "work")
+    for step in complete_steps(reference[0]):
         (work / str(step) / "state" / "manifest.ocdbt").unlink()
     with pytest.raises(TrainingError, match="none of the checkpoints .* can be restored"):
         restore(work, caplog)
     record("Faults", "every checkpoint damaged", "manifest of each step deleted",
            "one error naming the directory and the steps; nothing set aside")
-    assert sorted(p.name for p in work.iterdir()) == sorted(str(s) for s in runs.complete_steps(reference_run))
+    assert sorted(p.name for p in work.iterdir()) == sorted(str(s) for s in complete_steps(reference[0]))
 
 
-def test_the_run_continues_after_falling_back(train_data, reference_run, tmp_path, record):
-    """`jaxvlm train` on a work directory whose newest checkpoint lost a random file part: it says
-    so, resumes from the step before, writes the damaged step anew and ends bitwise where the
-    uninterrupted run did."""
-    rng = random.Random()
-    workdir = tmp_path / "run"
-    steps = runs.complete_steps(reference_run)
-    _copy(reference_run / "checkpoints", workdir / "checkpoints")
-    shutil.copy(reference_run / "metrics.jsonl", workdir / "metrics.jsonl")
-    state = workdir / "checkpoints" / str(steps[-1]) / "state"
+def test_the_run_continues_after_falling_back(reference, train_in_process, tmp_path, caplog, record):
+    """A rerun on a work directory whose newest checkpoint lost part of its largest file (or all
+    of it): it says so, resumes from the step before, writes the damaged step anew and ends
+    bitwise where the uninterrupted run did."""
+    damage, apply = random.choice(sorted(DAMAGES.items()))
+    previous, newest = complete_steps(reference[0])
+    _copy(reference[0] / "checkpoints", tmp_path / "checkpoints")
+    state = tmp_path / "checkpoints" / str(newest) / "state"
     biggest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    damage, apply = rng.choice(sorted(DAMAGES.items()))
     apply(biggest)
-    done = runs.run(runs.train_args(workdir, train_data, runs.STEPS))
-    assert done.process.returncode == 0, done.stderr
-    assert f"restored checkpoint step {steps[-2]} instead of the newest, {steps[-1]}" in done.stderr
-    assert done.logged_steps() == list(range(steps[-2] + 1, runs.STEPS + 1))
-    assert runs.complete_steps(workdir) == steps and (workdir / "checkpoints" / f"{steps[-1]}{UNREADABLE_SUFFIX}").is_dir()
-    differ = runs.differing(runs.weights(reference_run), runs.weights(workdir))
-    record("Faults", "newest checkpoint's largest array file damaged, then `jaxvlm train` rerun",
-           f"{damage} ({biggest.stat().st_size if biggest.exists() else 0} bytes left)",
-           f"warned, resumed from step {steps[-2]}, rewrote step {steps[-1]}; {len(differ)} parameter tensors "
-           "differ from the uninterrupted run")
+    with caplog.at_level(logging.WARNING, "jaxvlm"):
+        result = train_in_process(config(), tmp_path, standin_iterator(config()))
+    assert f"restored checkpoint step {previous} instead of the newest, {newest}" in caplog.text
+    assert complete_steps(tmp_path) == [previous, newest]
+    assert (tmp_path / "checkpoints" / f"{newest}{UNREADABLE_SUFFIX}").is_dir()
+    differ = [i for i, (a, b) in enumerate(zip(jax.tree.leaves(reference[1]),
+                                               jax.tree.leaves(jax.device_get(result.state.params))))
+              if not np.array_equal(a, b)]
+    record("Faults", "the newest checkpoint's largest array file damaged, then the run restarted",
+           damage, f"warned, resumed from step {previous}, set the damaged step aside and wrote step {newest} "
+           f"anew; {len(differ)} parameter tensors differ from the uninterrupted run")
     assert not differ
 
 

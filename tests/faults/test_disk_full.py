@@ -64,17 +64,16 @@ def test_disk_full_during_a_save(action, private_mounts, train_data, reference_r
     checkpoints = workdir / "checkpoints"
     checkpoints.mkdir(parents=True)
     saved.mkdir()
-    args = runs.train_args(workdir, train_data, runs.STEPS, "--config.checkpoint.every=4",
-                           f"--config.checkpoint.on_save_error={action}")
+    args = runs.train_args(workdir, train_data, runs.STEPS, f"--config.checkpoint.on_save_error={action}")
     process = runs.Run(args, prefix=on_small_disk(checkpoints, saved))
     shell = process.process.pid
     inside = Path(f"/proc/{shell}/root") / checkpoints.relative_to("/")
     process.wait_for(lambda p: (inside / "4").is_dir())
     trainer = python_child(shell)
-    os.kill(trainer, signal.SIGSTOP)  # the next save (step 8) starts only once the disk is full
+    os.kill(trainer, signal.SIGSTOP)  # the next saves start only once the disk is full
     filled = fill(inside)
     os.kill(trainer, signal.SIGCONT)
-    if action == "continue":
+    if action == "continue":  # room again once the first failure is reported (a save or two later)
         process.wait_for(lambda p: "could not be written" in p.stderr)
         (inside / "filler").unlink()
     code = process.finish()
@@ -94,8 +93,7 @@ def test_disk_full_during_a_save(action, private_mounts, train_data, reference_r
                    f"complete checkpoint is step {left[-1]}\"; that step intact and no partial one left; the rerun "
                    f"resumed from it")
     else:
-        assert code == 0, process.stderr
-        assert left[-1] == runs.STEPS and step not in left
+        assert code == 0 and left[-1] == runs.STEPS and step not in left, process.stderr
         outcome = (f"warned \"checkpoint step {step} could not be written ({failed.group(2)})\", trained on, "
                    f"saved again once the disk had room (steps {left} at the end)")
     differ = runs.differing(runs.weights(reference_run), runs.weights(workdir))

@@ -39,6 +39,7 @@ def test_the_survivor_names_the_lost_process(victim, train_data, tmp_path, recor
     processes[victim].finish()
     last = survivor.err[-1] if survivor.err else ""
     print(f"survivor exit {code} after {took:.1f} s; its last line: {last[:300]}")
+    print("\n".join(l[:300] for l in survivor.err if not l.startswith("    @")))
     if victim == 1:
         named = "jaxvlm: training stopped: lost process 1 of 2" in survivor.stderr
         how = f"exit {code} after {took:.1f} s: \"{next(l for l in survivor.err if 'lost process' in l)}\""

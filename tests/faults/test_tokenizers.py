@@ -57,7 +57,7 @@ any_text = st.lists(pieces, max_size=80).map("".join)
 
 @pytest.mark.parametrize("kind", ["clip_bpe", "sentencepiece", "hf_json"])
 @pytest.mark.parametrize("examples", [pytest.param(150, id="short"),
-                                      pytest.param(2000, id="full", marks=pytest.mark.faults_slow)])
+                                      pytest.param(5000, id="full", marks=pytest.mark.faults_slow)])
 def test_arbitrary_unicode(kind, examples, tokenizers, record):
     @settings(max_examples=examples, deadline=5000, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(any_text, min_size=1, max_size=4))
