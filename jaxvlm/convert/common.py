@@ -106,6 +106,7 @@ def strip_prefix(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.nd
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
+
 class SourceKeys:
     """A source state dict whose keys must all be used exactly once."""
 

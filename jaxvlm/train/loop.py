@@ -248,7 +248,7 @@ class _Run:
     def _write_failed(self, error: CheckpointWriteError) -> None:
         """Stops the run or goes on, as ``checkpoint.on_save_error`` says."""
         newest = self.checkpoints.newest()
-        where = f"the newest complete checkpoint is step {newest}" if newest is not None else "no checkpoint is complete"
+        where = "no checkpoint is complete" if newest is None else f"the newest complete checkpoint is step {newest}"
         if self.config.checkpoint.on_save_error == "stop":
             raise TrainingError(f"{error}; {where}") from None
         if self.chief:

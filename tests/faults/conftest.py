@@ -111,7 +111,8 @@ def render(results: dict) -> str:
     for area, rows in by_area.items():
         if not rows:
             continue
-        lines += [f"## {area}", "", "| fault / input | tried | outcome | holds | case (run on) |", "|---|---|---|---|---|"]
+        lines += [f"## {area}", "", "| fault / input | tried | outcome | holds | case (run on) |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {_cell(row['case'])} | {_cell(row['tried'])} | {_cell(row['outcome'])} | {holds} | "
                   f"`{name}` ({date}) |" for row, holds, date, name in rows]
         lines.append("")

@@ -180,7 +180,7 @@ def test_decompression_bombs(tmp_path, capsys, record):
         assert main(["data", "build", f"tar:{tmp_path}/0.tar", str(out), "--workers", "1",
                      "--max-image-pixels", str(limit)]) == 0
         printed = capsys.readouterr().out
-        assert f"wrote 4 records" in printed and f"image too large: {len(bombs)}" in printed, printed
+        assert "wrote 4 records" in printed and f"image too large: {len(bombs)}" in printed, printed
     took = time.perf_counter() - started
     record("Bad inputs", "decompression bombs in `jaxvlm data build`", ", ".join(bombs),
            f"all skipped as \"image too large\" from their headers, with --max-image-pixels {MAX_PIXELS} and with "
@@ -280,7 +280,7 @@ def test_shards_of_zero_records(tmp_path, capsys, record):
     capsys.readouterr()
     with pytest.raises(InputError, match="hold no records"):
         open_source(f"arrayrecord:{tmp_path}/o3/*.array_record")
-    outcomes["ArrayRecord shards of zero records (every record bad)"] = "reading them: InputError \"... hold no records\""
+    outcomes["ArrayRecord shards of zero records (every record bad)"] = 'reading them: InputError "... hold no records"'
     print(outcomes)
     assert outcomes["an empty tar shard alone"].startswith("jaxvlm: error:") and "no records" in outcomes[
         "an empty tar shard alone"]
