@@ -121,10 +121,19 @@ class Model:
 
     def _sharded(self, fn):
         """jit(fn(params, batch)) with the batch split over the data mesh and params replicated."""
-        rows = NamedSharding(self.mesh, PartitionSpec("data"))
-        return jax.jit(fn, in_shardings=(NamedSharding(self.mesh, PartitionSpec()), rows), out_shardings=rows)
+        return jax.jit(fn, in_shardings=(NamedSharding(self.mesh, PartitionSpec()), self._rows),
+                       out_shardings=self._rows)
+
+    @property
+    def _rows(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec("data"))
 
     def _replicated(self, params):
+        if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(params)):
+            # a multi-host training state: every process gathers the whole parameters
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
         return jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
 
     def _chunked(self, fn, inputs: np.ndarray) -> np.ndarray:
@@ -135,7 +144,8 @@ class Model:
         for start in range(0, n, size):
             chunk = inputs[start:start + size]
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-            outs.append(np.asarray(fn(self.params, padded))[: len(chunk)])
+            # placed explicitly: with several processes, jit takes no numpy input for a split argument
+            outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[: len(chunk)])
         return np.concatenate(outs)
 
 
@@ -143,6 +153,5 @@ def load(directory, batch_size: int = 32, devices=None) -> Model:
     """Loads a converted or trained model directory (no network, no torch)."""
     directory = Path(directory)
     loaded = model_dir.load(directory)
-    return Model(loaded.config, jax.tree.map(jnp.asarray, loaded.params), loaded.preprocess,
-                 build_tokenizer(loaded.tokenizer, directory), provenance=loaded.provenance, directory=directory,
-                 batch_size=batch_size, devices=devices)
+    return Model(loaded.config, loaded.params, loaded.preprocess, build_tokenizer(loaded.tokenizer, directory),
+                 provenance=loaded.provenance, directory=directory, batch_size=batch_size, devices=devices)

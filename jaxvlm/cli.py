@@ -86,6 +86,16 @@ def cmd_eval(args) -> None:
     print(text, end="")
 
 
+def cmd_data_build(args) -> None:
+    from jaxvlm.data.build import build, summary
+
+    metadata = build(args.spec, args.out, split=args.split, data_dir=args.data_dir, image_key=args.image_key,
+                     text_key=args.text_key, label_key=args.label_key, text_templates=args.text_template or (),
+                     records_per_shard=args.records_per_shard, workers=args.workers,
+                     max_image_pixels=args.max_image_pixels)
+    print(summary(metadata, args.out))
+
+
 def cmd_train(args) -> int | None:
     if args.coordinator_address or args.multihost:
         _start_distributed(args)
@@ -213,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the result JSON (CLIP_benchmark's schema) here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_eval)
+
+    data = sub.add_parser("data", help="input data tools").add_subparsers(dest="data_command", required=True,
+                                                                        parser_class=_Parser)
+    p = data.add_parser("build", help="turn tar shards, an image folder or a TFDS dataset into ArrayRecord shards")
+    p.add_argument("spec", help='what to read: "tar:DIR/{00000..00099}.tar", "folder:DIR?captions=FILE.jsonl", '
+                                '"tfds:NAME" (docs/data.md)')
+    p.add_argument("out", type=Path, help="directory to create (must not exist, or be empty)")
+    p.add_argument("--split", default="train", help="TFDS split")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--image-key", default="image", help="TFDS image feature")
+    p.add_argument("--text-key", default="captions", help="TFDS caption feature")
+    p.add_argument("--label-key", default="label", help="TFDS ClassLabel feature")
+    p.add_argument("--text-template", action="append", help='caption template for label-only TFDS data, '
+                                                            'e.g. "a photo of a {}." (repeatable)')
+    p.add_argument("--records-per-shard", type=int, default=10_000)
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="larger images are skipped")
+    p.set_defaults(run=cmd_data_build)
 
     p = sub.add_parser("train", help="train or fine-tune from a config; the same command resumes",
                        epilog="Override any config field with --config.KEY=VALUE, e.g. --config.optimizer.lr=3e-4.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import ml_collections
 
@@ -69,6 +70,8 @@ def check_config(config) -> None:
     for field in ("source", "split", "image_key", "text_key", "label_key"):
         if not isinstance(config[field], str) or not config[field]:
             _fail(field, f"must be a non-empty string, got {config[field]!r}")
+    if config.data_dir is not None and not isinstance(config.data_dir, (str, os.PathLike)):
+        _fail("data_dir", f"must be a directory path or None, got {config.data_dir!r}")
     for entry in config.mixture:
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
                 and isinstance(entry[1], numbers.Real) and entry[1] > 0):

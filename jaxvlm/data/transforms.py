@@ -94,10 +94,27 @@ def captions(texts) -> list[str]:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
                 raise _Rejected("caption is not UTF-8") from None
+        elif not text.isascii():
+            try:  # text files are read with surrogateescape: undecodable bytes end up here
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Rejected("caption is not UTF-8") from None
         if not text.strip():
             raise _Rejected("empty caption")
         out.append(text)
     return out
+
+
+def checked_record(record: Record | BadRecord, max_pixels: int, need_texts: bool) -> Record | BadRecord:
+    """`record` with its captions as text once its image decodes fully, or why it is bad."""
+    if isinstance(record, BadRecord):
+        return record
+    try:
+        load_image(open_image(record.image, max_pixels))
+        texts = captions(record.texts) if need_texts or record.texts else []
+    except _Rejected as e:
+        return BadRecord(record.key, record.shard, e.reason, e.detail)
+    return dataclasses.replace(record, texts=tuple(texts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +140,9 @@ class ExampleTransform:
     with_texts: bool = False
     strict: bool = False
 
-    def __call__(self, record: Record, rng: np.random.Generator | None = None) -> dict | BadRecord:
+    def __call__(self, record: Record | BadRecord, rng: np.random.Generator | None = None) -> dict | BadRecord:
+        if isinstance(record, BadRecord):  # the source could not read it
+            return self._reject(record)
         try:
             example = {"image": self._image(record.image, rng)}
             if self.tokenizer is not None or self.with_texts:
@@ -134,13 +153,15 @@ class ExampleTransform:
                 if self.with_texts:
                     example["texts"] = texts
         except _Rejected as e:
-            bad = BadRecord(record.key, record.shard, e.reason, e.detail)
-            if self.strict:
-                raise InputError(bad.describe()) from None
-            return bad
+            return self._reject(BadRecord(record.key, record.shard, e.reason, e.detail))
         if self.with_label:
             example["label"] = np.int32(record.label)
         return example
+
+    def _reject(self, bad: BadRecord) -> BadRecord:
+        if self.strict:
+            raise InputError(bad.describe())
+        return bad
 
     def _image(self, data: bytes, rng: np.random.Generator) -> np.ndarray:
         img = open_image(data, self.max_image_pixels)

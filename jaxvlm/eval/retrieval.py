@@ -67,12 +67,16 @@ def top_k_indices(queries, candidates, k: int, *, block_size: int = 4096, mesh: 
     block_size = max(block_size, k)
     query_block = -(-min(block_size, len(queries)) // mesh.size) * mesh.size
     cand_block = min(block_size, len(candidates))
-    blocks = _pad_rows(candidates, cand_block).reshape(-1, cand_block, candidates.shape[1])
+    # placed explicitly: with several processes, jit takes no numpy input for a split argument
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    blocks = jax.device_put(_pad_rows(candidates, cand_block).reshape(-1, cand_block, candidates.shape[1]),
+                            NamedSharding(mesh, PartitionSpec()))
     fn = _top_k_fn(mesh, k)
     out = []
     for start in range(0, len(queries), query_block):
         chunk = queries[start:start + query_block]
-        out.append(np.asarray(fn(_pad_rows(chunk, query_block), blocks, np.int32(len(candidates))))[: len(chunk)])
+        found = fn(jax.device_put(_pad_rows(chunk, query_block), rows), blocks, np.int32(len(candidates)))
+        out.append(np.asarray(found)[: len(chunk)])
     return np.concatenate(out)
 
 

@@ -1,3 +1,4 @@
+import collections
 import io
 import itertools
 
@@ -10,7 +11,7 @@ import jaxvlm.data
 from jaxvlm.errors import InputError
 from jaxvlm.preprocess import preprocess
 
-from tests.data.conftest import PREPROCESS, batch_digest, example_digests
+from tests.data.conftest import PREPROCESS, SPOIL_REASONS, SPOILS, batch_digest, example_digests, spoil, tar_records
 
 
 def _direct_test_split(digits_dir):
@@ -122,14 +123,71 @@ def test_unbuilt_dataset_says_how_to_build_it(tmp_path):
         jaxvlm.data.class_names("tfds:jaxvlm_digits", data_dir=tmp_path)
 
 
-def test_workers_give_deterministic_batches(digits_config, tokenizer):
-    digits_config.worker_count = 2
-
-    def digests():
+def test_batches_do_not_depend_on_the_worker_count(digits_config, tokenizer):
+    def digests(workers):
+        digits_config.worker_count = workers
         it = jaxvlm.data.train_iterator(digits_config, preprocess=PREPROCESS, tokenizer=tokenizer,
                                         global_batch_size=8, seed=3)
         out = [batch_digest(b) for b in itertools.islice(it, 12)]
         it.close()
         return out
 
-    assert digests() == digests()
+    assert digests(2) == digests(0)
+
+
+@pytest.fixture
+def spoiled_tars(tmp_path):
+    """Four tar shards of 50 records, 10 of them (5%) bad in four different ways; the last is good."""
+    from jaxvlm.data.tar import write_tar_shard
+
+    records = tar_records(200)
+    bad = {i: SPOILS[n % len(SPOILS)] for n, i in enumerate(range(7, 199, 20))}
+    for i, how in bad.items():
+        records[i] = spoil(records[i], how)
+    for s in range(4):
+        write_tar_shard(tmp_path / f"{s}.tar", records[50 * s:50 * (s + 1)])
+    return f"tar:{tmp_path}/{{0..3}}.tar", bad
+
+
+def test_training_reads_through_bad_records_and_counts_them(digits_config, tokenizer, spoiled_tars, caplog):
+    spec, bad = spoiled_tars
+    digits_config.update(source=spec, shuffle=False)
+    it = jaxvlm.data.train_iterator(digits_config, preprocess=PREPROCESS, tokenizer=tokenizer,
+                                    global_batch_size=10, seed=0)
+    batches = [next(it) for _ in range(19)]  # the 190 good records of the first epoch
+    assert all(np.isfinite(b["image"]).all() and b["image"].shape == (10, 32, 32, 3) for b in batches)
+    assert it.skipped == collections.Counter(SPOIL_REASONS[how] for how in bad.values())
+    assert it.skipped.total() == 10
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping bad record")]
+    assert len(logged) == 5 and "'00007'" in logged[0] and "0.tar: corrupt image" in logged[0]
+    assert it.get_state()["skipped"] == dict(it.skipped)
+
+
+def test_strict_fails_naming_the_record_and_shard(digits_config, spoiled_tars):
+    spec, _ = spoiled_tars
+    digits_config.update(source=spec, shuffle=False, strict=True, worker_count=2)
+    it = jaxvlm.data.train_iterator(digits_config, preprocess=PREPROCESS, tokenizer=None, global_batch_size=10,
+                                    seed=0)
+    with pytest.raises(Exception, match=r"bad record '00007' in .*0.tar: corrupt image") as e:
+        next(it)
+    it.close()
+    assert isinstance(e.value, InputError)
+
+
+def test_mixture_follows_the_weights(tmp_path, digits_config):
+    from jaxvlm.data.tar import write_tar_shard
+
+    for name, label in (("a", b"0"), ("b", b"1")):
+        write_tar_shard(tmp_path / f"{name}.tar", [{**r, "cls": label} for r in tar_records(30)])
+    digits_config.mixture = ((f"tar:{tmp_path}/a.tar", 3.0), (f"tar:{tmp_path}/b.tar", 1.0))
+    digits_config.augment = "eval"
+    it = jaxvlm.data.train_iterator(digits_config, preprocess=PREPROCESS, tokenizer=None, global_batch_size=40,
+                                    seed=0)
+    labels = np.concatenate([next(it)["label"] for _ in range(5)])
+    assert (labels == 0).sum() == 150 and (labels == 1).sum() == 50
+
+
+def test_eval_never_skips_a_bad_record(spoiled_tars):
+    spec, _ = spoiled_tars
+    with pytest.raises(InputError, match=r"bad record '00007' in .*0.tar: corrupt image"):
+        list(jaxvlm.data.eval_batches(spec, "test", preprocess=PREPROCESS, batch_size=50))

@@ -11,19 +11,11 @@ from jaxvlm.data.transforms import ExampleTransform, random_resized_crop_box
 from jaxvlm.errors import InputError
 from jaxvlm.preprocess import PreprocessConfig, preprocess
 
-from tests.data.conftest import PREPROCESS
+from tests.data.conftest import PREPROCESS, encoded, photo
 
 
 def _photo(size=(96, 64)) -> Image.Image:
-    y, x = np.mgrid[: size[1], : size[0]]
-    rgb = np.stack([x * 255 // size[0], y * 255 // size[1], (x + y) % 256], -1).astype(np.uint8)
-    return Image.fromarray(rgb)
-
-
-def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    out = io.BytesIO()
-    img.save(out, fmt, **kwargs)
-    return out.getvalue()
+    return photo(0, size)
 
 
 def _png_bomb(width: int, height: int) -> bytes:
@@ -48,7 +40,7 @@ def test_crop_box_draws_like_random_resized_crop():
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_eval_transform_is_the_models_preprocess(fmt):
-    data = _encode(_photo(), fmt)
+    data = encoded(_photo(), fmt)
     cfg = PreprocessConfig(image_size=48, interpolation="bilinear")
     out = ExampleTransform(cfg, augment="eval")(Record("k", "s", data))
     expected = preprocess([Image.open(io.BytesIO(data))], cfg)[0]
@@ -60,13 +52,13 @@ def test_train_crop_of_whole_image_is_a_resize():
     img = _photo((64, 64))
     transform = ExampleTransform(PreprocessConfig(image_size=32), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
                                  flip=False)
-    out = transform(Record("k", "s", _encode(img, "PNG")), np.random.default_rng(0))
+    out = transform(Record("k", "s", encoded(img, "PNG")), np.random.default_rng(0))
     expected = preprocess([img.resize((32, 32), Image.Resampling.BICUBIC)], PreprocessConfig(image_size=32))[0]
     np.testing.assert_array_equal(out["image"], expected)
 
 
 def test_flip_and_randomness_follow_the_generator():
-    data = _encode(_photo(), "PNG")
+    data = encoded(_photo(), "PNG")
     transform = ExampleTransform(PREPROCESS, crop_scale=(1.0, 1.0), crop_ratio=(1.5, 1.5))
     images = [transform(Record("k", "s", data), np.random.default_rng(seed))["image"] for seed in range(8)]
     flipped = {bool(np.array_equal(images[0], im[:, ::-1])) for im in images[1:]}
@@ -77,7 +69,7 @@ def test_flip_and_randomness_follow_the_generator():
 
 
 def test_jpeg_draft_decodes_large_photos_at_reduced_scale():
-    data = _encode(_photo((1024, 768)), "JPEG", quality=95)
+    data = encoded(_photo((1024, 768)), "JPEG", quality=95)
     kwargs = dict(crop_scale=(0.9, 1.0), flip=False)
     fast = ExampleTransform(PREPROCESS, jpeg_draft=True, **kwargs)(Record("k", "s", data), np.random.default_rng(1))
     full = ExampleTransform(PREPROCESS, jpeg_draft=False, **kwargs)(Record("k", "s", data), np.random.default_rng(1))
@@ -89,7 +81,7 @@ def test_jpeg_draft_decodes_large_photos_at_reduced_scale():
 def test_captions_are_sampled_and_tokenised(tokenizer):
     captions = ("a photo of a one", "the digit 1", "a handwritten one")
     transform = ExampleTransform(PREPROCESS, tokenizer, with_texts=True, with_label=True)
-    record = Record("k", "s", _encode(_photo(), "PNG"), texts=tuple(c.encode() for c in captions), label=1)
+    record = Record("k", "s", encoded(_photo(), "PNG"), texts=tuple(c.encode() for c in captions), label=1)
     picked = set()
     for seed in range(20):
         out = transform(record, np.random.default_rng(seed))
@@ -100,7 +92,7 @@ def test_captions_are_sampled_and_tokenised(tokenizer):
 
 BAD = {
     "corrupt image": lambda: b"this is not an image",
-    "corrupt image ": lambda: _encode(_photo(), "JPEG")[:300],  # truncated
+    "corrupt image ": lambda: encoded(_photo(), "JPEG")[:300],  # truncated
     "image too large": lambda: _png_bomb(20000, 20000),
     "no image bytes": lambda: b"",
 }
@@ -113,7 +105,7 @@ def test_bad_images_become_bad_records(reason):
 
 
 def test_image_pixel_limit():
-    record = Record("big", "s", _encode(_photo((100, 100)), "PNG"))
+    record = Record("big", "s", encoded(_photo((100, 100)), "PNG"))
     out = ExampleTransform(PREPROCESS, max_image_pixels=9999)(record, np.random.default_rng(0))
     assert out.reason == "image too large" and "100x100" in out.detail
 
@@ -121,7 +113,7 @@ def test_image_pixel_limit():
 @pytest.mark.parametrize("texts, reason", [((), "no caption"), ((b"  ",), "empty caption"),
                                            ((b"ok", b"\xff\xfe caf\xe9"), "caption is not UTF-8")])
 def test_bad_captions_become_bad_records(tokenizer, texts, reason):
-    record = Record("k", "s", _encode(_photo(), "PNG"), texts=texts)
+    record = Record("k", "s", encoded(_photo(), "PNG"), texts=texts)
     assert ExampleTransform(PREPROCESS, tokenizer)(record, np.random.default_rng(0)).reason == reason
 
 

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from jaxvlm.errors import InputError
-from jaxvlm.eval import ProbeConfig, fit_logistic_regression, linear_probe
+from jaxvlm.eval import ProbeConfig, fit_logistic_regression
 from jaxvlm.eval.linear_probe import choose_l2, predict, split_validation
 
 
@@ -48,7 +48,7 @@ def test_same_minimum_as_scikit_learn(digits, l2):
 
 def test_the_search_picks_the_best_grid_value_on_validation(digits):
     x, y = digits
-    config = ProbeConfig(l2_min=1e-6, l2_max=1.0, grid=13, coarse=4)
+    config = ProbeConfig(l2_min=1e-6, l2_max=1e-2, grid=9, coarse=3, max_iter=300)
     train, val = split_validation(x, y, config)
     chosen = choose_l2(train, val, 10, config)
 
@@ -63,14 +63,6 @@ def test_the_search_picks_the_best_grid_value_on_validation(digits):
     neighbours = list(accuracies.values())[max(i - 1, 0):i + 2]
     assert accuracies[chosen] == max(neighbours)
     assert accuracies[chosen] > 0.9
-
-
-def test_linear_probe_reports_clip_benchmark_names(digits):
-    x, y = digits
-    metrics = linear_probe((x[:1200], y[:1200]), (x[1200:], y[1200:]), config=ProbeConfig(l2_max=1e-2, grid=9, coarse=3))
-    assert set(metrics) == {"lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "l2"}
-    print(metrics)
-    assert metrics["lp_acc1"] > 0.9
 
 
 def test_too_few_examples_to_hold_out():

