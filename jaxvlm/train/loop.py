@@ -29,7 +29,9 @@ from jaxvlm.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[int, dict], dict]  # (step, params) -> {name: value}, e.g. jaxvlm.eval.training_hook
+# (step, params) -> {name: value}, e.g. jaxvlm.eval.training_hook. params are the train state's global
+# arrays: with several processes, not every shard is on this process (process_allgather gathers them).
+Hook = Callable[[int, dict], dict]
 MODEL_DIR = "model"
 
 
@@ -181,14 +183,9 @@ class _Run:
         return metrics
 
     def _evaluate(self, step: int, state: TrainState) -> dict[str, float]:
-        params = state.params
-        if jax.process_count() > 1:  # the evaluators run on each process's own devices
-            from jax.experimental import multihost_utils
-
-            params = multihost_utils.process_allgather(params, tiled=True)
         results = {}
         for hook in self.hooks:
-            results.update({k: float(v) for k, v in hook(step, params).items()})
+            results.update({k: float(v) for k, v in hook(step, state.params).items()})
         if self.chief:
             self.log.write(step, results)
             self.progress.write(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
