@@ -144,23 +144,24 @@ def reference_run(tmp_path_factory, train_data):
 
 @pytest.fixture(scope="session")
 def train_in_process():
-    """``train(config, workdir, iterator)``: `jaxvlm.train.loop.train` on one device, with the
-    programs of equal configs built (and compiled) once for the session."""
+    """``train(config, workdir, iterator)``: `jaxvlm.train.loop.train` with its program built on
+    one device (whatever mesh the loop makes) and the programs of equal configs built (and
+    compiled) once for the session."""
     import jax
 
     from jaxvlm import parallel
     from jaxvlm.train import loop, program
 
     programs = {}
+    one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
 
     def cached_build(config, mesh):
         key = (config.model.to_json(), config.optimizer.to_json(), config.loss.to_json(), config.total_steps,
                config.global_batch_size, config.microbatches, config.seed, config.mesh.fsdp_min_size)
         if key not in programs:
-            programs[key] = program.build(config, mesh)
+            programs[key] = program.build(config, one_device)
         return programs[key]
 
-    mesh = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "build", cached_build)
-        yield lambda config, workdir, iterator: loop.train(config, workdir, iterator=iterator, mesh=mesh)
+        yield lambda config, workdir, iterator: loop.train(config, workdir, iterator=iterator)
