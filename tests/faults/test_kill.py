@@ -27,6 +27,9 @@ def kill_at(kind: str, process: runs.Run, resume: int, rng: random.Random) -> st
             return f"{delay:.1f} s after start"
         return None
     if kind == "training":
+        if resume + 1 > runs.STEPS - 1:  # resumed at the last step or after it: no training moment left
+            process.wait_for(lambda p: False)
+            return None
         target = rng.randint(resume + 1, runs.STEPS - 1)
         if process.wait_for(lambda p: target in p.logged_steps()):
             time.sleep(rng.uniform(0, 0.3))
