@@ -19,15 +19,16 @@ def _split_axes(mesh: Mesh | None):
 
 
 def _over_batch(fn, mesh: Mesh | None, rows: tuple, scalars: tuple):
-    """``fn(*rows, *scalars, axis_name)``: directly without a split batch, else under shard_map with
-    the rows split over the batch axes and the scalars replicated. check_vma is off: the kernels
-    then treat the gradient of the replicated result as shares that sum (see jaxvlm.kernels)."""
-    axes = _split_axes(mesh)
-    if not axes:
-        return fn(*rows, *scalars, None)
+    """``fn(*rows, *scalars, axis_name)``: directly on one device, else under shard_map with the
+    rows split over the batch axes (axis_name None when none is split) and the scalars replicated.
+    Every mesh axis is manual, the unsplit ones too: a Mosaic kernel cannot sit in a partly
+    automatic shard_map. check_vma is off: the kernels then treat the gradient of the replicated
+    result as shares that sum (see jaxvlm.kernels)."""
+    axes = _split_axes(mesh) or None
+    if mesh is None or mesh.size == 1:
+        return fn(*rows, *scalars, axes)
     return jax.shard_map(lambda *a: fn(*a, axes), mesh=mesh, in_specs=(P(axes),) * len(rows) + (P(),) * len(scalars),
-                         out_specs=P(), axis_names=set(axes if isinstance(axes, tuple) else (axes,)),
-                         check_vma=False)(*rows, *scalars)
+                         out_specs=P(), axis_names=set(mesh.axis_names), check_vma=False)(*rows, *scalars)
 
 
 def contrastive_loss(kind: str, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None = None, *,
