@@ -152,6 +152,12 @@ class Memory:
     code: int  # the compiled program
     total: int  # arguments + outputs not aliased to them + temporaries + code (memory_analysis())
 
+    @property
+    def other(self) -> int:
+        """The rest of the total: the arrays' padding to the chip's tiles, the step counters,
+        outputs that do not reuse an input's buffer."""
+        return self.total - self.params - self.optimizer - self.batch - self.temporaries - self.code
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -165,12 +171,12 @@ class Plan:
     needed: str  # when it does not fit: what XLA says it needs
     executed_flops: float  # per chip per step, recomputation (remat, gradient caching) included
     model_flops: float  # per chip per step, without recomputation
-    largest_batch: int | None  # None: not searched
+    largest_batch: tuple[int, int] | None  # (the largest global batch found to fit, the smallest found not to)
     seconds: float  # how long planning took
 
     @property
     def fits(self) -> bool:
-        return self.memory is not None and self.memory.total <= self.tpu.chip.hbm_bytes
+        return _fits(self.memory, self.tpu.chip)
 
     @property
     def step_seconds(self) -> float:
@@ -198,26 +204,36 @@ class _Step:
         with parallel.activate(self.mesh):
             return self.program.step.trace(self.program.state.abstract, self.program.abstract_batch(batch))
 
-    def compile(self, batch: int):
-        """(compiled program, "") or (None, XLA's reason) when it does not fit in HBM."""
+    def compile(self, batch: int, traced=None) -> tuple[Memory | None, str]:
+        """(its memory, "") or (None, XLA's reason) when the compiler finds it does not fit in HBM.
+        ``traced``: `trace(batch)`, if already done."""
         import jax
 
         try:
-            return self.trace(batch).lower().compile(), ""
+            compiled = (traced or self.trace(batch)).lower().compile()
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             return None, str(e).strip().splitlines()[0]
+        state, stats = self.program.state.abstract, compiled.memory_analysis()
+        return Memory(
+            params=_shard_bytes(state.params),
+            optimizer=_shard_bytes(state.opt_state),
+            batch=_shard_bytes(self.program.abstract_batch(batch)),
+            temporaries=stats.temp_size_in_bytes,
+            code=stats.generated_code_size_in_bytes,
+            total=(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+                   + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes),
+        ), ""
 
 
 def plan(config, tpu: TpuSlice, *, num_slices: int = 1, search: bool = False, tolerance: float = 1 / 16,
          log=lambda message: None) -> Plan:
-    """Plans ``config`` (a checked training config) on ``num_slices`` slices of ``tpu``: compiles
-    its train step at ``config.global_batch_size`` and, with ``search``, finds the largest global
-    batch that fits to within ``tolerance`` (relative) or one step of the batch's granularity."""
+    """Plans ``config`` (a training config) on ``num_slices`` slices of ``tpu``: checks it,
+    compiles its train step at ``config.global_batch_size`` and, with ``search``, finds the
+    largest global batch that fits, to within ``tolerance`` (relative) or one step of the batch's
+    granularity (batch shards x micro-batches)."""
     import time
-
-    import jax
 
     from jaxvlm import parallel
     from jaxvlm.flops import per_device_flops
@@ -232,39 +248,27 @@ def plan(config, tpu: TpuSlice, *, num_slices: int = 1, search: bool = False, to
     log(f"compiling the train step for {tpu.topology}{f' x {num_slices}' if num_slices > 1 else ''} "
         f"at global batch {batch}")
     traced = step.trace(batch)
+    memory, needed = step.compile(batch, traced)
     executed = per_device_flops(traced.jaxpr, len(devices))
-    compiled, needed = step.compile(batch)
-    memory = None if compiled is None else _memory(step, batch, compiled)
     model_flops = per_device_flops(_Step(_without_recomputation(config), mesh).trace(batch).jaxpr, len(devices))
     largest = None
     if search:
         unit = parallel.batch_size_per_shard(mesh) * config.microbatches
 
         def fits(units: int) -> bool:
-            log(f"  global batch {units * unit}: compiling")
-            found, _ = step.compile(units * unit)
-            return found is not None and _memory(step, units * unit, found).total <= tpu.chip.hbm_bytes
+            log(f"compiling at global batch {units * unit}")
+            return _fits(step.compile(units * unit)[0], tpu.chip)
 
-        fitted = memory is not None and memory.total <= tpu.chip.hbm_bytes
-        largest = unit * largest_fitting(fits, batch // unit, tolerance, known=fitted)
+        lo, hi = largest_fitting(fits, batch // unit, tolerance, known=_fits(memory, tpu.chip))
+        largest = (lo * unit, hi * unit)
     return Plan(model=_model_name(config), tpu=tpu, num_slices=num_slices, mesh=dict(mesh.shape),
                 global_batch_size=batch, microbatches=config.microbatches, memory=memory, needed=needed,
                 executed_flops=executed, model_flops=model_flops, largest_batch=largest,
                 seconds=time.perf_counter() - started)
 
 
-def _memory(step: _Step, batch: int, compiled) -> Memory:
-    state = step.program.state.abstract
-    stats = compiled.memory_analysis()
-    return Memory(
-        params=_shard_bytes(state.params),
-        optimizer=_shard_bytes(state.opt_state),
-        batch=_shard_bytes(step.program.abstract_batch(batch)),
-        temporaries=stats.temp_size_in_bytes,
-        code=stats.generated_code_size_in_bytes,
-        total=(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-               + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes),
-    )
+def _fits(memory: Memory | None, chip: Chip) -> bool:
+    return memory is not None and memory.total <= chip.hbm_bytes
 
 
 def _shard_bytes(tree) -> int:
@@ -287,10 +291,10 @@ def _model_name(config) -> str:
     return config.model.init_from or config.model.name
 
 
-def largest_fitting(fits, start: int, tolerance: float, *, known: bool | None = None) -> int:
-    """The largest n >= 1 with ``fits(n)`` (0 if none), for a ``fits`` that holds up to some n and
-    fails above it: doubling or halving from ``start`` brackets it, then bisection narrows the
-    bracket [lo, hi) until hi - lo == 1 or hi <= lo * (1 + tolerance). ``known``: ``fits(start)``."""
+def largest_fitting(fits, start: int, tolerance: float, *, known: bool | None = None) -> tuple[int, int]:
+    """(lo, hi): ``fits(lo)`` and not ``fits(hi)``, for a ``fits`` that holds up to some n >= 1 and
+    fails above it (lo 0: nothing fits). Doubling or halving from ``start`` brackets n, bisection
+    narrows the bracket until hi - lo == 1 or hi <= lo * (1 + tolerance). ``known``: ``fits(start)``."""
     lo = max(1, start)
     if fits(lo) if known is None else known:
         while fits(2 * lo):
@@ -301,11 +305,11 @@ def largest_fitting(fits, start: int, tolerance: float, *, known: bool | None = 
         while lo >= 1 and not fits(lo):
             hi, lo = lo, lo // 2
         if lo < 1:
-            return 0
+            return 0, hi
     while hi - lo > 1 and hi > lo * (1 + tolerance):
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return lo, hi
 
 
 def format_table(p: Plan) -> str:
@@ -326,20 +330,26 @@ def format_table(p: Plan) -> str:
     else:
         m = p.memory
         for label, value in (("parameters", m.params), ("optimizer state", m.optimizer), ("batch", m.batch),
-                             ("temporaries", m.temporaries), ("code", m.code), ("total", m.total)):
+                             ("temporaries", m.temporaries), ("code", m.code), ("padding, counters", m.other),
+                             ("total", m.total)):
             lines.append(f"  {label:<24}{value / GIB:>10.3f}")
         lines[-1] += (f"   of {chip.hbm_bytes / GIB:g} GiB HBM ({m.total / chip.hbm_bytes:.0%}): "
                       f"{'fits' if p.fits else 'DOES NOT FIT'}")
     lines += [
         "",
         f"{'FLOPs per chip per step':<26}{p.executed_flops:>10.3e} executed, {p.model_flops:.3e} model",
-        f"{'step time at peak':<26}{p.step_seconds:>10.4f} s ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)",
+        f"{'step time at peak':<26}{_duration(p.step_seconds):>10} ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)",
         f"{'MFU at that step time':<26}{p.mfu:>10.1%}",
     ]
     if p.largest_batch is not None:
-        lines.append(f"{'largest global batch':<26}{p.largest_batch:>10} (bisection over compiles)")
+        fits, fails = p.largest_batch
+        lines.append(f"{'largest global batch':<26}{fits:>10} (bisection over compiles: {fails} does not fit)")
     lines.append(f"{'planned in':<26}{p.seconds:>10.0f} s")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
 def to_json(p: Plan) -> str:
@@ -348,10 +358,12 @@ def to_json(p: Plan) -> str:
     record = {
         "model": p.model, "slice": p.tpu.name, "topology": p.tpu.topology, "num_slices": p.num_slices,
         "chips": p.tpu.chips * p.num_slices, "mesh": p.mesh, "global_batch_size": p.global_batch_size,
-        "microbatches": p.microbatches, "memory_bytes_per_chip": dataclasses.asdict(p.memory) if p.memory else None,
+        "microbatches": p.microbatches,
+        "memory_bytes_per_chip": {**dataclasses.asdict(p.memory), "other": p.memory.other} if p.memory else None,
         "does_not_fit": p.needed or None, "hbm_bytes_per_chip": p.tpu.chip.hbm_bytes, "fits": p.fits,
         "executed_flops_per_chip": p.executed_flops, "model_flops_per_chip": p.model_flops,
         "peak_bf16_flops_per_chip": p.tpu.chip.peak_bf16_flops, "step_seconds_at_peak": p.step_seconds,
-        "mfu_at_peak": p.mfu, "largest_global_batch": p.largest_batch, "seconds": p.seconds,
+        "mfu_at_peak": p.mfu, "largest_global_batch": p.largest_batch and p.largest_batch[0],
+        "smallest_global_batch_not_fitting": p.largest_batch and p.largest_batch[1], "seconds": p.seconds,
     }
     return json.dumps(record, indent=2) + "\n"
