@@ -253,7 +253,7 @@ def plan(config, tpu: TpuSlice, *, num_slices: int = 1, search: bool = False, to
     model_flops = per_device_flops(_Step(_without_recomputation(config), mesh).trace(batch).jaxpr, len(devices))
     largest = None
     if search:
-        unit = parallel.batch_size_per_shard(mesh) * config.microbatches
+        unit = math.prod(mesh.shape[a] for a in parallel.BATCH_AXES) * config.microbatches
 
         def fits(units: int) -> bool:
             log(f"compiling at global batch {units * unit}")
