@@ -4,7 +4,9 @@ ImageNet zero-shot top-1; OpenAI's ViT-B/16: 68.3%). The B/32 recipe's optimizer
 weight decay 0.2, 2000 warmup steps, cosine); 196 image tokens instead of 49 make it about 3x
 the compute, so the towers are rematerialised ("dots": matmul outputs kept, the rest recomputed).
 
-Expected cost: COST
+Expected cost: 1.7e21 FLOPs (4.33 PFLOP a step x 390,625 steps; FLOPs: matrix multiplies executed,
+rematerialisation included, as `jaxvlm plan` counts them in the traced train step): 1024 v5p
+chip-hours at peak bf16, so about 32 hours on a v5p-128 (64 chips) at 50% MFU.
 
     jaxvlm train --config configs/clip_b16.py --workdir /mnt/runs/clip_b16 \\
         --config.data.source='tar:/data/laion400m/{00000..41407}.tar' --config.data.data_dir=/data/tfds

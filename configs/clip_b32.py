@@ -4,7 +4,9 @@ samples at a global batch of 32768 (open_clip reports 62.9% ImageNet zero-shot t
 ViT-B/32: 63.2%). AdamW (b2 0.98, eps 1e-6), lr 5e-4, weight decay 0.2 on weight matrices,
 2000 warmup steps then cosine; bf16 compute, float32 parameters.
 
-Expected cost: COST
+Expected cost: 5.7e20 FLOPs (1.45 PFLOP a step x 390,625 steps; FLOPs: matrix multiplies executed,
+rematerialisation included, as `jaxvlm plan` counts them in the traced train step): 343 v5p
+chip-hours at peak bf16, so about 11 hours on a v5p-128 (64 chips) at 50% MFU.
 
     jaxvlm train --config configs/clip_b32.py --workdir /mnt/runs/clip_b32 \\
         --config.data.source='tar:/data/laion400m/{00000..41407}.tar' --config.data.data_dir=/data/tfds

@@ -4,7 +4,9 @@ weights 1 and 2 as open_clip's CoCa defaults: open_clip's laion2b_s13b_b90k chec
 samples at a global batch of about 90k (here 90112 = 88 x 1024, so that it splits over any
 power-of-2 slice up to 1024 chips). AdamW lr 5e-4, weight decay 0.2, 2000 warmup steps, cosine.
 
-Expected cost: COST
+Expected cost: 1.3e21 FLOPs (9.04 PFLOP a step x 144,265 steps; FLOPs: matrix multiplies executed,
+rematerialisation included, as `jaxvlm plan` counts them in the traced train step): 790 v5p
+chip-hours at peak bf16, so about 12 hours on a v5p-256 (128 chips) at 50% MFU.
 
     jaxvlm train --config configs/coca_b32.py --workdir /mnt/runs/coca_b32 \\
         --config.data.source='tar:/data/laion2b/{000000..231349}.tar' --config.data.data_dir=/data/tfds

@@ -15,7 +15,9 @@ robustness to distribution shift:
     jaxvlm wise-ft models/vit-b-16 out/finetune/model --alpha 0.5 models/vit-b-16-wise-ft
     jaxvlm eval models/vit-b-16-wise-ft --task zeroshot --dataset tfds:cifar100 --data-dir /data/tfds
 
-Expected cost: COST
+Expected cost: 6.5e16 FLOPs (66 TFLOP a step x 977 steps; FLOPs: matrix multiplies executed,
+rematerialisation included, as `jaxvlm plan` counts them in the traced train step): 0.09 v5e
+chip-hours at peak bf16, a few minutes on a v5e-8 plus the evaluations.
 """
 
 from jaxvlm.train.config import base_config

@@ -9,7 +9,9 @@ v4 chips (a v4-8). Global batch 16k, gradient caching over 4 micro-batches, 65k 
 examples), Adam b2 0.95, lr 1e-3, weight decay 1e-4. The frozen tower's backward pass is dead
 code that XLA removes, so a step costs the image forward plus the text tower's training.
 
-Expected cost: COST
+Expected cost: 9.4e19 FLOPs (1.44 PFLOP a step x 65,000 steps; FLOPs: matrix multiplies executed,
+rematerialisation included, as `jaxvlm plan` counts them in the traced train step): 95 v4 chip-hours
+at peak bf16, so about 2 days on a v4-8 (4 chips) at 50% MFU.
 
     jaxvlm train --config configs/lit.py --workdir /mnt/runs/lit --config.model.init_from=models/siglip-b16 \\
         --config.data.source='tar:/data/cc12m/{00000..01242}.tar' --config.data.data_dir=/data/tfds
