@@ -143,6 +143,66 @@ def _start_distributed(args) -> None:
           f"{args.coordinator_address}", file=sys.stderr)
 
 
+def cmd_plan(args) -> None:
+    if args.json is not None and args.json.suffix != ".json":
+        raise InputError(f"--json must name a .json file, got {args.json}")
+    from jaxvlm import plan
+    from jaxvlm.train import config as train_config
+
+    config = train_config.load(args.config, args.overrides)
+    tpu = plan.parse_slice(args.topology)
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    result = plan.plan(config, tpu, num_slices=args.num_slices, search=args.largest_batch, log=log)
+    print(plan.format_table(result))
+    if args.json is not None:
+        _write_atomically(args.json, lambda f: f.write(plan.to_json(result).encode()))
+
+
+def cmd_launch_local(args) -> int:
+    from jaxvlm.launch import local
+    from jaxvlm.train import config as train_config
+
+    config = train_config.load(args.config, args.overrides)
+    train_config.check(config, args.processes * args.devices)  # before any process starts
+    train_args = ["train", "--config", str(args.config), "--workdir", str(args.workdir),
+                  *(f"--config.{item}" for item in args.overrides)]
+    return local.launch(train_args, processes=args.processes, devices=args.devices)
+
+
+def cmd_launch_tpu(args) -> None:
+    from jaxvlm import plan
+    from jaxvlm.launch import tpu
+    from jaxvlm.launch.gcloud import Slices
+
+    if args.num_slices < 1:
+        raise InputError(f"--num-slices must be >= 1, got {args.num_slices}")
+    slices = Slices(args.name, args.zone, args.project, args.num_slices, args.queued)
+    needs = {"create": ("slice",), "train": ("slice", "config", "workdir"), "run": ("slice", "config", "workdir"),
+             "exec": ("command",)}.get(args.action, ())
+    for option in needs:
+        if getattr(args, option) is None:
+            raise InputError(f"launch tpu {args.action} needs --{option}")
+    if args.action not in ("train", "run") and args.overrides:
+        raise InputError(f"unrecognized arguments: {' '.join(args.overrides)}")
+    chips = plan.parse_slice(args.slice) if args.slice else None
+    runner = tpu.Runner(args.dry_run)
+    if args.action in ("create", "run"):
+        tpu.create(runner, slices, chips, runtime_version=args.runtime_version, spot=args.spot)
+    if args.action in ("setup", "run"):
+        tpu.setup(runner, slices, args.source)
+    if args.action in ("train", "run"):
+        tpu.train(runner, slices, chips, args.config, args.workdir, args.overrides, source=args.source,
+                  follow=not args.detach)
+    if args.action == "logs":
+        tpu.logs(runner, slices)
+    if args.action == "stop":
+        tpu.stop(runner, slices)
+    if args.action == "exec":
+        tpu.run_everywhere(runner, slices, args.command)
+    if args.action == "delete" or (args.action == "run" and args.delete_after):
+        tpu.delete(runner, slices)
+
+
 def cmd_wise_ft(args) -> None:
     from jaxvlm.train.wise_ft import interpolate
 
@@ -252,7 +312,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, help="multi-host: this process's index")
     p.add_argument("--multihost", action="store_true", help="multi-host with the cluster's own settings (Cloud TPU)")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("plan", help="compile a training config's step ahead of time for a TPU slice and report "
+                                    "per-chip memory, FLOPs, step time, MFU and the largest batch that fits",
+                       epilog="Override any config field with --config.KEY=VALUE. Needs libtpu (the jax[tpu] extra); "
+                              "runs on any machine.")
+    p.add_argument("--config", type=Path, required=True, help="an ml_collections config file (configs/*.py)")
+    p.add_argument("--topology", required=True, help="a TPU slice: v5p-128 (TensorCores: 64 chips), v5e-256 (chips), "
+                                                     "v4-8, v6e-64, or a topology such as v5p:4x4x8")
+    p.add_argument("--num-slices", type=int, default=1, help="slices joined over the data-center network "
+                                                             "(the config's mesh.dcn must match)")
+    p.add_argument("--largest-batch", action="store_true", help="also find the largest global batch that fits, "
+                                                                "by bisection over compiles (several minutes more)")
+    p.add_argument("--json", type=Path, help="also write the plan as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(run=cmd_plan, takes_overrides=True)
+
+    launch = sub.add_parser("launch", help="run jaxvlm train on Cloud TPU slices (gcloud) or as local processes "
+                                           "(launch/README.md)")
+    launchers = launch.add_subparsers(dest="launcher", required=True, parser_class=_Parser)
+    p = launchers.add_parser("local", help="N local processes of jaxvlm train with CPU devices, joined by "
+                                           "jax.distributed (gloo): a pod run in miniature",
+                             epilog="Override any config field with --config.KEY=VALUE.")
+    p.add_argument("--processes", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--devices", type=int, default=1, help="CPU devices per process (default 1)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--workdir", type=Path, required=True)
+    p.set_defaults(run=cmd_launch_local, takes_overrides=True)
+
+    p = launchers.add_parser("tpu", help="create / set up / train on / delete Cloud TPU slices with gcloud",
+                             epilog="Actions: create, setup (copy and install this checkout on every worker), train "
+                                    "(start on every worker, stream worker 0's log), logs, stop, exec, delete, run "
+                                    "(create + setup + train). train and run take --config.KEY=VALUE overrides.")
+    p.add_argument("action", choices=("create", "setup", "train", "logs", "stop", "exec", "delete", "run"))
+    p.add_argument("name", help="the TPU VM (or queued resource) name")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--project", help="default: gcloud's configured project")
+    p.add_argument("--slice", help="one slice's type, as jaxvlm plan names it: v5p-128, v5e-256, v4-8, v6e-64")
+    p.add_argument("--num-slices", type=int, default=1, help="multi-slice: this many slices in one queued resource, "
+                                                             "nodes NAME-0, NAME-1, ...")
+    p.add_argument("--queued", action="store_true", help="create a queued resource even for one slice")
+    p.add_argument("--spot", action="store_true", help="Spot VMs (preemptible; resume with train)")
+    p.add_argument("--runtime-version", help="TPU VM software (default: the generation's JAX image)")
+    p.add_argument("--source", type=Path, default=Path("."), help="the jaxvlm checkout to copy (default: .)")
+    p.add_argument("--config", type=Path, help="train, run: a config file inside the checkout")
+    p.add_argument("--workdir", help="train, run: the run's directory on the workers, shared by all of them")
+    p.add_argument("--detach", action="store_true", help="train, run: do not stream worker 0's log")
+    p.add_argument("--delete-after", action="store_true", help="run: delete the slices when the job ends")
+    p.add_argument("--command", help="exec: the shell command to run on every worker")
+    p.add_argument("--dry-run", action="store_true", help="print every gcloud command instead of running it")
+    p.set_defaults(run=cmd_launch_tpu, takes_overrides=True)
 
     p = sub.add_parser("wise-ft", help="interpolate a zero-shot and a fine-tuned model directory (WiSE-FT)")
     p.add_argument("zero_shot", type=Path)
@@ -281,7 +391,7 @@ def _config_overrides(extra: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = build_parser().parse_known_args(argv)
-        if args.command == "train":
+        if getattr(args, "takes_overrides", False):
             args.overrides = _config_overrides(extra)
         elif extra:
             raise InputError(f"unrecognized arguments: {' '.join(extra)}")

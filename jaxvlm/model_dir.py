@@ -33,7 +33,7 @@ class ModelDir:
     preprocess: PreprocessConfig
     tokenizer: TokenizerConfig
     provenance: dict
-    params: dict  # nested tree of numpy arrays
+    params: dict | None  # nested tree of numpy arrays (None: loaded without weights)
 
 
 def check_output_dir(out: Path) -> None:
@@ -77,7 +77,9 @@ def save(out: Path, model: ModelDir, tokenizer_source: Path) -> None:
         raise
 
 
-def load(directory: Path) -> ModelDir:
+def load(directory: Path, *, weights: bool = True) -> ModelDir:
+    """The model directory at ``directory``; with ``weights`` False its params are None (the
+    architecture, preprocessing and tokenizer alone: config.json)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -93,16 +95,19 @@ def load(directory: Path) -> ModelDir:
         raise InputError(f"{config_path} is not a jaxvlm model config (format != '{FORMAT}')")
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{config_path}: unsupported format_version {config.get('format_version')!r}")
-    try:
-        flat = load_file(str(directory / WEIGHTS_FILE))
-    except FileNotFoundError:
-        raise InputError(f"model directory has no {WEIGHTS_FILE}: {directory}") from None
-    except SafetensorError as e:
-        raise InputError(f"damaged weights file {directory / WEIGHTS_FILE}: {e}") from None
+    params = None
+    if weights:
+        try:
+            flat = load_file(str(directory / WEIGHTS_FILE))
+        except FileNotFoundError:
+            raise InputError(f"model directory has no {WEIGHTS_FILE}: {directory}") from None
+        except SafetensorError as e:
+            raise InputError(f"damaged weights file {directory / WEIGHTS_FILE}: {e}") from None
+        params = flax.traverse_util.unflatten_dict(flat, sep="/")
     return ModelDir(
         config=ModelConfig.from_dict(config["model"]),
         preprocess=PreprocessConfig.from_dict(config["preprocess"]),
         tokenizer=TokenizerConfig.from_dict(config["tokenizer"]),
         provenance=config.get("provenance", {}),
-        params=flax.traverse_util.unflatten_dict(flat, sep="/"),
+        params=params,
     )

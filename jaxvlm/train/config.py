@@ -148,13 +148,52 @@ def override(config: ml_collections.ConfigDict, item: str) -> None:
         raise InputError(f"config key '{key}' is a {kind.__name__}; cannot use {raw!r} ({e})") from None
 
 
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Rejects keys `base_config` does not define, missing keys, and values whose type differs
+    from the default's (an int may stand for a float, a list for a tuple; None defaults take any
+    value). The data section is checked by `jaxvlm.data.check_config`."""
+    from jaxvlm.data.config import check_config as check_data
+
+    _check_fields(config, base_config(), "")
+    check_data(config.data)
+
+
+def _check_fields(config, defaults, prefix: str) -> None:
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise InputError(f"config key '{prefix[:-1]}' must be a section (ConfigDict), got {config!r}")
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise InputError(f"unknown config key '{prefix}{unknown[0]}'")
+    missing = sorted(set(defaults) - set(config))
+    if missing:
+        raise InputError(f"config is missing key '{prefix}{missing[0]}'")
+    for key, default in defaults.items():
+        value, name = config[key], prefix + key
+        if key == "data" and not prefix:
+            continue
+        if isinstance(default, ml_collections.ConfigDict):
+            _check_fields(value, default, f"{name}.")
+        elif default is not None and not _same_kind(value, default):
+            raise InputError(f"config key '{name}' must be a {type(default).__name__}, got {value!r}")
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
 def check(config: ml_collections.ConfigDict, devices: int) -> None:
-    """Rejects configs that cannot run on ``devices`` devices, before anything is built."""
+    """Rejects configs that cannot run on ``devices`` devices, before anything is built: unknown,
+    missing or mistyped fields (`check_fields`), bad values, impossible meshes, batches that do not
+    split over the data axes."""
     from jaxvlm import parallel
 
-    unknown = sorted(set(_leaves(config)) - set(_leaves(base_config())))
-    if unknown:  # a recipe that sets a misspelt field would otherwise be silently ignored
-        raise InputError(f"unknown config keys {unknown}: a recipe sets the fields of base_config(), it adds none")
+    check_fields(config)
     for key, value in _leaves(config).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"config key '{key}' is {value}; numbers in a config must be finite")

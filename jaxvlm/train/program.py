@@ -38,10 +38,12 @@ class ModelSpec:
     pretrained: dict | None  # nested numpy tree of a model directory
 
 
-def model_spec(cfg: ml_collections.ConfigDict) -> ModelSpec:
+def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> ModelSpec:
+    """``pretrained`` False: an ``init_from`` directory's architecture without its weights
+    (ahead-of-time planning needs shapes only)."""
     overrides = {"dtype": cfg.dtype, "remat": cfg.remat, "attention": cfg.attention}
     if cfg.init_from:
-        loaded = model_dir.load(Path(cfg.init_from))
+        loaded = model_dir.load(Path(cfg.init_from), weights=pretrained)
         return ModelSpec(loaded.config.replace(**overrides).validate(), loaded.preprocess, loaded.tokenizer,
                          Path(cfg.tokenizer_dir or cfg.init_from), loaded.params)
     arch = get_architecture(cfg.name)
@@ -85,8 +87,9 @@ class TrainProgram:
             return self.step(state, batch)
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainProgram:
-    spec = model_spec(config.model)
+def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = True) -> TrainProgram:
+    """``pretrained`` False: shapes only, for lowering (`init` then starts from scratch)."""
+    spec = model_spec(config.model, pretrained=pretrained)
     module = build_model(spec.config)
     boxed = abstract_params(module, spec.config)
     optimizer = optim.build(config.optimizer, flax.linen.unbox(boxed), config.total_steps)

@@ -1,0 +1,18 @@
+"""Launcher test helpers: the repository root and the jaxvlm_digits dataset, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    from jaxvlm.data.builders import build_digits
+
+    directory = tmp_path_factory.mktemp("tfds")
+    build_digits(directory)
+    return directory
