@@ -17,6 +17,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.stand_ins import hf_clip_dir, open_clip_coca_state
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
 REPO_URL = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
@@ -51,22 +53,11 @@ def test_committed_clean_with_badge_and_setup(path):
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
     """Tiny random checkpoints named as the real ones the notebooks download."""
-    import torch
-    import transformers
     from safetensors.torch import save_file
 
-    from tests.conftest import TINY_COCA, initialise_decoder_head
-
     directory = tmp_path_factory.mktemp("stand_ins")
-    torch.manual_seed(0)
-    tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
-    config = transformers.CLIPConfig(text_config=tower, vision_config={**tower, "image_size": 32, "patch_size": 8},
-                                     projection_dim=32)  # CLIP's vocabulary: the bundled BPE tokenizer applies
-    transformers.CLIPModel(config).save_pretrained(directory / "clip-vit-base-patch32")
-    import open_clip
-
-    coca = initialise_decoder_head(open_clip.CoCa(**TINY_COCA).eval())
-    save_file({k: v.contiguous() for k, v in coca.state_dict().items()}, directory / "coca.safetensors")
+    hf_clip_dir(directory / "clip-vit-base-patch32")
+    save_file(open_clip_coca_state(), directory / "coca.safetensors")
     return directory
 
 
