@@ -48,8 +48,9 @@ SUBSTITUTIONS = [
     (r"(?<![\w./])/data/", "data/"),
     (r"\{00000\.\.00999\}", "{00000..00001}"),
     (r"(--task captioning\s+--dataset \S+)", r"\1 --split test[:8]"),
-    (r"total_steps=\d+", "total_steps=2"),
-    (r"(jaxvlm train --config \S+)", r"\1 --config.total_steps=2"),
+    (r'"total_steps=\d+"', '"total_steps=2", "optimizer.warmup_steps=1"'),
+    (r"--config.total_steps=\d+", "--config.total_steps=2"),
+    (r"(jaxvlm train --config \S+)", r"\1 --config.total_steps=2 --config.optimizer.warmup_steps=1"),
     (r"127\.0\.0\.1:12355", "127.0.0.1:{port}"),
 ]
 # python blocks importing these get tests/conftest.py's fix for this machine's CPU torch next to
@@ -82,7 +83,8 @@ def read_blocks(document: Path) -> list[Block]:
         indent, fence = len(opening["indent"]), opening["fence"]
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(fence)
                     and not lines[j].strip()[len(fence):].strip()), len(lines))
-        body = "\n".join(line[indent:] if line[:indent].isspace() else line.lstrip() for line in lines[i + 1:end])
+        body = "\n".join(line[indent:] if line[:indent].isspace() or not indent else line.lstrip()
+                         for line in lines[i + 1:end])
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         marker = MARKER.match(before)
         blocks.append(Block(document, i + 1, opening["lang"].lower(), body + "\n", marker and marker["how"],
