@@ -69,7 +69,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.document.relative_to(REPO)}:{self.line}"
+        shown = self.document.relative_to(REPO) if self.document.is_relative_to(REPO) else self.document
+        return f"{shown}:{self.line}"
 
 
 def read_blocks(document: Path) -> list[Block]:
@@ -99,10 +100,10 @@ def doc_id(path: Path) -> str:
 
 # ---------------------------------------------------------------- every block says how it is checked
 
-@pytest.mark.parametrize("document", DOCUMENTS, ids=doc_id)
-def test_every_code_block_says_how_it_is_checked(document):
+def marking_problems(document: Path) -> list[str]:
     problems = []
-    for block in read_blocks(document):
+    blocks = read_blocks(document)
+    for block in blocks:
         if not block.language:
             problems.append(f"{block.where}: a fenced block needs a language (bash, python, json, text, ...)")
         elif block.language in CODE and block.how is None:
@@ -117,9 +118,35 @@ def test_every_code_block_says_how_it_is_checked(document):
         elif block.how == "substitute" and substituted(block.text, 0) == block.text:
             problems.append(f"{block.where}: no substitution applies: mark it run")
     markers = sum(bool(MARKER.match(line)) for line in document.read_text().splitlines())
-    if markers != sum(b.how is not None for b in read_blocks(document)):
-        problems.append(f"{doc_id(document)}: a doc-test comment is not directly before a code block")
+    if markers != sum(b.how is not None for b in blocks):
+        problems.append(f"{document.name}: a doc-test comment is not directly before a code block")
+    return problems
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=doc_id)
+def test_every_code_block_says_how_it_is_checked(document):
+    problems = marking_problems(document)
     assert not problems, "\n".join(problems)
+
+
+def test_unmarked_and_badly_marked_blocks_are_caught(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("\n".join([
+        "```bash", "jaxvlm list", "```",                                             # no marker
+        "<!-- doc-test: parse-only -->", "```python", "x = 1", "```",                # no reason
+        "<!-- doc-test: substitute: sizes -->", "```bash", "jaxvlm list", "```",     # nothing to substitute
+        "<!-- doc-test: run -->", "```json", "{}", "```",                            # marker on data
+        "```", "plain", "```",                                                       # no language
+        "<!-- doc-test: run -->", "", "text between", "```text", "out", "```",     # dangling marker
+        "<!-- doc-test: run -->", "  ```python", "  import os", "  ```",            # fine, indented
+    ]))
+    problems = marking_problems(page)
+    print("\n".join(problems))
+    for line, words in [(1, "needs a comment"), (5, "say why"), (9, "no substitution"), (13, "doc-test 'run' on a json"),
+                        (16, "needs a language")]:
+        assert any(p.startswith(f"{page}:{line}:") and words in p for p in problems), (line, words)
+    assert problems[-1].endswith("a doc-test comment is not directly before a code block") and len(problems) == 6
+    assert read_blocks(page)[-1].text == "import os\n"
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=doc_id)
@@ -141,20 +168,17 @@ def commands(script: str, language: str) -> list[list[str]]:
     """The simple commands of a shell block, as tokens (a console block's are its `$ ` lines)."""
     if language == "console":
         script = "\n".join(line[2:] for line in script.splitlines() if line.startswith("$ "))
-    script = script.replace("\\\n", " ")
     out = []
-    for line in script.splitlines():
-        tokens = shlex.split(line, comments=True)
+    for line in script.replace("\\\n", " ").splitlines():
         current = []
-        for token in tokens + [";"]:
-            if token in (";", "&", "&&", "||", "|") or token.endswith(";"):
-                if token.endswith(";") and token != ";":
-                    current.append(token[:-1])
-                if current:
-                    out.append(current)
+        for token in shlex.split(line, comments=True) + [";"]:
+            ends = token in ("&", "&&", "||", "|") or token.endswith(";")
+            word = token.removesuffix(";") if token.endswith(";") else None if ends else token
+            if word:
+                current.append(word)
+            if ends and current:
+                out.append(current)
                 current = []
-            else:
-                current.append(token)
     return out
 
 
@@ -201,9 +225,9 @@ def check_parse_only(block: Block) -> None:
         return
     for tokens in commands(block.text, block.language):
         tokens = without_environment(tokens)
-        checks = {"jaxvlm": check_jaxvlm, "make": check_make, "pip": check_pip, "hf": check_hf, "python": check_python_command}
-        assert tokens[0] in checks, f"{block.where}: no parse-only check for `{tokens[0]}`: add one to tests/test_docs.py"
-        checks[tokens[0]](tokens)
+        assert tokens and tokens[0] in PARSE_CHECKS, (f"{block.where}: no parse-only check for `{' '.join(tokens)}`: "
+                                                     "add one to tests/test_docs.py")
+        PARSE_CHECKS[tokens[0]](tokens)
 
 
 def check_python(text: str, where: str) -> None:
@@ -261,6 +285,10 @@ def check_python_command(tokens: list[str]) -> None:
         check_python(tokens[2], "python -c")
     else:
         assert (REPO / tokens[1]).is_file(), f"no script {tokens[1]}"
+
+
+PARSE_CHECKS = {"jaxvlm": check_jaxvlm, "make": check_make, "pip": check_pip, "hf": check_hf,
+                "python": check_python_command}
 
 
 # ---------------------------------------------------------------- the stand-ins and running
