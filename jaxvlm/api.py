@@ -26,8 +26,11 @@ class Model:
 
     Embeddings come back as float32 numpy arrays, L2-normalised. Inputs are encoded in chunks
     of ``batch_size`` rows (the last chunk padded, so every call reuses one compiled program),
-    each chunk split over a 1-D data mesh of ``devices`` (all local devices by default) with the
-    parameters replicated. Chunks are rounded up to a multiple of the device count.
+    each chunk split over a 1-D data mesh of ``devices`` with the parameters replicated. Chunks are
+    rounded up to a multiple of the device count. By default ``devices`` are all local
+    accelerators, or one CPU device: CPU devices share the host's memory and cores, so a replica
+    per CPU device (e.g. simulated with --xla_force_host_platform_device_count) costs memory and
+    gains nothing.
 
     `jaxvlm.load` builds one from a model directory; the constructor takes the parts in memory
     (a training loop evaluating its current parameters), and `with_params` swaps parameters
@@ -42,7 +45,7 @@ class Model:
         self.provenance = provenance or {}
         self.module = build_model(config)
         self.batch_size = batch_size
-        self.mesh = Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ("data",))
+        self.mesh = Mesh(np.asarray(devices if devices is not None else default_devices()), ("data",))
         self.params = self._replicated(params)
         self._tokenizer = tokenizer
         self._generators: dict[GenerationConfig, object] = {}
@@ -152,6 +155,12 @@ class Model:
             # placed explicitly: with several processes, jit takes no numpy input for a split argument
             outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[: len(chunk)])
         return np.concatenate(outs)
+
+
+def default_devices() -> list:
+    """All local devices, or the first one when they are CPU devices (see `Model`)."""
+    devices = jax.local_devices()
+    return devices[:1] if devices[0].platform == "cpu" else devices
 
 
 def load(directory, batch_size: int = 32, devices=None) -> Model:

@@ -19,15 +19,17 @@ def _split_axes(mesh: Mesh | None):
 
 
 def _over_batch(fn, mesh: Mesh | None, rows: tuple, scalars: tuple):
-    """``fn(*rows, *scalars, axis_name)``: directly without a split batch, else under shard_map with
-    the rows split over the batch axes and the scalars replicated. check_vma is off: the kernels
-    then treat the gradient of the replicated result as shares that sum (see jaxvlm.kernels)."""
-    axes = _split_axes(mesh)
-    if not axes:
+    """``fn(*rows, *scalars, axis_name)``. On a mesh of several devices it runs under shard_map,
+    manual over every mesh axis (Mosaic kernels cannot be partitioned automatically): the rows
+    split over the batch axes of size > 1 (``axis_name``) and replicated over the others, the
+    scalars replicated. check_vma is off: the kernels then treat the gradient of the replicated
+    result as shares that sum (see jaxvlm.kernels)."""
+    if mesh is None or mesh.size == 1:
         return fn(*rows, *scalars, None)
-    return jax.shard_map(lambda *a: fn(*a, axes), mesh=mesh, in_specs=(P(axes),) * len(rows) + (P(),) * len(scalars),
-                         out_specs=P(), axis_names=set(axes if isinstance(axes, tuple) else (axes,)),
-                         check_vma=False)(*rows, *scalars)
+    axes = _split_axes(mesh)
+    row_spec = P(axes) if axes else P()
+    return jax.shard_map(lambda *a: fn(*a, axes or None), mesh=mesh, out_specs=P(), check_vma=False,
+                         in_specs=(row_spec,) * len(rows) + (P(),) * len(scalars))(*rows, *scalars)
 
 
 def contrastive_loss(kind: str, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None = None, *,

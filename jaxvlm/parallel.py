@@ -75,11 +75,6 @@ def create_mesh(ici: Mapping[str, int], dcn: Mapping[str, int] | None = None,
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def batch_size_per_shard(mesh: Mesh) -> int:
-    """How many devices the batch dimension is split over."""
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 

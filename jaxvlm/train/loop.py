@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from jaxvlm import data, parallel
+from jaxvlm.errors import InputError
 from jaxvlm.tokenizers import build_tokenizer
 from jaxvlm.train import TrainingError
 from jaxvlm.train import config as train_config
@@ -29,7 +30,9 @@ from jaxvlm.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[int, dict], dict]  # (step, params) -> {name: value}, e.g. jaxvlm.eval.training_hook
+# (step, params) -> {name: value}, e.g. jaxvlm.eval.training_hook. params are the train state's global
+# arrays: with several processes, not every shard is on this process (process_allgather gathers them).
+Hook = Callable[[int, dict], dict]
 MODEL_DIR = "model"
 
 
@@ -49,7 +52,7 @@ class Result:
 
 
 def train(config: ml_collections.ConfigDict, workdir: Path | str, *, hooks: Sequence[Hook] = (),
-          iterator: Iterator[dict] | None = None, mesh=None) -> Result:
+          iterator: Iterator[dict] | None = None) -> Result:
     """Trains (or resumes) the run of ``config`` in ``workdir``. Every process of a multi-host job
     calls this with the same arguments. ``iterator``: process-local batches with Grain's
     get_state / set_state (default: `jaxvlm.data.train_iterator` of ``config.data``); ``hooks``:
@@ -57,9 +60,12 @@ def train(config: ml_collections.ConfigDict, workdir: Path | str, *, hooks: Sequ
     the end."""
     workdir = Path(workdir)
     train_config.check(config, jax.device_count())
-    mesh = mesh or parallel.create_mesh(config.mesh, config.mesh.dcn)
-    program = build(config, mesh)
-    tokenizer = build_tokenizer(program.spec.tokenizer, program.spec.tokenizer_dir)
+    program = build(config, parallel.create_mesh(config.mesh, config.mesh.dcn))
+    spec = program.spec
+    if not (spec.tokenizer_dir / spec.tokenizer.file).is_file():
+        raise InputError(f"the model needs its tokenizer file {spec.tokenizer.file!r}, which is not in "
+                         f"{spec.tokenizer_dir}: set model.tokenizer_dir")
+    tokenizer = build_tokenizer(spec.tokenizer, spec.tokenizer_dir)
     if iterator is None:
         iterator = data.train_iterator(config.data, preprocess=program.spec.preprocess, tokenizer=tokenizer,
                                        global_batch_size=config.global_batch_size, seed=config.seed)
@@ -119,10 +125,10 @@ class _Run:
             state = self.program.init()
         start = int(state.step)
         self.last_saved = start
-        if start:
-            log.info("resuming %s at step %d", self.workdir, start)
         self.log = MetricsLog(self.workdir, start) if self.chief else None
         self.progress = Progress(config.total_steps, start, config.global_batch_size) if self.chief else None
+        if start and self.chief:
+            self.progress.write(f"resuming {self.workdir} from its checkpoint of step {start}")
         preemption = _Preemption()
         metrics: dict[str, float] = {}
         evaluation: dict[str, float] = {}
@@ -181,14 +187,9 @@ class _Run:
         return metrics
 
     def _evaluate(self, step: int, state: TrainState) -> dict[str, float]:
-        params = state.params
-        if jax.process_count() > 1:  # the evaluators run on each process's own devices
-            from jax.experimental import multihost_utils
-
-            params = multihost_utils.process_allgather(params, tiled=True)
         results = {}
         for hook in self.hooks:
-            results.update({k: float(v) for k, v in hook(step, params).items()})
+            results.update({k: float(v) for k, v in hook(step, state.params).items()})
         if self.chief:
             self.log.write(step, results)
             self.progress.write(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))

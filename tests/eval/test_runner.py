@@ -47,7 +47,7 @@ def spec(task, digits_dir, **kw):
 def test_padding_and_devices_never_change_a_metric(tiny_clip_dir, digits_dir):
     """Batches that divide the split (360 = 45 x 8) and that do not (7, 50), on 8 devices and on 1."""
     runs = {}
-    for batch_size, devices in [(45, None), (7, None), (50, jax.local_devices()[:1])]:
+    for batch_size, devices in [(45, jax.local_devices()), (7, jax.local_devices()), (50, jax.local_devices()[:1])]:
         model = jaxvlm.load(tiny_clip_dir, batch_size=batch_size, devices=devices)
         runs[batch_size] = {
             "features": _image_features(model, spec("zeroshot", digits_dir, batch_size=batch_size), "test",

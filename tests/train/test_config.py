@@ -68,4 +68,6 @@ def test_cli_rejects_bad_configs_with_one_line(tmp_path, capsys):
     assert "unrecognized argument: --batch=3" in capsys.readouterr().err
     assert main(["train", "--config", str(DEMO), "--workdir", str(tmp_path), "--config.model.name=tiny-kitten"]) == 2
     assert "unknown model 'tiny-kitten'" in capsys.readouterr().err
+    assert main(["train", "--config", str(DEMO), "--workdir", str(tmp_path), "--config.model.name=tiny-siglip"]) == 2
+    assert "the model needs its tokenizer file 'tokenizer.model'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was started

@@ -157,3 +157,18 @@ def test_nan_guard_skips_the_update(programs, curve):
     state, metrics = program.run_step(state, on_mesh(good, mesh))
     assert int(metrics["skipped"]) == 0 and int(state.nan_streak) == 0 and int(state.step) == 3
     assert not np.array_equal(before["txt"]["proj"]["kernel"], state.params["txt"]["proj"]["kernel"])
+
+
+def test_the_step_compiles_ahead_of_time_for_a_tpu_slice():
+    """A SigLIP step (bf16, 2 micro-batches, data 2 x fsdp 2) compiled on this CPU for a v5e 2x2
+    slice, with the fused Mosaic loss kernels in it: what `jaxvlm plan` builds on."""
+    from tests.kernels.tpu import MOSAIC_CALL, tpu_devices
+
+    config = tiny_config("tiny-siglip", {"model.dtype": "bfloat16", "microbatches": 2, "mesh.fsdp": 2})
+    program = build(config, parallel.create_mesh(config.mesh, devices=tpu_devices("v5e")))
+    compiled = program.lower(64).compile()
+    assert compiled.as_text().count(f'custom_call_target="{MOSAIC_CALL}"') > 0
+    memory = compiled.memory_analysis()
+    print(f"tiny-siglip on v5e:2x2: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB, "
+          f"temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB per chip")
+    assert memory.argument_size_in_bytes > 0
