@@ -1,4 +1,4 @@
-"""Docs that cannot rot: every code block of README.md and docs/*.md is run or checked.
+"""Docs that cannot rot: every code block of README.md, docs/*.md and launch/*.md is run or checked.
 
 A `bash`, `sh`, `console` or `python` block must be preceded by a comment saying how it is
 checked (docs/index.md explains them to writers):
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "launch").glob("*.md"))]
 CODE = {"bash", "sh", "console", "python"}
 HOW = ("run", "substitute", "parse-only")
 
@@ -52,6 +52,7 @@ SUBSTITUTIONS = [
     (r"--config.total_steps=\d+", "--config.total_steps=2"),
     (r"(jaxvlm train --config \S+)", r"\1 --config.total_steps=2 --config.optimizer.warmup_steps=1"),
     (r"127\.0\.0\.1:12355", "127.0.0.1:{port}"),
+    (r"(jaxvlm launch tpu [a-z]+)", r"\1 --dry-run"),  # the Cloud TPU launcher prints its gcloud commands
 ]
 # python blocks importing these get tests/conftest.py's fix for this machine's CPU torch next to
 # the PyPI torchvision, as the suite's own process does
@@ -192,14 +193,15 @@ def without_environment(tokens: list[str]) -> list[str]:
 
 def jaxvlm_args(tokens: list[str]):
     """(parsed arguments, config overrides) of a `jaxvlm ...` command, with jaxvlm's own parser
-    (a shell variable stands for 0)."""
+    (a shell variable stands for 0). Commands taking `--config FILE` (train, and whatever else runs a
+    training config) take `--config.KEY=VALUE` overrides too."""
     from jaxvlm.cli import _config_overrides, build_parser
 
     tokens = [re.sub(r"\$(\w+|\{[^}]*\})", "0", token) for token in tokens]
     args, extra = build_parser().parse_known_args(tokens[1:])
-    overrides = _config_overrides(extra) if args.command == "train" else []
-    assert args.command == "train" or not extra, f"unrecognised arguments: {extra}"
-    return args, overrides
+    takes_config = getattr(args, "config", None) is not None
+    assert takes_config or not extra, f"unrecognised arguments: {extra}"
+    return args, _config_overrides(extra) if takes_config else []
 
 
 def created_paths(blocks: list[Block]) -> set[str]:
@@ -243,7 +245,7 @@ def check_python(text: str, where: str) -> None:
 
 def check_jaxvlm(tokens: list[str]) -> None:
     args, overrides = jaxvlm_args(tokens)
-    if args.command == "train":  # the config file and every override are checked as `jaxvlm train` would
+    if getattr(args, "config", None) is not None:  # the config file and every override, as `jaxvlm train` checks them
         from jaxvlm.train import config as train_config
 
         train_config.load(REPO / args.config, overrides)
