@@ -332,7 +332,7 @@ def world(tmp_path_factory, spm_model_file):
                                      ("tiny-coca", "tiny-coca", 0)]:
         random_model_dir(root / name, architecture, seed)
     return {
-        "configs": REPO / "configs",
+        "configs": REPO / "configs", ".venv": Path(sys.executable).parents[1], "out/demo/model": root / "tiny-clip",
         "cat.jpg": root / "cat.jpg", "a.jpg": root / "a.jpg", "b.jpg": root / "b.jpg",
         "data/tfds": root / "tfds", "out/tfds": root / "tfds",
         "data/laion": root / "laion", "data/pets": root / "pets",
