@@ -331,8 +331,11 @@ def world(tmp_path_factory, spm_model_file):
     for name, architecture, seed in [("tiny-clip", "tiny-clip", 0), ("tiny-clip-1", "tiny-clip", 1),
                                      ("tiny-coca", "tiny-coca", 0)]:
         random_model_dir(root / name, architecture, seed)
+    venv = root / "venv"  # `make`'s .venv: its activate script puts this test's environment on PATH
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     return {
-        "configs": REPO / "configs", ".venv": Path(sys.executable).parents[1], "out/demo/model": root / "tiny-clip",
+        "configs": REPO / "configs", ".venv": venv, "out/demo/model": root / "tiny-clip",
         "cat.jpg": root / "cat.jpg", "a.jpg": root / "a.jpg", "b.jpg": root / "b.jpg",
         "data/tfds": root / "tfds", "out/tfds": root / "tfds",
         "data/laion": root / "laion", "data/pets": root / "pets",
