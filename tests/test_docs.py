@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "launch").glob("*.md"))]
 CODE = {"bash", "sh", "console", "python"}
+BLOCK_TIMEOUT_S = 300
 HOW = ("run", "substitute", "parse-only")
 
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
@@ -380,11 +382,18 @@ def run_block(block: Block, directory: Path) -> None:
             text = "\n".join(line[2:] for line in text.splitlines() if line.startswith("$ "))
         argv = ["bash", "-e", "-o", "pipefail", "-c", text]
     start = time.perf_counter()
-    done = subprocess.run(argv, cwd=directory, env=block_env(directory), capture_output=True, text=True,
-                          timeout=300)
-    print(f"{block.where} ({block.how}, {time.perf_counter() - start:.1f} s)\n{done.stdout[-1500:]}")
-    assert done.returncode == 0, (f"{block.where} failed (exit {done.returncode}):\n{text}\n--- stdout\n"
-                                  f"{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+    # a session of its own, so that a block running over its time is stopped with its background jobs
+    with subprocess.Popen(argv, cwd=directory, env=block_env(directory), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+    print(f"{block.where} ({block.how}, {time.perf_counter() - start:.1f} s)\n{stdout[-1500:]}")
+    assert process.returncode == 0, (f"{block.where} failed (exit {process.returncode}"
+                                     f"{', killed after %d s' % BLOCK_TIMEOUT_S if process.returncode == -9 else ''}"
+                                     f"):\n{text}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}")
 
 
 def documents_with_code() -> list[Path]:
