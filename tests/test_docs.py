@@ -50,6 +50,8 @@ SUBSTITUTIONS = [
     (r"(?<![\w./])/data/", "data/"),
     (r"\{00000\.\.00999\}", "{00000..00001}"),
     (r"(--task captioning\s+--dataset \S+)", r"\1 --split test[:8]"),
+    (r"--train-split train\b", "--train-split 'train[:300]'"),
+    (r"--config.global_batch_size=512\b", "--config.global_batch_size=64"),
     (r'"total_steps=\d+"', '"total_steps=2", "optimizer.warmup_steps=1"'),
     (r"--config.total_steps=\d+", "--config.total_steps=2"),
     (r"(jaxvlm train --config \S+)", r"\1 --config.total_steps=2 --config.optimizer.warmup_steps=1"),
