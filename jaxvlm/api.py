@@ -59,6 +59,11 @@ class Model:
         other.params = self._replicated(params)
         return other
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer (what `tokenize` calls), e.g. for `jaxvlm.data` pipelines."""
+        return self._tokenizer
+
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return self._tokenizer(texts)
 

@@ -71,19 +71,23 @@ def cmd_caption(args) -> None:
 def cmd_eval(args) -> None:
     if args.out is not None and args.out.suffix != ".json":
         raise InputError(f"--out must name a .json file, got {args.out}")
+    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
+        raise InputError(f"--plots must name a directory, got the file {args.plots}")
     import jaxvlm
-    from jaxvlm.eval.runner import EvalSpec, evaluate, model_name, result_json, result_record
+    from jaxvlm.eval.runner import EvalSpec, evaluate, model_name, picture_path, result_json, result_record
 
     generation = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
     spec = EvalSpec(task=args.task, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
                     data_dir=args.data_dir, prompts=args.prompts, recall_k=tuple(args.recall_k),
                     train_split=args.train_split, val_split=args.val_split, generation=generation)
     model = jaxvlm.load(args.model_dir, batch_size=args.batch_size)
-    metrics = evaluate(model, spec, progress=not args.quiet)
+    metrics = evaluate(model, spec, progress=not args.quiet, plots_dir=args.plots)
     text = result_json(result_record(spec, metrics, model=model_name(model), pretrained=str(args.model_dir)))
     if args.out is not None:
         _write_atomically(args.out, lambda f: f.write(text.encode()))
     print(text, end="")
+    if args.plots is not None:
+        print(f"wrote {picture_path(args.plots, spec)}", file=sys.stderr)
 
 
 def cmd_data_build(args) -> None:
@@ -283,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, text) in GENERATION_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"captioning: {text}")
     p.add_argument("--out", type=Path, help="also write the result JSON (CLIP_benchmark's schema) here")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="also draw a PNG here: the confusion matrix (zeroshot) "
+                                                             "or the top hits of a few captions (retrieval)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_eval)
 

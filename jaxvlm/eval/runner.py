@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from jaxvlm.errors import InputError
+from jaxvlm.eval import plots
 from jaxvlm.eval.captioning import captioning_metrics
+from jaxvlm.eval.classification import classification_metrics
 from jaxvlm.eval.linear_probe import ProbeConfig, linear_probe
 from jaxvlm.eval.prompts import PromptSet, dataset_name, find_prompt_set, from_class_names, load_prompt_set
-from jaxvlm.eval.retrieval import DEFAULT_KS, retrieval_metrics
-from jaxvlm.eval.zeroshot import zeroshot_classifier, zeroshot_metrics
+from jaxvlm.eval.retrieval import DEFAULT_KS, retrieval_metrics, top_k_indices
+from jaxvlm.eval.zeroshot import zeroshot_classifier, zeroshot_scores
 from jaxvlm.generation import GenerationConfig
 
 # jaxvlm's task names -> CLIP_benchmark's, which the result files carry
@@ -76,17 +79,42 @@ class EvalSpec:
         return self.name or dataset_name(self.dataset)
 
 
-def evaluate(model, spec: EvalSpec, *, progress: bool = False) -> dict[str, float]:
+# the tasks that draw a picture with `evaluate(..., plots=DIR)`, and the picture's name
+PICTURES = {"zeroshot": "confusion_matrix", "retrieval": "retrieval"}
+RETRIEVAL_QUERIES = 6  # text queries in the retrieval picture, spread over the split
+RETRIEVAL_HITS = 5  # images shown per query
+
+
+def evaluate(model, spec: EvalSpec, *, progress: bool = False, plots_dir: Path | str | None = None
+             ) -> dict[str, float]:
     """The metrics of one task on one split. Bad input (dataset, split, labels or captions missing,
-    prompt set, model) fails before the first batch is encoded."""
-    return _RUNNERS[spec.task](model, spec, progress)
+    prompt set, model) fails before the first batch is encoded. With ``plots_dir``,
+    zero-shot also draws its confusion matrix and retrieval a grid of top-k hits, as PNGs at
+    `picture_path(plots_dir, spec)`."""
+    if plots_dir is None:
+        return _RUNNERS[spec.task](model, spec, progress)
+    if spec.task not in PICTURES:
+        raise InputError(f"pictures are drawn for the {' and '.join(PICTURES)} tasks, not for {spec.task}")
+    return _RUNNERS[spec.task](model, spec, progress, picture=picture_path(plots_dir, spec))
 
 
-def _zeroshot(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+def picture_path(plots_dir: Path | str, spec: EvalSpec) -> Path:
+    """Where `evaluate` draws the picture of ``spec``: DIR/<dataset>_<split>_<picture>.png (a split
+    such as test[:64] written test_64)."""
+    split = re.sub(r"[^\w.-]+", "_", spec.split).strip("_")
+    return Path(plots_dir) / f"{dataset_name(spec.dataset)}_{split}_{PICTURES[spec.task]}.png"
+
+
+def _zeroshot(model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
     prompts = _prompt_set(spec)
     classifier = zeroshot_classifier(model, prompts)
     embeds, labels = _image_features(model, spec, spec.split, progress)
-    return zeroshot_metrics(embeds, labels, classifier)
+    scores = zeroshot_scores(embeds, classifier)
+    if picture is not None:
+        matrix = plots.confusion_matrix(labels, scores.argmax(axis=1), len(prompts.classes))
+        title = f"{model_name(model)} on {spec.dataset}:{spec.split}"
+        plots.save(plots.confusion_figure(matrix, prompts.classes, title), picture)
+    return classification_metrics(scores, labels)
 
 
 def _prompt_set(spec: EvalSpec) -> PromptSet:
@@ -111,7 +139,7 @@ def _class_names(spec: EvalSpec) -> list[str]:
     return class_names(spec.dataset, split=spec.split, data_dir=spec.data_dir)
 
 
-def _retrieval(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+def _retrieval(model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
     images, texts, text_image = [], [], []
     for batch, valid in _batches(model, spec, spec.split, "texts", progress):
         first_image = sum(len(x) for x in images)
@@ -122,8 +150,41 @@ def _retrieval(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
     if not texts:
         raise InputError(f"dataset {spec.dataset!r} split {spec.split!r} has no captions to retrieve")
     text_embeds = model.encode_text(model.tokenize(texts))
-    return retrieval_metrics(np.concatenate(images), text_embeds, np.asarray(text_image), spec.recall_k,
-                             mesh=model.mesh)
+    images, text_image = np.concatenate(images), np.asarray(text_image)
+    if picture is not None:
+        _draw_retrieval(model, spec, images, texts, text_embeds, text_image, picture)
+    return retrieval_metrics(images, text_embeds, text_image, spec.recall_k, mesh=model.mesh)
+
+
+def _draw_retrieval(model, spec: EvalSpec, image_embeds, texts, text_embeds, text_image, picture: Path) -> None:
+    """The top images of a few captions spread over the split; a hit is correct when it is the
+    caption's own image. The shown images are read again from the split (up to the last one)."""
+    queries = _spread_queries(texts, RETRIEVAL_QUERIES)
+    hits = top_k_indices(text_embeds[queries], image_embeds, RETRIEVAL_HITS, mesh=model.mesh)
+    pixels = _images_at(model, spec, set(hits.ravel().tolist()))
+    scores = np.einsum("qd,qkd->qk", text_embeds[queries], image_embeds[hits])
+    figure = plots.retrieval_figure([texts[q] for q in queries], [[pixels[i] for i in row] for row in hits],
+                                    correct=hits == text_image[queries, None], scores=scores)
+    plots.save(figure, picture)
+
+
+def _spread_queries(texts: Sequence[str], count: int) -> np.ndarray:
+    """Indices of ``count`` captions spread evenly over the split, each text shown once."""
+    firsts = np.asarray(sorted({text: i for i, text in reversed(list(enumerate(texts)))}.values()))
+    return firsts[np.unique(np.linspace(0, len(firsts) - 1, count).round().astype(int))]
+
+
+def _images_at(model, spec: EvalSpec, indices: set[int]) -> dict[int, np.ndarray]:
+    """{index: uint8 image} of the split's images at ``indices``, as the model saw them."""
+    found, start = {}, 0
+    for batch, valid in _batches(model, spec, spec.split, "texts", progress=False):
+        for i, image in enumerate(batch["image"][valid], start):
+            if i in indices:
+                found[i] = plots.viewable(image, model.preprocess_config)
+        start += int(valid.sum())
+        if len(found) == len(indices):
+            break
+    return found
 
 
 def _linear_probe(model, spec: EvalSpec, progress: bool) -> dict[str, float]:

@@ -18,6 +18,11 @@ def zeroshot_classifier(model, prompts: PromptSet) -> np.ndarray:
     return np.asarray(l2_normalize(per_class.mean(axis=1)))
 
 
+def zeroshot_scores(image_embeds, classifier) -> np.ndarray:
+    """[N, C] similarities of images [N, D] to class embeddings [C, D]."""
+    return np.asarray(jnp.asarray(image_embeds) @ jnp.asarray(classifier).T)
+
+
 def zeroshot_metrics(image_embeds, labels, classifier) -> dict[str, float]:
     """acc1 / acc5 / mean_per_class_recall of images [N, D] against class embeddings [C, D]."""
-    return classification_metrics(jnp.asarray(image_embeds) @ jnp.asarray(classifier).T, labels)
+    return classification_metrics(zeroshot_scores(image_embeds, classifier), labels)

@@ -62,11 +62,9 @@ def read(path: Path) -> list[dict]:
 
 
 def plot(metrics_path: Path, out: Path) -> None:
-    """Loss, learning-rate and accuracy curves (train and evaluation) of a metrics file as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss, learning-rate and accuracy curves (train and evaluation) of a metrics file as a PNG.
+    Drawn with matplotlib's object API: pyplot's global backend (a notebook's) stays as it was."""
+    from matplotlib.figure import Figure
 
     lines = read(metrics_path)
     panels = {
@@ -74,7 +72,8 @@ def plot(metrics_path: Path, out: Path) -> None:
         "learning rate": lambda k: k == "lr",
         "accuracy": lambda k: "acc" in k,
     }
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    fig = Figure(figsize=(5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels))
     for ax, (title, wanted) in zip(axes, panels.items()):
         keys = sorted({k for line in lines for k in line if k != "step" and wanted(k)})
         for key in keys:
@@ -89,7 +88,6 @@ def plot(metrics_path: Path, out: Path) -> None:
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.partial.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, out)
 
 
