@@ -15,14 +15,13 @@ $(INSTALLED): pyproject.toml
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
-# Until the training demo lands: build a small open_clip checkpoint (random weights: no
-# network here), convert it, and embed scikit-image's sample photos against a few captions.
+# Trains a tiny CLIP from scratch on scikit-learn's handwritten digits (built once as the
+# jaxvlm_digits TFDS dataset in out/tfds), on CPU, in a few minutes; evaluates zero-shot top-1 on
+# the held-out test split and prints where the model, checkpoints, logs and loss curves went.
 demo: $(INSTALLED)
 	rm -rf out/demo
-	$(PY) examples/demo_checkpoint.py out/demo
-	$(VENV)/bin/jaxvlm convert --from open_clip out/demo/open_clip.safetensors out/demo/model --model ViT-B-32
-	$(VENV)/bin/jaxvlm embed out/demo/model --images out/demo/astronaut.png out/demo/chelsea.png out/demo/coffee.png \
-		--texts "an astronaut" "a cat" "a cup of coffee" --out out/demo/embeddings.npz
+	$(PY) -c "from jaxvlm.data.builders import build_digits; build_digits('out/tfds')"
+	JAX_PLATFORMS=cpu $(VENV)/bin/jaxvlm train --config configs/demo.py --workdir out/demo --config.data.data_dir=out/tfds
 
 clean:
 	rm -rf $(VENV) out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import Sequence
@@ -9,37 +10,54 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvlm import model_dir
 from jaxvlm.errors import InputError
 from jaxvlm.generation import GenerationConfig, generator
-from jaxvlm.models import build_model
+from jaxvlm.models import ModelConfig, build_model
 from jaxvlm.models.two_tower import TwoTower, contrastive_logits
-from jaxvlm.preprocess import load_image, preprocess
-from jaxvlm.tokenizers import build_tokenizer
+from jaxvlm.preprocess import PreprocessConfig, load_image, preprocess
+from jaxvlm.tokenizers import Tokenizer, build_tokenizer
 
 
 class Model:
-    """A loaded model: its tokenizer, preprocessing and jitted encoders.
+    """A model: its tokenizer, preprocessing and jitted encoders.
 
     Embeddings come back as float32 numpy arrays, L2-normalised. Inputs are encoded in chunks
-    of ``batch_size`` (the last chunk padded, so every call reuses one compiled program).
+    of ``batch_size`` rows (the last chunk padded, so every call reuses one compiled program),
+    each chunk split over a 1-D data mesh of ``devices`` with the parameters replicated. Chunks are
+    rounded up to a multiple of the device count. By default ``devices`` are all local
+    accelerators, or one CPU device: CPU devices share the host's memory and cores, so a replica
+    per CPU device (e.g. simulated with --xla_force_host_platform_device_count) costs memory and
+    gains nothing.
+
+    `jaxvlm.load` builds one from a model directory; the constructor takes the parts in memory
+    (a training loop evaluating its current parameters), and `with_params` swaps parameters
+    while keeping the compiled programs.
     """
 
-    def __init__(self, loaded: model_dir.ModelDir, directory: Path, batch_size: int = 32):
-        self.directory = Path(directory)
-        self.config = loaded.config
-        self.preprocess_config = loaded.preprocess
-        self.tokenizer_config = loaded.tokenizer
-        self.provenance = loaded.provenance
-        self.params = jax.tree.map(jnp.asarray, loaded.params)
-        self.module = build_model(self.config)
+    def __init__(self, config: ModelConfig, params, preprocess_config: PreprocessConfig, tokenizer: Tokenizer, *,
+                 provenance: dict | None = None, directory=None, batch_size: int = 32, devices=None):
+        self.directory = Path(directory) if directory is not None else None
+        self.config = config
+        self.preprocess_config = preprocess_config
+        self.provenance = provenance or {}
+        self.module = build_model(config)
         self.batch_size = batch_size
-        self._tokenizer = build_tokenizer(loaded.tokenizer, self.directory)
+        self.mesh = Mesh(np.asarray(devices if devices is not None else default_devices()), ("data",))
+        self.params = self._replicated(params)
+        self._tokenizer = tokenizer
         self._generators: dict[GenerationConfig, object] = {}
 
     def __repr__(self) -> str:
         return f"Model({self.directory}, provenance={self.provenance})"
+
+    def with_params(self, params) -> "Model":
+        """The same model with other parameters (same tree and shapes): no recompilation."""
+        other = copy.copy(self)
+        other.params = self._replicated(params)
+        return other
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return self._tokenizer(texts)
@@ -83,9 +101,9 @@ class Model:
         cfg.validate(self.config)
         pixels = self._checked_pixels(pixels, "generate")
         if cfg not in self._generators:
-            self._generators[cfg] = generator(self.module, cfg, self.tokenizer_config.pad_id)
-        run, rng = self._generators[cfg], jax.random.key(cfg.seed)
-        ids = self._chunked(lambda params, x: run(params, x, rng)[0][:, 0], pixels)
+            run, rng = generator(self.module, cfg, self._tokenizer.pad_id), jax.random.key(cfg.seed)
+            self._generators[cfg] = self._sharded(lambda params, x: run(params, x, rng)[0][:, 0])
+        ids = self._chunked(self._generators[cfg], pixels)
         eot = self.config.decoder.eot_id
         return [self._tokenizer.decode(row[: list(row).index(eot)] if eot in row else row) for row in ids]
 
@@ -98,22 +116,51 @@ class Model:
 
     @functools.cached_property
     def _image_fn(self):
-        return jax.jit(lambda p, x: self.module.apply({"params": p}, x, method=TwoTower.encode_image))
+        return self._sharded(lambda p, x: self.module.apply({"params": p}, x, method=TwoTower.encode_image))
 
     @functools.cached_property
     def _text_fn(self):
-        return jax.jit(lambda p, x: self.module.apply({"params": p}, x, method=TwoTower.encode_text))
+        return self._sharded(lambda p, x: self.module.apply({"params": p}, x, method=TwoTower.encode_text))
+
+    def _sharded(self, fn):
+        """jit(fn(params, batch)) with the batch split over the data mesh and params replicated."""
+        return jax.jit(fn, in_shardings=(NamedSharding(self.mesh, PartitionSpec()), self._rows),
+                       out_shardings=self._rows)
+
+    @property
+    def _rows(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec("data"))
+
+    def _replicated(self, params):
+        if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(params)):
+            # a multi-host training state: every process gathers the whole parameters
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        return jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
 
     def _chunked(self, fn, inputs: np.ndarray) -> np.ndarray:
-        n, size = len(inputs), min(self.batch_size, len(inputs))
+        devices = self.mesh.size
+        n = len(inputs)
+        size = -(-min(self.batch_size, n) // devices) * devices
         outs = []
         for start in range(0, n, size):
             chunk = inputs[start:start + size]
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-            outs.append(np.asarray(fn(self.params, padded))[: len(chunk)])
+            # placed explicitly: with several processes, jit takes no numpy input for a split argument
+            outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[: len(chunk)])
         return np.concatenate(outs)
 
 
-def load(directory, batch_size: int = 32) -> Model:
+def default_devices() -> list:
+    """All local devices, or the first one when they are CPU devices (see `Model`)."""
+    devices = jax.local_devices()
+    return devices[:1] if devices[0].platform == "cpu" else devices
+
+
+def load(directory, batch_size: int = 32, devices=None) -> Model:
     """Loads a converted or trained model directory (no network, no torch)."""
-    return Model(model_dir.load(Path(directory)), Path(directory), batch_size=batch_size)
+    directory = Path(directory)
+    loaded = model_dir.load(directory)
+    return Model(loaded.config, loaded.params, loaded.preprocess, build_tokenizer(loaded.tokenizer, directory),
+                 provenance=loaded.provenance, directory=directory, batch_size=batch_size, devices=devices)

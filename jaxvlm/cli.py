@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from jaxvlm.errors import InputError
+from jaxvlm.train import TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +49,9 @@ def cmd_embed(args) -> None:
         arrays["text_embeds"] = model.encode_text(model.tokenize(args.texts))
     if len(arrays) == 2:
         arrays["logits"] = model.logits(arrays["image_embeds"], arrays["text_embeds"])
-    _write_npz_atomically(args.out, arrays)
+    import numpy as np
+
+    _write_atomically(args.out, lambda f: np.savez(f, **arrays))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
@@ -63,6 +66,86 @@ def cmd_caption(args) -> None:
     GenerationConfig(**options).validate(model.config)  # bad options fail before the images are read
     for path, caption in zip(args.images, model.generate(model.preprocess(args.images), **options)):
         print(f"{path}\t{caption}")
+
+
+def cmd_eval(args) -> None:
+    if args.out is not None and args.out.suffix != ".json":
+        raise InputError(f"--out must name a .json file, got {args.out}")
+    import jaxvlm
+    from jaxvlm.eval.runner import EvalSpec, evaluate, model_name, result_json, result_record
+
+    generation = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+    spec = EvalSpec(task=args.task, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
+                    data_dir=args.data_dir, prompts=args.prompts, recall_k=tuple(args.recall_k),
+                    train_split=args.train_split, val_split=args.val_split, generation=generation)
+    model = jaxvlm.load(args.model_dir, batch_size=args.batch_size)
+    metrics = evaluate(model, spec, progress=not args.quiet)
+    text = result_json(result_record(spec, metrics, model=model_name(model), pretrained=str(args.model_dir)))
+    if args.out is not None:
+        _write_atomically(args.out, lambda f: f.write(text.encode()))
+    print(text, end="")
+
+
+def cmd_data_build(args) -> None:
+    from jaxvlm.data.build import build, summary
+
+    metadata = build(args.spec, args.out, split=args.split, data_dir=args.data_dir, image_key=args.image_key,
+                     text_key=args.text_key, label_key=args.label_key, text_templates=args.text_template or (),
+                     records_per_shard=args.records_per_shard, workers=args.workers,
+                     max_image_pixels=args.max_image_pixels)
+    print(summary(metadata, args.out))
+
+
+def cmd_train(args) -> int | None:
+    if args.coordinator_address or args.multihost:
+        _start_distributed(args)
+    from jaxvlm.train import config as train_config
+    from jaxvlm.train.loop import train
+
+    config = train_config.load(args.config, args.overrides)
+    result = train(config, args.workdir)
+    import jax
+
+    if jax.process_index() != 0:
+        return PREEMPTED_EXIT_CODE if result.preempted else None
+    if result.preempted:
+        print(f"stopped by a preemption notice at step {result.step}; its checkpoint is saved in "
+              f"{args.workdir / 'checkpoints'}: run the same command to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    print(f"trained {result.step} steps; everything is in {args.workdir}:")
+    print(f"  model directory  {result.model_dir}  (jaxvlm.load, jaxvlm eval)")
+    print(f"  checkpoints      {args.workdir / 'checkpoints'}")
+    print(f"  metrics          {args.workdir / 'metrics.jsonl'}")
+    print(f"  tensorboard      {args.workdir / 'tensorboard'}  (tensorboard --logdir {args.workdir / 'tensorboard'})")
+    print(f"  loss curves      {args.workdir / 'curves.png'}")
+    if "loss" in result.metrics:
+        print(f"final loss {result.metrics['loss']:.4f}")
+    for name, value in result.evaluation.items():
+        print(f"{name} {value:.4f}")
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early, with a checkpoint to resume from
+
+
+def _start_distributed(args) -> None:
+    """jax.distributed for multi-host runs: explicit coordinator settings (local rehearsals use
+    127.0.0.1 and CPU devices, whose collectives then go over gloo) or the cluster's own."""
+    import jax
+
+    if args.multihost:
+        jax.distributed.initialize()
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise InputError("--coordinator-address needs --num-processes and --process-id")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def cmd_wise_ft(args) -> None:
+    from jaxvlm.train.wise_ft import interpolate
+
+    interpolate(args.zero_shot, args.fine_tuned, args.alpha, args.out)
+    print(f"wrote {args.out}")
 
 
 # GenerationConfig's fields (its defaults apply to those not given)
@@ -80,14 +163,13 @@ GENERATION_OPTIONS = {
 }
 
 
-def _write_npz_atomically(path: Path, arrays: dict) -> None:
-    import numpy as np
-
+def _write_atomically(path: Path, write) -> None:
+    """Calls ``write(binary_file)`` on a hidden sibling of ``path``, then renames it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -122,17 +204,92 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, text) in GENERATION_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
     p.set_defaults(run=cmd_caption)
+
+    p = sub.add_parser("eval", help="evaluate a model directory: zero-shot, retrieval, linear probe, captioning")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--task", required=True, choices=("zeroshot", "retrieval", "linear_probe", "captioning"))
+    p.add_argument("--dataset", required=True, help="data source, e.g. tfds:cifar10 or tfds:jaxvlm_digits")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per batch, split over the local devices")
+    p.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    p.add_argument("--prompts", help="zero-shot prompt set: a shipped set's name or a JSON file "
+                                     "(default: the dataset's own, else its class names)")
+    p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="retrieval: the k of recall@k")
+    p.add_argument("--train-split", default="train", help="linear probe: split to fit on")
+    p.add_argument("--val-split", help="linear probe: split to choose the regularisation on "
+                                       "(default: a held-out part of --train-split)")
+    for name, (kind, text) in GENERATION_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"captioning: {text}")
+    p.add_argument("--out", type=Path, help="also write the result JSON (CLIP_benchmark's schema) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_eval)
+
+    data = sub.add_parser("data", help="input data tools").add_subparsers(dest="data_command", required=True,
+                                                                        parser_class=_Parser)
+    p = data.add_parser("build", help="turn tar shards, an image folder or a TFDS dataset into ArrayRecord shards")
+    p.add_argument("spec", help='what to read: "tar:DIR/{00000..00099}.tar", "folder:DIR?captions=FILE.jsonl", '
+                                '"tfds:NAME" (docs/data.md)')
+    p.add_argument("out", type=Path, help="directory to create (must not exist, or be empty)")
+    p.add_argument("--split", default="train", help="TFDS split")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--image-key", default="image", help="TFDS image feature")
+    p.add_argument("--text-key", default="captions", help="TFDS caption feature")
+    p.add_argument("--label-key", default="label", help="TFDS ClassLabel feature")
+    p.add_argument("--text-template", action="append", help='caption template for label-only TFDS data, '
+                                                            'e.g. "a photo of a {}." (repeatable)')
+    p.add_argument("--records-per-shard", type=int, default=10_000)
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="larger images are skipped")
+    p.set_defaults(run=cmd_data_build)
+
+    p = sub.add_parser("train", help="train or fine-tune from a config; the same command resumes",
+                       epilog="Override any config field with --config.KEY=VALUE, e.g. --config.optimizer.lr=3e-4.")
+    p.add_argument("--config", type=Path, required=True, help="an ml_collections config file (configs/*.py)")
+    p.add_argument("--workdir", type=Path, required=True, help="checkpoints, logs and the final model go here")
+    p.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0's coordinator")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--multihost", action="store_true", help="multi-host with the cluster's own settings (Cloud TPU)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("wise-ft", help="interpolate a zero-shot and a fine-tuned model directory (WiSE-FT)")
+    p.add_argument("zero_shot", type=Path)
+    p.add_argument("fine_tuned", type=Path)
+    p.add_argument("--alpha", type=float, required=True, help="0: the zero-shot model, 1: the fine-tuned one")
+    p.add_argument("out", type=Path, help="model directory to create")
+    p.set_defaults(run=cmd_wise_ft)
     return parser
+
+
+def _config_overrides(extra: list[str]) -> list[str]:
+    """``--config.KEY=VALUE`` or ``--config.KEY VALUE`` arguments -> ["KEY=VALUE", ...]."""
+    overrides, items = [], iter(extra)
+    for item in items:
+        if not item.startswith("--config."):
+            raise InputError(f"unrecognized argument: {item}")
+        key, sep, value = item[len("--config."):].partition("=")
+        if not sep:
+            value = next(items, None)
+            if value is None:
+                raise InputError(f"{item} needs a value")
+        overrides.append(f"{key}={value}")
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        args.run(args)
+        args, extra = build_parser().parse_known_args(argv)
+        if args.command == "train":
+            args.overrides = _config_overrides(extra)
+        elif extra:
+            raise InputError(f"unrecognized arguments: {' '.join(extra)}")
+        return args.run(args) or 0
     except InputError as e:
         print(f"jaxvlm: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except TrainingError as e:
+        print(f"jaxvlm: training stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvlm.kernels import contrastive_gpu as cg
 from jaxvlm.kernels import flash_attention as fa
 from jaxvlm.kernels import sigmoid_loss as gl
 from jaxvlm.kernels import softmax_loss as sl
@@ -120,15 +121,19 @@ def softmax_contrastive_loss(x: jax.Array, y: jax.Array, scale, *, axis_name=Non
     """CLIP's loss: (CE over rows + CE over columns) / 2 of S = scale * x @ y.T, positives on the
     diagonal. x, y [N, D]; ``scale`` is exp(t).
 
-    With ``axis_name``, called inside shard_map over that axis: x and y are this device's rows and
-    the result is the global loss. "pallas" / "auto" on TPU: the fused kernels
-    (`jaxvlm.kernels.softmax_loss`), which never hold S; "xla" and other platforms: the jnp
-    reference (sharded: texts and images all-gathered, each device's rows and columns, a psum).
+    One device ("pallas" / "auto"): the fused kernels, which never hold S, on TPU (Mosaic,
+    `jaxvlm.kernels.softmax_loss`) and CUDA (Triton, `jaxvlm.kernels.contrastive_gpu`); "xla" and
+    other platforms: the jnp reference. With ``axis_name``, called inside shard_map over that axis:
+    x and y are this device's rows and the result is the global loss; the fused sharded kernels on
+    TPU, the jnp reference on GPU and elsewhere (texts and images all-gathered, each device's rows
+    and columns, a psum). See `_contrastive` for "pallas" on a CPU process.
     """
-    kernel = functools.partial(sl.sharded_softmax_loss, axis_name=axis_name) if axis_name else sl.softmax_loss
-    reference = functools.partial(_sharded_softmax_reference, axis_name=axis_name) if axis_name \
-        else sl.softmax_loss_reference
-    return _contrastive(kernel, reference, (x, y, scale), implementation)
+    args = (x, y, scale)
+    if axis_name:
+        return _contrastive(args, implementation, functools.partial(_sharded_softmax_reference, axis_name=axis_name),
+                            tpu=functools.partial(sl.sharded_softmax_loss, axis_name=axis_name))
+    return _contrastive(args, implementation, sl.softmax_loss_reference, tpu=sl.softmax_loss,
+                        cuda=cg.softmax_loss_gpu)
 
 
 def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, scale, bias, *, axis_name=None,
@@ -136,27 +141,34 @@ def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, scale, bias, *, axis_na
     """SigLIP's loss: mean over images of sum_j -log sigmoid(z_ij (scale * x_i . y_j + bias)),
     z = +1 on the diagonal, -1 elsewhere. x [N, D], y [M, D].
 
-    With ``axis_name`` (inside shard_map): local rows in, global loss out; "pallas" / "auto" on
-    TPU: the fused ring (`jaxvlm.kernels.sigmoid_loss`); "xla" and other platforms: the jnp
-    reference against all-gathered texts.
+    One device ("pallas" / "auto"): the fused kernels on TPU (`jaxvlm.kernels.sigmoid_loss`) and
+    CUDA (`jaxvlm.kernels.contrastive_gpu`); "xla" and other platforms: the jnp reference. With
+    ``axis_name`` (inside shard_map): local rows in, global loss out; the fused ring on TPU, the
+    jnp reference against all-gathered texts on GPU and elsewhere.
     """
-    kernel = functools.partial(gl.sharded_sigmoid_loss, axis_name=axis_name) if axis_name else gl.sigmoid_loss
-    reference = functools.partial(_sharded_sigmoid_reference, axis_name=axis_name) if axis_name \
-        else gl.sigmoid_loss_reference
-    return _contrastive(kernel, reference, (x, y, scale, bias), implementation)
+    args = (x, y, scale, bias)
+    if axis_name:
+        return _contrastive(args, implementation, functools.partial(_sharded_sigmoid_reference, axis_name=axis_name),
+                            tpu=functools.partial(gl.sharded_sigmoid_loss, axis_name=axis_name))
+    return _contrastive(args, implementation, gl.sigmoid_loss_reference, tpu=gl.sigmoid_loss,
+                        cuda=cg.sigmoid_loss_gpu)
 
 
-def _contrastive(kernel, reference, args, implementation: str):
-    """The Mosaic kernels run on TPU only; elsewhere "auto" means the reference. "pallas" on a CPU
-    process runs the kernels in Pallas's interpreter (for tests)."""
+def _contrastive(args, implementation: str, reference, *, tpu, cuda=None):
+    """``reference(*args)`` for "xla"; else the kernel of the platform the program is lowered for
+    (``tpu``; ``cuda`` when given), the reference on other platforms. "pallas" in a CPU process
+    adds a CPU branch for tests: a kernel in Pallas's interpreter, the Triton one where there is
+    one, else the Mosaic one. Only in a CPU process: every branch is traced, and the interpreter
+    cannot run under shard_map's check_vma."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"contrastive loss: implementation {implementation!r}; expected one of "
                          f"{', '.join(IMPLEMENTATIONS)}")
     if implementation == "xla":
         return reference(*args)
+    kernels = {"tpu": tpu} if cuda is None else {"tpu": tpu, "cuda": cuda}
     if implementation == "pallas" and jax.default_backend() == "cpu":
-        return kernel(*args, interpret=True)
-    return jax.lax.platform_dependent(*args, tpu=kernel, default=reference)
+        kernels["cpu"] = functools.partial(cuda or tpu, interpret=True)
+    return jax.lax.platform_dependent(*args, default=reference, **kernels)
 
 
 def _sharded_softmax_reference(x, y, scale, *, axis_name):

@@ -199,6 +199,16 @@ class ClipBpeTokenizer(Tokenizer):
         )
         self._word_ids = functools.lru_cache(maxsize=1 << 17)(self._word_ids_uncached)
 
+    # Pickled into Grain's worker processes: the word cache is per process, so it is rebuilt there.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_word_ids"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._word_ids = functools.lru_cache(maxsize=1 << 17)(self._word_ids_uncached)
+
     def _word_ids_uncached(self, word: str) -> tuple[int, ...]:
         # Only the exact lower-case literals are special; other spellings that the
         # case-insensitive pattern lets through are ordinary BPE words, as in the reference.

@@ -14,6 +14,7 @@ from jaxvlm import ops
 from jaxvlm.kernels import sigmoid_loss as gl
 from jaxvlm.kernels import softmax_loss as sl
 from jaxvlm.kernels.flash_attention import attention_reference
+from tests.kernels.gpu import lower_for_cuda, triton_kernels
 from tests.kernels.tpu import compile_for_tpu, mosaic_kernels, tpu_mesh
 
 
@@ -167,7 +168,10 @@ def test_contrastive_loss_dispatch_on_one_device(name, implementation):
     loss, reference, scalars = LOSSES[name]
     args = loss_inputs(37, 64, scalars)
     argnums = tuple(range(len(args)))
-    got = jax.jit(jax.value_and_grad(lambda *a: loss(*a, implementation=implementation), argnums))(*args)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda *a: loss(*a, implementation=implementation), argnums))
+    # "pallas" on CPU: the Triton kernels in the interpreter, which loops over their grids
+    assert ("stablehlo.while" in value_and_grad.lower(*args).as_text()) == (implementation == "pallas")
+    got = value_and_grad(*args)
     want = jax.value_and_grad(reference, argnums)(*args)
     error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
     print(f"\n{name} {implementation}: max abs error of loss and gradients {error:.1e}")
@@ -191,6 +195,30 @@ def test_contrastive_loss_inside_shard_map(name, implementation):
     error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
     print(f"\n{name} {implementation} on 8 devices: max abs error of loss and gradients {error:.1e}")
     assert error <= 1e-5
+
+
+@pytest.mark.parametrize("name, kernels", [("softmax", 4), ("sigmoid", 3)])
+@pytest.mark.parametrize("implementation", ["auto", "xla", "pallas"])
+def test_contrastive_loss_lowered_for_cuda(name, kernels, implementation):
+    """On one GPU "auto" and "pallas" run the Triton kernels, forward and backward (chosen for the
+    platform the program is lowered for: here CUDA, on this CPU host)."""
+    loss, _, scalars = LOSSES[name]
+    args = [jax.ShapeDtypeStruct((300, 768), jnp.bfloat16)] * 2 + [jax.ShapeDtypeStruct((), jnp.float32)] * scalars
+    fn = jax.value_and_grad(lambda *a: loss(*a, implementation=implementation), tuple(range(len(args))))
+    assert triton_kernels(lower_for_cuda(fn, *args)) == (0 if implementation == "xla" else kernels)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("implementation", ["auto", "pallas"])
+def test_sharded_contrastive_loss_is_the_reference_on_cuda(name, implementation):
+    loss, _, scalars = LOSSES[name]
+    mesh = jax.sharding.Mesh(jax.devices()[:8], ("data",))
+    rows = jax.ShapeDtypeStruct((8 * 100, 768), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+    sharded = jax.shard_map(lambda *a: loss(*a, axis_name="data", implementation=implementation), mesh=mesh,
+                            in_specs=(P("data"), P("data"), *[P()] * scalars), out_specs=P(),
+                            check_vma=False)  # "pallas" in a CPU process also traces the interpreted kernel
+    assert triton_kernels(lower_for_cuda(sharded, rows, rows, *[scalar] * scalars)) == 0
 
 
 def test_contrastive_loss_unknown_implementation():

@@ -36,7 +36,10 @@ REMAT_POLICIES = {
 
 
 def param_with_axes(init, *axes):
-    return nn.with_logical_partitioning(init, axes)
+    """``init`` whose output carries logical axis names. rules=() keeps flax from constraining the
+    initialiser's output under a mesh: DenseGeneral initialises a flattened kernel and would
+    constrain it by the unflattened names (google/flax#3676); shardings come from the names."""
+    return nn.with_logical_partitioning(init, axes, rules=())
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):

@@ -77,11 +77,12 @@ def test_large_logits_are_stable():
 # The device ring under shard_map.
 
 
-def ring(devices, check_vma, interpret):
+def ring(devices, check_vma, interpret, pass_rows=512):
     """The global loss of sharded x, y (replicated scale, bias) computed by the ring."""
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-    return jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data", interpret=interpret), mesh=mesh,
-                         in_specs=(P("data"), P("data"), P(), P()), out_specs=P(), check_vma=check_vma)
+    loss = lambda *a: sharded_sigmoid_loss(*a, axis_name="data", pass_rows=pass_rows, interpret=interpret)
+    return jax.shard_map(loss, mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=P(),
+                         check_vma=check_vma)
 
 
 # jax 0.10's HLO interpreter (interpret=True) cannot evaluate kernels on device-varying values, so
@@ -96,6 +97,18 @@ def test_ring_matches_single_device_reference(devices, n, d, check_vma, interpre
     x, y = embeddings(devices * n, devices * n, d, seed=devices + n)
     scale, bias = jnp.float32(7.0), jnp.float32(-4.0)
     got = jax.jit(jax.value_and_grad(ring(devices, check_vma, interpret), ARGS))(x, y, scale, bias)
+    assert_grads_close(got, reference_value_and_grad(x, y, scale, bias), 1e-5)
+
+
+@pytest.mark.parametrize("devices,n,check_vma,interpret", [
+    (4, 300, False, True),  # 3 passes of 128 texts, the last one ragged
+    (2, 200, True, pltpu.InterpretParams()),
+], ids=["4dev-3passes", "2dev-check_vma-2passes"])
+def test_ring_in_several_passes(devices, n, check_vma, interpret):
+    """Each device's texts go round in passes of pass_rows: the same loss and gradients."""
+    x, y = embeddings(devices * n, devices * n, 64, seed=n)
+    scale, bias = jnp.float32(7.0), jnp.float32(-4.0)
+    got = jax.jit(jax.value_and_grad(ring(devices, check_vma, interpret, pass_rows=128), ARGS))(x, y, scale, bias)
     assert_grads_close(got, reference_value_and_grad(x, y, scale, bias), 1e-5)
 
 
@@ -177,13 +190,42 @@ def test_compiles_for_tpu(generation, dtype):
 
     mesh = tpu_mesh(generation)
     size = mesh.devices.size
-    f = jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data"), mesh=mesh,
+    f = jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data", pass_rows=n // 2), mesh=mesh,
                       in_specs=(P("data"), P("data"), P(), P()), out_specs=P())
     args = (spec((size * n, d), dtype, P("data")), spec((size * n, d), dtype, P("data")),
             spec((), jnp.float32, P()), spec((), jnp.float32, P()))
     compiled = compile_for_tpu(jax.value_and_grad(f, ARGS), *args)
-    # forward: own chunk, loop body, last chunk; backward: the same three, two kernels each
-    assert mosaic_kernels(compiled) == 9
+    # forward: own texts, loop body, last step; backward: the same three, two kernels each; all of it
+    # once for the first pass and once in the loop over the other passes
+    assert mosaic_kernels(compiled) == 2 * 9
+
+
+def ring_temp_gib(topology, global_batch, d=1152):
+    """Per-chip temporary memory of the ring's loss + gradients, compiled for a TPU slice."""
+    from jax.experimental import topologies
+
+    try:
+        devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    except Exception as e:
+        pytest.skip(f"cannot describe TPU topology {topology}: {e}")
+    mesh = Mesh(np.array(devices), ("data",))
+    f = jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data"), mesh=mesh,
+                      in_specs=(P("data"), P("data"), P(), P()), out_specs=P(), check_vma=False)
+    rows = jax.ShapeDtypeStruct((global_batch, d), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+    compiled = compile_for_tpu(jax.value_and_grad(f, ARGS), rows, rows, scalar, scalar)
+    return compiled.memory_analysis().temp_size_in_bytes / 2**30
+
+
+def test_ring_memory_on_tpu_follows_the_local_batch():
+    """The issue's target: below 0.1 GiB per chip at 128k on 8 chips (D = 1152, bf16), and the same
+    memory for the same local batch on 8 and on 256 chips."""
+    at_128k = ring_temp_gib("v5p:2x2x2", 128 * 1024)
+    local_4096 = ring_temp_gib("v5p:2x2x2", 32 * 1024), ring_temp_gib("v5p:4x8x8", 1024 * 1024)
+    print(f"ring temp memory per chip: 128k on 8 chips {at_128k:.4f} GiB; local batch 4096 on 8 and 256 chips "
+          f"{local_4096[0]:.4f} and {local_4096[1]:.4f} GiB")
+    assert at_128k < 0.1
+    assert local_4096[0] == local_4096[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,235 @@
+"""The evaluation runner: one `EvalSpec` (task, dataset, split, ...) run against a `Model`.
+
+Embeddings are computed by the model (its batches split over all local devices, parameters
+replicated); the data pipeline pads the last batch and its "valid" mask drops the padding
+before any metric sees it. Results are written as CLIP_benchmark writes them (``dataset``,
+``model``, ``pretrained``, ``task``, ``metrics``, ``language``), so its result tables read
+them. `training_hook` runs the same evaluators on a training loop's in-memory parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxvlm.errors import InputError
+from jaxvlm.eval.captioning import captioning_metrics
+from jaxvlm.eval.linear_probe import ProbeConfig, linear_probe
+from jaxvlm.eval.prompts import PromptSet, dataset_name, find_prompt_set, from_class_names, load_prompt_set
+from jaxvlm.eval.retrieval import DEFAULT_KS, retrieval_metrics
+from jaxvlm.eval.zeroshot import zeroshot_classifier, zeroshot_metrics
+from jaxvlm.generation import GenerationConfig
+
+# jaxvlm's task names -> CLIP_benchmark's, which the result files carry
+TASKS = {
+    "zeroshot": "zeroshot_classification",
+    "retrieval": "zeroshot_retrieval",
+    "linear_probe": "linear_probe",
+    "captioning": "captioning",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    task: str  # one of TASKS
+    dataset: str  # a data source spec, e.g. "tfds:cifar10"
+    split: str = "test"
+    batch_size: int = 256
+    data_dir: str | None = None  # TFDS data directory (None: TFDS's default)
+    name: str | None = None  # prefix of the training hook's metric names (default: the dataset's name)
+    prompts: str | None = None  # zero-shot: a shipped prompt set's name or a JSON file (default: the dataset's)
+    recall_k: tuple[int, ...] = DEFAULT_KS  # retrieval
+    train_split: str = "train"  # linear probe: features to fit on
+    val_split: str | None = None  # linear probe: None holds out probe.val_fraction of train_split
+    probe: ProbeConfig = ProbeConfig()
+    generation: Mapping = dataclasses.field(default_factory=dict)  # captioning: GenerationConfig options
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise InputError(f"unknown task {self.task!r}: one of {', '.join(TASKS)}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"eval batch_size must be a positive integer, got {self.batch_size!r}")
+        object.__setattr__(self, "recall_k", tuple(self.recall_k))
+        if not self.recall_k or not all(isinstance(k, int) and k >= 1 for k in self.recall_k):
+            raise InputError(f"recall_k must be positive integers, got {list(self.recall_k)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "EvalSpec":
+        """From a mapping (e.g. an ml_collections ConfigDict's to_dict()); unknown keys are errors."""
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InputError(f"eval spec: unknown keys: {', '.join(unknown)}")
+        try:
+            if isinstance(d.get("probe"), Mapping):
+                d["probe"] = ProbeConfig(**d["probe"])
+            return cls(**d)
+        except TypeError as e:
+            raise InputError(f"eval spec: {e}") from None
+
+    @property
+    def metric_prefix(self) -> str:
+        return self.name or dataset_name(self.dataset)
+
+
+def evaluate(model, spec: EvalSpec, *, progress: bool = False) -> dict[str, float]:
+    """The metrics of one task on one split. Bad input (dataset, split, labels or captions missing,
+    prompt set, model) fails before the first batch is encoded."""
+    return _RUNNERS[spec.task](model, spec, progress)
+
+
+def _zeroshot(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+    prompts = _prompt_set(spec)
+    classifier = zeroshot_classifier(model, prompts)
+    embeds, labels = _image_features(model, spec, spec.split, progress)
+    return zeroshot_metrics(embeds, labels, classifier)
+
+
+def _prompt_set(spec: EvalSpec) -> PromptSet:
+    """The spec's prompt set, checked against the dataset's class names."""
+    names = _class_names(spec)
+    prompts = load_prompt_set(spec.prompts) if spec.prompts else find_prompt_set(spec.dataset)
+    if prompts is None:
+        return from_class_names(names)
+    if len(prompts.classes) != len(names):
+        raise InputError(f"prompt set {prompts.name!r} has {len(prompts.classes)} classes but dataset "
+                         f"{spec.dataset!r} has {len(names)}")
+    if prompts.labels is not None and list(prompts.labels) != list(names):
+        i = next(i for i, (a, b) in enumerate(zip(prompts.labels, names)) if a != b)
+        raise InputError(f"prompt set {prompts.name!r} does not match dataset {spec.dataset!r}: its class {i} is "
+                         f"{prompts.labels[i]!r}, the dataset's is {names[i]!r}")
+    return prompts
+
+
+def _class_names(spec: EvalSpec) -> list[str]:
+    from jaxvlm.data import class_names
+
+    return class_names(spec.dataset, split=spec.split, data_dir=spec.data_dir)
+
+
+def _retrieval(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+    images, texts, text_image = [], [], []
+    for batch, valid in _batches(model, spec, spec.split, "texts", progress):
+        first_image = sum(len(x) for x in images)
+        images.append(model.encode_image(batch["image"])[valid])
+        for i, captions in enumerate(_kept(batch["texts"], valid)):
+            texts.extend(captions)
+            text_image.extend([first_image + i] * len(captions))
+    if not texts:
+        raise InputError(f"dataset {spec.dataset!r} split {spec.split!r} has no captions to retrieve")
+    text_embeds = model.encode_text(model.tokenize(texts))
+    return retrieval_metrics(np.concatenate(images), text_embeds, np.asarray(text_image), spec.recall_k,
+                             mesh=model.mesh)
+
+
+def _linear_probe(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+    train = _image_features(model, spec, spec.train_split, progress)
+    val = _image_features(model, spec, spec.val_split, progress) if spec.val_split else None
+    test = _image_features(model, spec, spec.split, progress)
+    return linear_probe(train, test, val, spec.probe)
+
+
+def _captioning(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+    try:
+        GenerationConfig(**spec.generation).validate(model.config)
+    except TypeError as e:
+        raise InputError(f"captioning generation options: {e}") from None
+    candidates, references = [], []
+    for batch, valid in _batches(model, spec, spec.split, "texts", progress):
+        candidates.extend(_kept(model.generate(batch["image"], **spec.generation), valid))
+        references.extend(_kept(batch["texts"], valid))
+    return captioning_metrics(candidates, references)
+
+
+def _image_features(model, spec: EvalSpec, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    embeds, labels = [], []
+    for batch, valid in _batches(model, spec, split, "label", progress):
+        embeds.append(model.encode_image(batch["image"])[valid])
+        labels.append(batch["label"][valid])
+    return np.concatenate(embeds), np.concatenate(labels)
+
+
+def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> Iterator[tuple[dict, np.ndarray]]:
+    """(batch, valid mask) for every batch of the split. Batches keep their padding, so every one
+    has the same shape (one compiled program); callers drop the padding's outputs with the mask.
+    The first batch is read before the progress bar starts, so that a dataset lacking ``needs``
+    ("label" or "texts") is one clean error."""
+    from tqdm import tqdm
+
+    from jaxvlm import data
+
+    batches = data.eval_batches(spec.dataset, split, preprocess=model.preprocess_config, batch_size=spec.batch_size,
+                                data_dir=spec.data_dir)
+    first = next(batches, None)
+    if first is None:
+        raise InputError(f"dataset {spec.dataset!r} split {split!r} is empty")
+    if needs not in first:
+        what = "class labels" if needs == "label" else "captions"
+        raise InputError(f"dataset {spec.dataset!r} has no {what}: {spec.task} needs them")
+    with tqdm(desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}", unit=" batches", disable=not progress) as bar:
+        for batch in _chain(first, batches):
+            yield batch, np.asarray(batch["valid"], bool)
+            bar.update()
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _kept(items: list, valid: np.ndarray) -> list:
+    return [item for item, keep in zip(items, valid) if keep]
+
+
+_RUNNERS: dict[str, Callable] = {
+    "zeroshot": _zeroshot,
+    "retrieval": _retrieval,
+    "linear_probe": _linear_probe,
+    "captioning": _captioning,
+}
+
+
+def result_record(spec: EvalSpec, metrics: Mapping[str, float], *, model: str, pretrained: str) -> dict:
+    """A result in CLIP_benchmark's JSON schema (plus the split, which it leaves implicit)."""
+    return {"dataset": spec.dataset, "model": model, "pretrained": pretrained, "task": TASKS[spec.task],
+            "metrics": dict(metrics), "language": "en", "split": spec.split}
+
+
+def result_json(record: Mapping) -> str:
+    return json.dumps(record, indent=2) + "\n"
+
+
+def training_hook(config, preprocess_config, tokenizer, specs: Sequence[EvalSpec | Mapping], *,
+                  batch_size: int | None = None, devices=None) -> Callable[[int, object], dict[str, float]]:
+    """A ``hook(step, params) -> {"<prefix>/<metric>": value}`` running every spec's evaluation on
+    the given parameters; the training loop decides how often to call it. The model's compiled
+    encoders are built on the first call and reused (`Model.with_params`)."""
+    from jaxvlm.api import Model
+
+    specs = [s if isinstance(s, EvalSpec) else EvalSpec.from_dict(s) for s in specs]
+    if not specs:
+        raise InputError("training_hook needs at least one eval spec")
+    batch_size = batch_size or max(s.batch_size for s in specs)
+    model = None
+
+    def hook(step: int, params) -> dict[str, float]:
+        nonlocal model
+        if model is None:
+            model = Model(config, params, preprocess_config, tokenizer, batch_size=batch_size, devices=devices)
+        else:
+            model = model.with_params(params)
+        metrics = {}
+        for spec in specs:
+            metrics.update({f"{spec.metric_prefix}/{k}": v for k, v in evaluate(model, spec).items()})
+        return metrics
+
+    return hook
+
+
+def model_name(model) -> str:
+    """The architecture a model directory came from, as its provenance names it."""
+    return model.provenance.get("model") or (Path(model.directory).name if model.directory else "jaxvlm")

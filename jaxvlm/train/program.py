@@ -1,0 +1,124 @@
+"""From a training config and a mesh to the programs that run it: the model, its optimizer, the
+train state's shapes and shardings, the jitted ``init`` and ``step``. Built from shapes alone, so
+``step`` can be lowered and compiled ahead of time for any mesh (`TrainProgram.lower`) without
+data or a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from jaxvlm import model_dir, parallel
+from jaxvlm.errors import InputError
+from jaxvlm.models import build_model
+from jaxvlm.models.config import ModelConfig
+from jaxvlm.models.registry import get_architecture
+from jaxvlm.preprocess import PreprocessConfig
+from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
+from jaxvlm.train import optimizer as optim
+from jaxvlm.train.state import StateLayout, TrainState, abstract_params, layout, place
+from jaxvlm.train.step import Objective, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a run trains and exports: architecture, preprocessing, tokenizer (and where its file
+    is), and the pretrained parameters it starts from, if any."""
+
+    config: ModelConfig
+    preprocess: PreprocessConfig
+    tokenizer: TokenizerConfig
+    tokenizer_dir: Path
+    pretrained: dict | None  # nested numpy tree of a model directory
+
+
+def model_spec(cfg: ml_collections.ConfigDict) -> ModelSpec:
+    overrides = {"dtype": cfg.dtype, "remat": cfg.remat, "attention": cfg.attention}
+    if cfg.init_from:
+        loaded = model_dir.load(Path(cfg.init_from))
+        return ModelSpec(loaded.config.replace(**overrides).validate(), loaded.preprocess, loaded.tokenizer,
+                         Path(cfg.tokenizer_dir or cfg.init_from), loaded.params)
+    arch = get_architecture(cfg.name)
+    tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else CLIP_BPE_FILE.parent
+    return ModelSpec(arch.model.replace(**overrides).validate(), arch.preprocess, arch.tokenizer, tokenizer_dir, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    mesh: Mesh
+    spec: ModelSpec
+    module: flax.linen.Module
+    optimizer: optim.Optimizer
+    state: StateLayout
+    step: jax.stages.Wrapped  # jitted (state, batch) -> (state, metrics); donates the state
+    init_params: str  # regex: the parameters taken from spec.pretrained
+
+    def abstract_batch(self, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        sharding = parallel.batch_sharding(self.mesh)
+        size, context = self.spec.config.vision.image_size, self.spec.config.text.context_length
+        return {"image": jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.float32, sharding=sharding),
+                "text": jax.ShapeDtypeStruct((global_batch_size, context), jnp.int32, sharding=sharding)}
+
+    def lower(self, global_batch_size: int) -> jax.stages.Lowered:
+        """The train step lowered for abstract inputs: ``.compile()`` it for memory and cost analyses."""
+        with parallel.activate(self.mesh):
+            return self.step.lower(self.state.abstract, self.abstract_batch(global_batch_size))
+
+    def init(self) -> TrainState:
+        """A new train state, created directly sharded (pretrained parameters placed over it).
+        Traced without the mesh context: flax would constrain each initialiser's output by its
+        logical names, which DenseGeneral's reshaped kernels do not fit; out_shardings place it."""
+        state = self.state.init()
+        if self.spec.pretrained is None:
+            return state
+        return state.replace(params=_with_pretrained(state.params, self.state.abstract.params,
+                                                     self.spec.pretrained, self.init_params))
+
+    def run_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        with parallel.activate(self.mesh):
+            return self.step(state, batch)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainProgram:
+    spec = model_spec(config.model)
+    module = build_model(spec.config)
+    boxed = abstract_params(module, spec.config)
+    optimizer = optim.build(config.optimizer, flax.linen.unbox(boxed), config.total_steps)
+    state = layout(module, spec.config, boxed, optimizer.tx, mesh, seed=config.seed,
+                   fsdp_min_size=config.mesh.fsdp_min_size)
+    objective = Objective(loss=spec.config.loss, caption=spec.config.decoder is not None,
+                          contrastive_weight=config.loss.contrastive_weight, caption_weight=config.loss.caption_weight,
+                          pad_id=spec.tokenizer.pad_id, implementation=config.loss.implementation,
+                          batch_accuracy=config.loss.batch_accuracy)
+    step = make_train_step(module, optimizer.tx, objective, mesh=mesh, schedule=optimizer.schedule,
+                           trainable=optimizer.trainable, microbatches=config.microbatches,
+                           logit_scale_max=config.loss.logit_scale_max)
+    replicated = parallel.replicated(mesh)
+    jitted = jax.jit(step, in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
+                     out_shardings=(state.shardings, replicated), donate_argnums=0)
+    return TrainProgram(mesh, spec, module, optimizer, state, jitted, config.model.init_params)
+
+
+def _with_pretrained(params, abstract, pretrained: dict, pattern: str) -> dict:
+    """``params`` with the leaves whose names match ``pattern`` replaced by the pretrained ones."""
+    regex = optim.compile_regex(pattern, "model.init_params")
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    shapes = flax.traverse_util.flatten_dict(abstract, sep="/")
+    source = flax.traverse_util.flatten_dict(pretrained, sep="/")
+    taken = [name for name in flat if regex.fullmatch(name)]
+    if not taken:
+        raise InputError(f"model.init_params {pattern!r} matches no parameter")
+    for name in taken:
+        if name not in source:
+            raise InputError(f"model.init_from has no parameter {name}")
+        if source[name].shape != shapes[name].shape:
+            raise InputError(f"model.init_from's {name} has shape {source[name].shape}, the model needs "
+                             f"{shapes[name].shape}")
+        flat[name] = place(source[name], shapes[name])
+    return flax.traverse_util.unflatten_dict(flat, sep="/")

@@ -1,0 +1,76 @@
+"""The train state and its creation: built from shapes first (no data, no devices touched), so
+its shardings are known before anything is allocated, then initialised directly sharded by a
+jitted ``init`` whose out_shardings place every array on its devices."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxvlm import parallel
+from jaxvlm.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: batches consumed so far
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32 key data; step s uses fold_in(rng, s)
+    skipped: jax.Array  # int32: updates the NaN guard skipped, in total
+    nan_streak: jax.Array  # int32: ... in a row, up to this step
+
+
+def example_inputs(cfg: ModelConfig, batch: int = 1) -> tuple[jax.Array, jax.Array]:
+    size = cfg.vision.image_size
+    return jnp.zeros((batch, size, size, 3), jnp.float32), jnp.zeros((batch, cfg.text.context_length), jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Shapes and shardings of a train state, and the jitted function that creates it."""
+
+    abstract: TrainState  # ShapeDtypeStructs carrying their shardings
+    shardings: TrainState
+    init: Callable[[], TrainState]
+
+
+def abstract_params(module: nn.Module, cfg: ModelConfig) -> Any:
+    """The parameter tree as ShapeDtypeStructs wrapped in flax ``Partitioned`` boxes (logical names)."""
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(cfg))["params"])
+
+
+def layout(module: nn.Module, cfg: ModelConfig, boxed: Any, tx: optax.GradientTransformation, mesh: Mesh, *,
+           seed: int, fsdp_min_size: int) -> StateLayout:
+    """``boxed``: `abstract_params`' tree, whose logical names give the parameters' shardings."""
+    param_shardings = parallel.param_shardings(boxed, mesh, fsdp_min_size=fsdp_min_size)
+
+    def init() -> TrainState:
+        init_key, state_key = jax.random.split(jax.random.key(seed))
+        params = nn.unbox(module.init(init_key, *example_inputs(cfg))["params"])
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=jax.random.key_data(state_key),
+                          skipped=zero, nan_streak=zero)
+
+    shapes = jax.eval_shape(init)
+    replicated = parallel.replicated(mesh)
+    shardings = TrainState(
+        step=replicated, params=param_shardings,
+        opt_state=parallel.shardings_like_params(shapes.opt_state, shapes.params, param_shardings, mesh),
+        rng=replicated, skipped=replicated, nan_streak=replicated)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return StateLayout(abstract, shardings, jax.jit(init, out_shardings=shardings))
+
+
+def place(value: np.ndarray, like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A host array (the same on every process) as a global array with ``like``'s sharding."""
+    value = np.asarray(value, like.dtype)
+    return jax.make_array_from_callback(value.shape, like.sharding, lambda index: value[index])

@@ -1,0 +1,176 @@
+"""The train step: CLIP (softmax), SigLIP (sigmoid) and CoCa (contrastive + captioning)
+objectives, gradient accumulation over micro-batches, the NaN guard and the logit-scale clamp.
+
+Gradient accumulation for a contrastive loss cannot average micro-batch gradients: each
+micro-batch's loss would only see its own negatives. Instead (GradCache): embed every micro-batch
+without gradients, compute the loss of the whole batch and its gradient with respect to the
+embeddings, then run each micro-batch again and backpropagate that cached embedding gradient
+through the towers. The result is the full batch's gradient, at the activation memory of one
+micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxvlm import losses, parallel
+from jaxvlm.models.two_tower import l2_normalize
+from jaxvlm.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    loss: str  # "softmax" (CLIP) or "sigmoid" (SigLIP)
+    caption: bool  # CoCa: add the captioning loss
+    contrastive_weight: float = 1.0
+    caption_weight: float = 2.0
+    pad_id: int = 0  # the tokenizer's padding id: caption targets holding it are ignored
+    implementation: str = "auto"  # contrastive loss: auto, xla or pallas (see jaxvlm.ops)
+    batch_accuracy: bool = True  # log in-batch image->text top-1 accuracy (gathers the texts)
+
+
+def embed(module: nn.Module, params, batch: dict, rng, caption: bool):
+    """(image embeddings, text embeddings, caption logits or None); embeddings L2-normalised."""
+
+    def fn(model, images, ids):
+        pooled_image, image_tokens = model.img(images)
+        pooled_text, text_tokens = model.txt(ids)
+        caption_logits = model.dec(text_tokens, image_tokens)[0] if caption else None
+        return l2_normalize(pooled_image), l2_normalize(pooled_text), caption_logits
+
+    return module.apply({"params": params}, batch["image"], batch["text"], method=fn, rngs={"dropout": rng})
+
+
+def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None, microbatches: int = 1) -> Callable:
+    """``gradients(params, batch, rng) -> (loss, loss terms, image embeddings, text embeddings,
+    gradients)`` of the whole batch; with ``microbatches`` > 1 by gradient caching (see above)."""
+
+    def contrastive(zimg, ztxt, t, b):
+        return losses.contrastive_loss(objective.loss, zimg, ztxt, t, b, mesh=mesh,
+                                       implementation=objective.implementation)
+
+    def caption_tokens(batch):
+        return jnp.maximum(jnp.sum(batch["text"][:, 1:] != objective.pad_id), 1)
+
+    def total(terms):
+        value = objective.contrastive_weight * terms["contrastive_loss"]
+        if objective.caption:
+            value = value + objective.caption_weight * terms["caption_loss"]
+        return value
+
+    def full_batch(params, batch, rng):
+        def loss_fn(params):
+            zimg, ztxt, caption_logits = embed(module, params, batch, rng, objective.caption)
+            terms = {"contrastive_loss": contrastive(zimg, ztxt, params["t"], params.get("b"))}
+            if objective.caption:
+                nll, _ = losses.caption_nll(caption_logits, batch["text"], objective.pad_id)
+                terms["caption_loss"] = nll / caption_tokens(batch)
+            return total(terms), (terms, zimg, ztxt)
+
+        (loss, (terms, zimg, ztxt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, terms, zimg, ztxt, grads
+
+    def accumulated(params, batch, rng):
+        parts = jax.tree.map(lambda x: _split(x, microbatches, mesh), batch)
+        embeddings = lambda mb: embed(module, params, mb, rng, caption=False)[:2]
+        _, (zimg, ztxt) = jax.lax.scan(lambda _, mb: (None, embeddings(mb)), None, parts)
+        zimg, ztxt = _merge(zimg), _merge(ztxt)
+        t, b = params["t"], params.get("b")
+        closs, (gimg, gtxt, gt, gb) = jax.value_and_grad(contrastive, argnums=(0, 1, 2, 3))(zimg, ztxt, t, b)
+        weight = objective.contrastive_weight
+        tokens = caption_tokens(batch)
+
+        def backward(acc, xs):
+            mb, gimg_mb, gtxt_mb = xs
+
+            def surrogate(p):  # its gradient is this micro-batch's share of the full loss's
+                zi, zt, caption_logits = embed(module, p, mb, rng, objective.caption)
+                value = weight * (jnp.vdot(zi, gimg_mb) + jnp.vdot(zt, gtxt_mb))
+                nll = jnp.zeros((), jnp.float32)
+                if objective.caption:
+                    nll, _ = losses.caption_nll(caption_logits, mb["text"], objective.pad_id)
+                    value = value + objective.caption_weight * nll / tokens
+                return value, nll
+
+            grads, nll = jax.grad(surrogate, has_aux=True)(params)
+            return jax.tree.map(jnp.add, acc, (grads, nll)), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+        cached = (parts, _split(gimg, microbatches, mesh), _split(gtxt, microbatches, mesh))
+        (grads, nll), _ = jax.lax.scan(backward, zeros, cached)
+        grads["t"] = grads["t"] + weight * gt
+        if b is not None:
+            grads["b"] = grads["b"] + weight * gb
+        terms = {"contrastive_loss": closs}
+        if objective.caption:
+            terms["caption_loss"] = nll / tokens
+        return total(terms), terms, zimg, ztxt, grads
+
+    return full_batch if microbatches == 1 else accumulated
+
+
+def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objective: Objective, *,
+                    mesh: Mesh | None, schedule: optax.Schedule, trainable: Any, microbatches: int = 1,
+                    logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": f32 [B, H, W, 3],
+    "text": i32 [B, L]} (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
+    for frozen parameters (kept bitwise as they are). A step whose loss, gradient norm or new
+    parameters are not finite changes nothing but the step and the NaN-guard counters."""
+    compute = make_gradients(module, objective, mesh=mesh, microbatches=microbatches)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        loss, terms, zimg, ztxt, grads = compute(state.params, batch, rng)
+        grad_norm = optax.tree.norm(jax.tree.map(lambda g, keep: g if keep else None, grads, trainable))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u, keep: p + u.astype(p.dtype) if keep else p, state.params, updates,
+                              trainable)
+        if logit_scale_max is not None and trainable["t"]:
+            params["t"] = jnp.minimum(params["t"], logit_scale_max)
+        param_norm = optax.tree.norm(params)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+        keep_if_ok = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        metrics = {
+            "loss": loss, **terms,
+            "grad_norm": grad_norm,
+            "param_norm": param_norm,
+            "lr": schedule(state.step - state.skipped),
+            "logit_scale": jnp.exp(state.params["t"]),
+            "skipped": (~ok).astype(jnp.int32),
+        }
+        if "b" in state.params:
+            metrics["logit_bias"] = state.params["b"]
+        if objective.batch_accuracy:
+            metrics["batch_accuracy"] = losses.retrieval_accuracy(zimg, ztxt, mesh=mesh)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_ok(params, state.params),
+            opt_state=keep_if_ok(opt_state, state.opt_state),
+            skipped=state.skipped + (~ok),
+            nan_streak=jnp.where(ok, 0, state.nan_streak + 1),
+        )
+        metrics["nan_streak"] = new_state.nan_streak
+        return new_state, metrics
+
+    return step
+
+
+def _split(x: jax.Array, k: int, mesh: Mesh | None) -> jax.Array:
+    """[B, ...] -> [k, B/k, ...]: micro-batch i takes rows i, i + k, ..., so each device's rows
+    feed every micro-batch equally and no row changes device."""
+    x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+
+
+def _merge(x: jax.Array) -> jax.Array:
+    """The inverse of `_split`: [k, B/k, ...] -> [B, ...] in the original row order."""
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])

@@ -1,0 +1,42 @@
+"""WiSE-FT (Wortsman et al., 2022): the weights of a zero-shot model and of its fine-tuned copy,
+interpolated: theta = (1 - alpha) * theta_zero_shot + alpha * theta_fine_tuned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flax
+import numpy as np
+
+from jaxvlm import model_dir
+from jaxvlm.errors import InputError
+
+
+def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> None:
+    """Writes the model directory ``out``: architecture, preprocessing and tokenizer of the two
+    (which must agree), parameters interpolated with ``alpha`` in [0, 1] (0: the zero-shot model)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"--alpha must be in [0, 1], got {alpha}")
+    model_dir.check_output_dir(Path(out))
+    a, b = model_dir.load(Path(zero_shot)), model_dir.load(Path(fine_tuned))
+    for what in ("config", "preprocess", "tokenizer"):
+        if getattr(a, what) != getattr(b, what):
+            raise InputError(f"{zero_shot} and {fine_tuned} differ in their {what}: WiSE-FT needs two copies "
+                             "of one model")
+    flat_a = flax.traverse_util.flatten_dict(a.params, sep="/")
+    flat_b = flax.traverse_util.flatten_dict(b.params, sep="/")
+    only_one = sorted(set(flat_a) ^ set(flat_b))
+    if only_one:
+        raise InputError(f"parameter {only_one[0]} is in only one of {zero_shot} and {fine_tuned}")
+    mixed = {}
+    for name, value in flat_a.items():
+        if value.shape != flat_b[name].shape:
+            raise InputError(f"parameter {name} has shape {value.shape} in {zero_shot} and "
+                             f"{flat_b[name].shape} in {fine_tuned}")
+        mixed[name] = ((1.0 - alpha) * value.astype(np.float64) + alpha * flat_b[name].astype(np.float64)).astype(
+            np.float32)
+    provenance = {"source": "jaxvlm wise-ft", "zero_shot": str(zero_shot), "fine_tuned": str(fine_tuned),
+                  "alpha": alpha, "zero_shot_provenance": a.provenance, "fine_tuned_provenance": b.provenance}
+    result = model_dir.ModelDir(b.config, b.preprocess, b.tokenizer, provenance,
+                                flax.traverse_util.unflatten_dict(mixed, sep="/"))
+    model_dir.save(Path(out), result, Path(fine_tuned) / b.tokenizer.file)

@@ -1,0 +1,64 @@
+"""`jaxvlm wise-ft`: weight-space interpolation of a zero-shot and a fine-tuned model directory."""
+
+from __future__ import annotations
+
+import flax
+import numpy as np
+import pytest
+
+from jaxvlm import model_dir
+from jaxvlm.cli import main
+from jaxvlm.models.registry import get_architecture
+from jaxvlm.tokenizers import CLIP_BPE_FILE
+
+
+def write_model(path, seed: int, name: str = "tiny-clip"):
+    """A model directory of ``name`` with random parameters."""
+    import jax
+
+    from jaxvlm.models import build_model
+    from jaxvlm.train.state import abstract_params
+
+    arch = get_architecture(name)
+    rng = np.random.default_rng(seed)
+    shapes = flax.linen.unbox(abstract_params(build_model(arch.model), arch.model))
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+    model_dir.save(path, model_dir.ModelDir(arch.model, arch.preprocess, arch.tokenizer, {"seed": seed}, params),
+                   CLIP_BPE_FILE)
+    return flax.traverse_util.flatten_dict(params, sep="/")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wise")
+    return root, write_model(root / "zero_shot", 0), write_model(root / "fine_tuned", 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 1.0])
+def test_interpolates_every_parameter(pair, alpha, tmp_path):
+    root, a, b = pair
+    out = tmp_path / "mixed"
+    assert main(["wise-ft", str(root / "zero_shot"), str(root / "fine_tuned"), "--alpha", str(alpha), str(out)]) == 0
+    mixed = model_dir.load(out)
+    got = flax.traverse_util.flatten_dict(mixed.params, sep="/")
+    assert sorted(got) == sorted(a)
+    exact = {k: ((1 - alpha) * a[k].astype(np.float64) + alpha * b[k].astype(np.float64)) for k in a}
+    error = max(np.abs(got[k] - exact[k]).max() for k in a)
+    print(f"alpha {alpha}: max abs error against float64 {error:.2e}")
+    assert all(np.array_equal(got[k], exact[k].astype(np.float32)) for k in a)  # rounded once, from float64
+    if alpha in (0.0, 1.0):
+        assert all(np.array_equal(got[k], (a if alpha == 0 else b)[k]) for k in a)
+    assert mixed.provenance["alpha"] == alpha and mixed.provenance["fine_tuned_provenance"] == {"seed": 1}
+
+
+def test_bad_inputs(pair, tmp_path, capsys):
+    root, *_ = pair
+    other = tmp_path / "other"
+    write_model(other, 2, "tiny-clip-quickgelu")
+    args = lambda alpha, b=root / "fine_tuned", out=tmp_path / "out": [
+        "wise-ft", str(root / "zero_shot"), str(b), "--alpha", str(alpha), str(out)]
+    assert main(args(1.5)) == 2 and "--alpha must be in [0, 1]" in capsys.readouterr().err
+    assert main(args(0.5, other)) == 2 and "differ in their config" in capsys.readouterr().err
+    assert main(args(0.5, out=root / "zero_shot")) == 2 and "output exists" in capsys.readouterr().err
+    assert main(args(0.5, tmp_path / "missing")) == 2 and "not a jaxvlm model directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
