@@ -45,6 +45,16 @@ def import_open_clip():
     return torch, open_clip
 
 
+def perturbed(torch, model):
+    """``model`` in eval mode with every floating-point tensor but the logit scale moved off its
+    initial value, so that no zero- or one-initialised tensor hides a difference."""
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key != "logit_scale" and value.is_floating_point():
+                value.add_(0.02 * torch.randn_like(value))
+    return model.eval()
+
+
 def time_interleaved(methods: dict[Hashable, Callable[[], object]], repeats: int) -> tuple[dict, dict, dict]:
     """Runs each method once to warm up (compile), then times them all in turn ``repeats`` times,
     every other round in reverse order, so that load from other processes and the cost of

@@ -40,7 +40,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark: no accelerator
 import jax
 import numpy as np
 
-from harness import RESULTS_DIR, import_open_clip, metric, speedup, time_interleaved, write_results
+from harness import RESULTS_DIR, import_open_clip, metric, perturbed, speedup, time_interleaved, write_results
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.models import build_model
 from jaxvlm.models.registry import get_architecture
@@ -59,12 +59,8 @@ def open_clip_model(open_clip, torch, name: str):
     """open_clip's model ``name`` with random weights, every tensor moved off its initial value
     (so that no zero-initialised tensor hides a difference)."""
     torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY_CLIP) if name == SMOKE_MODEL else open_clip.create_model(name, pretrained=None)
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            if key != "logit_scale" and value.is_floating_point():
-                value.add_(0.02 * torch.randn_like(value))
-    return model.eval()
+    return perturbed(torch, open_clip.CLIP(**TINY_CLIP) if name == SMOKE_MODEL
+                     else open_clip.create_model(name, pretrained=None))
 
 
 def jaxvlm_encoders(name: str, params: dict, dtype: str, inputs: dict) -> dict:
