@@ -4,7 +4,8 @@ file every benchmark writes.
 A benchmark is a script ``benchmarks/<name>.py`` with a ``main()``; it writes
 ``benchmarks/results/<name>.json`` through `write_results`, which records the date, the machine
 and the library versions next to the benchmark's own numbers, and a ``summary``: the headline
-figures (`metric`), each with its target, that `run_all` charts and puts in the README's table.
+figures (`metric`), each with its target, that `run_all` charts and puts in the README's table,
+and any pod plan rows (`plan_row`), which go to a table of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -84,14 +86,21 @@ def metric(name: str, value: float, target: float | None = None, *, better: str 
     if better not in ("higher", "lower"):
         raise ValueError(f"metric {name!r}: better must be 'higher' or 'lower', not {better!r}")
     holds = None if target is None else (value >= target if better == "higher" else value <= target)
-    return {"name": name, "value": float(value), "target": target, "better": better, "unit": unit, "holds": holds}
+    return {"kind": "metric", "name": name, "value": float(value), "target": target, "better": better, "unit": unit, "holds": holds}
+
+
+def plan_row(recipe: str, chip: str, topology: str, per_chip_gib: float, mfu: float) -> dict:
+    """One row of a pod plan (``jaxvlm plan``'s estimate for a recipe on a slice), in a summary
+    next to the metrics: README's plan table shows it; ``mfu`` is a fraction (0.45 = 45%)."""
+    return {"kind": "plan", "recipe": recipe, "chip": chip, "topology": topology,
+            "per_chip_gib": float(per_chip_gib), "mfu": float(mfu)}
 
 
 def machine() -> dict:
     cpu = _cpuinfo()
     return {"platform": platform.platform(), "cpu": cpu.get("model name", platform.processor()),
             "cpu_count": os.cpu_count(), "cpu_features": [f for f in CPU_FEATURES if f in cpu.get("flags", "").split()],
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+            "load_average": [round(x, 2) for x in os.getloadavg()], "uptime": _uptime()}
 
 
 def versions() -> dict:
@@ -118,6 +127,14 @@ def write_results(name: str, result: dict, summary: list[dict], path: Path | Non
     staging.replace(path)
     print(f"wrote {path}")
     return path
+
+
+def _uptime() -> str | None:
+    """`uptime`'s line (users and load: other people's work on a shared machine), None without it."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _cpuinfo() -> dict:

@@ -37,7 +37,7 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 README = BENCHMARKS_DIR.parent / "README.md"
 NOT_BENCHMARKS = ("run_all", "harness")
 # The order to run them in: quick ones first; scripts not named here run after these, by name.
-ORDER = ("inference_cpu", "train_step_cpu", "generation", "compile_time", "contrastive_memory")
+ORDER = ("inference_cpu", "train_step_cpu", "generation", "compile_time", "pod_plan", "contrastive_memory")
 PLATFORMS = ("gpu", "tpu")
 TABLE_START, TABLE_END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 UNITS = {"x": "{:.2f}x", "GiB": "{:.3f} GiB", "s": "{:.1f} s", "%": "{:.1f}%"}
@@ -147,16 +147,35 @@ def describe_versions(versions: dict) -> str:
     return ", ".join(f"{label} {versions[key].split('+')[0]}" for key, label in shown if key in versions)
 
 
+def figures(record: dict) -> list[dict]:
+    """A summary's headline figures (`harness.metric`), without its pod plan rows."""
+    return [m for m in record["summary"] if m.get("kind", "metric") == "metric"]
+
+
+def plans(record: dict) -> list[dict]:
+    """A summary's pod plan rows (`harness.plan_row`)."""
+    return [row for row in record["summary"] if row.get("kind") == "plan"]
+
+
 def render_table(records: list[dict]) -> str:
-    """The README's performance table: one row per headline figure."""
+    """The README's performance table, one row per headline figure, followed by the pod plan
+    table (one row per recipe and slice) when a benchmark wrote plan rows."""
     lines = ["| benchmark | figure | measured | target | met | date | machine | versions |",
              "|---|---|---|---|---|---|---|---|"]
     for record in records:
-        for m in record["summary"]:
+        for m in figures(record):
             met = {True: "yes", False: "**no**", None: "–"}[m["holds"]]
             lines.append(f"| `{record['benchmark']}` | {m['name']} | {format_value(m['value'], m['unit'])} | "
                          f"{format_target(m)} | {met} | {record['date'][:10]} | "
                          f"{describe_machine(record.get('machine', {}))} | {describe_versions(record.get('versions', {}))} |")
+    planned = [(record, row) for record in records for row in plans(record)]
+    if planned:
+        lines += ["", "| benchmark | recipe | chip | topology | per-chip memory | MFU | date | versions |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for record, row in planned:
+            lines.append(f"| `{record['benchmark']}` | {row['recipe']} | {row['chip']} | {row['topology']} | "
+                         f"{format_value(row['per_chip_gib'], 'GiB')} | {format_value(100 * row['mfu'], '%')} | "
+                         f"{record['date'][:10]} | {describe_versions(record.get('versions', {}))} |")
     return "\n".join(lines)
 
 
@@ -176,7 +195,9 @@ def update_readme(readme: Path, table: str) -> None:
 def write_chart(records: list[dict], path: Path) -> None:
     """One horizontal bar per headline figure, a panel per unit, each target marked; bars are
     green where the target is met, red where it is missed, grey where there is none."""
-    rows = [(f"{r['benchmark']}: {m['name']}", m) for r in records for m in r["summary"]]
+    rows = [(f"{r['benchmark']}: {m['name']}", m) for r in records for m in figures(r)]
+    if not rows:
+        return
     units = sorted({m["unit"] for _, m in rows}, key=lambda u: (u != "x", u))
     heights = [sum(m["unit"] == unit for _, m in rows) for unit in units]
     fig, axes = plt.subplots(len(units), 1, squeeze=False, figsize=(11, 1.2 + 0.38 * sum(heights) + 0.6 * len(units)),

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -198,7 +197,6 @@ def main() -> None:
         "results": results,
         "speedup": ratio,
         "first_two_steps_seconds": first_steps,
-        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "seconds": time.perf_counter() - started,
     }, summary, path=args.out)
 

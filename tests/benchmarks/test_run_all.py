@@ -146,3 +146,33 @@ def test_unknown_benchmark_name_is_one_line_and_exit_2(capsys, monkeypatch):
     assert run_all.main(["--only", "no_such_benchmark"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown benchmark no_such_benchmark" in err
+
+
+def test_pod_plan_rows_get_a_table_of_their_own_and_stay_out_of_the_chart(results, tmp_path):
+    from harness import metric, plan_row
+
+    write_result(results, "pod_plan", [plan_row("siglip_b16", "v5p", "4x4x4", 11.25, 0.512),
+                                       plan_row("clip_l14", "v6e", "16x16", 27.5, 0.4375),
+                                       metric("plan compile", 12.0, 60, better="lower", unit="s")])
+    records = run_all.load_results(results)
+    assert [r["benchmark"] for r in records] == ["inference_cpu", "compile_time", "pod_plan", "contrastive_memory"]
+    table = run_all.render_table(records).splitlines()
+    print("\n".join(table))
+    assert sum(line.startswith("| `") for line in table) == 8  # 6 figures, 2 plan rows
+    head = table.index("| benchmark | recipe | chip | topology | per-chip memory | MFU | date | versions |")
+    assert table[head - 1] == "" and table[head + 1] == "|---|---|---|---|---|---|---|---|"
+    assert table[head + 2] == ("| `pod_plan` | siglip_b16 | v5p | 4x4x4 | 11.250 GiB | 51.2% | 2026-11-30 | "
+                               "jax 0.10.2, flax 0.12.8, torch 2.13.0, open_clip 3.3.0 |")
+    assert table[head + 3].startswith("| `pod_plan` | clip_l14 | v6e | 16x16 | 27.500 GiB | 43.8% |")
+    assert "| `pod_plan` | plan compile | 12.0 s | ≤ 60.0 s | yes |" in "\n".join(table[:head])
+    assert [m["name"] for m in run_all.figures(records[2])] == ["plan compile"]
+    chart = tmp_path / "summary.png"
+    run_all.write_chart(records, chart)
+    assert chart.stat().st_size > 0
+
+
+def test_discovery_picks_up_a_pod_plan_script_when_there_is_one(scripts):
+    directory, _ = scripts
+    script(directory, "pod_plan", 'REQUIRES = ("jaxvlm.plan",)\ndef main():\n    pass\n')
+    assert list(run_all.discover(directory)) == ["train_step_cpu", "generation", "pod_plan", "broken", "gpu_train",
+                                                 "zeta"]
