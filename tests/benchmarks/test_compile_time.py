@@ -30,7 +30,7 @@ def test_smoke_run_compiles_from_shapes_and_writes_a_complete_results_file(tmp_p
     seconds = result["seconds"]
     assert min(seconds.values()) > 0
     assert seconds["total"] == seconds["trace_and_lower"] + seconds["compile"]
-    assert result["temp_bytes"] > 0
+    assert result["temp_bytes"] > 0 and result["cpu_seconds"]["total"] > 0
     (m,) = result["summary"]
     assert (m["unit"], m["better"], m["target"]) == ("s", "lower", 60.0) and m["value"] == seconds["total"]
     assert "load average" in result["machine"]["uptime"]
