@@ -5,8 +5,8 @@ contrastive loss, the NaN guard and logged metrics), its 24 vision and 12 text l
 scanned block. Nothing is allocated: the parameters and the optimizer state are shapes
 (`jax.eval_shape`), the step is lowered for abstract inputs (`TrainProgram.lower`) and compiled
 for this process's CPU device. Times tracing + lowering and XLA's compilation separately; the
-headline figure is their sum (wall time), target under 60 s. The process's CPU time is recorded
-too: on a shared machine it shows how much of the wall time was waiting for a core.
+headline figure is their sum (wall time), target under 60 s. The process's CPU time is a second
+figure: on a shared machine it shows how much of the wall time was waiting for a core.
 
     python benchmarks/compile_time.py [--model ViT-L-14] [--batch 256] [--remat none]
     python benchmarks/compile_time.py --smoke --out /tmp/compile_time.json  # tiny-clip: checks the script
@@ -63,11 +63,14 @@ def main() -> None:
     times = {phase: clocks[i + 1][0] - clocks[i][0] for i, phase in enumerate(phases)}
     cpu = {phase: clocks[i + 1][1] - clocks[i][1] for i, phase in enumerate(phases)}
     total = times["trace_and_lower"] + times["compile"]
+    cpu_total = cpu["trace_and_lower"] + cpu["compile"]
     print(f"{args.model} train step, batch {args.batch}, remat {args.remat}, {params / 1e6:.1f}M parameters: "
           f"build {times['build']:.1f} s, trace + lower {times['trace_and_lower']:.1f} s, "
           f"compile {times['compile']:.1f} s; total {total:.1f} s (target < {TARGET_SECONDS:.0f} s); "
-          f"CPU time of lower + compile {cpu['trace_and_lower'] + cpu['compile']:.1f} s")
+          f"CPU time of lower + compile {cpu_total:.1f} s")
     summary = [metric(f"{args.model} train step (scanned layers), lower + compile", total, TARGET_SECONDS,
+                      better="lower", unit="s"),
+               metric(f"{args.model} train step, CPU time of lower + compile", cpu_total, TARGET_SECONDS,
                       better="lower", unit="s")]
     write_results("compile_time", {
         "settings": {"model": args.model, "batch": args.batch, "remat": args.remat, "dtype": config.model.dtype,
@@ -75,7 +78,7 @@ def main() -> None:
                      "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "parameters": params,
         "seconds": {**times, "total": total},
-        "cpu_seconds": {**cpu, "total": cpu["trace_and_lower"] + cpu["compile"]},  # this process's: steadier under load
+        "cpu_seconds": {**cpu, "total": cpu_total},  # this process's: steadier under load
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
     }, summary, path=args.out)
 
