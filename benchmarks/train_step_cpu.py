@@ -8,6 +8,9 @@ AdamW update).
              whose model starts from a model directory holding the converted weights; jitted,
              the train state donated, on a one-device mesh. The step also computes what
              `jaxvlm train` logs (gradient and parameter norms, in-batch accuracy, NaN guard).
+             By default with ``model.remat = "dots"`` (matmul outputs kept, the rest recomputed
+             in the backward pass): "none" keeps every activation, ~10 GB at batch 64, more than
+             a shared 24 GB machine holds next to torch's own.
   open_clip  the step of open_clip's training loop (open_clip_train.train.train_one_epoch, float32
              precision): zero_grad, forward, ``open_clip.loss.ClipLoss``, backward,
              ``torch.optim.AdamW`` over open_clip's two parameter groups (no weight decay for
@@ -21,7 +24,7 @@ compared before anything is timed. Torch gets as many threads as XLA uses (one p
 two steps are then timed in turn, ``--repeats`` rounds (every other round reversed); the speed-up
 is the median over rounds of each round's ratio.
 
-    python benchmarks/train_step_cpu.py [--repeats 5] [--batch 64] [--dtype float32]
+    python benchmarks/train_step_cpu.py [--repeats 5] [--batch 64] [--dtype float32] [--remat dots]
     python benchmarks/train_step_cpu.py --smoke --out /tmp/train_step_cpu.json  # tiny model: checks the script
 
 Prints the figures and writes benchmarks/results/train_step_cpu.json.
@@ -43,6 +46,7 @@ import numpy as np
 from harness import RESULTS_DIR, import_open_clip, metric, perturbed, speedup, time_interleaved, write_results
 from jaxvlm import model_dir, parallel
 from jaxvlm.convert.open_clip import convert_state_dict
+from jaxvlm.models.config import REMAT_POLICIES
 from jaxvlm.models.registry import clip
 from jaxvlm.tokenizers import CLIP_BPE_FILE
 from jaxvlm.train.config import base_config
@@ -139,7 +143,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="jaxvlm's compute dtype")
-    parser.add_argument("--remat", default="none", help="jaxvlm's ModelConfig.remat")
+    parser.add_argument("--remat", default="dots", choices=REMAT_POLICIES,
+                        help="jaxvlm's ModelConfig.remat (dots: about half the activation memory of none, see docs/perf.md)")
     parser.add_argument("--smoke", action="store_true", help="a tiny model, batch 8, one repeat: checks the script")
     parser.add_argument("--out", default=str(RESULTS_DIR / "train_step_cpu.json"))
     args = parser.parse_args()
