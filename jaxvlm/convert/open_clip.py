@@ -22,6 +22,7 @@ from jaxvlm.convert.common import (
     strip_prefix,
 )
 from jaxvlm.errors import InputError
+from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.tokenizers import CLIP_BPE_FILE
 
@@ -145,10 +146,11 @@ def _decoder(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     }
 
 
-def convert_state_dict(weights: dict[str, np.ndarray], model_name: str, what: str = "state dict") -> dict:
-    """An open_clip state dict (numpy arrays) -> the jaxvlm parameter tree of ``model_name``,
-    every source key used and every parameter's shape checked."""
-    cfg = get_architecture(model_name).model
+def convert_state_dict(weights: dict[str, np.ndarray], model: str | ModelConfig, what: str = "state dict") -> dict:
+    """An open_clip state dict (numpy arrays) -> the jaxvlm parameter tree of ``model`` (an
+    architecture name, or the config of an open_clip model built from its own arguments), every
+    source key used and every parameter's shape checked."""
+    cfg = model if isinstance(model, ModelConfig) else get_architecture(model).model
     src = SourceKeys(strip_prefix(weights, "module."), what, ignore=NON_PARAMETERS)
     vision = _timm_vision if cfg.vision.pool == "map" else _openai_vision
     flat = {**vision(src, cfg), **_text(src, cfg), "t": src.take("logit_scale").reshape(())}

@@ -16,8 +16,14 @@ import jax.numpy as jnp
 
 from jaxvlm import ops
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU in torch's form, x/2 (1 + erf(x / sqrt 2)): XLA evaluates erf as one polynomial,
+    erfc (`jax.nn.gelu`'s form) as two branches and an exp, twice the work."""
+    return x * 0.5 * (1 + jax.lax.erf(x * (0.5**0.5)))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
 }
@@ -36,11 +42,22 @@ def param_with_axes(init, *axes):
     return nn.with_logical_partitioning(init, axes, rules=())
 
 
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+    """`lax.dot_general` accumulating in float32 and rounding the result once to the inputs' dtype.
+
+    For bfloat16 that is what every backend computes anyway, but XLA:CPU takes its fast path
+    (AMX / AVX512-BF16) only for a float32 result: asking for bf16 out is several times slower.
+    """
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32, **kwargs)
+    return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
+
+
 def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float32, name: str):
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,
+        dot_general=dot_general,
         kernel_init=param_with_axes(nn.initializers.lecun_normal(), *axes),
         bias_init=param_with_axes(nn.initializers.zeros, axes[-1]),
         name=name,
@@ -70,7 +87,10 @@ class Mlp(nn.Module):
     def __call__(self, x):
         width = x.shape[-1]
         x = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
-        x = nn.with_logical_constraint(ACTIVATIONS[self.act](x), ("batch", "length", "mlp"))
+        # in float32 whatever the compute dtype, rounded once (as torch does): XLA:CPU would round
+        # every intermediate of a bfloat16 expression to bfloat16
+        x = ACTIVATIONS[self.act](x.astype(jnp.float32)).astype(x.dtype)
+        x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
         return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
 
 
@@ -100,6 +120,7 @@ class Attention(nn.Module):
             return nn.DenseGeneral(
                 (self.heads, head_dim),
                 dtype=self.dtype,
+                dot_general=dot_general,
                 kernel_init=param_with_axes(nn.initializers.lecun_normal(), "embed", "heads", "kv"),
                 bias_init=param_with_axes(nn.initializers.zeros, "heads", "kv"),
                 name=name,
@@ -123,6 +144,7 @@ class Attention(nn.Module):
             width,
             axis=(-2, -1),
             dtype=self.dtype,
+            dot_general=dot_general,
             kernel_init=param_with_axes(nn.initializers.lecun_normal(), "heads", "kv", "embed"),
             bias_init=param_with_axes(nn.initializers.zeros, "embed"),
             name="out",

@@ -1,0 +1,8 @@
+"""The benchmark scripts import each other as top-level modules (`python benchmarks/x.py` puts
+their directory first on sys.path); the tests import them the same way."""
+
+import sys
+from pathlib import Path
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS_DIR))

@@ -1,0 +1,38 @@
+"""The compile-time benchmark, run as a script at tiny-clip size (--smoke): it compiles the train
+step from shapes and writes a complete results file. The times are not checked."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+
+from jaxvlm.models import build_model
+from jaxvlm.models.registry import get_architecture
+from jaxvlm.train.state import abstract_params
+from tests.benchmarks.conftest import BENCHMARKS_DIR
+
+
+def test_smoke_run_compiles_from_shapes_and_writes_a_complete_results_file(tmp_path):
+    out = tmp_path / "compile_time.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "compile_time.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "compile_time"
+    assert result["settings"] == {"model": "tiny-clip", "batch": 8, "remat": "none", "dtype": "float32",
+                                  "backend": "cpu", "devices": 1, "xla_flags": ""}
+    cfg = get_architecture("tiny-clip").model
+    assert result["parameters"] == sum(x.size for x in jax.tree.leaves(abstract_params(build_model(cfg), cfg)))
+    seconds = result["seconds"]
+    assert min(seconds.values()) > 0
+    assert seconds["total"] == seconds["trace_and_lower"] + seconds["compile"]
+    assert result["temp_bytes"] > 0 and result["cpu_seconds"]["total"] > 0
+    wall, cpu = result["summary"]
+    for m in (wall, cpu):
+        assert (m["unit"], m["better"], m["target"]) == ("s", "lower", 60.0)
+    assert wall["value"] == seconds["total"] and cpu["value"] == result["cpu_seconds"]["total"]
+    assert "load average" in result["machine"]["uptime"]

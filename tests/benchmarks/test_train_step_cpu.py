@@ -1,0 +1,42 @@
+"""The CPU training-step benchmark, run as a script at a tiny size (--smoke): both steps agree on
+the loss before and after one update, and the results file is complete. Timings mean nothing at
+this size and are not checked."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.benchmarks.conftest import BENCHMARKS_DIR
+
+pytest.importorskip("open_clip")
+
+
+def test_smoke_run_agrees_with_open_clip_and_writes_a_complete_results_file(tmp_path):
+    out = tmp_path / "train_step_cpu.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as the script is run
+    done = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "train_step_cpu.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "train_step_cpu"
+    settings = result["settings"]
+    assert settings["model"] == "smoke" and settings["batch"] == 8 and settings["dtype"] == "float32"
+    assert settings["threads"]["torch"] == settings["threads"]["xla"] == os.cpu_count()
+    assert result["machine"]["uptime"] and "load average" in result["machine"]["uptime"]
+
+    for step, row in result["loss_agreement"].items():
+        print(f"{step}: loss jaxvlm {row['jaxvlm']:.7f} open_clip {row['open_clip']:.7f}, abs diff {row['abs_diff']:.1e}")
+        assert row["abs_diff"] <= 1e-5
+    assert result["loss_agreement"]["step 1"]["jaxvlm"] != result["loss_agreement"]["step 0"]["jaxvlm"]
+    for lib in ("jaxvlm", "open_clip"):
+        assert len(result["results"][lib]["samples"]) == 1 and result["results"][lib]["samples_per_second"] > 0
+    assert result["speedup"] == pytest.approx(result["results"]["open_clip"]["samples"][0]
+                                              / result["results"]["jaxvlm"]["samples"][0])
+    (m,) = result["summary"]
+    assert m["kind"] == "metric" and m["target"] == 1.2 and m["holds"] == (m["value"] >= 1.2)
+    assert m["value"] == result["speedup"]
+    assert not list(tmp_path.glob(".*partial"))
