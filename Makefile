@@ -12,8 +12,11 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# Two worker processes (one per core here), a test file per worker at a time so that each file's
+# fixtures are built once; TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The slow fault cases (tests/faults, marked faults_slow): 20 kill -9 points, the fuzzers at full
 # length, a full disk, a lost process. `make test` runs the quick ones; both update docs/reliability.md.
