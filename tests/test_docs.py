@@ -237,14 +237,16 @@ def check_parse_only(block: Block) -> None:
 
 
 def check_python(text: str, where: str) -> None:
-    """Compiles, and every imported module exists."""
+    """Compiles, and every imported module exists (benchmarks/harness.py counts: benchmark scripts,
+    which the performance page shows, import it from their own directory)."""
     tree = ast.parse(text, where)
     compile(tree, where, "exec")
     for node in ast.walk(tree):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(
             node, ast.ImportFrom) and node.module else []
         for name in names:
-            assert importlib.util.find_spec(name) is not None, f"{where}: no module {name}"
+            found = importlib.util.find_spec(name) is not None or (REPO / "benchmarks" / f"{name}.py").is_file()
+            assert found, f"{where}: no module {name}"
 
 
 def check_jaxvlm(tokens: list[str]) -> None:

@@ -89,8 +89,9 @@ def tiny_config(batch: int):
 def test_per_chip_memory_agrees_with_a_one_chip_compile():
     """Data parallel over 4 chips, each chip holds the whole state and a quarter of the batch:
     the plan's per-chip memory is that of the same program compiled for one chip with that
-    quarter (XLA's memory_analysis). State and batch agree exactly; the total and the
-    temporaries within 3%: the 4-chip program adds its collectives' buffers and code."""
+    quarter (XLA's memory_analysis). State and batch agree exactly; the 4-chip program's
+    temporaries exceed the one-chip program's by at most one copy of the gradients (as large as
+    the f32 parameters): the buffer its all-reduce of the gradients works in."""
     four = plan.plan(tiny_config(64), plan.parse_slice("v5e-4"))
     config = tiny_config(16)
     mesh = parallel.create_mesh(config.mesh, config.mesh.dcn, devices=plan.topology_devices(plan.parse_slice("v5e-1")))
@@ -102,12 +103,12 @@ def test_per_chip_memory_agrees_with_a_one_chip_compile():
     m = four.memory
     print(f"per chip: plan on v5e-4 {m.total / 2**20:.2f} MiB (temporaries {m.temporaries / 2**20:.2f}), one-chip "
           f"memory_analysis {total / 2**20:.2f} MiB (temporaries {stats.temp_size_in_bytes / 2**20:.2f}): "
-          f"{abs(m.total - total) / total:.2%} apart")
+          f"{abs(m.total - total) / total:.2%} apart; parameters {m.params / 2**20:.2f} MiB")
     state = program.state.abstract
     assert (m.params, m.optimizer) == (plan._shard_bytes(state.params), plan._shard_bytes(state.opt_state))
     assert m.batch == plan._shard_bytes(program.abstract_batch(16))
-    assert m.total == pytest.approx(total, rel=0.03)
-    assert m.temporaries == pytest.approx(stats.temp_size_in_bytes, rel=0.03)
+    assert 0 <= m.temporaries - stats.temp_size_in_bytes <= m.params
+    assert 0 <= m.total - total <= m.params
 
 
 def test_the_search_steps_in_whole_micro_batches_per_shard(monkeypatch):

@@ -95,7 +95,7 @@ def small_vocabulary(spec: ModelSpec) -> ModelSpec:
 def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
     config = tiny_config(name, {"global_batch_size": 32})
     mesh = mesh_of((4, 2, 1))
-    monkeypatch.setattr(program_module, "model_spec", lambda cfg: small_vocabulary(model_spec(cfg)))
+    monkeypatch.setattr(program_module, "model_spec", lambda cfg, **kw: small_vocabulary(model_spec(cfg, **kw)))
     program = build(config, mesh)
     params = program.init().params
     spec = program.spec.config
