@@ -47,6 +47,18 @@ def import_open_clip():
     return torch, open_clip
 
 
+
+def open_clip_on_every_core(benchmark: str):
+    """(torch, open_clip, threads) for a side-by-side benchmark: torch gets one thread per core, as
+    many as XLA:CPU runs. Exits naming ``benchmark`` when torch or open_clip is missing."""
+    reference = import_open_clip()
+    if reference is None:
+        raise SystemExit(f"{benchmark} needs torch and open_clip (pip install -e '.[test]')")
+    torch, open_clip = reference
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    return torch, open_clip, threads
+
 def perturbed(torch, model):
     """``model`` in eval mode with every floating-point tensor but the logit scale moved off its
     initial value, so that no zero- or one-initialised tensor hides a difference."""

@@ -40,7 +40,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark: no accelerator
 import jax
 import numpy as np
 
-from harness import RESULTS_DIR, import_open_clip, metric, perturbed, speedup, time_interleaved, write_results
+from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.models import build_model
 from jaxvlm.models.registry import get_architecture
@@ -140,12 +140,7 @@ def main() -> None:
         args.models, args.batch, args.repeats = [SMOKE_MODEL], 4, 1
     started = time.perf_counter()
 
-    reference = import_open_clip()
-    if reference is None:
-        raise SystemExit("inference_cpu needs torch and open_clip (pip install -e '.[test]')")
-    torch, open_clip = reference
-    threads = os.cpu_count()  # XLA:CPU runs one thread per core; torch gets as many
-    torch.set_num_threads(threads)
+    torch, open_clip, threads = open_clip_on_every_core("inference_cpu")
 
     results = {name: benchmark_model(torch, open_clip, name, args.dtypes, args.batch, args.repeats)
                for name in args.models}

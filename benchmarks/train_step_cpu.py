@@ -43,7 +43,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark: no accelerator
 import jax
 import numpy as np
 
-from harness import RESULTS_DIR, import_open_clip, metric, perturbed, speedup, time_interleaved, write_results
+from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
 from jaxvlm import model_dir, parallel
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.models.config import REMAT_POLICIES
@@ -153,12 +153,7 @@ def main() -> None:
         args.batch, args.repeats = 8, 1
     started = time.perf_counter()
 
-    reference = import_open_clip()
-    if reference is None:
-        raise SystemExit("train_step_cpu needs torch and open_clip (pip install -e '.[test]')")
-    torch, open_clip = reference
-    threads = os.cpu_count()  # XLA:CPU runs one thread per core; torch gets as many
-    torch.set_num_threads(threads)
+    torch, open_clip, threads = open_clip_on_every_core("train_step_cpu")
 
     torch.manual_seed(0)
     model = perturbed(torch, open_clip.CLIP(**MODELS[name], output_dict=True))

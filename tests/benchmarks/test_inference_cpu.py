@@ -1,26 +1,17 @@
 """The CPU inference benchmark, run as a script at tiny-clip size (--smoke): the results file it
 writes. Its timings mean nothing at this size and are not checked."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.benchmarks.conftest import BENCHMARKS_DIR
+from tests.benchmarks.conftest import run_smoke
 
 pytest.importorskip("open_clip")
 
 
 def test_smoke_run_writes_a_complete_results_file(tmp_path):
-    out = tmp_path / "inference_cpu.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as the script is run
-    done = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "inference_cpu.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
-    result = json.loads(out.read_text())
+    result = run_smoke("inference_cpu", tmp_path / "inference_cpu.json")
     assert result["benchmark"] == "inference_cpu"
     assert result["settings"]["models"] == ["tiny-clip"] and result["settings"]["batch"] == 4
     assert result["settings"]["threads"]["torch"] == result["settings"]["threads"]["xla"] == os.cpu_count()

@@ -2,26 +2,17 @@
 the loss before and after one update, and the results file is complete. Timings mean nothing at
 this size and are not checked."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.benchmarks.conftest import BENCHMARKS_DIR
+from tests.benchmarks.conftest import run_smoke
 
 pytest.importorskip("open_clip")
 
 
 def test_smoke_run_agrees_with_open_clip_and_writes_a_complete_results_file(tmp_path):
-    out = tmp_path / "train_step_cpu.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as the script is run
-    done = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "train_step_cpu.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
-    result = json.loads(out.read_text())
+    result = run_smoke("train_step_cpu", tmp_path / "train_step_cpu.json")
     assert result["benchmark"] == "train_step_cpu"
     settings = result["settings"]
     assert settings["model"] == "smoke" and settings["batch"] == 8 and settings["dtype"] == "float32"
