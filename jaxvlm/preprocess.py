@@ -1,4 +1,4 @@
-"""Image preprocessing: PIL images -> normalised float32 NHWC arrays.
+"""Image preprocessing: PIL images -> uint8 pixels -> normalised float32 NHWC arrays.
 
 The numbers equal open_clip's evaluation transform (torchvision Resize / CenterCrop on PIL
 images, then ToTensor and Normalize) exactly, using only Pillow and numpy:
@@ -140,26 +140,34 @@ def _resize_crop_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return img.convert("RGB")
 
 
-def preprocess(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
-    """Returns float32 [N, image_size, image_size, 3], resized, cropped and normalised per `cfg`."""
+def pixels(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
+    """Returns uint8 [N, image_size, image_size, 3], resized and cropped per `cfg` (not normalised)."""
     if isinstance(images, Image.Image):
         raise InputError("preprocess expects a sequence of images, got a single image")
     images = list(images)
     if not images:
         raise InputError("preprocess got no images")
     size = cfg.image_size
-    pixels = np.empty((len(images), size, size, 3), np.uint8)
+    out = np.empty((len(images), size, size, 3), np.uint8)
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
             raise InputError(f"image {i} is a {type(img).__name__}, not a PIL image")
         if img.width == 0 or img.height == 0:
             raise InputError(f"image {i} is empty ({img.width}x{img.height})")
         try:
-            pixels[i] = np.asarray(_resize_crop_rgb(img, cfg))
+            out[i] = np.asarray(_resize_crop_rgb(img, cfg))
         except OSError as e:  # a lazily opened image whose data turns out to be corrupt
             raise InputError(f"image {i} could not be decoded ({e})") from e
-    out = pixels.astype(np.float32)
-    out /= np.float32(255)
-    out -= np.asarray(cfg.mean, np.float32)
-    out /= np.asarray(cfg.std, np.float32)
     return out
+
+
+def normalize(pixels, cfg: PreprocessConfig):
+    """uint8 pixels [..., 3] -> float32 ``(pixels / 255 - mean) / std``, for numpy and JAX arrays alike
+    (the train step normalises on the accelerator what the input pipeline sends as uint8)."""
+    scaled = pixels.astype(np.float32) / np.float32(255)
+    return (scaled - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+
+
+def preprocess(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
+    """Returns float32 [N, image_size, image_size, 3], resized, cropped and normalised per `cfg`."""
+    return normalize(pixels(images, cfg), cfg)

@@ -112,7 +112,8 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
                    seed: int) -> TrainIterator:
     """An infinite iterator over this process's batches of `config.source` (or `config.mixture`).
 
-    Batches are {"image": float32 [b, H, W, 3], "text": int32 [b, L] (with a tokenizer),
+    Batches are {"image": uint8 [b, H, W, 3] (resized and augmented, not normalised: the train
+    step normalises on the accelerator), "text": int32 [b, L] (with a tokenizer),
     "label": int32 [b] (when every source has labels)}, b = global_batch_size // process_count.
     Each process reads the records at positions process_index, + process_count, ... of each source.
     """
@@ -139,7 +140,7 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
         preprocess, tokenizer, augment=config.augment, crop_scale=tuple(config.crop_scale),
         crop_ratio=tuple(config.crop_ratio), flip=config.flip, jpeg_draft=config.jpeg_draft,
         max_image_pixels=config.max_image_pixels, with_label=all(source.has_labels for _, source, _ in sources),
-        strict=config.strict)
+        strict=config.strict, normalize=False)
     batch_size = global_batch_size // process_count
     ds = ds.random_map(transform, seed=seed)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=batch_size))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from jaxvlm.data.records import BadRecord, Record
 from jaxvlm.errors import InputError
-from jaxvlm.preprocess import _FILTERS, IMAGE_FORMATS, PreprocessConfig, preprocess
+from jaxvlm.preprocess import _FILTERS, IMAGE_FORMATS, PreprocessConfig, normalize, pixels
 from jaxvlm.tokenizers import Tokenizer
 
 AUGMENTS = ("train", "eval")
@@ -123,7 +123,9 @@ class ExampleTransform:
 
     augment "train": random-resized-crop to the model's size (`crop_scale`, `crop_ratio`, with the
     model's interpolation) and a horizontal flip with probability 1/2 when `flip`; "eval": the
-    model's own resize / crop. Both end with the model's normalisation. With a tokenizer, "text"
+    model's own resize / crop. Both end with the model's normalisation (float32), or, with
+    `normalize` False, keep the uint8 pixels (a quarter of the bytes: the train step normalises
+    them on the accelerator). With a tokenizer, "text"
     holds the ids of one caption drawn at random (the first when no generator is given);
     `with_texts` adds "texts", all the record's captions as strings.
     """
@@ -139,12 +141,14 @@ class ExampleTransform:
     with_label: bool = False
     with_texts: bool = False
     strict: bool = False
+    normalize: bool = True
 
     def __call__(self, record: Record | BadRecord, rng: np.random.Generator | None = None) -> dict | BadRecord:
         if isinstance(record, BadRecord):  # the source could not read it
             return self._reject(record)
         try:
-            example = {"image": self._image(record.image, rng)}
+            image = self._image(record.image, rng)
+            example = {"image": normalize(image, self.preprocess) if self.normalize else image}
             if self.tokenizer is not None or self.with_texts:
                 texts = captions(record.texts)
                 if self.tokenizer is not None:
@@ -166,7 +170,7 @@ class ExampleTransform:
     def _image(self, data: bytes, rng: np.random.Generator) -> np.ndarray:
         img = open_image(data, self.max_image_pixels)
         if self.augment == "eval":
-            return preprocess([load_image(img)], self.preprocess)[0]
+            return pixels([load_image(img)], self.preprocess)[0]
         size = self.preprocess.image_size
         width, height = img.size
         left, top, w, h = random_resized_crop_box(width, height, self.crop_scale, self.crop_ratio, rng)
@@ -180,4 +184,4 @@ class ExampleTransform:
         img = img.resize((size, size), _FILTERS[self.preprocess.interpolation], box=box)
         if self.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return preprocess([img], self.preprocess)[0]  # at `size` already: only RGB and normalisation
+        return pixels([img], self.preprocess)[0]  # at `size` already: only the conversion to RGB

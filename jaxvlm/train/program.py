@@ -62,9 +62,10 @@ class TrainProgram:
     init_params: str  # regex: the parameters taken from spec.pretrained
 
     def abstract_batch(self, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The batch the input pipeline delivers: uint8 pixels and int32 token ids."""
         sharding = parallel.batch_sharding(self.mesh)
         size, context = self.spec.config.vision.image_size, self.spec.config.text.context_length
-        return {"image": jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.float32, sharding=sharding),
+        return {"image": jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.uint8, sharding=sharding),
                 "text": jax.ShapeDtypeStruct((global_batch_size, context), jnp.int32, sharding=sharding)}
 
     def lower(self, global_batch_size: int) -> jax.stages.Lowered:
@@ -99,7 +100,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = T
                           contrastive_weight=config.loss.contrastive_weight, caption_weight=config.loss.caption_weight,
                           pad_id=spec.tokenizer.pad_id, implementation=config.loss.implementation,
                           batch_accuracy=config.loss.batch_accuracy)
-    step = make_train_step(module, optimizer.tx, objective, mesh=mesh, schedule=optimizer.schedule,
+    step = make_train_step(module, optimizer.tx, objective, mesh=mesh, preprocess=spec.preprocess,
+                           schedule=optimizer.schedule,
                            trainable=optimizer.trainable, microbatches=config.microbatches,
                            logit_scale_max=config.loss.logit_scale_max)
     replicated = parallel.replicated(mesh)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvlm import losses, parallel
 from jaxvlm.models.two_tower import l2_normalize
+from jaxvlm.preprocess import PreprocessConfig, normalize
 from jaxvlm.train.state import TrainState
 
 
@@ -36,8 +37,12 @@ class Objective:
     batch_accuracy: bool = True  # log in-batch image->text top-1 accuracy (gathers the texts)
 
 
-def embed(module: nn.Module, params, batch: dict, rng, caption: bool):
-    """(image embeddings, text embeddings, caption logits or None); embeddings L2-normalised."""
+def embed(module: nn.Module, params, batch: dict, rng, caption: bool, preprocess: PreprocessConfig):
+    """(image embeddings, text embeddings, caption logits or None); embeddings L2-normalised.
+    uint8 images are pixels, normalised here per `preprocess`; float images are taken as normalised."""
+    images = batch["image"]
+    if images.dtype == jnp.uint8:
+        images = normalize(images, preprocess)
 
     def fn(model, images, ids):
         pooled_image, image_tokens = model.img(images)
@@ -45,10 +50,11 @@ def embed(module: nn.Module, params, batch: dict, rng, caption: bool):
         caption_logits = model.dec(text_tokens, image_tokens)[0] if caption else None
         return l2_normalize(pooled_image), l2_normalize(pooled_text), caption_logits
 
-    return module.apply({"params": params}, batch["image"], batch["text"], method=fn, rngs={"dropout": rng})
+    return module.apply({"params": params}, images, batch["text"], method=fn, rngs={"dropout": rng})
 
 
-def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None, microbatches: int = 1) -> Callable:
+def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None, preprocess: PreprocessConfig,
+                   microbatches: int = 1) -> Callable:
     """``gradients(params, batch, rng) -> (loss, loss terms, image embeddings, text embeddings,
     gradients)`` of the whole batch; with ``microbatches`` > 1 by gradient caching (see above)."""
 
@@ -67,7 +73,7 @@ def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None
 
     def full_batch(params, batch, rng):
         def loss_fn(params):
-            zimg, ztxt, caption_logits = embed(module, params, batch, rng, objective.caption)
+            zimg, ztxt, caption_logits = embed(module, params, batch, rng, objective.caption, preprocess)
             terms = {"contrastive_loss": contrastive(zimg, ztxt, params["t"], params.get("b"))}
             if objective.caption:
                 nll, _ = losses.caption_nll(caption_logits, batch["text"], objective.pad_id)
@@ -78,20 +84,21 @@ def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None
         return loss, terms, zimg, ztxt, grads
 
     def accumulated(params, batch, rng):
-        parts = jax.tree.map(lambda x: _split(x, microbatches, mesh), batch)
-        embeddings = lambda mb: embed(module, params, mb, rng, caption=False)[:2]
-        _, (zimg, ztxt) = jax.lax.scan(lambda _, mb: (None, embeddings(mb)), None, parts)
+        parts = jax.tree.map(lambda x: _interleave(x, microbatches, mesh), batch)
+        take = lambda tree, i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False), tree)
+        embeddings = lambda i: embed(module, params, take(parts, i), rng, False, preprocess)[:2]
+        _, (zimg, ztxt) = jax.lax.scan(lambda _, i: (None, embeddings(i)), None, jnp.arange(microbatches))
         zimg, ztxt = _merge(zimg), _merge(ztxt)
         t, b = params["t"], params.get("b")
         closs, (gimg, gtxt, gt, gb) = jax.value_and_grad(contrastive, argnums=(0, 1, 2, 3))(zimg, ztxt, t, b)
         weight = objective.contrastive_weight
         tokens = caption_tokens(batch)
 
-        def backward(acc, xs):
-            mb, gimg_mb, gtxt_mb = xs
+        def backward(acc, i):
+            mb, gimg_mb, gtxt_mb = take((parts, cached_gimg, cached_gtxt), i)
 
             def surrogate(p):  # its gradient is this micro-batch's share of the full loss's
-                zi, zt, caption_logits = embed(module, p, mb, rng, objective.caption)
+                zi, zt, caption_logits = embed(module, p, mb, rng, objective.caption, preprocess)
                 value = weight * (jnp.vdot(zi, gimg_mb) + jnp.vdot(zt, gtxt_mb))
                 nll = jnp.zeros((), jnp.float32)
                 if objective.caption:
@@ -103,8 +110,8 @@ def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None
             return jax.tree.map(jnp.add, acc, (grads, nll)), None
 
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
-        cached = (parts, _split(gimg, microbatches, mesh), _split(gtxt, microbatches, mesh))
-        (grads, nll), _ = jax.lax.scan(backward, zeros, cached)
+        cached_gimg, cached_gtxt = (_interleave(g, microbatches, mesh) for g in (gimg, gtxt))
+        (grads, nll), _ = jax.lax.scan(backward, zeros, jnp.arange(microbatches))
         grads["t"] = grads["t"] + weight * gt
         if b is not None:
             grads["b"] = grads["b"] + weight * gb
@@ -117,13 +124,15 @@ def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None
 
 
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objective: Objective, *,
-                    mesh: Mesh | None, schedule: optax.Schedule, trainable: Any, microbatches: int = 1,
+                    mesh: Mesh | None, preprocess: PreprocessConfig, schedule: optax.Schedule, trainable: Any,
+                    microbatches: int = 1,
                     logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": f32 [B, H, W, 3],
-    "text": i32 [B, L]} (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
+    """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": u8 [B, H, W, 3]
+    pixels (normalised per ``preprocess`` on the device) or f32 normalised, "text": i32 [B, L]}
+    (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
     for frozen parameters (kept bitwise as they are). A step whose loss, gradient norm or new
     parameters are not finite changes nothing but the step and the NaN-guard counters."""
-    compute = make_gradients(module, objective, mesh=mesh, microbatches=microbatches)
+    compute = make_gradients(module, objective, mesh=mesh, preprocess=preprocess, microbatches=microbatches)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -162,15 +171,17 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
     return step
 
 
-def _split(x: jax.Array, k: int, mesh: Mesh | None) -> jax.Array:
-    """[B, ...] -> [k, B/k, ...]: micro-batch i takes rows i, i + k, ..., so each device's rows
-    feed every micro-batch equally and no row changes device."""
-    x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+def _interleave(x: jax.Array, k: int, mesh: Mesh | None) -> jax.Array:
+    """[B, ...] -> [B/k, k, ...], a view: micro-batch i is [:, i], rows i, i + k, ..., so each
+    device's rows feed every micro-batch equally, no row changes device, and no micro-batch is
+    copied out before its turn (at large batches a copy of the images would not fit)."""
+    x = x.reshape(x.shape[0] // k, k, *x.shape[1:])
     if mesh is None:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(parallel.BATCH_AXES)))
 
 
 def _merge(x: jax.Array) -> jax.Array:
-    """The inverse of `_split`: [k, B/k, ...] -> [B, ...] in the original row order."""
+    """Per-micro-batch results stacked by a scan, [k, B/k, ...] (see `_interleave`) -> [B, ...] in
+    the original row order."""
     return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])

@@ -52,6 +52,7 @@ def shard(digits_dir, port, process_id):
 
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
     import jaxvlm.data
+    from jaxvlm.preprocess import normalize
 
     config = jaxvlm.data.default_config()
     config.data_dir, config.split, config.augment, config.worker_count = digits_dir, "test", "eval", 0
@@ -62,7 +63,8 @@ def shard(digits_dir, port, process_id):
     local = {name: np.concatenate([np.asarray(s.data) for s in sorted(
         a.addressable_shards, key=lambda s: s.index[0].start)]) for name, a in arrays.items()}
     print(json.dumps({
-        "examples": [d for b in batches for d in example_digests(b)],
+        # normalised as the train step does, to compare with the (normalised) eval batches
+        "examples": [d for b in batches for d in example_digests({**b, "image": normalize(b["image"], PREPROCESS)})],
         "global_shapes": {name: list(a.shape) for name, a in arrays.items()},
         "local_rows_equal": all(np.array_equal(local[n], batches[0][n]) for n in local),
     }))
