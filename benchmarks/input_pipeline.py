@@ -22,11 +22,8 @@ Prints a table and writes benchmarks/results/input_pipeline.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,13 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness import metric, write_results
 import jaxvlm.data
 from jaxvlm.data.tar import TarSource, write_tar_shard
 from jaxvlm.preprocess import PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, ClipBpeTokenizer
 
 TARGET = 1.0  # jaxvlm must be at least as fast as the torch pipeline
-RESULTS = Path(__file__).resolve().parent / "results" / "input_pipeline.json"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 WORDS = "a photo of the red blue small large cat dog rocket coffee cup sky space woman person on in with".split()
 
@@ -156,19 +153,15 @@ def main():
     import grain
     import torch
 
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "versions": {"grain": grain.__version__, "torch": torch.__version__, "pillow": Image.__version__},
+    summary = [metric("input pipeline images/s, Grain vs torch DataLoader + open_clip transform",
+                      rates["jaxvlm"] / base, TARGET)]
+    write_results("input_pipeline", {
+        "library_versions": {"grain": grain.__version__, "torch": torch.__version__, "pillow": Image.__version__},
         "settings": {**vars(args), "image_size": 224, "crop_scale": [0.9, 1.0], "tokens": 77,
                      "data": "JPEG q90 tar shards, short side 256-640 px, scikit-image photos"},
         "results": {name: {"images_per_s": rate, "runs": runs[name], "vs_torch": rate / base}
                     for name, rate in rates.items()},
-        "target": f"jaxvlm >= {TARGET}x torch",
-        "target_met": rates["jaxvlm"] / base >= TARGET,
-    }, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    }, summary)
 
 
 if __name__ == "__main__":

@@ -18,22 +18,18 @@ Prints the figures and writes benchmarks/results/retrieval_memory.json.
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from harness import metric, write_results
 from jaxvlm.eval.retrieval import _top_k_fn
 
-RESULTS = Path(__file__).resolve().parent / "results" / "retrieval_memory.json"
 IMAGES, TEXTS, DIM, BLOCK, K = 100_000, 500_000, 512, 4096, 10
 GIB = 1024**3
 
@@ -55,17 +51,15 @@ def main() -> None:
         print(f"{name:<10} {results[name] / GIB:10.4f} GiB")
     ratio = results["full"] / results["blockwise"]
     print(f"full / blockwise: {ratio:.0f}x")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__},
+    summary = [metric(f"retrieval temporaries, {IMAGES // 1000}k x {TEXTS // 1000}k: full score matrix / blockwise",
+                      ratio)]
+    write_results("retrieval_memory", {
         "settings": {"devices": f"{len(jax.devices())} x {jax.devices()[0].platform}", "images": IMAGES,
                      "texts": TEXTS, "dim": DIM, "block": BLOCK, "k": K, "dtype": "float32",
                      "what": "temp_size_in_bytes of the compiled program, image -> text top-k"},
         "temp_bytes": results,
         "full_over_blockwise": ratio,
-    }, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    }, summary)
 
 
 if __name__ == "__main__":
