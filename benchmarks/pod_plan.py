@@ -5,8 +5,8 @@ and the MFU estimate of each real train step, compiled ahead of time for the sli
 CLIP L/14 is configs/clip_b16.py (bf16, 32k global batch) with the ViT-L-14 architecture and
 full rematerialisation (open_clip's --grad-checkpointing: with the recipe's "dots" remat the L/14
 step needs 102 GiB per v5p chip and 38 GiB per v6e chip); SigLIP B/16 is configs/siglip_b16.py as
-it stands. MFU is the plan's: model FLOPs
-over executed FLOPs (what rematerialisation costs) at the chip's peak bf16 FLOP/s.
+it stands. MFU is the plan's: model FLOPs over executed FLOPs (what rematerialisation costs) at
+the chip's peak bf16 FLOP/s.
 
     python benchmarks/pod_plan.py [--slices v5p-128 v6e-256]
 

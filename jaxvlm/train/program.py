@@ -101,9 +101,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = T
                           pad_id=spec.tokenizer.pad_id, implementation=config.loss.implementation,
                           batch_accuracy=config.loss.batch_accuracy)
     step = make_train_step(module, optimizer.tx, objective, mesh=mesh, preprocess=spec.preprocess,
-                           schedule=optimizer.schedule,
-                           trainable=optimizer.trainable, microbatches=config.microbatches,
-                           logit_scale_max=config.loss.logit_scale_max)
+                           schedule=optimizer.schedule, trainable=optimizer.trainable,
+                           microbatches=config.microbatches, logit_scale_max=config.loss.logit_scale_max)
     replicated = parallel.replicated(mesh)
     jitted = jax.jit(step, in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
                      out_shardings=(state.shardings, replicated), donate_argnums=0)

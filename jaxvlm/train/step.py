@@ -125,8 +125,7 @@ def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None
 
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objective: Objective, *,
                     mesh: Mesh | None, preprocess: PreprocessConfig, schedule: optax.Schedule, trainable: Any,
-                    microbatches: int = 1,
-                    logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    microbatches: int = 1, logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": u8 [B, H, W, 3]
     pixels (normalised per ``preprocess`` on the device) or f32 normalised, "text": i32 [B, L]}
     (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
@@ -172,9 +171,9 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
 
 
 def _interleave(x: jax.Array, k: int, mesh: Mesh | None) -> jax.Array:
-    """[B, ...] -> [B/k, k, ...], a view: micro-batch i is [:, i], rows i, i + k, ..., so each
-    device's rows feed every micro-batch equally, no row changes device, and no micro-batch is
-    copied out before its turn (at large batches a copy of the images would not fit)."""
+    """[B, ...] -> [B/k, k, ...], a reshape: micro-batch i is [:, i], rows i, i + k, ..., so each
+    device's rows feed every micro-batch equally, no row changes device, and each micro-batch is
+    read when its turn comes rather than split off the whole batch up front."""
     x = x.reshape(x.shape[0] // k, k, *x.shape[1:])
     if mesh is None:
         return x
