@@ -47,9 +47,54 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 
     For bfloat16 that is what every backend computes anyway, but XLA:CPU takes its fast path
     (AMX / AVX512-BF16) only for a float32 result: asking for bf16 out is several times slower.
+    The derivative's products take the inputs' dtype too (`_rounded_dot`).
     """
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32, **kwargs)
-    return out.astype(preferred_element_type or jnp.result_type(lhs, rhs))
+    if precision is not None or preferred_element_type is not None or kwargs:
+        raise ValueError("layers.dot_general: precision, preferred_element_type and other options are not supported")
+    return _rounded_dot(lhs, rhs, dimension_numbers)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _rounded_dot(lhs, rhs, dimension_numbers):
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
+    return out.astype(jnp.result_type(lhs, rhs))
+
+
+def _rounded_dot_forward(lhs, rhs, dimension_numbers):
+    return _rounded_dot(lhs, rhs, dimension_numbers), (lhs, rhs)
+
+
+def _rounded_dot_backward(dimension_numbers, residuals, cotangent):
+    """Both gradients as products of the same kind, the cotangent in the inputs' dtype.
+    Differentiating the float32-result product itself would give its transposes a float32
+    cotangent and XLA would multiply in float32: the backward pass of a bfloat16 model at a
+    fraction of the speed on CPU and GPU."""
+    lhs, rhs = residuals
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
+    batch = len(lhs_batch)
+    lhs_free = lhs.ndim - batch - len(lhs_contract)
+    # the output's axes are (batch, lhs free, rhs free); the swapped product's (batch, rhs free, lhs free)
+    cotangent_swapped = cotangent.transpose(
+        (*range(batch), *range(batch + lhs_free, cotangent.ndim), *range(batch, batch + lhs_free)))
+    return (_lhs_gradient(cotangent, rhs, dimension_numbers, lhs.ndim),
+            _lhs_gradient(cotangent_swapped, lhs, swapped, rhs.ndim))
+
+
+def _lhs_gradient(cotangent, rhs, dimension_numbers, lhs_ndim):
+    """d lhs of dot_general(lhs, rhs, dimension_numbers) given the output's cotangent."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    lhs_free = [d for d in range(lhs_ndim) if d not in lhs_contract and d not in lhs_batch]
+    rhs_free = [d for d in range(rhs.ndim) if d not in rhs_contract and d not in rhs_batch]
+    batch = len(lhs_batch)
+    cotangent_rhs_free = tuple(range(batch + len(lhs_free), cotangent.ndim))
+    product = _rounded_dot(cotangent, rhs, ((cotangent_rhs_free, tuple(rhs_free)), (tuple(range(batch)), tuple(rhs_batch))))
+    # the product's axes: batch, lhs free, then rhs's contracted axes in rhs's order
+    source = [*lhs_batch, *lhs_free, *(lhs_contract[rhs_contract.index(d)] for d in sorted(rhs_contract))]
+    return product.transpose([source.index(d) for d in range(lhs_ndim)])
+
+
+_rounded_dot.defvjp(_rounded_dot_forward, _rounded_dot_backward)
 
 
 def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float32, name: str):
