@@ -13,6 +13,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxvlm import ops
 
@@ -28,10 +29,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
 }
 
+# `dot_general`'s products are custom-VJP calls, which the dot policies do not see: they are named
+_NAMED_PRODUCTS = jax.checkpoint_policies.save_only_these_names("dense_product")
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots": jax.checkpoint_policies.save_from_both_policies(jax.checkpoint_policies.checkpoint_dots, _NAMED_PRODUCTS),
+    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims, _NAMED_PRODUCTS),
 }
 
 
@@ -43,54 +47,50 @@ def param_with_axes(init, *axes):
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
-    """`lax.dot_general` accumulating in float32 and rounding the result once to the inputs' dtype.
+    """The product of a Dense layer (no batch axes): `lax.dot_general` accumulating in float32 and
+    rounding the result once to the inputs' dtype; its derivative's products the same.
 
     For bfloat16 that is what every backend computes anyway, but XLA:CPU takes its fast path
     (AMX / AVX512-BF16) only for a float32 result: asking for bf16 out is several times slower.
-    The derivative's products take the inputs' dtype too (`_rounded_dot`).
     """
-    if precision is not None or preferred_element_type is not None or kwargs:
-        raise ValueError("layers.dot_general: precision, preferred_element_type and other options are not supported")
-    return _rounded_dot(lhs, rhs, dimension_numbers)
+    (_, _), batch = dimension_numbers
+    if precision is not None or preferred_element_type is not None or kwargs or any(batch):
+        raise ValueError("layers.dot_general: batch axes, precision, preferred_element_type and other options "
+                         "are not supported")
+    contract = tuple(map(tuple, dimension_numbers[0]))
+    return checkpoint_name(_rounded_dot(lhs, rhs, contract), "dense_product")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _rounded_dot(lhs, rhs, dimension_numbers):
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
+def _rounded_dot(lhs, rhs, contract):
+    out = jax.lax.dot_general(lhs, rhs, (contract, ((), ())), preferred_element_type=jnp.float32)
     return out.astype(jnp.result_type(lhs, rhs))
 
 
-def _rounded_dot_forward(lhs, rhs, dimension_numbers):
-    return _rounded_dot(lhs, rhs, dimension_numbers), (lhs, rhs)
+def _rounded_dot_forward(lhs, rhs, contract):
+    return _rounded_dot(lhs, rhs, contract), (lhs, rhs)
 
 
-def _rounded_dot_backward(dimension_numbers, residuals, cotangent):
+def _rounded_dot_backward(contract, residuals, cotangent):
     """Both gradients as products of the same kind, the cotangent in the inputs' dtype.
     Differentiating the float32-result product itself would give its transposes a float32
     cotangent and XLA would multiply in float32: the backward pass of a bfloat16 model at a
     fraction of the speed on CPU and GPU."""
     lhs, rhs = residuals
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
-    batch = len(lhs_batch)
-    lhs_free = lhs.ndim - batch - len(lhs_contract)
-    # the output's axes are (batch, lhs free, rhs free); the swapped product's (batch, rhs free, lhs free)
-    cotangent_swapped = cotangent.transpose(
-        (*range(batch), *range(batch + lhs_free, cotangent.ndim), *range(batch, batch + lhs_free)))
-    return (_lhs_gradient(cotangent, rhs, dimension_numbers, lhs.ndim),
-            _lhs_gradient(cotangent_swapped, lhs, swapped, rhs.ndim))
+    lhs_free = lhs.ndim - len(contract[0])
+    # the output's axes are (lhs free, rhs free); the swapped product's (rhs free, lhs free)
+    swapped = cotangent.transpose((*range(lhs_free, cotangent.ndim), *range(lhs_free)))
+    return _lhs_gradient(cotangent, rhs, contract, lhs.ndim), _lhs_gradient(swapped, lhs, contract[::-1], rhs.ndim)
 
 
-def _lhs_gradient(cotangent, rhs, dimension_numbers, lhs_ndim):
-    """d lhs of dot_general(lhs, rhs, dimension_numbers) given the output's cotangent."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    lhs_free = [d for d in range(lhs_ndim) if d not in lhs_contract and d not in lhs_batch]
-    rhs_free = [d for d in range(rhs.ndim) if d not in rhs_contract and d not in rhs_batch]
-    batch = len(lhs_batch)
-    cotangent_rhs_free = tuple(range(batch + len(lhs_free), cotangent.ndim))
-    product = _rounded_dot(cotangent, rhs, ((cotangent_rhs_free, tuple(rhs_free)), (tuple(range(batch)), tuple(rhs_batch))))
-    # the product's axes: batch, lhs free, then rhs's contracted axes in rhs's order
-    source = [*lhs_batch, *lhs_free, *(lhs_contract[rhs_contract.index(d)] for d in sorted(rhs_contract))]
+def _lhs_gradient(cotangent, rhs, contract, lhs_ndim):
+    """d lhs of the product of lhs and rhs over ``contract`` given the output's cotangent."""
+    lhs_contract, rhs_contract = contract
+    lhs_free = [d for d in range(lhs_ndim) if d not in lhs_contract]
+    rhs_free = [d for d in range(rhs.ndim) if d not in rhs_contract]
+    product = _rounded_dot(cotangent, rhs, (tuple(range(len(lhs_free), cotangent.ndim)), tuple(rhs_free)))
+    # the product's axes: lhs free, then rhs's contracted axes in rhs's order
+    source = [*lhs_free, *(lhs_contract[rhs_contract.index(d)] for d in sorted(rhs_contract))]
     return product.transpose([source.index(d) for d in range(lhs_ndim)])
 
 
