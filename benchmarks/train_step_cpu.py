@@ -97,16 +97,20 @@ def train_config(init_from: Path, batch: int, dtype: str, remat: str):
     return c
 
 
-def jaxvlm_step(arch, params: dict, batch: dict, dtype: str, remat: str, workdir: Path):
-    """fn() -> loss of one step of jaxvlm's train program, the state carried from call to call."""
+def jaxvlm_program(arch, params: dict, batch: dict, dtype: str, remat: str, workdir: Path):
+    """(program, state, inputs): jaxvlm's train program for the model directory holding ``params``,
+    its initial state and ``batch`` placed on the mesh."""
     directory = workdir / "model"
     model_dir.save(directory, model_dir.ModelDir(arch.model, arch.preprocess, arch.tokenizer,
-                                                 {"source": "train_step_cpu benchmark"}, params), CLIP_BPE_FILE)
+                                                 {"source": "train_step benchmark"}, params), CLIP_BPE_FILE)
     config = train_config(directory, len(batch["image"]), dtype, remat)
     program = build(config, parallel.create_mesh(config.mesh, config.mesh.dcn))
-    state = program.init()
     sharding = parallel.batch_sharding(program.mesh)
-    inputs = {k: jax.device_put(v, sharding) for k, v in batch.items()}
+    return program, program.init(), {k: jax.device_put(v, sharding) for k, v in batch.items()}
+
+
+def jaxvlm_step(program, state, inputs):
+    """fn() -> loss of one step of ``program``, the state carried from call to call."""
 
     def step():
         nonlocal state
@@ -116,24 +120,25 @@ def jaxvlm_step(arch, params: dict, batch: dict, dtype: str, remat: str, workdir
     return step
 
 
-def open_clip_step(torch, open_clip, model, batch: dict, dtype: str):
-    """fn() -> loss of one step of open_clip's training loop: float32, or for bfloat16 its
-    ``amp_bf16`` precision (forward and loss under autocast, the backward pass outside it)."""
+def open_clip_step(torch, open_clip, model, batch: dict, dtype: str, device: str = "cpu"):
+    """fn() -> loss of one step of open_clip's training loop on ``device`` ("cpu", "cuda"):
+    float32, or for bfloat16 its ``amp_bf16`` precision (forward and loss under autocast, the
+    backward pass outside it). The model is moved to ``device``; reading the loss waits for the step."""
     import math
 
-    model.train()
+    model.to(device).train()
     decay = [p for n, p in model.named_parameters() if not open_clip_no_decay(n, p)]
     rest = [p for n, p in model.named_parameters() if open_clip_no_decay(n, p)]
     optimizer = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0},
                                    {"params": decay, "weight_decay": HYPER["weight_decay"]}],
                                   lr=HYPER["lr"], betas=(HYPER["b1"], HYPER["b2"]), eps=HYPER["eps"])
     loss_fn = open_clip.loss.ClipLoss()
-    images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-    texts = torch.from_numpy(batch["text"]).long()
+    images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+    texts = torch.from_numpy(batch["text"]).long().to(device)
 
     def step():
         optimizer.zero_grad()
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             out = model(images, texts)
             loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         loss.backward()
@@ -174,7 +179,7 @@ def main() -> None:
              "text": rng.integers(0, cfg.text.vocab_size, (args.batch, context), dtype=np.int32)}
 
     with tempfile.TemporaryDirectory() as workdir:
-        steps = {"jaxvlm": jaxvlm_step(arch, params, batch, args.dtype, args.remat, Path(workdir)),
+        steps = {"jaxvlm": jaxvlm_step(*jaxvlm_program(arch, params, batch, args.dtype, args.remat, Path(workdir))),
                  "open_clip": open_clip_step(torch, open_clip, model, batch, args.dtype)}
     # the first two steps of each, before any timing: same weights and batch, then one update each
     compile_started = time.perf_counter()
