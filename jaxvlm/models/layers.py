@@ -85,9 +85,12 @@ def _rounded_dot_backward(contract, residuals, cotangent):
     # each product's axes: the other operand's contracted axes (in its order) pair with these
     d_lhs = _rounded_dot(cotangent, rhs, (from_rhs, rhs_free))
     d_lhs_axes = [*lhs_free, *(lhs_contract[rhs_contract.index(d)] for d in sorted(rhs_contract))]
-    d_rhs = _rounded_dot(lhs, cotangent, (lhs_free, from_lhs))
-    d_rhs_axes = [*(rhs_contract[lhs_contract.index(d)] for d in sorted(lhs_contract)), *rhs_free]
-    return _to_order(d_lhs, d_lhs_axes), _to_order(d_rhs, d_rhs_axes)
+    lhs_contracted = [rhs_contract[lhs_contract.index(d)] for d in sorted(lhs_contract)]
+    if lhs.size <= cotangent.size:
+        d_rhs = _to_order(_rounded_dot(lhs, cotangent, (lhs_free, from_lhs)), [*lhs_contracted, *rhs_free])
+    else:  # the smaller operand first: XLA:CPU copies the first one transposed for this product
+        d_rhs = _to_order(_rounded_dot(cotangent, lhs, (from_lhs, lhs_free)), [*rhs_free, *lhs_contracted])
+    return _to_order(d_lhs, d_lhs_axes), d_rhs
 
 
 def _to_order(x, axes):
