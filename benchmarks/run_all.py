@@ -114,15 +114,16 @@ def run_benchmarks(benchmarks: dict[str, dict]) -> dict[str, str]:
 
 
 def load_results(results_dir: Path) -> list[dict]:
-    """The results files that carry a summary, in running order; older ones are named and left out."""
+    """The results files that carry a summary, in their benchmarks' running order (a benchmark's
+    several files, e.g. one per precision, by file name); older ones are named and left out."""
     records = []
-    for path in sorted(results_dir.glob("*.json"), key=lambda p: rank(p.stem)):
+    for path in sorted(results_dir.glob("*.json")):
         record = json.loads(path.read_text())
         if not record.get("summary"):
             print(f"-- {path.name}: no summary (written by an older version of its script): re-run it")
             continue
         records.append({"benchmark": path.stem, **record})
-    return records
+    return sorted(records, key=lambda record: rank(record["benchmark"]))
 
 
 def format_value(value: float, unit: str) -> str:

@@ -82,15 +82,16 @@ def _rounded_dot_backward(contract, residuals, cotangent):
     rhs_free = tuple(d for d in range(rhs.ndim) if d not in rhs_contract)
     from_lhs = tuple(range(len(lhs_free)))  # the output's axes: lhs's free axes, then rhs's
     from_rhs = tuple(range(len(lhs_free), cotangent.ndim))
-    # each product's axes: the other operand's contracted axes (in its order) pair with these
-    d_lhs = _rounded_dot(cotangent, rhs, (from_rhs, rhs_free))
-    d_lhs_axes = [*lhs_free, *(lhs_contract[rhs_contract.index(d)] for d in sorted(rhs_contract))]
-    lhs_contracted = [rhs_contract[lhs_contract.index(d)] for d in sorted(lhs_contract)]
+    # the axes each product leaves after its free ones: the other operand's contracted axes, in
+    # that operand's order, named by the axes they were contracted with
+    as_lhs = [lhs_contract[rhs_contract.index(d)] for d in sorted(rhs_contract)]
+    as_rhs = [rhs_contract[lhs_contract.index(d)] for d in sorted(lhs_contract)]
+    d_lhs = _to_order(_rounded_dot(cotangent, rhs, (from_rhs, rhs_free)), [*lhs_free, *as_lhs])
     if lhs.size <= cotangent.size:
-        d_rhs = _to_order(_rounded_dot(lhs, cotangent, (lhs_free, from_lhs)), [*lhs_contracted, *rhs_free])
-    else:  # the smaller operand first: XLA:CPU copies the first one transposed for this product
-        d_rhs = _to_order(_rounded_dot(cotangent, lhs, (from_lhs, lhs_free)), [*rhs_free, *lhs_contracted])
-    return _to_order(d_lhs, d_lhs_axes), d_rhs
+        d_rhs = _to_order(_rounded_dot(lhs, cotangent, (lhs_free, from_lhs)), [*as_rhs, *rhs_free])
+    else:  # the smaller operand first: XLA:CPU writes the first one out transposed for this product
+        d_rhs = _to_order(_rounded_dot(cotangent, lhs, (from_lhs, lhs_free)), [*rhs_free, *as_rhs])
+    return d_lhs, d_rhs
 
 
 def _to_order(x, axes):
