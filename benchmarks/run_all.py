@@ -206,19 +206,25 @@ def write_chart(records: list[dict], path: Path) -> None:
     for ax, unit in zip(axes[:, 0], units):
         panel = [(label, m) for label, m in rows if m["unit"] == unit][::-1]
         colours = [{True: "tab:green", False: "tab:red", None: "tab:gray"}[m["holds"]] for _, m in panel]
-        ax.barh(range(len(panel)), [m["value"] for _, m in panel], color=colours)
+        values = [m["value"] for _, m in panel]
+        span = values + [m["target"] for _, m in panel if m["target"] is not None]
+        if unit == "x":  # ratios on a log scale, each bar drawn from parity: 0.5x and 2x alike, 3000x fits
+            ax.barh(range(len(panel)), [v - 1 for v in values], left=1, color=colours)
+            ax.set_xscale("log")
+            ax.set_xlim(min(span + [1]) / 1.5, 4 * max(span + [1]))
+            ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+            ax.set_xlabel("speed ratio (x, log scale); black bars: targets, dotted: parity")
+        else:
+            ax.barh(range(len(panel)), values, color=colours)
+            ax.set_xlim(0, 1.15 * max(span))
+            ax.set_xlabel(f"{unit}; black bars: targets")
         for i, (_, m) in enumerate(panel):
-            ax.annotate(format_value(m["value"], unit), (m["value"], i), xytext=(3, 0), textcoords="offset points",
+            end = max(m["value"], 1) if unit == "x" else m["value"]  # a ratio's bar ends at parity or beyond it
+            ax.annotate(format_value(m["value"], unit), (end, i), xytext=(3, 0), textcoords="offset points",
                         va="center", fontsize=8)
             if m["target"] is not None:
                 ax.plot([m["target"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
-        if unit == "x":
-            ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
-            ax.set_xlabel("speed ratio (x); black bars: targets, dotted: parity")
-        else:
-            ax.set_xlabel(f"{unit}; black bars: targets")
         ax.set_yticks(range(len(panel)), [label for label, _ in panel], fontsize=8)
-        ax.set_xlim(0, 1.15 * max([m["value"] for _, m in panel] + [m["target"] or 0 for _, m in panel]))
     fig.suptitle("jaxvlm benchmarks (benchmarks/results/*.json)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
