@@ -3,7 +3,8 @@ precision, same weights, same data, same GPU, side by side; and jaxvlm's MFU.
 
   jaxvlm     the step `jaxvlm train` runs (`train_step_cpu.jaxvlm_program`): model.dtype
              "bfloat16" (float32 parameters and AdamW state), remat "none" by default (open_clip
-             keeps every activation too), the fused loss and attention kernels chosen as on any GPU.
+             keeps every activation too), the flash attention kernel where `implementation="auto"`
+             picks it (the image tower's 197 tokens), the loss in XLA (256 x 256 logits per step).
   open_clip  its training loop's step at ``--precision amp_bf16`` (`train_step_cpu.open_clip_step`
              on "cuda"): forward and loss under torch.autocast, AdamW, the logit-scale clamp.
 
