@@ -64,7 +64,9 @@ def main() -> None:
         return
     started = time.perf_counter()
     torch, open_clip, _ = open_clip_on_every_core("train_step_gpu")
-    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    if not args.smoke and not torch.cuda.is_available():  # a CPU build of torch next to jax[cuda]
+        raise SystemExit("train_step_gpu: torch sees no CUDA device; install a CUDA build of torch to compare")
+    device = "cpu" if args.smoke else "cuda"
     torch.manual_seed(0)
     if args.smoke:
         name, args.batch, args.repeats = "smoke", 8, 1

@@ -53,12 +53,11 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     For bfloat16 that is what every backend computes anyway, but XLA:CPU takes its fast path
     (AMX / AVX512-BF16) only for a float32 result: asking for bf16 out is several times slower.
     """
-    (_, _), batch = dimension_numbers
+    contract, batch = dimension_numbers
     if precision is not None or preferred_element_type is not None or kwargs or any(batch):
         raise ValueError("layers.dot_general: batch axes, precision, preferred_element_type and other options "
                          "are not supported")
-    contract = tuple(map(tuple, dimension_numbers[0]))
-    return checkpoint_name(_rounded_dot(lhs, rhs, contract), "dense_product")
+    return checkpoint_name(_rounded_dot(lhs, rhs, tuple(map(tuple, contract))), "dense_product")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
