@@ -3,20 +3,48 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# The exact versions of every dependency the suite last passed with (`make lock` writes it);
+# pyproject.toml keeps the ranges users install from.
+LOCK := requirements-lock.txt
 
-.PHONY: test test-faults demo clean
+.PHONY: test test-faults test-latest lock demo clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --constraint $(LOCK) pip
+	$(PY) -m pip install --quiet --constraint $(LOCK) -e ".[test]"
 	touch $@
+
+# $(call fresh_venv,DIR,WHAT): a new venv in DIR with WHAT installed at the newest releases (no lock)
+define fresh_venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet $(2)
+endef
 
 # Two worker processes (one per core here), a test file per worker at a time so that each file's
 # fixtures are built once; TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+# The tests marked `latest` (the packaging checks, one parity test per converter, a train step, a
+# notebook) in a fresh venv with the newest release of every dependency and jaxvlm installed as a
+# user installs it (not editable): an upstream release that breaks jaxvlm shows here the day it ships.
+test-latest:
+	$(call fresh_venv,.venv-latest,".[test]")
+	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|grain|torch|open.clip.torch|timm|transformers|kernels|huggingface.hub|tokenizers) '
+	.venv-latest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m latest
+
+# Rewrites $(LOCK) with the newest releases; then `make test` installs them into .venv and runs the
+# suite: commit the lock once it passes.
+lock:
+	$(call fresh_venv,.venv-lock,-e ".[test]")
+	{ echo "# Written by \`make lock\` on $$(date -u +%F) (Python $$($(PYTHON) -c 'import platform; print(platform.python_version())')): the versions \`make test\` installs."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 # The slow fault cases (tests/faults, marked faults_slow): 20 kill -9 points, the fuzzers at full
 # length, a full disk, a lost process. `make test` runs the quick ones; both update docs/reliability.md.
@@ -32,4 +60,4 @@ demo: $(INSTALLED)
 	JAX_PLATFORMS=cpu $(VENV)/bin/jaxvlm train --config configs/demo.py --workdir out/demo --config.data.data_dir=out/tfds
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) .venv-latest .venv-lock out

@@ -221,6 +221,7 @@ def test_inferred_architecture_matches_hf(small, tmp_path, spm_model_file, layou
     check_parity(f"{layout} prefix={prefix!r} img_head={with_img_head}", converted, model, img_head)
 
 
+@pytest.mark.latest
 def test_named_tiny_siglip_matches_hf(tmp_path, spm_model_file):
     model = hf_siglip(TINY_SIGLIP, seed=2)
     npz = write_npz(tmp_path / "ckpt.npz", to_big_vision(model, stacked=True, prefix="params/"))

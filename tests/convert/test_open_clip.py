@@ -65,6 +65,7 @@ def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+@pytest.mark.latest
 def test_embeddings_and_logits_match(converted):
     name, reference, model = converted
     pixels = model.preprocess(photos())

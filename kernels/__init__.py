@@ -1,1 +1,0 @@
-"""Pallas kernels, each with a pure-jnp reference (installed as ``jaxvlm.kernels``)."""
