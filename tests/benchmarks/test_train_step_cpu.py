@@ -4,9 +4,11 @@ this size and are not checked."""
 
 import os
 
+import numpy as np
 import pytest
 
 from tests.benchmarks.conftest import run_smoke
+from tests.tolerances import FLOAT32_EPS
 
 pytest.importorskip("open_clip")
 
@@ -19,9 +21,15 @@ def test_smoke_run_agrees_with_open_clip_and_writes_a_complete_results_file(tmp_
     assert settings["threads"]["torch"] == settings["threads"]["xla"] == os.cpu_count()
     assert result["machine"]["uptime"] and "load average" in result["machine"]["uptime"]
 
+    # the two libraries' losses (and the gradients of the update between them) are float32 sums over the 8
+    # examples x 77 text positions, in each library's order: sqrt(8 * 77) * eps = 3e-6 of the loss apart (it was
+    # 1e-5 absolute)
+    rtol = np.sqrt(8 * 77) * FLOAT32_EPS
     for step, row in result["loss_agreement"].items():
-        print(f"{step}: loss jaxvlm {row['jaxvlm']:.7f} open_clip {row['open_clip']:.7f}, abs diff {row['abs_diff']:.1e}")
-        assert row["abs_diff"] <= 1e-5
+        bound = rtol * abs(row["open_clip"])
+        print(f"{step}: loss jaxvlm {row['jaxvlm']:.7f} open_clip {row['open_clip']:.7f}, abs diff {row['abs_diff']:.1e}"
+              f" (bound {bound:.1e})")
+        assert row["abs_diff"] <= bound
     assert result["loss_agreement"]["step 1"]["jaxvlm"] != result["loss_agreement"]["step 0"]["jaxvlm"]
     for lib in ("jaxvlm", "open_clip"):
         assert len(result["results"][lib]["samples"]) == 1 and result["results"][lib]["samples_per_second"] > 0

@@ -18,10 +18,14 @@ from jaxvlm.cli import main
 from jaxvlm.convert import big_vision
 from jaxvlm.errors import InputError
 from jaxvlm.models.two_tower import TwoTower
+from tests.tolerances import assert_close_to_scale
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+# max abs error of the unit-norm embeddings; the logits (exp(t) * cosine + b) carry the same relative accuracy,
+# so theirs is TOLERANCE times exp(t) + |b|, the largest a logit can be (an absolute 1e-5 would fail a trained
+# CLIP's exp(t) = 100 on rounding alone)
 TOLERANCE = 1e-5
 
 # Vision as the brief's small model; the text tower deliberately differs in width, depth, heads
@@ -174,16 +178,19 @@ def ours(converted, pixels, ids):
     return np.asarray(zi), np.asarray(zt), np.asarray(logits)
 
 
-def max_errors(got, want):
-    names = ("image", "text", "logits")
-    return {n: float(np.max(np.abs(np.asarray(g, np.float64) - w))) for n, g, w in zip(names, got, want)}
+def assert_parity(label, model, got, want):
+    """(image embeddings, text embeddings, logits) against the reference's: the unit-norm embeddings
+    within TOLERANCE, the logits within TOLERANCE times exp(t) + |b|."""
+    errors = {n: float(np.max(np.abs(np.asarray(g, np.float64) - w))) for n, g, w in zip(("image", "text"), got, want)}
+    print(f"\nbig_vision {label} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert all(e <= TOLERANCE for e in errors.values()), errors
+    scale = float(model.logit_scale.detach().exp()) + abs(float(model.logit_bias.detach()))
+    assert_close_to_scale(got[2], want[2], rtol_of_scale=TOLERANCE, scale=scale, what=f"big_vision {label} logits")
 
 
 def check_parity(label, converted, model, img_head=None):
     pixels, ids = inputs(model)
-    errors = max_errors(ours(converted, pixels, ids), reference(model, pixels, ids, img_head))
-    print(f"\nbig_vision {label} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    assert all(e <= TOLERANCE for e in errors.values()), errors
+    assert_parity(label, model, ours(converted, pixels, ids), reference(model, pixels, ids, img_head))
 
 
 # ---------------------------------------------------------------- parity
@@ -267,9 +274,7 @@ def test_cli_end_to_end(small, tmp_path, spm_model_file):
     assert ids.shape == (2, 12) and ids[0, -1] == 1 and ids[1, -1] == 1  # sticky EOS, padded with 1
     zi, zt = loaded.encode_image(pixels), loaded.encode_text(ids)
     ref_zi, ref_zt, ref_logits = reference(small, pixels, ids)
-    errors = max_errors((zi, zt, loaded.logits(zi, zt)), (ref_zi, ref_zt, ref_logits))
-    print("\nbig_vision via CLI + jaxvlm.load max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    assert all(e <= TOLERANCE for e in errors.values()), errors
+    assert_parity("via CLI + jaxvlm.load", small, (zi, zt, loaded.logits(zi, zt)), (ref_zi, ref_zt, ref_logits))
 
 
 # ---------------------------------------------------------------- bad inputs

@@ -14,6 +14,7 @@ from jaxvlm.models import CoCa, ModelConfig, build_model
 from jaxvlm.models.coca import empty_cache
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.models.text import key_mask
+from tests.tolerances import FLOAT32_EPS, assert_close_to_scale
 
 CFG = get_architecture("tiny-coca").model
 
@@ -46,14 +47,19 @@ def test_cached_decoding_matches_uncached_forward_at_every_step(params, beams):
     decode = jax.jit(lambda cache, index, tokens: model.apply({"params": params}, ids, index, cache, tokens,
                                                                method=CoCa.decode))
     cache = empty_cache(CFG, 2 * beams, length)
-    errors = []
+    errors, steps = [], []
     for index in range(length):
         logits, cache = decode(cache, index, image_tokens if index == 0 else None)
         errors.append(float(jnp.max(jnp.abs(logits - full[:, index]))))
+        steps.append(logits)
     print(f"\ncached vs uncached decoder logits, {beams} beam(s), max abs per step: "
           + " ".join(f"{e:.1e}" for e in errors))
-    print(f"(logits up to {float(jnp.max(jnp.abs(full))):.1f})")
-    assert max(errors) <= 1e-4
+    # a logit ends a chain of float32 sums that the two passes group differently (other batch and sequence
+    # shapes): about n = 4000 additions (vision tower and pooler ~1500, text layers ~650, decoder layers with
+    # cross-attention over 255 image tokens ~1900), whose roundings add as a random walk: sqrt(n) * eps = 7.5e-6
+    # of the logits' size (8e-5 at 10.7; it was 1e-4 absolute)
+    assert_close_to_scale(jnp.stack(steps, axis=1), full, rtol_of_scale=np.sqrt(4000) * FLOAT32_EPS,
+                          what=f"cached vs uncached decoder logits, {beams} beam(s)")
 
 
 def test_shifted_pad_mask_is_open_clips():
