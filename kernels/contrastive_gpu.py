@@ -39,8 +39,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jaxvlm.kernels.sigmoid_loss import _check as _check_sigmoid
-from jaxvlm.kernels.softmax_loss import _checked as _check_softmax
+from jaxvlm.errors import InputError
+from jaxvlm.kernels.common import check_loss_inputs, varying
 
 __all__ = ["sigmoid_loss_gpu", "softmax_loss_gpu"]
 
@@ -60,10 +60,10 @@ def softmax_loss_gpu(x, y, scale, *, interpret=False):
     x, y: [N, D], both float32 or both bfloat16; scale: a scalar (already exponentiated).
     Differentiable in x, y and scale (gradients in the inputs' dtypes, scale's in float32).
     ``interpret=True`` runs the kernels in Pallas's interpreter (any platform; for tests).
-    Input checks and messages are `softmax_loss`'s: ValueError / TypeError naming the bad input;
+    Input checks and messages are `softmax_loss`'s: InputError naming the bad input;
     a non-finite scale is caught only when concrete (under jit it gives a non-finite loss).
     """
-    x, y, scale = _check_softmax("softmax_loss_gpu", x, y, scale)
+    x, y, scale = check_loss_inputs("softmax_loss_gpu", x, y, scale, same_shape=True)
     return _softmax(x, y, _varying_like(scale, x, y), interpret)
 
 
@@ -76,19 +76,14 @@ def sigmoid_loss_gpu(x, y, scale, bias, *, interpret=False):
     `softmax_loss_gpu`. Input checks and messages are `sigmoid_loss`'s: InputError naming the bad
     input; non-finite scale or bias caught only when concrete.
     """
-    x, y, scale, bias = _check_sigmoid("sigmoid_loss_gpu", x, y, scale, bias)
+    x, y, scale, bias = check_loss_inputs("sigmoid_loss_gpu", x, y, scale, bias, same_shape=False)
     return _sigmoid(x, y, _varying_like(scale, x, y), _varying_like(bias, x, y), interpret)
-
-
-def _varying(*arrays):
-    """The shard_map axes (with check_vma) along which any of the arrays varies."""
-    return frozenset().union(*(jax.typeof(a).mat.varying for a in arrays))
 
 
 def _varying_like(value, *arrays):
     """``value`` typed as varying along the axes the arrays vary along. Called on a replicated
     scalar inside shard_map (check_vma), this makes autodiff sum its per-device gradients."""
-    axes = _varying(*arrays) - _varying(value)
+    axes = varying(*arrays) - varying(value)
     return lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
 
 
@@ -234,11 +229,11 @@ def _call(kernel, name, params, a, b, stats, outputs, *, a_block, b_size, num_wa
                                       (lambda i: (i,)) if width is None else (lambda i: (i, 0)))
     operands = (params, a, b, *stats)
     # Inside shard_map (check_vma) the outputs vary along the mesh axes the operands vary along.
-    varying = _varying(*operands)
-    if interpret and varying:
-        raise ValueError(f"{name}: interpret mode inside shard_map needs check_vma=False (jax's Pallas interpreter "
+    axes = varying(*operands)
+    if interpret and axes:
+        raise InputError(f"{name}: interpret mode inside shard_map needs check_vma=False (jax's Pallas interpreter "
                          "does not track varying mesh axes; compiled kernels have no such limit)")
-    mat = jax.sharding.ManualAxisType(varying=varying)
+    mat = jax.sharding.ManualAxisType(varying=axes)
     return pl.pallas_call(
         functools.partial(kernel, b_block=_block(b_size), b_size=b_size, chunk=chunk, precision=precision),
         grid=(a.shape[0] // a_block,),

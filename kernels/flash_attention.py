@@ -31,23 +31,26 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxvlm.errors import InputError
+from jaxvlm.kernels.common import round_up
+
 BACKENDS = ("tpu", "gpu")
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
 def check_inputs(q, k, v, key_mask=None) -> None:
-    """Raises ValueError naming the problem when the arrays do not make one attention call."""
+    """Raises InputError naming the problem when the arrays do not make one attention call."""
     if not (q.ndim == k.ndim == v.ndim == 4):
-        raise ValueError(f"attention: q, k, v must be [batch, length, heads, head_dim]; got shapes "
+        raise InputError(f"attention: q, k, v must be [batch, length, heads, head_dim]; got shapes "
                          f"{q.shape}, {k.shape}, {v.shape}")
     if k.shape != v.shape:
-        raise ValueError(f"attention: k and v shapes differ: {k.shape} vs {v.shape}")
+        raise InputError(f"attention: k and v shapes differ: {k.shape} vs {v.shape}")
     if (q.shape[0], q.shape[2], q.shape[3]) != (k.shape[0], k.shape[2], k.shape[3]):
-        raise ValueError(f"attention: q {q.shape} and k {k.shape} differ in batch, heads or head_dim")
+        raise InputError(f"attention: q {q.shape} and k {k.shape} differ in batch, heads or head_dim")
     if not q.dtype == k.dtype == v.dtype or q.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"attention: q, k, v must share one float dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise InputError(f"attention: q, k, v must share one float dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if key_mask is not None and (key_mask.dtype != jnp.bool_ or key_mask.shape != k.shape[:2]):
-        raise ValueError(f"attention: key_mask must be bool {k.shape[:2]}; got {key_mask.dtype} {key_mask.shape}")
+        raise InputError(f"attention: key_mask must be bool {k.shape[:2]}; got {key_mask.dtype} {key_mask.shape}")
 
 
 def attention_mask(t: int, s: int, *, causal: bool = False, q_offset=None, key_mask=None) -> jax.Array | None:
@@ -108,10 +111,6 @@ def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, backend: st
     return kernel(q, k, v, key_mask, causal=causal, interpret=interpret)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _pad_axis(x, axis: int, size: int):
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, size - x.shape[axis])
@@ -138,8 +137,8 @@ def _tpu_blocks(t: int, s: int):
     (bfloat16's sublane packing)."""
     from jax.experimental.pallas.ops.tpu.flash_attention import BlockSizes
 
-    s_pad = _round_up(s, 128)
-    t_pad = _round_up(t, 128) if t > 128 else _round_up(t, 16)
+    s_pad = round_up(s, 128)
+    t_pad = round_up(t, 128) if t > 128 else round_up(t, 16)
     bk = _largest_dividing(s_pad, (512, 256, 128))
     bq = _largest_dividing(t_pad, (256, 128)) if t_pad >= 128 else t_pad
     return t_pad, s_pad, BlockSizes(
@@ -154,7 +153,7 @@ def _tpu_flash_attention(q, k, v, key_mask, *, causal: bool, interpret: bool):
 
     (b, t, _, d), s = q.shape, k.shape[1]
     t_pad, s_pad, blocks = _tpu_blocks(t, s)
-    d_pad = d if d <= 128 else _round_up(d, 128)
+    d_pad = d if d <= 128 else round_up(d, 128)
 
     def to_kernel(x, length):  # [B, L, H, D] -> [B, H, length, d_pad]
         return _pad_axis(_pad_axis(x, 1, length), 3, d_pad).transpose(0, 2, 1, 3)
@@ -210,7 +209,7 @@ def _gpu_blocks(t: int, s: int):
     from jax.experimental.pallas.ops.gpu.attention import BlockSizes
 
     pow2 = lambda n: 1 << max(n - 1, 0).bit_length()
-    s_pad = _round_up(s, 128) if s > 128 else max(pow2(s), 32)
+    s_pad = round_up(s, 128) if s > 128 else max(pow2(s), 32)
     blocks = s_pad // 32
     bq_bwd = max(pow2(-(-t // blocks)), 16)
     t_pad = blocks * bq_bwd

@@ -16,20 +16,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxvlm.errors import InputError
+from jaxvlm.kernels.common import LANES, check_loss_inputs, round_up, varying
 
-_LANES = 128
 _SUBLANES = 8
 _TILES = (512, 256, 128)  # candidate tile heights (rows of X or Y per block), largest first
 # Per-kernel VMEM the tiles may use: below the 16 MiB a TPU v4 core has, and below the default
 # scoped limit of the later generations, so no kernel needs a raised vmem_limit_bytes.
 _VMEM_BUDGET = 12 * 2**20
-_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 def sigmoid_loss_reference(x, y, scale, bias):
@@ -75,9 +73,9 @@ def _scores(floats_ref, where_ref, a_ref, b_ref, *, images, texts, transposed):
 
 def _lane_sum(v):
     """[r, c] -> [r, 128]: sum of the 128-lane column groups (whole vregs, no cross-lane work)."""
-    out = v[:, :_LANES]
-    for k in range(_LANES, v.shape[1], _LANES):
-        out = out + v[:, k:k + _LANES]
+    out = v[:, :LANES]
+    for k in range(LANES, v.shape[1], LANES):
+        out = out + v[:, k:k + LANES]
     return out
 
 
@@ -148,11 +146,6 @@ def _grad_kernel(floats_ref, where_ref, a_ref, b_ref, da_in_ref, *refs, transpos
 # this device's `images` and `texts` (the real counts) by `where`.
 
 
-def _varying(v):
-    """The mesh axes along which v varies inside shard_map (empty outside, or with check_vma off)."""
-    return jax.typeof(v).mat.varying
-
-
 def _call(kernel, floats, where, a, b, accumulator, outs, scratch, *, ta, tb, flops, transcendentals,
           interpret):
     """pallas_call over the (a blocks, b blocks) grid. outs: (rows per a block, width) of each f32
@@ -161,7 +154,7 @@ def _call(kernel, floats, where, a, b, accumulator, outs, scratch, *, ta, tb, fl
     vary along."""
     ga, gb = a.shape[0] // ta, b.shape[0] // tb
     operands = (floats, where, a, b) + (() if accumulator is None else (accumulator,))
-    mat = jax.sharding.ManualAxisType(varying=frozenset().union(*map(_varying, operands)))
+    mat = jax.sharding.ManualAxisType(varying=varying(*operands))
     d = a.shape[1]
     out_bytes = 4 * ga * sum(rows * width for rows, width in outs)
     row_block = pl.BlockSpec((ta, d), lambda i, j: (i, 0))
@@ -190,8 +183,8 @@ def _block_loss(xp, yp, scale, bias, where, *, images, texts, tiles, interpret):
     partial_sums, = _call(
         functools.partial(_loss_kernel, images=images, texts=texts),
         jnp.stack([scale, bias]), where, xp, yp, None,
-        [(_SUBLANES, _LANES)],
-        [pltpu.VMEM((tn, _LANES), jnp.float32)],
+        [(_SUBLANES, LANES)],
+        [pltpu.VMEM((tn, LANES), jnp.float32)],
         ta=tn, tb=tm, flops=2 * xp.shape[0] * yp.shape[0] * xp.shape[1],
         transcendentals=2 * xp.shape[0] * yp.shape[0], interpret=interpret)
     return jnp.sum(partial_sums)
@@ -209,8 +202,8 @@ def _block_grads(xp, yp, scale, bias, coef, dx, dy, where, *, images, texts, til
     sizes = {"images": images, "texts": texts}
     dx, dscale, dbias = _call(
         functools.partial(_grad_kernel, transposed=False, **sizes), floats, where, xp, yp, dx,
-        [(tn, d), (_SUBLANES, _LANES), (_SUBLANES, _LANES)],
-        [pltpu.VMEM((tn, d), jnp.float32)] + 2 * [pltpu.VMEM((tn, _LANES), jnp.float32)],
+        [(tn, d), (_SUBLANES, LANES), (_SUBLANES, LANES)],
+        [pltpu.VMEM((tn, d), jnp.float32)] + 2 * [pltpu.VMEM((tn, LANES), jnp.float32)],
         ta=tn, tb=tm, **cost)
     dy, = _call(
         functools.partial(_grad_kernel, transposed=True, **sizes), floats, where, yp, xp, dy,
@@ -222,48 +215,20 @@ def _block_grads(xp, yp, scale, bias, coef, dx, dy, where, *, images, texts, til
 # Padding, tiles and input checks.
 
 
-def _round_up(v, k):
-    return -(-v // k) * k
-
-
 def _tiles(n, m, d, dtype):
     """Tile heights for rows of X and of Y: the largest whose gradient kernel (two double-buffered
     input blocks, the double-buffered f32 accumulator block read and written in place, its f32
     scratch, a few f32 (t, t) temporaries) fits the VMEM budget, capped by the padded sizes."""
-    d_pad, size = _round_up(d, _LANES), jnp.dtype(dtype).itemsize
+    d_pad, size = round_up(d, LANES), jnp.dtype(dtype).itemsize
     cap = next((t for t in _TILES if 4 * t * d_pad * size + 5 * t * d_pad * 4 + 8 * t * t * 4
                 <= _VMEM_BUDGET), _TILES[-1])
-    return min(cap, _round_up(n, _LANES)), min(cap, _round_up(m, _LANES))
+    return min(cap, round_up(n, LANES)), min(cap, round_up(m, LANES))
 
 
 def _pad(v, rows):
     """v zero-padded to `rows` rows and to a multiple of 128 columns (zero features change no dot
     product; padded rows are masked in the kernels)."""
-    return jnp.pad(v, ((0, rows - v.shape[0]), (0, _round_up(v.shape[1], _LANES) - v.shape[1])))
-
-
-def _check(name, x, y, scale, bias):
-    """Validated (x, y, f32 scale, f32 bias), or InputError (a ValueError) with one line naming the
-    bad input. Finiteness of scale and bias is checked only when they are concrete (not under
-    jit/grad tracing, where their values are unknown)."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.ndim != 2 or y.ndim != 2:
-        raise InputError(f"{name}: x and y must be 2-D [N, D] and [M, D], got shapes {x.shape} and {y.shape}")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"{name}: x and y must share the embedding size D, got {x.shape[1]} and {y.shape[1]}")
-    if x.shape[0] == 0 or y.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"{name}: empty input, x {x.shape} and y {y.shape}")
-    if x.dtype != y.dtype or x.dtype not in _DTYPES:
-        raise InputError(f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
-                         "(sigmoid_loss_reference takes any float dtype)")
-    scalars = []
-    for label, v in (("scale", scale), ("bias", bias)):
-        if np.ndim(v) != 0:
-            raise InputError(f"{name}: {label} must be a scalar, got shape {np.shape(v)}")
-        if not isinstance(v, jax.core.Tracer) and not np.isfinite(np.asarray(v, np.float32)):
-            raise InputError(f"{name}: {label} must be finite, got {np.asarray(v)}")
-        scalars.append(jnp.asarray(v).astype(jnp.float32))
-    return x, y, *scalars
+    return jnp.pad(v, ((0, rows - v.shape[0]), (0, round_up(v.shape[1], LANES) - v.shape[1])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +246,7 @@ def sigmoid_loss(x, y, scale, bias, *, interpret=False):
     on CPU. Raises InputError (a ValueError) for bad shapes, dtypes or a non-finite scale or bias;
     finiteness is checked only for concrete values, not under jit (a NaN scale then gives a NaN
     loss)."""
-    x, y, scale, bias = _check("sigmoid_loss", x, y, scale, bias)
+    x, y, scale, bias = check_loss_inputs("sigmoid_loss", x, y, scale, bias, same_shape=False)
     return _single(x, y, scale, bias, interpret)
 
 
@@ -293,7 +258,7 @@ def _single(x, y, scale, bias, interpret):
 def _single_fwd(x, y, scale, bias, interpret):
     (n, d), m = x.shape, y.shape[0]
     tiles = _tiles(n, m, d, x.dtype)
-    total = _block_loss(_pad(x, _round_up(n, tiles[0])), _pad(y, _round_up(m, tiles[1])), scale, bias,
+    total = _block_loss(_pad(x, round_up(n, tiles[0])), _pad(y, round_up(m, tiles[1])), scale, bias,
                         _where(0, 0, True), images=n, texts=m, tiles=tiles, interpret=interpret)
     return total / n, (x, y, scale, bias)
 
@@ -302,7 +267,7 @@ def _single_bwd(interpret, residuals, g):
     x, y, scale, bias = residuals
     (n, d), m = x.shape, y.shape[0]
     tiles = _tiles(n, m, d, x.dtype)
-    xp, yp = _pad(x, _round_up(n, tiles[0])), _pad(y, _round_up(m, tiles[1]))
+    xp, yp = _pad(x, round_up(n, tiles[0])), _pad(y, round_up(m, tiles[1]))
     dx, dy, dscale, dbias = _block_grads(
         xp, yp, scale, bias, g / n, jnp.zeros(xp.shape, jnp.float32), jnp.zeros(yp.shape, jnp.float32),
         _where(0, 0, True), images=n, texts=m, tiles=tiles, interpret=interpret)
@@ -337,7 +302,7 @@ def sharded_sigmoid_loss(x, y, scale, bias, *, axis_name, pass_rows=512, interpr
     in jax 0.10 it cannot evaluate a kernel on device-varying values. With check_vma on, pass
     `interpret=pltpu.InterpretParams()` (the TPU interpreter), whose per-kernel barrier across the
     simulated devices needs a free host thread per device."""
-    x, y, scale, bias = _check("sharded_sigmoid_loss", x, y, scale, bias)
+    x, y, scale, bias = check_loss_inputs("sharded_sigmoid_loss", x, y, scale, bias, same_shape=False)
     if x.shape[0] != y.shape[0]:
         raise InputError(f"sharded_sigmoid_loss: each device needs as many texts as images, got x {x.shape} and "
                          f"y {y.shape}")
@@ -351,11 +316,11 @@ def _ring_setup(x, y, axis_name, pass_rows):
     size = lax.axis_size(axis_name)
     n, d = x.shape
     tiles = _tiles(n, min(n, pass_rows), d, x.dtype)
-    rows = _round_up(min(n, pass_rows), tiles[1])
+    rows = round_up(min(n, pass_rows), tiles[1])
     passes = -(-n // rows)
     shift = functools.partial(lax.ppermute, axis_name=axis_name,
                               perm=[(k, (k + 1) % size) for k in range(size)])
-    return size, tiles, rows, passes, _pad(x, _round_up(n, tiles[0])), _pad(y, passes * rows), shift
+    return size, tiles, rows, passes, _pad(x, round_up(n, tiles[0])), _pad(y, passes * rows), shift
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -394,8 +359,8 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
     n, d = x.shape
     # The cotangent of the global loss. With check_vma on, a replicated loss gets it whole on every
     # device; with check_vma off (or a per-device loss), the devices' shares sum to it.
-    checked = axis_name in _varying(x)
-    if not (checked and axis_name not in _varying(g)):
+    checked = axis_name in varying(x)
+    if not (checked and axis_name not in varying(g)):
         g = lax.psum(g, axis_name)
     grads = functools.partial(_block_grads, xp, scale=scale, bias=bias, coef=g / (n * size), images=n, texts=n,
                               tiles=tiles, interpret=interpret)
@@ -405,7 +370,8 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
         device's texts of the pass (home again), and the pass's d scale, d bias shares."""
         first = p * rows
         texts = lax.dynamic_slice_in_dim(yp, first, rows)
-        dx, dtexts, dscale, dbias = grads(texts, dx=dx, dy=_zeros_like(texts, jnp.float32), where=_where(0, first, True))
+        dx, dtexts, dscale, dbias = grads(texts, dx=dx, dy=_zeros_like(texts, jnp.float32),
+                                          where=_where(0, first, True))
         if size == 1:
             return dx, dtexts, dscale, dbias
 
@@ -430,7 +396,7 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
     # dscale, dbias are this device's rows' share. A replicated scale/bias (check_vma on) needs the
     # total; with check_vma off, shard_map's transpose sums the shares itself.
     if checked:
-        dscale, dbias = (lax.psum(v, axis_name) if axis_name not in _varying(p) else v
+        dscale, dbias = (lax.psum(v, axis_name) if axis_name not in varying(p) else v
                          for v, p in ((dscale, scale), (dbias, bias)))
     return dx[:n, :d].astype(x.dtype), dy[:n, :d], dscale, dbias
 
@@ -438,7 +404,7 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
 def _zeros_like(v, dtype):
     """Zeros of v's shape that vary along the same mesh axes as v (loop carries must keep their type)."""
     zeros = jnp.zeros(v.shape, dtype)
-    axes = tuple(sorted(_varying(v)))
+    axes = tuple(sorted(varying(v)))
     return lax.pcast(zeros, axes, to="varying") if axes else zeros
 
 

@@ -31,9 +31,11 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxvlm.errors import InputError
+from jaxvlm.kernels.common import LANES, check_loss_inputs
+
 __all__ = ["sharded_softmax_loss", "softmax_loss", "softmax_loss_reference"]
 
-_LANES = 128
 # Block sizes fit v4's 16 MiB of VMEM (the smallest; Mosaic reports the overflow at compile time):
 # float32 tiles at full matmul precision spill more temporaries, hence the smaller first block,
 # and a [block, D] slab of x or y is kept under _MAX_SLAB bytes (with its double buffer, the
@@ -42,7 +44,6 @@ _MAX_BLOCK = {jnp.dtype(jnp.bfloat16): 512, jnp.dtype(jnp.float32): 256}
 _MAX_SLAB = 1152 * 1024
 # Finite, so that a fully masked row or column gives exp(0), never exp(-inf - -inf) = nan.
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
-_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 def softmax_loss_reference(x, y, scale):
@@ -64,9 +65,9 @@ def softmax_loss(x, y, scale, *, interpret=False):
     statistics autodiff keeps, plus the gradients; never N x N. ``interpret=True`` runs the
     kernels in the Pallas interpreter (any backend, e.g. CPU tests).
 
-    A concrete non-finite scale raises ValueError; a traced one (under jit) cannot be checked.
+    A concrete non-finite scale raises InputError (a ValueError); a traced one (under jit) cannot be checked.
     """
-    x, y, scale = _checked("softmax_loss", x, y, scale)
+    x, y, scale = check_loss_inputs("softmax_loss", x, y, scale, same_shape=True)
     return _loss(x, y, scale, interpret)
 
 
@@ -84,34 +85,15 @@ def sharded_softmax_loss(x, y, scale, *, axis_name, interpret=False):
     the inputs: the gathered Y and its float32 gradient, [N, D] each, and O(n + N) statistics;
     never n x N.
 
-    ``interpret=True`` needs ``check_vma=False`` on the shard_map (a ValueError says so): jax's
+    ``interpret=True`` needs ``check_vma=False`` on the shard_map (an InputError says so): jax's
     Pallas interpreter does not track varying mesh axes. Compiled kernels work either way.
     """
-    x, y, scale = _checked("sharded_softmax_loss", x, y, scale)
+    x, y, scale = check_loss_inputs("sharded_softmax_loss", x, y, scale, same_shape=True)
     # The loss is a psum of per-device shares, and each device works with its own copy of scale,
     # so autodiff hands every device the full cotangent and sums the partial d scale, with or
     # without shard_map's check_vma.
-    share = _sharded_share(x, y, _varying(scale, axis_name), axis_name, interpret)
+    share = _sharded_share(x, y, _as_varying(scale, axis_name), axis_name, interpret)
     return lax.psum(share, axis_name)
-
-
-def _checked(name, x, y, scale):
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.ndim != 2 or x.shape != y.shape:
-        raise ValueError(f"{name}: x and y must both be [N, D] with the same shape, got x {x.shape} and y {y.shape}")
-    if x.size == 0:
-        raise ValueError(f"{name}: x and y must be non-empty, got shape {x.shape}")
-    if x.dtype != y.dtype or x.dtype not in _DTYPES:
-        raise TypeError(f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
-                        "(softmax_loss_reference takes any float dtype)")
-    if jnp.ndim(scale) != 0:
-        raise ValueError(f"{name}: scale must be a scalar, got shape {jnp.shape(scale)}")
-    if not (jnp.issubdtype(jnp.result_type(scale), jnp.floating)
-            or jnp.issubdtype(jnp.result_type(scale), jnp.integer)):
-        raise TypeError(f"{name}: scale must be a real number, got dtype {jnp.result_type(scale)}")
-    if not isinstance(scale, jax.core.Tracer) and not np.isfinite(np.asarray(scale, np.float32)):
-        raise ValueError(f"{name}: scale must be finite, got {np.asarray(scale).item()}")
-    return x, y, jnp.asarray(scale, jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,7 +125,7 @@ _loss.defvjp(_loss_fwd, _loss_bwd)
 # Data-parallel over a shard_map axis.
 
 
-def _varying(value, axis_name):
+def _as_varying(value, axis_name):
     """``value`` typed as varying over ``axis_name`` (a no-op without shard_map's check_vma)."""
     axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     invariant = tuple(a for a in axes if a not in jax.typeof(value).mat.varying)
@@ -193,10 +175,10 @@ def _blocks(size, d, dtype):
     """(block, padded size) for ``size`` rows of [size, d] ``dtype``: a multiple of 128, at most
     the largest block that fits VMEM, as even as can be (the last block is never all padding)."""
     max_block = _MAX_BLOCK[dtype]
-    while max_block > _LANES and max_block * d * dtype.itemsize > _MAX_SLAB:
+    while max_block > LANES and max_block * d * dtype.itemsize > _MAX_SLAB:
         max_block //= 2
     count = pl.cdiv(size, max_block)
-    block = pl.cdiv(pl.cdiv(size, count), _LANES) * _LANES
+    block = pl.cdiv(pl.cdiv(size, count), LANES) * LANES
     return block, block * count
 
 
@@ -217,7 +199,7 @@ def _out_shapes(operands, interpret, *shapes_dtypes):
     """Kernel output types; under shard_map (check_vma) they vary over every axis an operand does."""
     varying = frozenset().union(*(jax.typeof(a).mat.varying for a in operands))
     if interpret and varying:
-        raise ValueError("softmax_loss: interpret mode inside shard_map needs check_vma=False (jax's Pallas "
+        raise InputError("softmax_loss: interpret mode inside shard_map needs check_vma=False (jax's Pallas "
                          "interpreter does not track varying mesh axes; compiled kernels have no such limit)")
     mat = jax.sharding.ManualAxisType(varying=varying)
     return [jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat) for shape, dtype in shapes_dtypes]

@@ -136,11 +136,11 @@ def test_interpret_inside_shard_map_with_check_vma_says_what_to_do():
 
 
 @pytest.mark.parametrize("x, y, scale, error, match", [
-    ((8, 64), (9, 64), 1.0, ValueError, "same shape"),
-    ((0, 64), (0, 64), 1.0, ValueError, "non-empty"),
-    ((8, 64), (8, 64), float("nan"), ValueError, "finite"),
-    ((8, 64), (8, 64), 1j, TypeError, "real"),
-    ((8, 64), (8, 64), jnp.ones(2), ValueError, "scalar"),
+    ((8, 64), (9, 64), 1.0, InputError, "same shape"),
+    ((0, 64), (0, 64), 1.0, InputError, "empty input"),
+    ((8, 64), (8, 64), float("nan"), InputError, "finite"),
+    ((8, 64), (8, 64), 1j, InputError, "real"),
+    ((8, 64), (8, 64), jnp.ones(2), InputError, "scalar"),
 ])
 def test_softmax_bad_input(x, y, scale, error, match):
     with pytest.raises(error, match=match) as raised:

@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxvlm.errors import InputError
 from jaxvlm.kernels.flash_attention import attention_reference, flash_attention, unsupported
 from tests.kernels.tpu import TOPOLOGIES, compile_for_tpu, mosaic_kernels, tpu_mesh
 
@@ -106,9 +107,9 @@ def test_unsupported_cases_are_refused(backend, t, s, causal, key_mask, message)
 
 def test_bad_inputs_are_refused():
     (q, k, v), _, _ = inputs(8, 8, 64, False, jnp.float32)
-    with pytest.raises(ValueError, match="share one float dtype"):
+    with pytest.raises(InputError, match="share one float dtype"):
         flash_attention(q, k.astype(jnp.bfloat16), v, backend="tpu")
-    with pytest.raises(ValueError, match="key_mask must be bool"):
+    with pytest.raises(InputError, match="key_mask must be bool"):
         flash_attention(q, k, v, key_mask=jnp.ones((1, 9), bool), backend="tpu")
 
 

@@ -11,6 +11,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxvlm.errors import InputError
 from jaxvlm.kernels.sigmoid_loss import sharded_sigmoid_loss, sigmoid_loss, sigmoid_loss_reference
 from tests.kernels.tpu import TOPOLOGIES, compile_for_tpu, mosaic_kernels, tpu_mesh
 
@@ -229,7 +230,7 @@ def test_ring_memory_on_tpu_follows_the_local_batch():
 
 
 # ------------------------------------------------------------------------------------------------
-# Bad input: a ValueError naming it, never a silent wrong answer.
+# Bad input: an InputError naming it, never a silent wrong answer.
 
 
 @pytest.mark.parametrize("x,y,scale,bias,match", [
@@ -245,7 +246,7 @@ def test_ring_memory_on_tpu_follows_the_local_batch():
     (np.ones((4, 8), np.float32), jnp.ones((4, 8), jnp.bfloat16), 1.0, 0.0, "float32 or both bfloat16"),
 ])
 def test_bad_input_raises(x, y, scale, bias, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         sigmoid_loss(x, y, scale, bias, interpret=True)
 
 
