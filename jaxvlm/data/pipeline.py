@@ -20,6 +20,7 @@ import collections
 import logging
 import math
 import os
+from collections.abc import Iterator
 
 import grain
 import numpy as np
@@ -175,10 +176,26 @@ def _stack(examples: list[dict]) -> dict:
             for name in examples[0]}
 
 
+class EvalBatches:
+    """What `eval_batches` returns: an iterator over the batches whose `len` is how many it yields in all."""
+
+    def __init__(self, batches: Iterator[dict], count: int):
+        self._batches, self._count = batches, count
+
+    def __iter__(self) -> EvalBatches:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
+
+    def __len__(self) -> int:
+        return self._count
+
+
 def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, tokenizer: Tokenizer | None = None,
                  batch_size: int, data_dir=None, image_key: str = "image", text_key: str = "captions",
                  label_key: str = "label", text_templates=(), shard_index: int = 0, num_shards: int = 1,
-                 worker_count: int = 0):
+                 worker_count: int = 0) -> EvalBatches:
     """Every record of a split once, in order, with the model's own eval transform.
 
     `split` and the feature keys apply to TFDS sources (a spec's own options override them).
@@ -186,9 +203,9 @@ def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, token
     Batches of `batch_size`: "image" float32 [b, H, W, 3], "valid" bool [b] (False on the padding
     that fills the last batch), "label" int32 [b] if the source has labels, "texts" (a list of each
     record's captions) if it has captions, and "text" int32 [b, L] (the first caption's ids) with a
-    tokenizer. With `num_shards` > 1, shard `shard_index` gets one contiguous block of the records
-    and every shard gets the same number of batches (for multi-host evaluation). A bad record
-    is an error naming it: evaluation never skips data.
+    tokenizer; `len()` of the result is the number of batches. With `num_shards` > 1, shard
+    `shard_index` gets one contiguous block of the records and every shard gets the same number of
+    batches (for multi-host evaluation). A bad record is an error naming it: evaluation never skips data.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"eval batch size must be a positive integer, got {batch_size!r}")
@@ -204,8 +221,9 @@ def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, token
     start = shard_index * per_shard
     ds = grain.MapDataset.range(start, start + per_shard)
     ds = ds.map(_EvalExample(src, transform)).batch(batch_size, batch_fn=_stack)
+    count = len(ds)
     ds = _multiprocessing(ds.to_iter_dataset(), worker_count, buffer_size=1)
-    return iter(ds)
+    return EvalBatches(iter(ds), count)
 
 
 def class_names(source: str, *, split: str = "train", data_dir=None, label_key: str = "label") -> list[str]:

@@ -229,12 +229,35 @@ def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> I
     if first is None:
         raise InputError(f"dataset {spec.dataset!r} split {split!r} is empty")
     if needs not in first:
-        what = "class labels" if needs == "label" else "captions"
-        raise InputError(f"dataset {spec.dataset!r} has no {what}: {spec.task} needs them")
-    with tqdm(desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}", unit=" batches", disable=not progress) as bar:
+        raise _lacks(spec, needs)
+    with tqdm(desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}", total=len(batches), unit=" batches",
+              disable=not progress) as bar:
         for batch in _chain(first, batches):
             yield batch, np.asarray(batch["valid"], bool)
             bar.update()
+
+
+def _lacks(spec: EvalSpec, needs: str) -> InputError:
+    what = "class labels" if needs == "label" else "captions"
+    return InputError(f"dataset {spec.dataset!r} has no {what}: {spec.task} needs them")
+
+
+def check_data(spec: EvalSpec) -> None:
+    """Opens every split ``spec`` evaluates, as `evaluate` will, and checks that it holds what the task needs
+    (labels, captions; zero-shot: class names that fit its prompt set), without a model: a training run checks
+    its eval specs with this before it starts, rather than failing at its first evaluation."""
+    from jaxvlm.data.sources import open_source
+
+    needs = _NEEDS[spec.task]
+    splits = (spec.split, spec.train_split, spec.val_split) if spec.task == "linear_probe" else (spec.split,)
+    for split in (s for s in splits if s is not None):
+        source = open_source(spec.dataset, split=split, data_dir=spec.data_dir)
+        if len(source) == 0:
+            raise InputError(f"dataset {spec.dataset!r} split {split!r} is empty")
+        if not (source.has_labels if needs == "label" else source.has_texts):
+            raise _lacks(spec, needs)
+    if spec.task == "zeroshot":
+        _prompt_set(spec)
 
 
 def _chain(first, rest):
@@ -246,6 +269,8 @@ def _kept(items: list, valid: np.ndarray) -> list:
     return [item for item, keep in zip(items, valid) if keep]
 
 
+# what each task reads from every example besides the image
+_NEEDS = {"zeroshot": "label", "retrieval": "texts", "linear_probe": "label", "captioning": "texts"}
 _RUNNERS: dict[str, Callable] = {
     "zeroshot": _zeroshot,
     "retrieval": _retrieval,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import ml_collections
@@ -203,6 +204,9 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     for name in ("eval_every",):
         if config[name] < 0:
             raise InputError(f"{name} must be >= 0, got {config[name]}")
+    for i, spec in enumerate(config.eval_specs):
+        if not isinstance(spec, Mapping):
+            raise InputError(f"eval_specs[{i}] must be a dict of jaxvlm.eval.EvalSpec fields, got {spec!r}")
     ck = config.checkpoint
     if ck.every < 1 or ck.keep_last < 1 or ck.keep_every < 0:
         raise InputError("checkpoint.every and checkpoint.keep_last must be >= 1, checkpoint.keep_every >= 0")
@@ -225,6 +229,25 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     if config.global_batch_size % (shards * config.microbatches):
         raise InputError(f"global_batch_size {config.global_batch_size} is not divisible by the {shards} batch shards "
                          f"(mesh data x fsdp) times {config.microbatches} microbatches")
+
+
+def eval_specs(config: ml_collections.ConfigDict) -> list[dict]:
+    """The fields of each of ``config.eval_specs``, data_dir defaulting to data.data_dir."""
+    return [{"data_dir": config.data.data_dir, **dict(spec)} for spec in config.eval_specs]
+
+
+def check_eval_specs(config: ml_collections.ConfigDict) -> None:
+    """Opens the data of every eval spec as its evaluation will (dataset built, split known, the labels or
+    captions its task needs), so that a bad one fails before training starts, not at the first evaluation.
+    Not part of `check`: `jaxvlm plan` and the TPU launcher check configs where the data may not be."""
+    from jaxvlm.eval.runner import EvalSpec, check_data
+
+    for i, fields in enumerate(eval_specs(config)):
+        try:
+            check_data(EvalSpec.from_dict(fields))
+        except InputError as e:
+            named = f" ({fields['task']} on {fields['dataset']})" if {"task", "dataset"} <= fields.keys() else ""
+            raise InputError(f"eval_specs[{i}]{named}: {e}") from None
 
 
 def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict:

@@ -83,6 +83,7 @@ def _train(config, workdir: Path, hooks, iterator) -> Result:
         raise InputError(f"the model needs its tokenizer file {spec.tokenizer.file!r}, which is not in "
                          f"{spec.tokenizer_dir}: set model.tokenizer_dir")
     tokenizer = build_tokenizer(spec.tokenizer, spec.tokenizer_dir)
+    train_config.check_eval_specs(config)
     if iterator is None:
         iterator = data.train_iterator(config.data, preprocess=program.spec.preprocess, tokenizer=tokenizer,
                                        global_batch_size=config.global_batch_size, seed=config.seed)
@@ -99,8 +100,7 @@ def _eval_hooks(config, program: TrainProgram, tokenizer) -> list[Hook]:
         return []
     from jaxvlm.eval import training_hook
 
-    specs = [{"data_dir": config.data.data_dir, **dict(spec)} for spec in config.eval_specs]
-    return [training_hook(program.spec.config, program.spec.preprocess, tokenizer, specs)]
+    return [training_hook(program.spec.config, program.spec.preprocess, tokenizer, train_config.eval_specs(config))]
 
 
 class _Preemption:
@@ -278,6 +278,6 @@ class _Run:
             for stale in [out, *self.workdir.glob(f".{MODEL_DIR}.partial-*")]:
                 shutil.rmtree(stale, ignore_errors=True)
         provenance = {"source": "jaxvlm train", "workdir": str(self.workdir.absolute()),
-                      "steps": self.config.total_steps, "model": self.config.model.name or self.config.model.init_from}
+                      "steps": self.config.total_steps, **self.program.spec.origin}
         export(out, self.program.spec, state.params, provenance)
 

@@ -36,6 +36,9 @@ class ModelSpec:
     tokenizer: TokenizerConfig
     tokenizer_dir: Path
     pretrained: dict | None  # nested numpy tree of a model directory
+    # what it starts from, for the exported model's provenance: the architecture's name ("model"), and with
+    # init_from that directory and its own provenance
+    origin: dict
 
 
 def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> ModelSpec:
@@ -43,12 +46,17 @@ def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> Mo
     (ahead-of-time planning needs shapes only)."""
     overrides = {"dtype": cfg.dtype, "remat": cfg.remat, "attention": cfg.attention}
     if cfg.init_from:
-        loaded = model_dir.load(Path(cfg.init_from), weights=pretrained)
+        source = Path(cfg.init_from)
+        loaded = model_dir.load(source, weights=pretrained)
+        # named as `jaxvlm eval` names init_from itself: by its provenance, else by its directory
+        origin = {"model": loaded.provenance.get("model") or source.absolute().name,
+                  "init_from": str(source.absolute()), "init_from_provenance": loaded.provenance}
         return ModelSpec(loaded.config.replace(**overrides).validate(), loaded.preprocess, loaded.tokenizer,
-                         Path(cfg.tokenizer_dir or cfg.init_from), loaded.params)
+                         Path(cfg.tokenizer_dir or cfg.init_from), loaded.params, origin)
     arch = get_architecture(cfg.name)
     tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else CLIP_BPE_FILE.parent
-    return ModelSpec(arch.model.replace(**overrides).validate(), arch.preprocess, arch.tokenizer, tokenizer_dir, None)
+    return ModelSpec(arch.model.replace(**overrides).validate(), arch.preprocess, arch.tokenizer, tokenizer_dir, None,
+                     {"model": cfg.name})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,11 @@ import numpy as np
 from jaxvlm import model_dir
 from jaxvlm.errors import InputError
 
+# Model config fields that say how a model runs, not what it is: a fine-tuning run records its own
+# (e.g. bfloat16) in the model directory it writes, so two copies of one model may differ in them.
+# They are to leave ModelConfig; until then WiSE-FT ignores them.
+RUNTIME_FIELDS = ("dtype", "remat", "attention")
+
 
 def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> None:
     """Writes the model directory ``out``: architecture, preprocessing and tokenizer of the two
@@ -19,10 +24,10 @@ def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> N
         raise InputError(f"--alpha must be in [0, 1], got {alpha}")
     model_dir.check_output_dir(Path(out))
     a, b = model_dir.load(Path(zero_shot)), model_dir.load(Path(fine_tuned))
-    for what in ("config", "preprocess", "tokenizer"):
-        if getattr(a, what) != getattr(b, what):
-            raise InputError(f"{zero_shot} and {fine_tuned} differ in their {what}: WiSE-FT needs two copies "
-                             "of one model")
+    differences = _differences(_described(a), _described(b), "")
+    if differences:
+        raise InputError(f"{zero_shot} and {fine_tuned} differ in their config ({'; '.join(differences)}): "
+                         "WiSE-FT needs two copies of one model")
     flat_a = flax.traverse_util.flatten_dict(a.params, sep="/")
     flat_b = flax.traverse_util.flatten_dict(b.params, sep="/")
     only_one = sorted(set(flat_a) ^ set(flat_b))
@@ -40,3 +45,16 @@ def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> N
     result = model_dir.ModelDir(b.config, b.preprocess, b.tokenizer, provenance,
                                 flax.traverse_util.unflatten_dict(mixed, sep="/"))
     model_dir.save(Path(out), result, Path(fine_tuned) / b.tokenizer.file)
+
+
+def _described(model: model_dir.ModelDir) -> dict:
+    """What a model is, keyed as in config.json: architecture (less `RUNTIME_FIELDS`), preprocessing, tokenizer."""
+    architecture = {k: v for k, v in model.config.to_dict().items() if k not in RUNTIME_FIELDS}
+    return {"model": architecture, "preprocess": model.preprocess.to_dict(), "tokenizer": model.tokenizer.to_dict()}
+
+
+def _differences(a, b, key: str) -> list[str]:
+    """'key: a vs b' for every dotted key whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() | b.keys()) for d in _differences(a.get(k), b.get(k), f"{key}{k}.")]
+    return [] if a == b else [f"{key[:-1]}: {a!r} vs {b!r}"]

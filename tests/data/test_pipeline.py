@@ -69,9 +69,11 @@ def test_eval_batches_read_the_split_in_order(digits_dir, tokenizer):
 
 
 def test_eval_shards_cover_the_split_in_equal_batch_counts(digits_dir):
-    shards = [list(jaxvlm.data.eval_batches("tfds:jaxvlm_digits", "test", preprocess=PREPROCESS, batch_size=50,
-                                            data_dir=digits_dir, shard_index=i, num_shards=3)) for i in range(3)]
-    assert [len(s) for s in shards] == [3, 3, 3]
+    iterators = [jaxvlm.data.eval_batches("tfds:jaxvlm_digits", "test", preprocess=PREPROCESS, batch_size=50,
+                                          data_dir=digits_dir, shard_index=i, num_shards=3) for i in range(3)]
+    assert [len(it) for it in iterators] == [3, 3, 3]  # known before the first batch is read
+    shards = [list(it) for it in iterators]
+    assert [len(s) for s in shards] == [3, 3, 3] and [len(it) for it in iterators] == [3, 3, 3]
     labels = np.concatenate([b["label"][b["valid"]] for s in shards for b in s])
     whole = np.concatenate([b["label"] for b in jaxvlm.data.eval_batches(
         "tfds:jaxvlm_digits", "test", preprocess=PREPROCESS, batch_size=360, data_dir=digits_dir)])

@@ -172,6 +172,14 @@ def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir,
     assert reported[0] == reported[1] == hook(0, loaded.params)
 
 
+def test_the_progress_bar_knows_its_total(tiny_clip_dir, digits_dir, capsys):
+    model = jaxvlm.load(tiny_clip_dir, batch_size=45)
+    evaluate(model, spec("zeroshot", digits_dir, batch_size=45), progress=True)
+    bar = capsys.readouterr().err.strip().split("\r")[-1]
+    print(bar)
+    assert bar.startswith("zeroshot jaxvlm_digits:test: 100%") and " 8/8 " in bar  # 360 images, 45 a batch
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--task", "zeroshot", "--dataset", "tfds:no_such_dataset"], ["no_such_dataset"]),
     (["--task", "zeroshot", "--dataset", DIGITS, "--split", "validation"], ["validation"]),

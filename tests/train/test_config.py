@@ -9,8 +9,10 @@ from jaxvlm.errors import InputError
 from jaxvlm.train import config as train_config
 
 from tests.train.conftest import REPO
+from tests.train.model_dirs import write_model
 
 DEMO = REPO / "configs" / "demo.py"
+FINETUNE = REPO / "configs" / "finetune.py"
 
 
 def test_overrides_are_parsed_as_the_fields_types():
@@ -71,3 +73,39 @@ def test_cli_rejects_bad_configs_with_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(DEMO), "--workdir", str(tmp_path), "--config.model.name=tiny-siglip"]) == 2
     assert "the model needs its tokenizer file 'tokenizer.model'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+@pytest.mark.parametrize("eval_specs, words", [
+    (None, ["eval_specs[0] (zeroshot on tfds:cifar100)", "TFDS dataset 'cifar100' is not built"]),
+    ("({'task': 'zeroshot', 'dataset': 'tfds:jaxvlm_digitz'},)",
+     ["eval_specs[0] (zeroshot on tfds:jaxvlm_digitz)", "unknown TFDS dataset 'jaxvlm_digitz'"]),
+    ("({'task': 'zeroshot', 'dataset': 'tfds:jaxvlm_digits'}, {'task': 'zeroshot', 'dataset': 'tfds:jaxvlm_digits', "
+     "'split': 'validation'})", ["eval_specs[1] (zeroshot on tfds:jaxvlm_digits)", "split 'validation'"]),
+    ("({'task': 'linear_probe', 'dataset': 'tfds:jaxvlm_digits', 'val_split': 'valid'},)",
+     ["eval_specs[0]", "split 'valid'"]),
+    ("({'task': 'retrieval', 'dataset': 'tfds:jaxvlm_digits?text_key=nothing'},)", ["eval_specs[0]", "no captions"]),
+    ("({'task': 'zeroshot', 'dataset': 'tfds:jaxvlm_digits', 'prompts': 'cifar10'},)", ["eval_specs[0]", "cifar10"]),
+])
+def test_bad_eval_specs_fail_before_training(eval_specs, words, digits_dir, tmp_path, capsys):
+    """configs/finetune.py (its eval dataset, CIFAR-100, is not built here) and misspelt datasets, unknown
+    splits, data lacking what the task needs: one error line before anything is compiled or written."""
+    write_model(tmp_path / "zero_shot", 0)
+    workdir = tmp_path / "run"
+    args = ["train", "--config", str(FINETUNE), "--workdir", str(workdir),
+            f"--config.model.init_from={tmp_path / 'zero_shot'}", f"--config.data.data_dir={digits_dir}",
+            "--config.data.source=tfds:jaxvlm_digits", "--config.data.worker_count=0", "--config.global_batch_size=16",
+            "--config.total_steps=2", "--config.optimizer.warmup_steps=1"]
+    if eval_specs is not None:
+        args.append(f"--config.eval_specs={eval_specs}")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxvlm: error: ") and err.count("\n") == 1, err
+    assert all(word in err for word in words), err
+    assert not workdir.exists()
+
+
+def test_good_eval_specs_pass_the_check(digits_dir):
+    config = train_config.load(DEMO, [f"data.data_dir={digits_dir}", "eval_specs=({'task': 'linear_probe', "
+                                      "'dataset': 'tfds:jaxvlm_digits', 'val_split': 'test'},)"])
+    train_config.check_eval_specs(config)
+    train_config.check_eval_specs(train_config.load(DEMO, [f"data.data_dir={digits_dir}"]))

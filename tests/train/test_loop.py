@@ -176,3 +176,28 @@ def test_hooks_run_and_the_nan_guard_stops_the_run(tmp_path):
     assert [line["skipped"] for line in lines if "skipped" in line][:5] == [0, 0, 0, 1, 1]
     assert [line["step"] for line in lines if "probe/t" in line] == [2, 4]
     assert (tmp_path / "curves.png").exists()
+
+
+def test_a_fine_tuned_model_records_what_it_started_from(digits_dir, tmp_path, capsys):
+    """init_from a converted checkpoint: the model directory's provenance names that checkpoint's architecture (not
+    the config's default model.name) and keeps its provenance, and `jaxvlm eval` reports that name."""
+    from jaxvlm import model_dir
+    from jaxvlm.train.loop import train
+
+    from tests.train.conftest import standin_iterator, tiny_config
+    from tests.train.model_dirs import write_model
+
+    converted = {"source": "open_clip", "model": "tiny-clip-quickgelu", "weights": "open_clip_model.safetensors"}
+    write_model(tmp_path / "converted", 0, "tiny-clip-quickgelu", provenance=converted)
+    config = tiny_config(changes={"model.init_from": str(tmp_path / "converted"), "total_steps": 2,
+                                  "checkpoint.every": 100})
+    assert config.model.name == "tiny-clip"
+    result = train(config, tmp_path / "run", iterator=standin_iterator(config))
+    provenance = model_dir.load(result.model_dir, weights=False).provenance
+    assert {k: provenance.get(k) for k in ("source", "model", "init_from", "init_from_provenance")} == {
+        "source": "jaxvlm train", "model": "tiny-clip-quickgelu", "init_from": str(tmp_path / "converted"),
+        "init_from_provenance": converted}
+    capsys.readouterr()  # the run's progress
+    assert main(["eval", str(result.model_dir), "--task", "zeroshot", "--dataset", "tfds:jaxvlm_digits", "--split",
+                 "test[:32]", "--data-dir", str(digits_dir), "--batch-size", "32", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "tiny-clip-quickgelu"

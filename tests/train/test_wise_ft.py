@@ -8,24 +8,8 @@ import pytest
 
 from jaxvlm import model_dir
 from jaxvlm.cli import main
-from jaxvlm.models.registry import get_architecture
-from jaxvlm.tokenizers import CLIP_BPE_FILE
 
-
-def write_model(path, seed: int, name: str = "tiny-clip"):
-    """A model directory of ``name`` with random parameters."""
-    import jax
-
-    from jaxvlm.models import build_model
-    from jaxvlm.train.state import abstract_params
-
-    arch = get_architecture(name)
-    rng = np.random.default_rng(seed)
-    shapes = flax.linen.unbox(abstract_params(build_model(arch.model), arch.model))
-    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
-    model_dir.save(path, model_dir.ModelDir(arch.model, arch.preprocess, arch.tokenizer, {"seed": seed}, params),
-                   CLIP_BPE_FILE)
-    return flax.traverse_util.flatten_dict(params, sep="/")
+from tests.train.model_dirs import write_model
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +42,24 @@ def test_bad_inputs(pair, tmp_path, capsys):
     args = lambda alpha, b=root / "fine_tuned", out=tmp_path / "out": [
         "wise-ft", str(root / "zero_shot"), str(b), "--alpha", str(alpha), str(out)]
     assert main(args(1.5)) == 2 and "--alpha must be in [0, 1]" in capsys.readouterr().err
-    assert main(args(0.5, other)) == 2 and "differ in their config" in capsys.readouterr().err
+    assert main(args(0.5, other)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differ in their config (model.text.act: 'gelu' vs 'quick_gelu'; " \
+                                     "model.vision.act: 'gelu' vs 'quick_gelu')" in err, err
     assert main(args(0.5, out=root / "zero_shot")) == 2 and "output exists" in capsys.readouterr().err
     assert main(args(0.5, tmp_path / "missing")) == 2 and "not a jaxvlm model directory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_how_a_model_runs_does_not_count(pair, tmp_path, capsys):
+    """A model fine-tuned in bfloat16 with remat and XLA attention (configs/finetune.py records its dtype) is
+    still a copy of the zero-shot model; the mix is the fine-tuned one's config."""
+    root, a, _ = pair
+    b = write_model(tmp_path / "bf16", 3, dtype="bfloat16", remat="full", attention="xla")
+    out = tmp_path / "mixed"
+    assert main(["wise-ft", str(root / "zero_shot"), str(tmp_path / "bf16"), "--alpha", "0.5", str(out)]) == 0, \
+        capsys.readouterr().err
+    mixed = model_dir.load(out)
+    assert mixed.config.dtype == "bfloat16"
+    got = flax.traverse_util.flatten_dict(mixed.params, sep="/")
+    assert all(np.array_equal(got[k], (0.5 * a[k].astype(np.float64) + 0.5 * b[k]).astype(np.float32)) for k in a)
