@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # pyproject.toml keeps the ranges users install from.
 LOCK := requirements-lock.txt
 
-.PHONY: test test-faults test-latest lock demo clean
+.PHONY: test test-faults test-latest lint lock demo clean
 
 $(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ endef
 TEST_WORKERS ?= 2
 test: $(INSTALLED)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+# ruff's lint rules and formatting (pyproject.toml's [tool.ruff]); `ruff format .` fixes the formatting
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The tests marked `latest` (the packaging checks, one parity test per converter, a train step, a
 # notebook) in a fresh venv with the newest release of every dependency and jaxvlm installed as a

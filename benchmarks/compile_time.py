@@ -23,8 +23,8 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
-
 from harness import RESULTS_DIR, metric, write_results
+
 from jaxvlm import parallel
 from jaxvlm.models.config import REMAT_POLICIES
 from jaxvlm.train.config import base_config
@@ -64,23 +64,44 @@ def main() -> None:
     cpu = {phase: clocks[i + 1][1] - clocks[i][1] for i, phase in enumerate(phases)}
     total = times["trace_and_lower"] + times["compile"]
     cpu_total = cpu["trace_and_lower"] + cpu["compile"]
-    print(f"{args.model} train step, batch {args.batch}, remat {args.remat}, {params / 1e6:.1f}M parameters: "
-          f"build {times['build']:.1f} s, trace + lower {times['trace_and_lower']:.1f} s, "
-          f"compile {times['compile']:.1f} s; total {total:.1f} s (target < {TARGET_SECONDS:.0f} s); "
-          f"CPU time of lower + compile {cpu_total:.1f} s")
-    summary = [metric(f"{args.model} train step (scanned layers), lower + compile", total, TARGET_SECONDS,
-                      better="lower", unit="s"),
-               metric(f"{args.model} train step, CPU time of lower + compile", cpu_total, TARGET_SECONDS,
-                      better="lower", unit="s")]
-    write_results("compile_time", {
-        "settings": {"model": args.model, "batch": args.batch, "remat": args.remat, "dtype": config.model.dtype,
-                     "backend": jax.default_backend(), "devices": jax.device_count(),
-                     "xla_flags": os.environ.get("XLA_FLAGS", "")},
-        "parameters": params,
-        "seconds": {**times, "total": total},
-        "cpu_seconds": {**cpu, "total": cpu_total},  # this process's: steadier under load
-        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
-    }, summary, path=args.out)
+    print(
+        f"{args.model} train step, batch {args.batch}, remat {args.remat}, {params / 1e6:.1f}M parameters: "
+        f"build {times['build']:.1f} s, trace + lower {times['trace_and_lower']:.1f} s, "
+        f"compile {times['compile']:.1f} s; total {total:.1f} s (target < {TARGET_SECONDS:.0f} s); "
+        f"CPU time of lower + compile {cpu_total:.1f} s"
+    )
+    summary = [
+        metric(
+            f"{args.model} train step (scanned layers), lower + compile",
+            total,
+            TARGET_SECONDS,
+            better="lower",
+            unit="s",
+        ),
+        metric(
+            f"{args.model} train step, CPU time of lower + compile", cpu_total, TARGET_SECONDS, better="lower", unit="s"
+        ),
+    ]
+    write_results(
+        "compile_time",
+        {
+            "settings": {
+                "model": args.model,
+                "batch": args.batch,
+                "remat": args.remat,
+                "dtype": config.model.dtype,
+                "backend": jax.default_backend(),
+                "devices": jax.device_count(),
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            },
+            "parameters": params,
+            "seconds": {**times, "total": total},
+            "cpu_seconds": {**cpu, "total": cpu_total},  # this process's: steadier under load
+            "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        },
+        summary,
+        path=args.out,
+    )
 
 
 if __name__ == "__main__":

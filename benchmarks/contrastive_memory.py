@@ -28,11 +28,11 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
 import jax.numpy as jnp
+from harness import metric, write_results
 from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from harness import metric, write_results
 from jaxvlm.kernels.sigmoid_loss import sharded_sigmoid_loss, sigmoid_loss_reference
 from jaxvlm.kernels.softmax_loss import sharded_softmax_loss, softmax_loss_reference
 
@@ -55,9 +55,13 @@ def loss_and_grads(kind: str, fused: bool, mesh: Mesh):
     if not fused:
         return jax.value_and_grad(reference, argnums=argnums)
     data, scalar = P("data"), P()
-    return jax.shard_map(jax.value_and_grad(local, argnums=argnums), mesh=mesh,
-                         in_specs=(data, data, scalar, scalar),
-                         out_specs=(scalar, (data, data, *([scalar] * (len(argnums) - 2)))), check_vma=False)
+    return jax.shard_map(
+        jax.value_and_grad(local, argnums=argnums),
+        mesh=mesh,
+        in_specs=(data, data, scalar, scalar),
+        out_specs=(scalar, (data, data, *([scalar] * (len(argnums) - 2)))),
+        check_vma=False,
+    )
 
 
 def temp_bytes(kind: str, fused: bool, mesh: Mesh, batch: int) -> tuple[float, bool]:
@@ -84,23 +88,57 @@ def main() -> None:
             for kind in ("sigmoid", "softmax"):
                 for fused in (True, False):
                     temp, fits = temp_bytes(kind, fused, mesh, batch)
-                    rows.append({"slice": name, "chips": chips, "global_batch": batch, "local_batch": batch // chips,
-                                 "loss": kind, "variant": "fused" if fused else "plain",
-                                 "temp_bytes_per_chip": temp, "fits": fits})
-                    print(f"{name:<10} batch {batch:>8} {kind:<8} {rows[-1]['variant']:<6} "
-                          f"{temp / GIB:10.4f} GiB/chip{'' if fits else '  (does not fit in HBM)'}", flush=True)
-    target = next(r for r in rows if r["chips"] == 8 and r["global_batch"] == 128 * 1024 and r["loss"] == "sigmoid"
-                  and r["variant"] == "fused")["temp_bytes_per_chip"] / GIB
-    print(f"\nsigmoid fused ring, 128k on 8 chips: {target:.4f} GiB/chip (target < {TARGET_GIB} GiB: "
-          f"{'holds' if target < TARGET_GIB else 'MISSED'})")
-    summary = [metric("sigmoid loss fused ring, 128k batch on 8 v5p chips: temporary memory per chip", target,
-                      TARGET_GIB, better="lower", unit="GiB")]
-    write_results("contrastive_memory", {
-        "settings": {"dim": DIM, "dtype": "bfloat16", "what": "loss + gradients, temp_size_in_bytes per chip"},
-        "rows": rows,
-        "sigmoid_fused_128k_8chips_gib": target,
-        "seconds": time.perf_counter() - started,
-    }, summary)
+                    rows.append(
+                        {
+                            "slice": name,
+                            "chips": chips,
+                            "global_batch": batch,
+                            "local_batch": batch // chips,
+                            "loss": kind,
+                            "variant": "fused" if fused else "plain",
+                            "temp_bytes_per_chip": temp,
+                            "fits": fits,
+                        }
+                    )
+                    print(
+                        f"{name:<10} batch {batch:>8} {kind:<8} {rows[-1]['variant']:<6} "
+                        f"{temp / GIB:10.4f} GiB/chip{'' if fits else '  (does not fit in HBM)'}",
+                        flush=True,
+                    )
+    target = (
+        next(
+            r
+            for r in rows
+            if r["chips"] == 8
+            and r["global_batch"] == 128 * 1024
+            and r["loss"] == "sigmoid"
+            and r["variant"] == "fused"
+        )["temp_bytes_per_chip"]
+        / GIB
+    )
+    print(
+        f"\nsigmoid fused ring, 128k on 8 chips: {target:.4f} GiB/chip (target < {TARGET_GIB} GiB: "
+        f"{'holds' if target < TARGET_GIB else 'MISSED'})"
+    )
+    summary = [
+        metric(
+            "sigmoid loss fused ring, 128k batch on 8 v5p chips: temporary memory per chip",
+            target,
+            TARGET_GIB,
+            better="lower",
+            unit="GiB",
+        )
+    ]
+    write_results(
+        "contrastive_memory",
+        {
+            "settings": {"dim": DIM, "dtype": "bfloat16", "what": "loss + gradients, temp_size_in_bytes per chip"},
+            "rows": rows,
+            "sigmoid_fused_128k_8chips_gib": target,
+            "seconds": time.perf_counter() - started,
+        },
+        summary,
+    )
 
 
 if __name__ == "__main__":

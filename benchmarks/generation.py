@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
-
 from harness import import_open_clip, metric, time_interleaved, write_results
+
 from jaxvlm.convert.open_clip import convert
 from jaxvlm.generation import GenerationConfig, generator
 from jaxvlm.models import CoCa, build_model
@@ -70,8 +70,9 @@ def open_clip_greedy(torch, model, images, tokens: int, sot: int, eot: int) -> n
         image_latent, image_embs = model._encode_image(images)
         ids = torch.full((images.shape[0], 1), sot, dtype=torch.long)
         for _ in range(tokens):
-            logits = model(images, ids, image_latent=image_latent, image_embs=image_embs,
-                           output_labels=False)["logits"][:, -1]
+            logits = model(images, ids, image_latent=image_latent, image_embs=image_embs, output_labels=False)[
+                "logits"
+            ][:, -1]
             logits[:, eot] = -float("inf")
             ids = torch.cat([ids, logits.argmax(dim=-1, keepdim=True)], dim=1)
     return ids[:, 1:].numpy()
@@ -102,7 +103,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = open_clip.create_model(ARCH, pretrained=None).eval()
         # open_clip leaves the vocabulary head as torch.empty memory (its init is never called)
-        torch.nn.init.normal_(model.text_decoder.text_projection.data, std=cfg.decoder.width ** -0.5)
+        torch.nn.init.normal_(model.text_decoder.text_projection.data, std=cfg.decoder.width**-0.5)
         with tempfile.TemporaryDirectory() as tmp:
             from safetensors.torch import save_file
 
@@ -117,8 +118,11 @@ def main() -> None:
     gen_cfg = GenerationConfig(method="greedy", max_len=args.tokens, min_len=args.tokens)
     cached, uncached = generator(module, gen_cfg, pad_id), uncached_generator(module, args.tokens, pad_id)
     device_pixels, rng = jax.device_put(pixels), jax.random.key(0)
-    methods = {"cached": lambda: np.asarray(cached(params, device_pixels, rng)[0][:, 0]),
-               "uncached": lambda: np.asarray(uncached(params, device_pixels)), **methods}
+    methods = {
+        "cached": lambda: np.asarray(cached(params, device_pixels, rng)[0][:, 0]),
+        "uncached": lambda: np.asarray(uncached(params, device_pixels)),
+        **methods,
+    }
 
     seconds, _, outputs = time_interleaved(methods, args.repeats)
     assert np.array_equal(outputs["cached"], outputs["uncached"]), "cached and uncached decoding disagree"
@@ -132,8 +136,12 @@ def main() -> None:
     print(f"{'method':<10} {'s/batch':>8} {'tokens/s':>9} {'vs uncached':>12} {'vs open_clip':>13}")
     rows = {}
     for name, s in seconds.items():
-        rows[name] = {"seconds_per_batch": s, "tokens_per_s": tokens / s, "vs_uncached": seconds["uncached"] / s,
-                      "vs_open_clip": seconds["open_clip"] / s if "open_clip" in seconds else None}
+        rows[name] = {
+            "seconds_per_batch": s,
+            "tokens_per_s": tokens / s,
+            "vs_uncached": seconds["uncached"] / s,
+            "vs_open_clip": seconds["open_clip"] / s if "open_clip" in seconds else None,
+        }
         vs_open_clip = f"{rows[name]['vs_open_clip']:.2f}x" if "open_clip" in seconds else "-"
         print(f"{name:<10} {s:>8.3f} {tokens / s:>9.1f} {rows[name]['vs_uncached']:>11.2f}x {vs_open_clip:>13}")
     ratio = rows["cached"]["vs_uncached"]
@@ -141,19 +149,31 @@ def main() -> None:
 
     summary = [metric(f"{ARCH} greedy decoding: KV cache vs re-running the model per token", ratio, TARGET)]
     if "open_clip" in seconds:
-        summary.append(metric(f"{ARCH} greedy decoding: jaxvlm (KV cache) vs open_clip", rows["cached"]["vs_open_clip"]))
-    write_results("generation", {
-        "settings": {"model": ARCH, "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
-                     "method": "greedy", "dtype": "float32", "weights": "random (open_clip init)" if reference
-                     else "random (jaxvlm init)"},
-        "results": rows,
-        "cached_vs_uncached": ratio,
-        "target": TARGET,
-        "target_holds": ratio >= TARGET,
-        "cached_equals_uncached": True,
-        "open_clip_sequences_agreeing": agree,
-        "total_seconds": time.perf_counter() - started,
-    }, summary)
+        summary.append(
+            metric(f"{ARCH} greedy decoding: jaxvlm (KV cache) vs open_clip", rows["cached"]["vs_open_clip"])
+        )
+    write_results(
+        "generation",
+        {
+            "settings": {
+                "model": ARCH,
+                "batch": args.batch,
+                "tokens": args.tokens,
+                "repeats": args.repeats,
+                "method": "greedy",
+                "dtype": "float32",
+                "weights": "random (open_clip init)" if reference else "random (jaxvlm init)",
+            },
+            "results": rows,
+            "cached_vs_uncached": ratio,
+            "target": TARGET,
+            "target_holds": ratio >= TARGET,
+            "cached_equals_uncached": True,
+            "open_clip_sequences_agreeing": agree,
+            "total_seconds": time.perf_counter() - started,
+        },
+        summary,
+    )
 
 
 if __name__ == "__main__":

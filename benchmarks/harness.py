@@ -18,9 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Hashable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Hashable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "libtpu", "torch", "open_clip_torch")
@@ -47,7 +47,6 @@ def import_open_clip():
     return torch, open_clip
 
 
-
 def open_clip_on_every_core(benchmark: str):
     """(torch, open_clip, threads) for a side-by-side benchmark: torch gets one thread per core, as
     many as XLA:CPU runs. Exits naming ``benchmark`` when torch or open_clip is missing."""
@@ -58,6 +57,7 @@ def open_clip_on_every_core(benchmark: str):
     threads = os.cpu_count()
     torch.set_num_threads(threads)
     return torch, open_clip, threads
+
 
 def perturbed(torch, model):
     """``model`` in eval mode with every floating-point tensor but the logit scale moved off its
@@ -77,7 +77,7 @@ def time_interleaved(methods: dict[Hashable, Callable[[], object]], repeats: int
     outputs = {name: fn() for name, fn in methods.items()}
     samples = {name: [] for name in methods}
     for round_ in range(repeats):
-        for name, fn in (reversed(methods.items()) if round_ % 2 else methods.items()):
+        for name, fn in reversed(methods.items()) if round_ % 2 else methods.items():
             start = time.perf_counter()
             outputs[name] = fn()
             samples[name].append(time.perf_counter() - start)
@@ -91,28 +91,46 @@ def speedup(baseline: list[float], candidate: list[float]) -> float:
     return statistics.median(b / c for b, c in zip(baseline, candidate, strict=True))
 
 
-def metric(name: str, value: float, target: float | None = None, *, better: str = "higher",
-           unit: str = "x") -> dict:
+def metric(name: str, value: float, target: float | None = None, *, better: str = "higher", unit: str = "x") -> dict:
     """One headline figure of a benchmark. ``better`` says which way the target is met: "higher"
     (value >= target, e.g. a speed ratio) or "lower" (value <= target, e.g. memory)."""
     if better not in ("higher", "lower"):
         raise ValueError(f"metric {name!r}: better must be 'higher' or 'lower', not {better!r}")
     holds = None if target is None else (value >= target if better == "higher" else value <= target)
-    return {"kind": "metric", "name": name, "value": float(value), "target": target, "better": better, "unit": unit, "holds": holds}
+    return {
+        "kind": "metric",
+        "name": name,
+        "value": float(value),
+        "target": target,
+        "better": better,
+        "unit": unit,
+        "holds": holds,
+    }
 
 
 def plan_row(recipe: str, chip: str, topology: str, per_chip_gib: float, mfu: float) -> dict:
     """One row of a pod plan (``jaxvlm plan``'s estimate for a recipe on a slice), in a summary
     next to the metrics: README's plan table shows it; ``mfu`` is a fraction (0.45 = 45%)."""
-    return {"kind": "plan", "recipe": recipe, "chip": chip, "topology": topology,
-            "per_chip_gib": float(per_chip_gib), "mfu": float(mfu)}
+    return {
+        "kind": "plan",
+        "recipe": recipe,
+        "chip": chip,
+        "topology": topology,
+        "per_chip_gib": float(per_chip_gib),
+        "mfu": float(mfu),
+    }
 
 
 def machine() -> dict:
     cpu = _cpuinfo()
-    return {"platform": platform.platform(), "cpu": cpu.get("model name", platform.processor()),
-            "cpu_count": os.cpu_count(), "cpu_features": [f for f in CPU_FEATURES if f in cpu.get("flags", "").split()],
-            "load_average": [round(x, 2) for x in os.getloadavg()], "uptime": _uptime()}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu.get("model name", platform.processor()),
+        "cpu_count": os.cpu_count(),
+        "cpu_features": [f for f in CPU_FEATURES if f in cpu.get("flags", "").split()],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "uptime": _uptime(),
+    }
 
 
 def versions() -> dict:
@@ -130,9 +148,15 @@ def write_results(name: str, result: dict, summary: list[dict], path: Path | Non
     benchmarks/results/<name>.json (or ``path``), through a hidden temporary sibling so that a
     failed write leaves the previous file whole."""
     path = Path(path or RESULTS_DIR / f"{name}.json")
-    record = {"benchmark": name, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "machine": machine(), "versions": versions(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "summary": summary, **result}
+    record = {
+        "benchmark": name,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "summary": summary,
+        **result,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.partial")
     staging.write_text(json.dumps(record, indent=2) + "\n")

@@ -39,8 +39,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark: no accelerator
 
 import jax
 import numpy as np
-
 from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
+
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.models import build_model
 from jaxvlm.models.registry import get_architecture
@@ -51,16 +51,20 @@ DTYPES = ("float32", "bfloat16")
 TARGET = 1.3  # jaxvlm's speed over open_clip's in float32
 SMOKE_MODEL = "tiny-clip"
 # open_clip.CLIP arguments with the sizes of jaxvlm's "tiny-clip" (open_clip has no such model)
-TINY_CLIP = dict(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2))
+TINY_CLIP = dict(
+    embed_dim=32,
+    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+)
 
 
 def open_clip_model(open_clip, torch, name: str):
     """open_clip's model ``name`` with random weights, every tensor moved off its initial value
     (so that no zero-initialised tensor hides a difference)."""
     torch.manual_seed(0)
-    return perturbed(torch, open_clip.CLIP(**TINY_CLIP) if name == SMOKE_MODEL
-                     else open_clip.create_model(name, pretrained=None))
+    return perturbed(
+        torch, open_clip.CLIP(**TINY_CLIP) if name == SMOKE_MODEL else open_clip.create_model(name, pretrained=None)
+    )
 
 
 def jaxvlm_encoders(name: str, params: dict, dtype: str, inputs: dict) -> dict:
@@ -68,8 +72,10 @@ def jaxvlm_encoders(name: str, params: dict, dtype: str, inputs: dict) -> dict:
     module = build_model(get_architecture(name).model.replace(dtype=dtype))
     image = jax.jit(lambda p, x: module.apply({"params": p}, x, method=TwoTower.encode_image))
     text = jax.jit(lambda p, x: module.apply({"params": p}, x, method=TwoTower.encode_text))
-    return {"image": lambda: np.asarray(image(params, inputs["image"])),
-            "text": lambda: np.asarray(text(params, inputs["text"]))}
+    return {
+        "image": lambda: np.asarray(image(params, inputs["image"])),
+        "text": lambda: np.asarray(text(params, inputs["text"])),
+    }
 
 
 def open_clip_encoders(torch, model, dtype: str, inputs: dict) -> dict:
@@ -97,15 +103,20 @@ def benchmark_model(torch, open_clip, name: str, dtypes, batch: int, repeats: in
     cfg = get_architecture(name).model
     rng = np.random.default_rng(0)
     size = cfg.vision.image_size
-    inputs = {"image": rng.standard_normal((batch, size, size, 3), dtype=np.float32),
-              "text": rng.integers(0, cfg.text.vocab_size, (batch, cfg.text.context_length), dtype=np.int32)}
+    inputs = {
+        "image": rng.standard_normal((batch, size, size, 3), dtype=np.float32),
+        "text": rng.integers(0, cfg.text.vocab_size, (batch, cfg.text.context_length), dtype=np.int32),
+    }
     reference = open_clip_model(open_clip, torch, name)
-    params = jax.device_put(convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, name,
-                                               f"open_clip {name}"))
+    params = jax.device_put(
+        convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, name, f"open_clip {name}")
+    )
     rows = {}
     for dtype in dtypes:
-        encoders = {"jaxvlm": jaxvlm_encoders(name, params, dtype, inputs),
-                    "open_clip": open_clip_encoders(torch, reference, dtype, inputs)}
+        encoders = {
+            "jaxvlm": jaxvlm_encoders(name, params, dtype, inputs),
+            "open_clip": open_clip_encoders(torch, reference, dtype, inputs),
+        }
         # each tower's two methods side by side: they meet the same load in each round
         methods = {(lib, tower): encoders[lib][tower] for tower in ("image", "text") for lib in encoders}
         seconds, samples, outputs = time_interleaved(methods, repeats)
@@ -114,14 +125,21 @@ def benchmark_model(torch, open_clip, name: str, dtypes, batch: int, repeats: in
             jax_s, torch_s = seconds["jaxvlm", tower], seconds["open_clip", tower]
             rows[dtype][tower] = {
                 "jaxvlm": {"seconds": jax_s, "per_second": batch / jax_s, "samples": samples["jaxvlm", tower]},
-                "open_clip": {"seconds": torch_s, "per_second": batch / torch_s, "samples": samples["open_clip", tower]},
+                "open_clip": {
+                    "seconds": torch_s,
+                    "per_second": batch / torch_s,
+                    "samples": samples["open_clip", tower],
+                },
                 "speedup": speedup(samples["open_clip", tower], samples["jaxvlm", tower]),
                 "max_abs_diff": max_abs(outputs["jaxvlm", tower], outputs["open_clip", tower]),
             }
             row = rows[dtype][tower]
-            print(f"{name:<16} {dtype:<9} {tower:<6} jaxvlm {row['jaxvlm']['per_second']:8.1f}/s  open_clip "
-                  f"{row['open_clip']['per_second']:8.1f}/s  speed-up {row['speedup']:5.2f}x  "
-                  f"max abs diff {row['max_abs_diff']:.1e}", flush=True)
+            print(
+                f"{name:<16} {dtype:<9} {tower:<6} jaxvlm {row['jaxvlm']['per_second']:8.1f}/s  open_clip "
+                f"{row['open_clip']['per_second']:8.1f}/s  speed-up {row['speedup']:5.2f}x  "
+                f"max abs diff {row['max_abs_diff']:.1e}",
+                flush=True,
+            )
         del encoders, methods, outputs
         gc.collect()
     return rows
@@ -142,23 +160,41 @@ def main() -> None:
 
     torch, open_clip, threads = open_clip_on_every_core("inference_cpu")
 
-    results = {name: benchmark_model(torch, open_clip, name, args.dtypes, args.batch, args.repeats)
-               for name in args.models}
-    summary = [metric(f"{name} encode_{tower} {dtype}: jaxvlm vs open_clip", row[tower]["speedup"],
-                      TARGET if dtype == "float32" else None)
-               for name, by_dtype in results.items() for dtype, row in by_dtype.items() for tower in ("image", "text")]
+    results = {
+        name: benchmark_model(torch, open_clip, name, args.dtypes, args.batch, args.repeats) for name in args.models
+    }
+    summary = [
+        metric(
+            f"{name} encode_{tower} {dtype}: jaxvlm vs open_clip",
+            row[tower]["speedup"],
+            TARGET if dtype == "float32" else None,
+        )
+        for name, by_dtype in results.items()
+        for dtype, row in by_dtype.items()
+        for tower in ("image", "text")
+    ]
     for m in summary:
         verdict = "" if m["target"] is None else f" (target >= {m['target']}x: {'holds' if m['holds'] else 'MISSED'})"
         print(f"{m['name']}: {m['value']:.2f}x{verdict}")
-    write_results("inference_cpu", {
-        "settings": {"batch": args.batch, "repeats": args.repeats, "models": args.models, "dtypes": args.dtypes,
-                     "threads": {"torch": torch.get_num_threads(), "xla": threads},
-                     "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                     "weights": "open_clip random init, perturbed, converted by jaxvlm",
-                     "bfloat16": "jaxvlm: ModelConfig.dtype, float32 params; open_clip: model.to(bfloat16)"},
-        "results": results,
-        "seconds": time.perf_counter() - started,
-    }, summary, path=args.out)
+    write_results(
+        "inference_cpu",
+        {
+            "settings": {
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "models": args.models,
+                "dtypes": args.dtypes,
+                "threads": {"torch": torch.get_num_threads(), "xla": threads},
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "weights": "open_clip random init, perturbed, converted by jaxvlm",
+                "bfloat16": "jaxvlm: ModelConfig.dtype, float32 params; open_clip: model.to(bfloat16)",
+            },
+            "results": results,
+            "seconds": time.perf_counter() - started,
+        },
+        summary,
+        path=args.out,
+    )
 
 
 if __name__ == "__main__":

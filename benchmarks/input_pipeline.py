@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import metric, write_results
 from PIL import Image
 
-from harness import metric, write_results
 import jaxvlm.data
 from jaxvlm.data.tar import TarSource, write_tar_shard
 from jaxvlm.preprocess import PreprocessConfig
@@ -59,8 +59,9 @@ def write_shards(directory: Path, images: int, shards: int) -> str:
             left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
             short = int(rng.integers(256, 641))
             scale = short / min(cw, ch)
-            img = photo.resize((round(cw * scale), round(ch * scale)), Image.Resampling.BICUBIC,
-                               box=(left, top, left + cw, top + ch))
+            img = photo.resize(
+                (round(cw * scale), round(ch * scale)), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch)
+            )
             out = io.BytesIO()
             img.save(out, "JPEG", quality=90)
             caption = " ".join(rng.choice(WORDS, int(rng.integers(4, 16))))
@@ -72,8 +73,13 @@ def write_shards(directory: Path, images: int, shards: int) -> str:
 def jaxvlm_batches(spec: str, workers: int, batch: int, jpeg_draft: bool):
     config = jaxvlm.data.default_config()
     config.update(source=spec, worker_count=workers, flip=False, jpeg_draft=jpeg_draft)
-    it = jaxvlm.data.train_iterator(config, preprocess=PreprocessConfig(224),
-                                    tokenizer=ClipBpeTokenizer(CLIP_BPE_FILE), global_batch_size=batch, seed=0)
+    it = jaxvlm.data.train_iterator(
+        config,
+        preprocess=PreprocessConfig(224),
+        tokenizer=ClipBpeTokenizer(CLIP_BPE_FILE),
+        global_batch_size=batch,
+        seed=0,
+    )
     return it, it.close
 
 
@@ -101,9 +107,15 @@ def torch_batches(spec: str, workers: int, batch: int):
             image = self.transform(Image.open(io.BytesIO(record.image)))
             return image, self.tokenizer([record.texts[0].decode()])[0]
 
-    loader = torch.utils.data.DataLoader(Records(), batch_size=batch, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=workers > 0,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        Records(),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
 
     def forever():
         while True:
@@ -153,15 +165,29 @@ def main():
     import grain
     import torch
 
-    summary = [metric("input pipeline images/s, Grain vs torch DataLoader + open_clip transform",
-                      rates["jaxvlm"] / base, TARGET)]
-    write_results("input_pipeline", {
-        "library_versions": {"grain": grain.__version__, "torch": torch.__version__, "pillow": Image.__version__},
-        "settings": {**vars(args), "image_size": 224, "crop_scale": [0.9, 1.0], "tokens": 77,
-                     "data": "JPEG q90 tar shards, short side 256-640 px, scikit-image photos"},
-        "results": {name: {"images_per_s": rate, "runs": runs[name], "vs_torch": rate / base}
-                    for name, rate in rates.items()},
-    }, summary)
+    summary = [
+        metric(
+            "input pipeline images/s, Grain vs torch DataLoader + open_clip transform", rates["jaxvlm"] / base, TARGET
+        )
+    ]
+    write_results(
+        "input_pipeline",
+        {
+            "library_versions": {"grain": grain.__version__, "torch": torch.__version__, "pillow": Image.__version__},
+            "settings": {
+                **vars(args),
+                "image_size": 224,
+                "crop_scale": [0.9, 1.0],
+                "tokens": 77,
+                "data": "JPEG q90 tar shards, short side 256-640 px, scikit-image photos",
+            },
+            "results": {
+                name: {"images_per_s": rate, "runs": runs[name], "vs_torch": rate / base}
+                for name, rate in rates.items()
+            },
+        },
+        summary,
+    )
 
 
 if __name__ == "__main__":

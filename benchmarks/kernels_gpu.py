@@ -43,8 +43,10 @@ from jaxvlm.kernels.softmax_loss import softmax_loss_reference
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels_gpu.json"
 # (batch sizes, dims) of the losses; (T, causal) and (head_dim, heads) of attention, batch
-FULL = {"losses": ((4096, 16384, 32768), (768, 1152)),
-        "attention": (((197, False), (257, False), (577, False), (77, True)), ((64, 16), (128, 8)), 32)}
+FULL = {
+    "losses": ((4096, 16384, 32768), (768, 1152)),
+    "attention": (((197, False), (257, False), (577, False), (77, True)), ((64, 16), (128, 8)), 32),
+}
 SMOKE = {"losses": ((100,), (72,)), "attention": (((50, False), (17, True)), ((64, 2),), 1)}
 LOSSES = {  # name -> (fused kernel, jnp reference, scalar arguments)
     "softmax": (softmax_loss_gpu, softmax_loss_reference, (jnp.float32(20.0),)),
@@ -71,8 +73,7 @@ def measure(fn, args, repeats: int) -> dict:
     except (jax.errors.JaxRuntimeError, ValueError, NotImplementedError) as e:
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     memory = compiled.memory_analysis()
-    return {"ms": 1e3 * seconds, "temp_bytes": None if memory is None else memory.temp_size_in_bytes,
-            "value": value}
+    return {"ms": 1e3 * seconds, "temp_bytes": None if memory is None else memory.temp_size_in_bytes, "value": value}
 
 
 def embeddings(batch: int, dim: int):
@@ -91,8 +92,9 @@ def loss_rows(sizes, repeats: int, interpret: bool) -> list[dict]:
             for dim in dims:
                 args = (*embeddings(batch, dim), *scalars)
                 argnums = tuple(range(len(args)))
-                fused = measure(jax.value_and_grad(functools.partial(kernel, interpret=interpret), argnums), args,
-                                repeats)
+                fused = measure(
+                    jax.value_and_grad(functools.partial(kernel, interpret=interpret), argnums), args, repeats
+                )
                 plain = measure(jax.value_and_grad(reference, argnums), args, repeats)
                 row = {"loss": name, "batch": batch, "dim": dim, "dtype": "bfloat16"}
                 for label, result in (("fused", fused), ("plain", plain)):
@@ -102,43 +104,49 @@ def loss_rows(sizes, repeats: int, interpret: bool) -> list[dict]:
                     want = float(plain["value"][0])
                     row["loss_relative_difference"] = abs(float(fused["value"][0]) - want) / abs(want)
                 rows.append(row)
-                print(f"{name:<8} B={batch:>6} D={dim:>5}  fused {cell(fused)}  plain {cell(plain)}  "
-                      f"speed-up {row.get('speedup', float('nan')):5.2f}x  "
-                      f"temp {gib(fused.get('temp_bytes'))} vs {gib(plain.get('temp_bytes'))} GiB", flush=True)
+                print(
+                    f"{name:<8} B={batch:>6} D={dim:>5}  fused {cell(fused)}  plain {cell(plain)}  "
+                    f"speed-up {row.get('speedup', float('nan')):5.2f}x  "
+                    f"temp {gib(fused.get('temp_bytes'))} vs {gib(plain.get('temp_bytes'))} GiB",
+                    flush=True,
+                )
     return rows
 
 
 def attention_rows(sizes, repeats: int, interpret: bool, cudnn: bool) -> list[dict]:
     shapes, widths, batch = sizes
     methods = {
-        "kernel": lambda causal: functools.partial(flash_attention, causal=causal, backend="gpu",
-                                                   interpret=interpret),
-        "xla": lambda causal: functools.partial(jax.nn.dot_product_attention, is_causal=causal,
-                                                implementation="xla"),
+        "kernel": lambda causal: functools.partial(flash_attention, causal=causal, backend="gpu", interpret=interpret),
+        "xla": lambda causal: functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="xla"),
     }
     if cudnn:
-        methods["cudnn"] = lambda causal: functools.partial(jax.nn.dot_product_attention, is_causal=causal,
-                                                            implementation="cudnn")
+        methods["cudnn"] = lambda causal: functools.partial(
+            jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn"
+        )
     rows = []
     for tokens, causal in shapes:
         for head_dim, heads in widths:
             keys = jax.random.split(jax.random.key(1), 4)
-            q, k, v, cotangent = (jax.random.normal(key, (batch, tokens, heads, head_dim), jnp.bfloat16)
-                                  for key in keys)
+            q, k, v, cotangent = (
+                jax.random.normal(key, (batch, tokens, heads, head_dim), jnp.bfloat16) for key in keys
+            )
             row = {"tokens": tokens, "causal": causal, "head_dim": head_dim, "heads": heads, "batch": batch}
             results = {}
             for name, method in methods.items():
                 attend = method(causal)
 
-                def forward_backward(q, k, v, attend=attend):
+                def forward_backward(q, k, v, attend=attend, cotangent=cotangent):
                     out, vjp = jax.vjp(attend, q, k, v)
                     return out, vjp(cotangent)
 
                 results[name] = measure(forward_backward, (q, k, v), repeats)
                 row |= {f"{name}_{key}": value for key, value in results[name].items() if key != "value"}
             rows.append(row)
-            print(f"attention T={tokens:>4}{' causal' if causal else '       '} head_dim={head_dim:>4}  "
-                  + "  ".join(f"{name} {cell(result)}" for name, result in results.items()), flush=True)
+            print(
+                f"attention T={tokens:>4}{' causal' if causal else '       '} head_dim={head_dim:>4}  "
+                + "  ".join(f"{name} {cell(result)}" for name, result in results.items()),
+                flush=True,
+            )
     return rows
 
 
@@ -169,15 +177,22 @@ def main(argv=None) -> int:
     if args.smoke:
         return 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device,
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__},
-        "settings": {"repeats": repeats, "what": "median ms of forward + backward, warm"},
-        "losses": losses,
-        "attention": attention,
-        "seconds": time.perf_counter() - started,
-    }, indent=2, default=lambda v: np.asarray(v).tolist()) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "device": device,
+                "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__},
+                "settings": {"repeats": repeats, "what": "median ms of forward + backward, warm"},
+                "losses": losses,
+                "attention": attention,
+                "seconds": time.perf_counter() - started,
+            },
+            indent=2,
+            default=lambda v: np.asarray(v).tolist(),
+        )
+        + "\n"
+    )
     print(f"wrote {RESULTS}")
     return 0
 

@@ -50,20 +50,32 @@ def search(tpu: plan.TpuSlice, implementation: str, micro_batch: int, start: int
     probes = []
 
     def fits(units: int) -> bool:
-        config = train_config.load(CONFIG, [f"global_batch_size={units * unit}", f"microbatches={units}",
-                                            f"loss.implementation={implementation}"])
+        config = train_config.load(
+            CONFIG,
+            [f"global_batch_size={units * unit}", f"microbatches={units}", f"loss.implementation={implementation}"],
+        )
         train_config.check(config, len(devices))
         mesh = parallel.create_mesh(config.mesh, config.mesh.dcn, devices=devices)
         started = time.perf_counter()
         memory, reason = plan._Step(config, mesh).compile(units * unit)
         ok = memory is not None and memory.total <= tpu.chip.hbm_bytes
-        probes.append({"global_batch": units * unit, "microbatches": units, "fits": ok,
-                       "total_bytes_per_chip": memory and memory.total,
-                       "temporaries_bytes_per_chip": memory and memory.temporaries, "compiler_refused": reason or None,
-                       "compile_seconds": time.perf_counter() - started})
+        probes.append(
+            {
+                "global_batch": units * unit,
+                "microbatches": units,
+                "fits": ok,
+                "total_bytes_per_chip": memory and memory.total,
+                "temporaries_bytes_per_chip": memory and memory.temporaries,
+                "compiler_refused": reason or None,
+                "compile_seconds": time.perf_counter() - started,
+            }
+        )
         shown = f"{memory.total / GIB:8.2f} GiB" if memory else "refused by the compiler"
-        print(f"  {implementation:<6} batch {units * unit:>8}: {shown} {'fits' if ok else ''} "
-              f"({probes[-1]['compile_seconds']:.0f} s)", flush=True)
+        print(
+            f"  {implementation:<6} batch {units * unit:>8}: {shown} {'fits' if ok else ''} "
+            f"({probes[-1]['compile_seconds']:.0f} s)",
+            flush=True,
+        )
         return ok
 
     lo, hi = plan.largest_fitting(fits, start // unit, TOLERANCE)
@@ -83,22 +95,41 @@ def main() -> None:
         print(f"{variant} ({implementation}) on {tpu.name}:", flush=True)
         rows[variant] = search(tpu, implementation, args.micro_batch, args.start)
     ratio = rows["fused"]["largest_global_batch"] / rows["plain"]["largest_global_batch"]
-    print(f"\nSigLIP B/16 on {tpu.name} ({tpu.chips} chips, {tpu.chip.hbm_bytes / GIB:g} GiB HBM each), "
-          f"{args.micro_batch} examples per chip per micro-batch:")
+    print(
+        f"\nSigLIP B/16 on {tpu.name} ({tpu.chips} chips, {tpu.chip.hbm_bytes / GIB:g} GiB HBM each), "
+        f"{args.micro_batch} examples per chip per micro-batch:"
+    )
     for variant, row in rows.items():
-        print(f"  {variant:<6} largest global batch {row['largest_global_batch']:>8} "
-              f"({row['smallest_not_fitting']} does not fit)")
+        print(
+            f"  {variant:<6} largest global batch {row['largest_global_batch']:>8} "
+            f"({row['smallest_not_fitting']} does not fit)"
+        )
     print(f"  fused / plain: {ratio:.2f}x")
     record = {
         "benchmark": RESULTS.stem,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
         "versions": {name: metadata.version(name) for name in ("jax", "jaxlib", "libtpu", "flax")},
-        "summary": [{"kind": "metric", "name": f"largest SigLIP B/16 batch on {tpu.name}, fused ring / plain loss",
-                     "value": ratio, "target": TARGET, "better": "higher", "unit": "x", "holds": ratio >= TARGET}],
-        "settings": {"config": "configs/siglip_b16.py", "slice": tpu.name, "topology": tpu.topology,
-                     "chips": tpu.chips, "hbm_bytes_per_chip": tpu.chip.hbm_bytes,
-                     "micro_batch_per_chip": args.micro_batch, "tolerance": TOLERANCE},
+        "summary": [
+            {
+                "kind": "metric",
+                "name": f"largest SigLIP B/16 batch on {tpu.name}, fused ring / plain loss",
+                "value": ratio,
+                "target": TARGET,
+                "better": "higher",
+                "unit": "x",
+                "holds": ratio >= TARGET,
+            }
+        ],
+        "settings": {
+            "config": "configs/siglip_b16.py",
+            "slice": tpu.name,
+            "topology": tpu.topology,
+            "chips": tpu.chips,
+            "hbm_bytes_per_chip": tpu.chip.hbm_bytes,
+            "micro_batch_per_chip": args.micro_batch,
+            "tolerance": TOLERANCE,
+        },
         "variants": rows,
         "fused_over_plain": ratio,
         "seconds": time.perf_counter() - started,

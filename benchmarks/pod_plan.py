@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from harness import plan_row, write_results
+
 from jaxvlm import plan
 from jaxvlm.train import config as train_config
 
@@ -49,8 +50,9 @@ def main() -> None:
             print(f"{recipe}:\n{plan.format_table(p)}\n", flush=True)
             total = p.memory.total / GIB if p.memory else float("nan")
             summary.append(plan_row(recipe, tpu.name, tpu.topology, total, p.mfu))
-            plans.append({"recipe": recipe, "config": f"configs/{path}", "overrides": overrides,
-                          **json.loads(plan.to_json(p))})
+            plans.append(
+                {"recipe": recipe, "config": f"configs/{path}", "overrides": overrides, **json.loads(plan.to_json(p))}
+            )
     write_results("pod_plan", {"plans": plans}, summary)
 
 

@@ -24,10 +24,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
 import jax.numpy as jnp
+from harness import metric, write_results
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from harness import metric, write_results
 from jaxvlm.eval.retrieval import _top_k_fn
 
 IMAGES, TEXTS, DIM, BLOCK, K = 100_000, 500_000, 512, 4096, 10
@@ -41,25 +41,39 @@ def main() -> None:
     blockwise = _top_k_fn(mesh, K).lower(
         jax.ShapeDtypeStruct((BLOCK, DIM), jnp.float32, sharding=rows),
         jax.ShapeDtypeStruct((blocks, BLOCK, DIM), jnp.float32, sharding=whole),
-        jax.ShapeDtypeStruct((), jnp.int32))
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )
     full = jax.jit(lambda q, c: jax.lax.top_k(q @ c.T, K)[1], out_shardings=rows).lower(
         jax.ShapeDtypeStruct((IMAGES, DIM), jnp.float32, sharding=rows),
-        jax.ShapeDtypeStruct((TEXTS, DIM), jnp.float32, sharding=whole))
+        jax.ShapeDtypeStruct((TEXTS, DIM), jnp.float32, sharding=whole),
+    )
     results = {}
     for name, lowered in (("blockwise", blockwise), ("full", full)):
         results[name] = lowered.compile().memory_analysis().temp_size_in_bytes
         print(f"{name:<10} {results[name] / GIB:10.4f} GiB")
     ratio = results["full"] / results["blockwise"]
     print(f"full / blockwise: {ratio:.0f}x")
-    summary = [metric(f"retrieval temporaries, {IMAGES // 1000}k x {TEXTS // 1000}k: full score matrix / blockwise",
-                      ratio)]
-    write_results("retrieval_memory", {
-        "settings": {"devices": f"{len(jax.devices())} x {jax.devices()[0].platform}", "images": IMAGES,
-                     "texts": TEXTS, "dim": DIM, "block": BLOCK, "k": K, "dtype": "float32",
-                     "what": "temp_size_in_bytes of the compiled program, image -> text top-k"},
-        "temp_bytes": results,
-        "full_over_blockwise": ratio,
-    }, summary)
+    summary = [
+        metric(f"retrieval temporaries, {IMAGES // 1000}k x {TEXTS // 1000}k: full score matrix / blockwise", ratio)
+    ]
+    write_results(
+        "retrieval_memory",
+        {
+            "settings": {
+                "devices": f"{len(jax.devices())} x {jax.devices()[0].platform}",
+                "images": IMAGES,
+                "texts": TEXTS,
+                "dim": DIM,
+                "block": BLOCK,
+                "k": K,
+                "dtype": "float32",
+                "what": "temp_size_in_bytes of the compiled program, image -> text top-k",
+            },
+            "temp_bytes": results,
+            "full_over_blockwise": ratio,
+        },
+        summary,
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,12 @@ def accelerator_platforms() -> set[str]:
     """The accelerator platforms JAX finds, asked in a child process so this one never holds a
     device (nor preallocates its memory)."""
     probe = "import jax; print(' '.join(sorted({d.platform for d in jax.devices()})))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+    )
     return set(done.stdout.split()) & set(PLATFORMS) if done.returncode == 0 else set()
 
 
@@ -140,7 +144,9 @@ def describe_machine(machine: dict) -> str:
     features = machine.get("cpu_features", [])
     isa = " (AMX)" if "amx_bf16" in features else " (AVX-512)" if "avx512f" in features else ""
     load = machine.get("load_average")
-    return f"{machine.get('cpu_count', '?')}-core {machine.get('cpu', 'CPU')}{isa}" + (f", load {load[0]:g}" if load else "")
+    return f"{machine.get('cpu_count', '?')}-core {machine.get('cpu', 'CPU')}{isa}" + (
+        f", load {load[0]:g}" if load else ""
+    )
 
 
 def describe_versions(versions: dict) -> str:
@@ -161,22 +167,31 @@ def plans(record: dict) -> list[dict]:
 def render_table(records: list[dict]) -> str:
     """The README's performance table, one row per headline figure, followed by the pod plan
     table (one row per recipe and slice) when a benchmark wrote plan rows."""
-    lines = ["| benchmark | figure | measured | target | met | date | machine | versions |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | figure | measured | target | met | date | machine | versions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for record in records:
         for m in figures(record):
             met = {True: "yes", False: "**no**", None: "–"}[m["holds"]]
-            lines.append(f"| `{record['benchmark']}` | {m['name']} | {format_value(m['value'], m['unit'])} | "
-                         f"{format_target(m)} | {met} | {record['date'][:10]} | "
-                         f"{describe_machine(record.get('machine', {}))} | {describe_versions(record.get('versions', {}))} |")
+            lines.append(
+                f"| `{record['benchmark']}` | {m['name']} | {format_value(m['value'], m['unit'])} | "
+                f"{format_target(m)} | {met} | {record['date'][:10]} | "
+                f"{describe_machine(record.get('machine', {}))} | {describe_versions(record.get('versions', {}))} |"
+            )
     planned = [(record, row) for record in records for row in plans(record)]
     if planned:
-        lines += ["", "| benchmark | recipe | chip | topology | per-chip memory | MFU | date | versions |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| benchmark | recipe | chip | topology | per-chip memory | MFU | date | versions |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for record, row in planned:
-            lines.append(f"| `{record['benchmark']}` | {row['recipe']} | {row['chip']} | {row['topology']} | "
-                         f"{format_value(row['per_chip_gib'], 'GiB')} | {format_value(100 * row['mfu'], '%')} | "
-                         f"{record['date'][:10]} | {describe_versions(record.get('versions', {}))} |")
+            lines.append(
+                f"| `{record['benchmark']}` | {row['recipe']} | {row['chip']} | {row['topology']} | "
+                f"{format_value(row['per_chip_gib'], 'GiB')} | {format_value(100 * row['mfu'], '%')} | "
+                f"{record['date'][:10]} | {describe_versions(record.get('versions', {}))} |"
+            )
     return "\n".join(lines)
 
 
@@ -186,8 +201,10 @@ def update_readme(readme: Path, table: str) -> None:
     start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
         raise SystemExit(f"{readme}: no '{TABLE_START}' ... '{TABLE_END}' markers to put the table between")
-    body = ("\n_Written by `python benchmarks/run_all.py` from `benchmarks/results/*.json` "
-            "(chart: `benchmarks/results/summary.png`)._\n\n" + table + "\n")
+    body = (
+        "\n_Written by `python benchmarks/run_all.py` from `benchmarks/results/*.json` "
+        "(chart: `benchmarks/results/summary.png`)._\n\n" + table + "\n"
+    )
     staging = readme.with_name(f".{readme.name}.partial")
     staging.write_text(text[: start + len(TABLE_START)] + body + text[end:])
     staging.replace(readme)
@@ -201,8 +218,13 @@ def write_chart(records: list[dict], path: Path) -> None:
         return
     units = sorted({m["unit"] for _, m in rows}, key=lambda u: (u != "x", u))
     heights = [sum(m["unit"] == unit for _, m in rows) for unit in units]
-    fig, axes = plt.subplots(len(units), 1, squeeze=False, figsize=(11, 1.2 + 0.38 * sum(heights) + 0.6 * len(units)),
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(units),
+        1,
+        squeeze=False,
+        figsize=(11, 1.2 + 0.38 * sum(heights) + 0.6 * len(units)),
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, unit in zip(axes[:, 0], units):
         panel = [(label, m) for label, m in rows if m["unit"] == unit][::-1]
         colours = [{True: "tab:green", False: "tab:red", None: "tab:gray"}[m["holds"]] for _, m in panel]
@@ -220,8 +242,14 @@ def write_chart(records: list[dict], path: Path) -> None:
             ax.set_xlabel(f"{unit}; black bars: targets")
         for i, (_, m) in enumerate(panel):
             end = max(m["value"], 1) if unit == "x" else m["value"]  # a ratio's bar ends at parity or beyond it
-            ax.annotate(format_value(m["value"], unit), (end, i), xytext=(3, 0), textcoords="offset points",
-                        va="center", fontsize=8)
+            ax.annotate(
+                format_value(m["value"], unit),
+                (end, i),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
             if m["target"] is not None:
                 ax.plot([m["target"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
         ax.set_yticks(range(len(panel)), [label for label, _ in panel], fontsize=8)
@@ -243,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"run_all: unknown benchmark {', '.join(unknown)}; known: {', '.join(benchmarks)}", file=sys.stderr)
         return 2
-    chosen = {name: b for name, b in benchmarks.items()
-              if (not args.only or name in args.only) and name not in args.skip and not args.report_only}
+    chosen = {
+        name: b
+        for name, b in benchmarks.items()
+        if (not args.only or name in args.only) and name not in args.skip and not args.report_only
+    }
     outcome = run_benchmarks(chosen)
     records = load_results(BENCHMARKS_DIR / "results")
     write_chart(records, BENCHMARKS_DIR / "results" / "summary.png")

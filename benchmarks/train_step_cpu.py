@@ -47,8 +47,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark: no accelerator
 
 import jax
 import numpy as np
-
 from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
+
 from jaxvlm import model_dir, parallel
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.models.config import REMAT_POLICIES
@@ -61,10 +61,16 @@ REQUIRES = ("jaxvlm.train",)
 TARGET = 1.2  # jaxvlm's speed over open_clip's
 # open_clip.CLIP arguments: ViT-S/16 with a 6-layer text tower; and a tiny model for --smoke
 MODELS = {
-    "ViT-S-16, 6-layer text": dict(embed_dim=384, vision_cfg=dict(image_size=224, patch_size=16, width=384, layers=12),
-                                   text_cfg=dict(context_length=77, vocab_size=49408, width=384, heads=6, layers=6)),
-    "smoke": dict(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
-                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)),
+    "ViT-S-16, 6-layer text": dict(
+        embed_dim=384,
+        vision_cfg=dict(image_size=224, patch_size=16, width=384, layers=12),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=384, heads=6, layers=6),
+    ),
+    "smoke": dict(
+        embed_dim=32,
+        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+    ),
 }
 HYPER = dict(lr=5e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2)
 # open_clip_train.main's rule: no decay for 1-d parameters, norms, biases and the logit scale;
@@ -90,9 +96,17 @@ def train_config(init_from: Path, batch: int, dtype: str, remat: str):
     c.model.remat = remat
     c.global_batch_size = batch
     c.total_steps = 10_000
-    c.optimizer.update(lr=HYPER["lr"], b1=HYPER["b1"], b2=HYPER["b2"], eps=HYPER["eps"],
-                       weight_decay=HYPER["weight_decay"], weight_decay_on=DECAY_JAXVLM, grad_clip_norm=0.0,
-                       schedule="constant", warmup_steps=0)
+    c.optimizer.update(
+        lr=HYPER["lr"],
+        b1=HYPER["b1"],
+        b2=HYPER["b2"],
+        eps=HYPER["eps"],
+        weight_decay=HYPER["weight_decay"],
+        weight_decay_on=DECAY_JAXVLM,
+        grad_clip_norm=0.0,
+        schedule="constant",
+        warmup_steps=0,
+    )
     c.loss.implementation = "xla"
     return c
 
@@ -101,8 +115,11 @@ def jaxvlm_program(arch, params: dict, batch: dict, dtype: str, remat: str, work
     """(program, state, inputs): jaxvlm's train program for the model directory holding ``params``,
     its initial state and ``batch`` placed on the mesh."""
     directory = workdir / "model"
-    model_dir.save(directory, model_dir.ModelDir(arch.model, arch.preprocess, arch.tokenizer,
-                                                 {"source": "train_step benchmark"}, params), CLIP_BPE_FILE)
+    model_dir.save(
+        directory,
+        model_dir.ModelDir(arch.model, arch.preprocess, arch.tokenizer, {"source": "train_step benchmark"}, params),
+        CLIP_BPE_FILE,
+    )
     config = train_config(directory, len(batch["image"]), dtype, remat)
     program = build(config, parallel.create_mesh(config.mesh, config.mesh.dcn))
     sharding = parallel.batch_sharding(program.mesh)
@@ -129,9 +146,12 @@ def open_clip_step(torch, open_clip, model, batch: dict, dtype: str, device: str
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if not open_clip_no_decay(n, p)]
     rest = [p for n, p in model.named_parameters() if open_clip_no_decay(n, p)]
-    optimizer = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0},
-                                   {"params": decay, "weight_decay": HYPER["weight_decay"]}],
-                                  lr=HYPER["lr"], betas=(HYPER["b1"], HYPER["b2"]), eps=HYPER["eps"])
+    optimizer = torch.optim.AdamW(
+        [{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": HYPER["weight_decay"]}],
+        lr=HYPER["lr"],
+        betas=(HYPER["b1"], HYPER["b2"]),
+        eps=HYPER["eps"],
+    )
     loss_fn = open_clip.loss.ClipLoss()
     images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
     texts = torch.from_numpy(batch["text"]).long().to(device)
@@ -154,10 +174,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="both sides' compute dtype (bfloat16: mixed precision)")
-    parser.add_argument("--remat", default="dots", choices=REMAT_POLICIES,
-                        help="jaxvlm's ModelConfig.remat (dots: about half the activation memory of none, see docs/perf.md)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="both sides' compute dtype (bfloat16: mixed precision)",
+    )
+    parser.add_argument(
+        "--remat",
+        default="dots",
+        choices=REMAT_POLICIES,
+        help="jaxvlm's ModelConfig.remat (dots: about half the activation memory of none, see docs/perf.md)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny model, batch 8, one repeat: checks the script")
     parser.add_argument("--out", default=str(RESULTS_DIR / "train_step_cpu.json"))
     args = parser.parse_args()
@@ -175,43 +203,68 @@ def main() -> None:
     params = convert_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, cfg, f"open_clip {name}")
     rng = np.random.default_rng(0)
     size, context = cfg.vision.image_size, cfg.text.context_length
-    batch = {"image": rng.standard_normal((args.batch, size, size, 3), dtype=np.float32),
-             "text": rng.integers(0, cfg.text.vocab_size, (args.batch, context), dtype=np.int32)}
+    batch = {
+        "image": rng.standard_normal((args.batch, size, size, 3), dtype=np.float32),
+        "text": rng.integers(0, cfg.text.vocab_size, (args.batch, context), dtype=np.int32),
+    }
 
     with tempfile.TemporaryDirectory() as workdir:
-        steps = {"jaxvlm": jaxvlm_step(*jaxvlm_program(arch, params, batch, args.dtype, args.remat, Path(workdir))),
-                 "open_clip": open_clip_step(torch, open_clip, model, batch, args.dtype)}
+        steps = {
+            "jaxvlm": jaxvlm_step(*jaxvlm_program(arch, params, batch, args.dtype, args.remat, Path(workdir))),
+            "open_clip": open_clip_step(torch, open_clip, model, batch, args.dtype),
+        }
     # the first two steps of each, before any timing: same weights and batch, then one update each
     compile_started = time.perf_counter()
     losses = {lib: [fn(), fn()] for lib, fn in steps.items()}
-    agreement = {f"step {i}": {"jaxvlm": losses["jaxvlm"][i], "open_clip": losses["open_clip"][i],
-                               "abs_diff": abs(losses["jaxvlm"][i] - losses["open_clip"][i])} for i in (0, 1)}
+    agreement = {
+        f"step {i}": {
+            "jaxvlm": losses["jaxvlm"][i],
+            "open_clip": losses["open_clip"][i],
+            "abs_diff": abs(losses["jaxvlm"][i] - losses["open_clip"][i]),
+        }
+        for i in (0, 1)
+    }
     for step, row in agreement.items():
-        print(f"loss at {step}: jaxvlm {row['jaxvlm']:.6f}  open_clip {row['open_clip']:.6f}  "
-              f"abs diff {row['abs_diff']:.1e}", flush=True)
+        print(
+            f"loss at {step}: jaxvlm {row['jaxvlm']:.6f}  open_clip {row['open_clip']:.6f}  "
+            f"abs diff {row['abs_diff']:.1e}",
+            flush=True,
+        )
     first_steps = time.perf_counter() - compile_started
 
     seconds, samples, _ = time_interleaved(steps, args.repeats)
     ratio = speedup(samples["open_clip"], samples["jaxvlm"])
-    results = {lib: {"seconds": s, "samples_per_second": args.batch / s, "samples": samples[lib]}
-               for lib, s in seconds.items()}
+    results = {
+        lib: {"seconds": s, "samples_per_second": args.batch / s, "samples": samples[lib]} for lib, s in seconds.items()
+    }
     for lib, row in results.items():
         print(f"{lib:<10} {row['samples_per_second']:7.2f} samples/s ({row['seconds']:.3f} s/step)")
     print(f"speed-up {ratio:.2f}x (target >= {TARGET}x)")
-    summary = [metric(f"{name} train step, batch {args.batch}, {args.dtype}: jaxvlm vs open_clip", ratio,
-                      TARGET)]
-    write_results("train_step_cpu", {
-        "settings": {"model": name, "open_clip_args": MODELS[name], "batch": args.batch, "repeats": args.repeats,
-                     "dtype": args.dtype, "remat": args.remat, "hyper_parameters": HYPER,
-                     "threads": {"torch": torch.get_num_threads(), "xla": threads},
-                     "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                     "weights": "open_clip random init, perturbed, converted by jaxvlm"},
-        "loss_agreement": agreement,
-        "results": results,
-        "speedup": ratio,
-        "first_two_steps_seconds": first_steps,
-        "seconds": time.perf_counter() - started,
-    }, summary, path=args.out)
+    summary = [metric(f"{name} train step, batch {args.batch}, {args.dtype}: jaxvlm vs open_clip", ratio, TARGET)]
+    write_results(
+        "train_step_cpu",
+        {
+            "settings": {
+                "model": name,
+                "open_clip_args": MODELS[name],
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "dtype": args.dtype,
+                "remat": args.remat,
+                "hyper_parameters": HYPER,
+                "threads": {"torch": torch.get_num_threads(), "xla": threads},
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "weights": "open_clip random init, perturbed, converted by jaxvlm",
+            },
+            "loss_agreement": agreement,
+            "results": results,
+            "speedup": ratio,
+            "first_two_steps_seconds": first_steps,
+            "seconds": time.perf_counter() - started,
+        },
+        summary,
+        path=args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -32,14 +32,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
 from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
+from train_step_cpu import HYPER, MODELS, jaxvlm_architecture, jaxvlm_program, jaxvlm_step, open_clip_step
+
 from jaxvlm import parallel
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.flops import per_device_flops
 from jaxvlm.models.config import REMAT_POLICIES
 from jaxvlm.models.registry import get_architecture
-from train_step_cpu import HYPER, MODELS, jaxvlm_architecture, jaxvlm_program, jaxvlm_step, open_clip_step
 
 REQUIRES = ("gpu",)
 TARGETS = {"speed-up": 1.2, "MFU": 45.0}
@@ -79,15 +79,19 @@ def main() -> None:
     params = convert_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, cfg, f"open_clip {name}")
     rng = np.random.default_rng(0)
     size = cfg.vision.image_size
-    batch = {"image": rng.standard_normal((args.batch, size, size, 3), dtype=np.float32),
-             "text": rng.integers(0, cfg.text.vocab_size, (args.batch, cfg.text.context_length), dtype=np.int32)}
+    batch = {
+        "image": rng.standard_normal((args.batch, size, size, 3), dtype=np.float32),
+        "text": rng.integers(0, cfg.text.vocab_size, (args.batch, cfg.text.context_length), dtype=np.int32),
+    }
 
     with tempfile.TemporaryDirectory() as workdir:
         program, state, inputs = jaxvlm_program(arch, params, batch, "bfloat16", args.remat, Path(workdir))
     with parallel.activate(program.mesh):
         flops = per_device_flops(program.step.trace(state, inputs).jaxpr, 1, platform="cuda")
-    steps = {"jaxvlm": jaxvlm_step(program, state, inputs),
-             "open_clip": open_clip_step(torch, open_clip, model, batch, "bfloat16", device)}
+    steps = {
+        "jaxvlm": jaxvlm_step(program, state, inputs),
+        "open_clip": open_clip_step(torch, open_clip, model, batch, "bfloat16", device),
+    }
     losses = {lib: [fn(), fn()] for lib, fn in steps.items()}
     for i in (0, 1):
         print(f"loss at step {i}: jaxvlm {losses['jaxvlm'][i]:.5f}  open_clip {losses['open_clip'][i]:.5f}")
@@ -99,22 +103,45 @@ def main() -> None:
     mfu = None if peak is None else 100 * flops / seconds["jaxvlm"] / peak
     for lib, s in seconds.items():
         print(f"{lib:<10} {args.batch / s:9.1f} images/s ({s * 1e3:.1f} ms/step)")
-    print(f"speed-up {ratio:.2f}x (target >= {TARGETS['speed-up']}x); jaxvlm {flops / 1e12:.2f} TFLOP per step, "
-          + (f"MFU {mfu:.1f}% of {kind}'s {peak / 1e12:g} TFLOP/s" if mfu is not None else f"no peak known for {kind}"))
-    summary = [metric(f"{name} train step, batch {args.batch}, bf16, {kind}: jaxvlm vs open_clip AMP", ratio,
-                      TARGETS["speed-up"])]
+    print(
+        f"speed-up {ratio:.2f}x (target >= {TARGETS['speed-up']}x); jaxvlm {flops / 1e12:.2f} TFLOP per step, "
+        + (f"MFU {mfu:.1f}% of {kind}'s {peak / 1e12:g} TFLOP/s" if mfu is not None else f"no peak known for {kind}")
+    )
+    summary = [
+        metric(
+            f"{name} train step, batch {args.batch}, bf16, {kind}: jaxvlm vs open_clip AMP", ratio, TARGETS["speed-up"]
+        )
+    ]
     if mfu is not None:
-        summary.append(metric(f"{name} train step, batch {args.batch}, bf16: jaxvlm MFU on {kind}", mfu,
-                              TARGETS["MFU"], unit="%"))
-    write_results("train_step_gpu", {
-        "settings": {"model": name, "batch": args.batch, "repeats": args.repeats, "remat": args.remat,
-                     "hyper_parameters": HYPER, "device": kind, "torch_device": device},
-        "losses": losses,
-        "results": {lib: {"seconds": s, "images_per_second": args.batch / s, "samples": samples[lib]}
-                    for lib, s in seconds.items()},
-        "speedup": ratio, "flops_per_step": flops, "peak_bf16_flops": peak, "mfu_percent": mfu,
-        "seconds": time.perf_counter() - started,
-    }, summary, path=args.out)
+        summary.append(
+            metric(f"{name} train step, batch {args.batch}, bf16: jaxvlm MFU on {kind}", mfu, TARGETS["MFU"], unit="%")
+        )
+    write_results(
+        "train_step_gpu",
+        {
+            "settings": {
+                "model": name,
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "remat": args.remat,
+                "hyper_parameters": HYPER,
+                "device": kind,
+                "torch_device": device,
+            },
+            "losses": losses,
+            "results": {
+                lib: {"seconds": s, "images_per_second": args.batch / s, "samples": samples[lib]}
+                for lib, s in seconds.items()
+            },
+            "speedup": ratio,
+            "flops_per_step": flops,
+            "peak_bf16_flops": peak,
+            "mfu_percent": mfu,
+            "seconds": time.perf_counter() - started,
+        },
+        summary,
+        path=args.out,
+    )
 
 
 if __name__ == "__main__":

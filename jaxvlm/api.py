@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +37,18 @@ class Model:
     while keeping the compiled programs.
     """
 
-    def __init__(self, config: ModelConfig, params, preprocess_config: PreprocessConfig, tokenizer: Tokenizer, *,
-                 provenance: dict | None = None, directory=None, batch_size: int = 32, devices=None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        params,
+        preprocess_config: PreprocessConfig,
+        tokenizer: Tokenizer,
+        *,
+        provenance: dict | None = None,
+        directory=None,
+        batch_size: int = 32,
+        devices=None,
+    ):
         self.directory = Path(directory) if directory is not None else None
         self.config = config
         self.preprocess_config = preprocess_config
@@ -53,7 +63,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.directory}, provenance={self.provenance})"
 
-    def with_params(self, params) -> "Model":
+    def with_params(self, params) -> Model:
         """The same model with other parameters (same tree and shapes): no recompilation."""
         other = copy.copy(self)
         other.params = self._replicated(params)
@@ -71,8 +81,7 @@ class Model:
         """PIL images (or paths to image files) -> float32 [N, H, W, 3]."""
         if isinstance(images, (str, Path)):
             images = [images]
-        return preprocess([load_image(x) if isinstance(x, (str, Path)) else x for x in images],
-                          self.preprocess_config)
+        return preprocess([load_image(x) if isinstance(x, (str, Path)) else x for x in images], self.preprocess_config)
 
     def encode_image(self, pixels) -> np.ndarray:
         return self._chunked(self._image_fn, self._checked_pixels(pixels, "encode_image"))
@@ -89,8 +98,7 @@ class Model:
     def logits(self, image_embeds, text_embeds) -> np.ndarray:
         """[N, M] = exp(t) * image_embeds @ text_embeds.T (+ b for SigLIP)."""
         b = self.params.get("b")
-        return np.asarray(contrastive_logits(jnp.asarray(image_embeds), jnp.asarray(text_embeds),
-                                             self.params["t"], b))
+        return np.asarray(contrastive_logits(jnp.asarray(image_embeds), jnp.asarray(text_embeds), self.params["t"], b))
 
     def generate(self, pixels, **options) -> list[str]:
         """Captions from a CoCa model, one per image (for beam search, the best beam).
@@ -129,8 +137,9 @@ class Model:
 
     def _sharded(self, fn):
         """jit(fn(params, batch)) with the batch split over the data mesh and params replicated."""
-        return jax.jit(fn, in_shardings=(NamedSharding(self.mesh, PartitionSpec()), self._rows),
-                       out_shardings=self._rows)
+        return jax.jit(
+            fn, in_shardings=(NamedSharding(self.mesh, PartitionSpec()), self._rows), out_shardings=self._rows
+        )
 
     @property
     def _rows(self) -> NamedSharding:
@@ -150,7 +159,7 @@ class Model:
         size = -(-min(self.batch_size, n) // devices) * devices
         outs = []
         for start in range(0, n, size):
-            chunk = inputs[start:start + size]
+            chunk = inputs[start : start + size]
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
             # placed explicitly: with several processes, jit takes no numpy input for a split argument
             outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[: len(chunk)])
@@ -167,5 +176,13 @@ def load(directory, batch_size: int = 32, devices=None) -> Model:
     """Loads a converted or trained model directory (no network, no torch)."""
     directory = Path(directory)
     loaded = model_dir.load(directory)
-    return Model(loaded.config, loaded.params, loaded.preprocess, build_tokenizer(loaded.tokenizer, directory),
-                 provenance=loaded.provenance, directory=directory, batch_size=batch_size, devices=devices)
+    return Model(
+        loaded.config,
+        loaded.params,
+        loaded.preprocess,
+        build_tokenizer(loaded.tokenizer, directory),
+        provenance=loaded.provenance,
+        directory=directory,
+        batch_size=batch_size,
+        devices=devices,
+    )

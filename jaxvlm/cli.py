@@ -77,9 +77,18 @@ def cmd_eval(args) -> None:
     from jaxvlm.eval.runner import EvalSpec, evaluate, model_name, picture_path, result_json, result_record
 
     generation = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
-    spec = EvalSpec(task=args.task, dataset=args.dataset, split=args.split, batch_size=args.batch_size,
-                    data_dir=args.data_dir, prompts=args.prompts, recall_k=tuple(args.recall_k),
-                    train_split=args.train_split, val_split=args.val_split, generation=generation)
+    spec = EvalSpec(
+        task=args.task,
+        dataset=args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        prompts=args.prompts,
+        recall_k=tuple(args.recall_k),
+        train_split=args.train_split,
+        val_split=args.val_split,
+        generation=generation,
+    )
     model = jaxvlm.load(args.model_dir, batch_size=args.batch_size)
     metrics = evaluate(model, spec, progress=not args.quiet, plots_dir=args.plots)
     text = result_json(result_record(spec, metrics, model=model_name(model), pretrained=str(args.model_dir)))
@@ -93,10 +102,19 @@ def cmd_eval(args) -> None:
 def cmd_data_build(args) -> None:
     from jaxvlm.data.build import build, summary
 
-    metadata = build(args.spec, args.out, split=args.split, data_dir=args.data_dir, image_key=args.image_key,
-                     text_key=args.text_key, label_key=args.label_key, text_templates=args.text_template or (),
-                     records_per_shard=args.records_per_shard, workers=args.workers,
-                     max_image_pixels=args.max_image_pixels)
+    metadata = build(
+        args.spec,
+        args.out,
+        split=args.split,
+        data_dir=args.data_dir,
+        image_key=args.image_key,
+        text_key=args.text_key,
+        label_key=args.label_key,
+        text_templates=args.text_template or (),
+        records_per_shard=args.records_per_shard,
+        workers=args.workers,
+        max_image_pixels=args.max_image_pixels,
+    )
     print(summary(metadata, args.out))
 
 
@@ -113,8 +131,11 @@ def cmd_train(args) -> int | None:
     if jax.process_index() != 0:
         return PREEMPTED_EXIT_CODE if result.preempted else None
     if result.preempted:
-        print(f"stopped by a preemption notice at step {result.step}; its checkpoint is saved in "
-              f"{args.workdir / 'checkpoints'}: run the same command to resume", file=sys.stderr)
+        print(
+            f"stopped by a preemption notice at step {result.step}; its checkpoint is saved in "
+            f"{args.workdir / 'checkpoints'}: run the same command to resume",
+            file=sys.stderr,
+        )
         return PREEMPTED_EXIT_CODE
     print(f"trained {result.step} steps; everything is in {args.workdir}:")
     print(f"  model directory  {result.model_dir}  (jaxvlm.load, jaxvlm eval)")
@@ -126,7 +147,6 @@ def cmd_train(args) -> int | None:
         print(f"final loss {result.metrics['loss']:.4f}")
     for name, value in result.evaluation.items():
         print(f"{name} {value:.4f}")
-
 
 
 def _start_distributed(args) -> None:
@@ -143,8 +163,11 @@ def _start_distributed(args) -> None:
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     # If process 0 dies, JAX ends the others at once with its own message, which names only the
     # "coordination_service": say here who that is.
-    print(f"jaxvlm: process {args.process_id} of {args.num_processes}; the coordinator is process 0 at "
-          f"{args.coordinator_address}", file=sys.stderr)
+    print(
+        f"jaxvlm: process {args.process_id} of {args.num_processes}; the coordinator is process 0 at "
+        f"{args.coordinator_address}",
+        file=sys.stderr,
+    )
 
 
 def cmd_plan(args) -> None:
@@ -168,8 +191,14 @@ def cmd_launch_local(args) -> int:
 
     config = train_config.load(args.config, args.overrides)
     train_config.check(config, args.processes * args.devices)  # before any process starts
-    train_args = ["train", "--config", str(args.config), "--workdir", str(args.workdir),
-                  *(f"--config.{item}" for item in args.overrides)]
+    train_args = [
+        "train",
+        "--config",
+        str(args.config),
+        "--workdir",
+        str(args.workdir),
+        *(f"--config.{item}" for item in args.overrides),
+    ]
     return local.launch(train_args, processes=args.processes, devices=args.devices)
 
 
@@ -181,8 +210,12 @@ def cmd_launch_tpu(args) -> None:
     if args.num_slices < 1:
         raise InputError(f"--num-slices must be >= 1, got {args.num_slices}")
     slices = Slices(args.name, args.zone, args.project, args.num_slices, args.queued)
-    needs = {"create": ("slice",), "train": ("slice", "config", "workdir"), "run": ("slice", "config", "workdir"),
-             "exec": ("command",)}.get(args.action, ())
+    needs = {
+        "create": ("slice",),
+        "train": ("slice", "config", "workdir"),
+        "run": ("slice", "config", "workdir"),
+        "exec": ("command",),
+    }.get(args.action, ())
     for option in needs:
         if getattr(args, option) is None:
             raise InputError(f"launch tpu {args.action} needs --{option}")
@@ -195,8 +228,9 @@ def cmd_launch_tpu(args) -> None:
     if args.action in ("setup", "run"):
         tpu.setup(runner, slices, args.source)
     if args.action in ("train", "run"):
-        tpu.train(runner, slices, chips, args.config, args.workdir, args.overrides, source=args.source,
-                  follow=not args.detach)
+        tpu.train(
+            runner, slices, chips, args.config, args.workdir, args.overrides, source=args.source, follow=not args.detach
+        )
     if args.action == "logs":
         tpu.logs(runner, slices)
     if args.action == "stop":
@@ -278,40 +312,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per batch, split over the local devices")
     p.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
-    p.add_argument("--prompts", help="zero-shot prompt set: a shipped set's name or a JSON file "
-                                     "(default: the dataset's own, else its class names)")
+    p.add_argument(
+        "--prompts",
+        help="zero-shot prompt set: a shipped set's name or a JSON file "
+        "(default: the dataset's own, else its class names)",
+    )
     p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="retrieval: the k of recall@k")
     p.add_argument("--train-split", default="train", help="linear probe: split to fit on")
-    p.add_argument("--val-split", help="linear probe: split to choose the regularisation on "
-                                       "(default: a held-out part of --train-split)")
+    p.add_argument(
+        "--val-split",
+        help="linear probe: split to choose the regularisation on (default: a held-out part of --train-split)",
+    )
     for name, (kind, text) in GENERATION_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"captioning: {text}")
     p.add_argument("--out", type=Path, help="also write the result JSON (CLIP_benchmark's schema) here")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="also draw a PNG here: the confusion matrix (zeroshot) "
-                                                             "or the top hits of a few captions (retrieval)")
+    p.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="also draw a PNG here: the confusion matrix (zeroshot) or the top hits of a few captions (retrieval)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_eval)
 
-    data = sub.add_parser("data", help="input data tools").add_subparsers(dest="data_command", required=True,
-                                                                        parser_class=_Parser)
+    data = sub.add_parser("data", help="input data tools").add_subparsers(
+        dest="data_command", required=True, parser_class=_Parser
+    )
     p = data.add_parser("build", help="turn tar shards, an image folder or a TFDS dataset into ArrayRecord shards")
-    p.add_argument("spec", help='what to read: "tar:DIR/{00000..00099}.tar", "folder:DIR?captions=FILE.jsonl", '
-                                '"tfds:NAME" (docs/data.md)')
+    p.add_argument(
+        "spec",
+        help='what to read: "tar:DIR/{00000..00099}.tar", "folder:DIR?captions=FILE.jsonl", "tfds:NAME" (docs/data.md)',
+    )
     p.add_argument("out", type=Path, help="directory to create (must not exist, or be empty)")
     p.add_argument("--split", default="train", help="TFDS split")
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--image-key", default="image", help="TFDS image feature")
     p.add_argument("--text-key", default="captions", help="TFDS caption feature")
     p.add_argument("--label-key", default="label", help="TFDS ClassLabel feature")
-    p.add_argument("--text-template", action="append", help='caption template for label-only TFDS data, '
-                                                            'e.g. "a photo of a {}." (repeatable)')
+    p.add_argument(
+        "--text-template",
+        action="append",
+        help='caption template for label-only TFDS data, e.g. "a photo of a {}." (repeatable)',
+    )
     p.add_argument("--records-per-shard", type=int, default=10_000)
     p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
     p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="larger images are skipped")
     p.set_defaults(run=cmd_data_build)
 
-    p = sub.add_parser("train", help="train or fine-tune from a config; the same command resumes",
-                       epilog="Override any config field with --config.KEY=VALUE, e.g. --config.optimizer.lr=3e-4.")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune from a config; the same command resumes",
+        epilog="Override any config field with --config.KEY=VALUE, e.g. --config.optimizer.lr=3e-4.",
+    )
     p.add_argument("--config", type=Path, required=True, help="an ml_collections config file (configs/*.py)")
     p.add_argument("--workdir", type=Path, required=True, help="checkpoints, logs and the final model go here")
     p.add_argument("--coordinator-address", help="multi-host: HOST:PORT of process 0's coordinator")
@@ -320,44 +372,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multihost", action="store_true", help="multi-host with the cluster's own settings (Cloud TPU)")
     p.set_defaults(run=cmd_train, takes_overrides=True)
 
-    p = sub.add_parser("plan", help="compile a training config's step ahead of time for a TPU slice and report "
-                                    "per-chip memory, FLOPs, step time, MFU and the largest batch that fits",
-                       epilog="Override any config field with --config.KEY=VALUE. Needs libtpu (the jax[tpu] extra); "
-                              "runs on any machine.")
+    p = sub.add_parser(
+        "plan",
+        help="compile a training config's step ahead of time for a TPU slice and report "
+        "per-chip memory, FLOPs, step time, MFU and the largest batch that fits",
+        epilog="Override any config field with --config.KEY=VALUE. Needs libtpu (the jax[tpu] extra); "
+        "runs on any machine.",
+    )
     p.add_argument("--config", type=Path, required=True, help="an ml_collections config file (configs/*.py)")
-    p.add_argument("--topology", required=True, help="a TPU slice: v5p-128 (TensorCores: 64 chips), v5e-256 (chips), "
-                                                     "v4-8, v6e-64, or a topology such as v5p:4x4x8")
-    p.add_argument("--num-slices", type=int, default=1, help="slices joined over the data-center network "
-                                                             "(the config's mesh.dcn must match)")
-    p.add_argument("--largest-batch", action="store_true", help="also find the largest global batch that fits, "
-                                                                "by bisection over compiles (several minutes more)")
+    p.add_argument(
+        "--topology",
+        required=True,
+        help="a TPU slice: v5p-128 (TensorCores: 64 chips), v5e-256 (chips), "
+        "v4-8, v6e-64, or a topology such as v5p:4x4x8",
+    )
+    p.add_argument(
+        "--num-slices",
+        type=int,
+        default=1,
+        help="slices joined over the data-center network (the config's mesh.dcn must match)",
+    )
+    p.add_argument(
+        "--largest-batch",
+        action="store_true",
+        help="also find the largest global batch that fits, by bisection over compiles (several minutes more)",
+    )
     p.add_argument("--json", type=Path, help="also write the plan as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=cmd_plan, takes_overrides=True)
 
-    launch = sub.add_parser("launch", help="run jaxvlm train on Cloud TPU slices (gcloud) or as local processes "
-                                           "(launch/README.md)")
+    launch = sub.add_parser(
+        "launch", help="run jaxvlm train on Cloud TPU slices (gcloud) or as local processes (launch/README.md)"
+    )
     launchers = launch.add_subparsers(dest="launcher", required=True, parser_class=_Parser)
-    p = launchers.add_parser("local", help="N local processes of jaxvlm train with CPU devices, joined by "
-                                           "jax.distributed (gloo): a pod run in miniature",
-                             epilog="Override any config field with --config.KEY=VALUE.")
+    p = launchers.add_parser(
+        "local",
+        help="N local processes of jaxvlm train with CPU devices, joined by "
+        "jax.distributed (gloo): a pod run in miniature",
+        epilog="Override any config field with --config.KEY=VALUE.",
+    )
     p.add_argument("--processes", type=int, default=2, help="processes (default 2)")
     p.add_argument("--devices", type=int, default=1, help="CPU devices per process (default 1)")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--workdir", type=Path, required=True)
     p.set_defaults(run=cmd_launch_local, takes_overrides=True)
 
-    p = launchers.add_parser("tpu", help="create / set up / train on / delete Cloud TPU slices with gcloud",
-                             epilog="Actions: create, setup (copy and install this checkout on every worker), train "
-                                    "(start on every worker, stream worker 0's log), logs, stop, exec, delete, run "
-                                    "(create + setup + train). train and run take --config.KEY=VALUE overrides.")
+    p = launchers.add_parser(
+        "tpu",
+        help="create / set up / train on / delete Cloud TPU slices with gcloud",
+        epilog="Actions: create, setup (copy and install this checkout on every worker), train "
+        "(start on every worker, stream worker 0's log), logs, stop, exec, delete, run "
+        "(create + setup + train). train and run take --config.KEY=VALUE overrides.",
+    )
     p.add_argument("action", choices=("create", "setup", "train", "logs", "stop", "exec", "delete", "run"))
     p.add_argument("name", help="the TPU VM (or queued resource) name")
     p.add_argument("--zone", required=True)
     p.add_argument("--project", help="default: gcloud's configured project")
     p.add_argument("--slice", help="one slice's type, as jaxvlm plan names it: v5p-128, v5e-256, v4-8, v6e-64")
-    p.add_argument("--num-slices", type=int, default=1, help="multi-slice: this many slices in one queued resource, "
-                                                             "nodes NAME-0, NAME-1, ...")
+    p.add_argument(
+        "--num-slices",
+        type=int,
+        default=1,
+        help="multi-slice: this many slices in one queued resource, nodes NAME-0, NAME-1, ...",
+    )
     p.add_argument("--queued", action="store_true", help="create a queued resource even for one slice")
     p.add_argument("--spot", action="store_true", help="Spot VMs (preemptible; resume with train)")
     p.add_argument("--runtime-version", help="TPU VM software (default: the generation's JAX image)")
@@ -385,7 +462,7 @@ def _config_overrides(extra: list[str]) -> list[str]:
     for item in items:
         if not item.startswith("--config."):
             raise InputError(f"unrecognized argument: {item}")
-        key, sep, value = item[len("--config."):].partition("=")
+        key, sep, value = item[len("--config.") :].partition("=")
         if not sep:
             value = next(items, None)
             if value is None:

@@ -71,8 +71,10 @@ def _cond_flops(eqn, share: float, platform: str) -> float:
     branches = eqn.params["branches"]
     platforms = eqn.params.get("branches_platforms")
     if platforms:  # lax.platform_dependent: the branch listing the platform, else the default (None)
-        index = next((i for i, ps in enumerate(platforms) if ps is not None and platform in ps),
-                     next((i for i, ps in enumerate(platforms) if ps is None), None))
+        index = next(
+            (i for i, ps in enumerate(platforms) if ps is not None and platform in ps),
+            next((i for i, ps in enumerate(platforms) if ps is None), None),
+        )
         if index is not None:
             return _count(branches[index].jaxpr, share, platform)
     return max(_count(b.jaxpr, share, platform) for b in branches)

@@ -40,7 +40,7 @@ class GenerationConfig:
     length_penalty: float = 1.0
     seed: int = 0
 
-    def validate(self, model: ModelConfig) -> "GenerationConfig":
+    def validate(self, model: ModelConfig) -> GenerationConfig:
         """Raises InputError for options out of range, before anything is compiled."""
         if model.decoder is None:
             raise InputError("generation needs a CoCa model (this model has no caption decoder)")
@@ -170,10 +170,14 @@ def _sample(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad
             token = jax.random.categorical(key, logits, axis=-1)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
         token = jnp.where(state.done, pad_id, token)
-        return state._replace(ids=state.ids.at[:, state.index + 1].set(token), index=state.index + 1,
-                              done=state.done | (token == eot),
-                              score=state.score + jnp.where(state.done, 0.0, logprob),
-                              length=state.length + (~state.done).astype(jnp.int32), rng=rng)
+        return state._replace(
+            ids=state.ids.at[:, state.index + 1].set(token),
+            index=state.index + 1,
+            done=state.done | (token == eot),
+            score=state.score + jnp.where(state.done, 0.0, logprob),
+            length=state.length + (~state.done).astype(jnp.int32),
+            rng=rng,
+        )
 
     zeros = jnp.zeros((rows,), jnp.float32)
     start = _Sampling(ids, cache, jnp.int32(0), zeros.astype(bool), zeros, zeros.astype(jnp.int32), rng)
@@ -207,14 +211,20 @@ def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens
         # one beam is greedy decoding
         admitted = ends & (jnp.arange(2 * k) < k)
         pool_ids = jnp.concatenate([state.finished_ids, candidate_ids], axis=1)
-        pool = jnp.concatenate([state.finished, jnp.where(admitted, _normalise(scores, index + 1, cfg), -jnp.inf)],
-                               axis=1)
+        pool = jnp.concatenate(
+            [state.finished, jnp.where(admitted, _normalise(scores, index + 1, cfg), -jnp.inf)], axis=1
+        )
         finished, best = jax.lax.top_k(pool, k)
         alive, keep = jax.lax.top_k(jnp.where(ends, -jnp.inf, scores), k)
         rows = (jnp.take_along_axis(parent, keep, axis=1) + k * jnp.arange(batch)[:, None]).reshape(-1)
-        return _Beams(ids=jnp.take_along_axis(candidate_ids, keep[:, :, None], axis=1).reshape(batch * k, length),
-                      cache=reorder_cache(state.cache, rows), index=index + 1, alive=alive,
-                      finished_ids=jnp.take_along_axis(pool_ids, best[:, :, None], axis=1), finished=finished)
+        return _Beams(
+            ids=jnp.take_along_axis(candidate_ids, keep[:, :, None], axis=1).reshape(batch * k, length),
+            cache=reorder_cache(state.cache, rows),
+            index=index + 1,
+            alive=alive,
+            finished_ids=jnp.take_along_axis(pool_ids, best[:, :, None], axis=1),
+            finished=finished,
+        )
 
     def running(state: _Beams):
         # alive scores only fall; the best a continuation can reach is at the longest (lp >= 0)
@@ -225,8 +235,9 @@ def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens
 
     # all beams start as the same sequence: only the first may extend it, or the k would be equal
     alive = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (batch, 1))
-    start = _Beams(ids, cache, jnp.int32(0), alive, jnp.full((batch, k, length), pad_id, jnp.int32),
-                   jnp.full((batch, k), -jnp.inf))
+    start = _Beams(
+        ids, cache, jnp.int32(0), alive, jnp.full((batch, k, length), pad_id, jnp.int32), jnp.full((batch, k), -jnp.inf)
+    )
     end = _decode_loop(decode, start, logits, choose, running)
     # sequences that never ended compete at full length
     pool_ids = jnp.concatenate([end.finished_ids, end.ids.reshape(batch, k, length)], axis=1)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxvlm import ops
 from jaxvlm.parallel import BATCH_AXES
@@ -28,16 +29,30 @@ def _over_batch(fn, mesh: Mesh | None, rows: tuple, scalars: tuple):
         return fn(*rows, *scalars, None)
     axes = _split_axes(mesh)
     row_spec = P(axes) if axes else P()
-    return jax.shard_map(lambda *a: fn(*a, axes or None), mesh=mesh, out_specs=P(), check_vma=False,
-                         in_specs=(row_spec,) * len(rows) + (P(),) * len(scalars))(*rows, *scalars)
+    return jax.shard_map(
+        lambda *a: fn(*a, axes or None),
+        mesh=mesh,
+        out_specs=P(),
+        check_vma=False,
+        in_specs=(row_spec,) * len(rows) + (P(),) * len(scalars),
+    )(*rows, *scalars)
 
 
-def contrastive_loss(kind: str, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None = None, *,
-                     mesh: Mesh | None = None, implementation: str = "auto") -> jax.Array:
+def contrastive_loss(
+    kind: str,
+    zimg: jax.Array,
+    ztxt: jax.Array,
+    t: jax.Array,
+    b: jax.Array | None = None,
+    *,
+    mesh: Mesh | None = None,
+    implementation: str = "auto",
+) -> jax.Array:
     """The loss of L2-normalised image and text embeddings [N, D] (pair i is positive), with
     logit scale exp(t) and, for "sigmoid", bias b. On ``mesh`` the rows are split over its batch
     axes and the loss is still that of the whole batch."""
     if kind == "softmax":
+
         def fn(x, y, scale, axis_name):
             return ops.softmax_contrastive_loss(x, y, scale, axis_name=axis_name, implementation=implementation)
 

@@ -56,8 +56,10 @@ def save(out: Path, model: ModelDir, tokenizer_source: Path) -> None:
             raise InputError(f"cannot read tokenizer file {tokenizer_source}: {e.strerror}") from None
         tokenizer = build_tokenizer(model.tokenizer, staging)
         if tokenizer.vocab_size > model.config.text.vocab_size:
-            raise InputError(f"tokenizer {tokenizer_source} has {tokenizer.vocab_size} tokens but the model's "
-                             f"vocabulary has {model.config.text.vocab_size}")
+            raise InputError(
+                f"tokenizer {tokenizer_source} has {tokenizer.vocab_size} tokens but the model's "
+                f"vocabulary has {model.config.text.vocab_size}"
+            )
         flat = flax.traverse_util.flatten_dict(model.params, sep="/")
         save_file({k: np.array(v, np.float32, order="C") for k, v in flat.items()}, str(staging / WEIGHTS_FILE))
         config = {

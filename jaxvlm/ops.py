@@ -29,8 +29,16 @@ ATTENTION_KERNEL_MIN_LENGTH = 128
 ATTENTION_AXES = ("batch", "length", "heads", "kv")
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, q_offset=None,
-              key_mask: jax.Array | None = None, implementation: str = "auto") -> jax.Array:
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = False,
+    q_offset=None,
+    key_mask: jax.Array | None = None,
+    implementation: str = "auto",
+) -> jax.Array:
     """Scaled dot-product attention. q [B, T, H, D], k and v [B, S, H, D] -> [B, T, H, D].
 
     causal: query t sits at position ``q_offset + t`` (by default S - T: the queries are the
@@ -101,8 +109,9 @@ def _attention_kernel(backend: str, causal: bool, interpret: bool = False):
         batch, heads = (_mesh_axes(spec[i], q.shape[i], mesh, free) for i in (0, 2))
         qkv = jax.P(batch, None, heads, None)
         # check_vma=False: JAX's Pallas kernels declare their outputs without varying mesh axes
-        return jax.shard_map(kernel, in_specs=(qkv, qkv, qkv, jax.P(batch, None)), out_specs=qkv,
-                             axis_names=free, check_vma=False)(q, k, v, key_mask)
+        return jax.shard_map(
+            kernel, in_specs=(qkv, qkv, qkv, jax.P(batch, None)), out_specs=qkv, axis_names=free, check_vma=False
+        )(q, k, v, key_mask)
 
     return run
 
@@ -116,8 +125,9 @@ def _mesh_axes(entry, size: int, mesh, free: set) -> tuple | None:
     return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
 
 
-def softmax_contrastive_loss(x: jax.Array, y: jax.Array, scale, *, axis_name=None,
-                             implementation: str = "auto") -> jax.Array:
+def softmax_contrastive_loss(
+    x: jax.Array, y: jax.Array, scale, *, axis_name=None, implementation: str = "auto"
+) -> jax.Array:
     """CLIP's loss: (CE over rows + CE over columns) / 2 of S = scale * x @ y.T, positives on the
     diagonal. x, y [N, D]; ``scale`` is exp(t).
 
@@ -130,14 +140,18 @@ def softmax_contrastive_loss(x: jax.Array, y: jax.Array, scale, *, axis_name=Non
     """
     args = (x, y, scale)
     if axis_name:
-        return _contrastive(args, implementation, functools.partial(_sharded_softmax_reference, axis_name=axis_name),
-                            tpu=functools.partial(sl.sharded_softmax_loss, axis_name=axis_name))
-    return _contrastive(args, implementation, sl.softmax_loss_reference, tpu=sl.softmax_loss,
-                        cuda=cg.softmax_loss_gpu)
+        return _contrastive(
+            args,
+            implementation,
+            functools.partial(_sharded_softmax_reference, axis_name=axis_name),
+            tpu=functools.partial(sl.sharded_softmax_loss, axis_name=axis_name),
+        )
+    return _contrastive(args, implementation, sl.softmax_loss_reference, tpu=sl.softmax_loss, cuda=cg.softmax_loss_gpu)
 
 
-def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, scale, bias, *, axis_name=None,
-                             implementation: str = "auto") -> jax.Array:
+def sigmoid_contrastive_loss(
+    x: jax.Array, y: jax.Array, scale, bias, *, axis_name=None, implementation: str = "auto"
+) -> jax.Array:
     """SigLIP's loss: mean over images of sum_j -log sigmoid(z_ij (scale * x_i . y_j + bias)),
     z = +1 on the diagonal, -1 elsewhere. x [N, D], y [M, D].
 
@@ -148,10 +162,13 @@ def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, scale, bias, *, axis_na
     """
     args = (x, y, scale, bias)
     if axis_name:
-        return _contrastive(args, implementation, functools.partial(_sharded_sigmoid_reference, axis_name=axis_name),
-                            tpu=functools.partial(gl.sharded_sigmoid_loss, axis_name=axis_name))
-    return _contrastive(args, implementation, gl.sigmoid_loss_reference, tpu=gl.sigmoid_loss,
-                        cuda=cg.sigmoid_loss_gpu)
+        return _contrastive(
+            args,
+            implementation,
+            functools.partial(_sharded_sigmoid_reference, axis_name=axis_name),
+            tpu=functools.partial(gl.sharded_sigmoid_loss, axis_name=axis_name),
+        )
+    return _contrastive(args, implementation, gl.sigmoid_loss_reference, tpu=gl.sigmoid_loss, cuda=cg.sigmoid_loss_gpu)
 
 
 def _contrastive(args, implementation: str, reference, *, tpu, cuda=None):
@@ -161,8 +178,9 @@ def _contrastive(args, implementation: str, reference, *, tpu, cuda=None):
     one, else the Mosaic one. Only in a CPU process: every branch is traced, and the interpreter
     cannot run under shard_map's check_vma."""
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"contrastive loss: implementation {implementation!r}; expected one of "
-                         f"{', '.join(IMPLEMENTATIONS)}")
+        raise ValueError(
+            f"contrastive loss: implementation {implementation!r}; expected one of {', '.join(IMPLEMENTATIONS)}"
+        )
     if implementation == "xla":
         return reference(*args)
     kernels = {"tpu": tpu} if cuda is None else {"tpu": tpu, "cuda": cuda}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxvlm.errors import InputError
 
@@ -55,8 +56,9 @@ def mesh_shape(sizes: Mapping[str, int], devices: int, what: str = "mesh") -> tu
     return tuple(shape)
 
 
-def create_mesh(ici: Mapping[str, int], dcn: Mapping[str, int] | None = None,
-                devices: Sequence[jax.Device] | None = None) -> Mesh:
+def create_mesh(
+    ici: Mapping[str, int], dcn: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A mesh over ``devices`` (default: all). ``ici`` gives the axis sizes within a slice,
     ``dcn`` the number of slices along each axis (multi-slice); each mesh axis is their product."""
     devices = list(jax.devices() if devices is None else devices)
@@ -90,8 +92,9 @@ def activate(mesh: Mesh, rules=LOGICAL_RULES) -> Iterator[None]:
         yield
 
 
-def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, *, fsdp_min_size: int = 0,
-             rules=LOGICAL_RULES) -> P:
+def spec_for(
+    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, *, fsdp_min_size: int = 0, rules=LOGICAL_RULES
+) -> P:
     """The mesh PartitionSpec of an array with logical axis ``names``: mesh axes that do not
     divide their dimension (or have size 1) are dropped, and so is fsdp for arrays under
     ``fsdp_min_size`` elements (splitting those costs more communication than it saves memory)."""
@@ -150,4 +153,3 @@ def per_device_bytes(tree: Any) -> dict[jax.Device, int]:
         for shard in leaf.addressable_shards:
             totals[shard.device] = totals.get(shard.device, 0) + shard.data.nbytes
     return totals
-

@@ -91,8 +91,9 @@ def parse_slice(name: str) -> TpuSlice:
     topology ("v5p:4x4x8", "v5e:2x4")."""
     match = re.fullmatch(r"(v4|v5e|v5p|v6e|v5litepod)(?:-(\d+)|:(\d+(?:x\d+)+))", name.strip().lower())
     if not match:
-        raise InputError(f"TPU slice {name!r}: expected a name like v5p-128, v5e-256, v4-8, v6e-64 "
-                         "or a topology like v5p:4x4x8")
+        raise InputError(
+            f"TPU slice {name!r}: expected a name like v5p-128, v5e-256, v4-8, v6e-64 or a topology like v5p:4x4x8"
+        )
     generation, count, topology = match.groups()
     chip = CHIPS[ALIASES.get(generation, generation)]
     if topology:
@@ -104,8 +105,10 @@ def parse_slice(name: str) -> TpuSlice:
     chips, odd = divmod(count, 2) if chip.cores_in_name else (count, 0)
     if odd or chips < 1 or chips & (chips - 1) or (chip.dims == 3 and chips < 4):
         unit = "TensorCores (2 per chip)" if chip.cores_in_name else "chips"
-        raise InputError(f"TPU slice {name!r}: {chip.generation}-N counts {unit}; N must give a power of 2 "
-                         f"chips{', at least 4' if chip.dims == 3 else ''}")
+        raise InputError(
+            f"TPU slice {name!r}: {chip.generation}-N counts {unit}; N must give a power of 2 "
+            f"chips{', at least 4' if chip.dims == 3 else ''}"
+        )
     return TpuSlice(chip, default_shape(chips, chip.dims))
 
 
@@ -137,8 +140,9 @@ def topology_devices(tpu: TpuSlice, num_slices: int = 1) -> list:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=tpu.topology, **options).devices)
     except Exception as e:  # no libtpu, or a topology it rejects: one line
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot describe TPU topology {tpu.topology} (needs libtpu: pip install 'jax[tpu]'): "
-                         f"{message}") from None
+        raise InputError(
+            f"cannot describe TPU topology {tpu.topology} (needs libtpu: pip install 'jax[tpu]'): {message}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,13 +226,25 @@ class _Step:
             batch=_shard_bytes(self.program.abstract_batch(batch)),
             temporaries=stats.temp_size_in_bytes,
             code=stats.generated_code_size_in_bytes,
-            total=(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-                   + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes),
+            total=(
+                stats.argument_size_in_bytes
+                + stats.output_size_in_bytes
+                - stats.alias_size_in_bytes
+                + stats.temp_size_in_bytes
+                + stats.generated_code_size_in_bytes
+            ),
         ), ""
 
 
-def plan(config, tpu: TpuSlice, *, num_slices: int = 1, search: bool = False, tolerance: float = 1 / 16,
-         log=lambda message: None) -> Plan:
+def plan(
+    config,
+    tpu: TpuSlice,
+    *,
+    num_slices: int = 1,
+    search: bool = False,
+    tolerance: float = 1 / 16,
+    log=lambda message: None,
+) -> Plan:
     """Plans ``config`` (a training config) on ``num_slices`` slices of ``tpu``: checks it,
     compiles its train step at ``config.global_batch_size`` and, with ``search``, finds the
     largest global batch that fits, to within ``tolerance`` (relative) or one step of the batch's
@@ -245,8 +261,10 @@ def plan(config, tpu: TpuSlice, *, num_slices: int = 1, search: bool = False, to
     mesh = parallel.create_mesh(config.mesh, config.mesh.dcn, devices=devices)
     step = _Step(config, mesh)
     batch = config.global_batch_size
-    log(f"compiling the train step for {tpu.topology}{f' x {num_slices}' if num_slices > 1 else ''} "
-        f"at global batch {batch}")
+    log(
+        f"compiling the train step for {tpu.topology}{f' x {num_slices}' if num_slices > 1 else ''} "
+        f"at global batch {batch}"
+    )
     traced = step.trace(batch)
     memory, needed = step.compile(batch, traced)
     executed = per_device_flops(traced.jaxpr, len(devices))
@@ -261,10 +279,20 @@ def plan(config, tpu: TpuSlice, *, num_slices: int = 1, search: bool = False, to
 
         lo, hi = largest_fitting(fits, batch // unit, tolerance, known=_fits(memory, tpu.chip))
         largest = (lo * unit, hi * unit)
-    return Plan(model=_model_name(config), tpu=tpu, num_slices=num_slices, mesh=dict(mesh.shape),
-                global_batch_size=batch, microbatches=config.microbatches, memory=memory, needed=needed,
-                executed_flops=executed, model_flops=model_flops, largest_batch=largest,
-                seconds=time.perf_counter() - started)
+    return Plan(
+        model=_model_name(config),
+        tpu=tpu,
+        num_slices=num_slices,
+        mesh=dict(mesh.shape),
+        global_batch_size=batch,
+        microbatches=config.microbatches,
+        memory=memory,
+        needed=needed,
+        executed_flops=executed,
+        model_flops=model_flops,
+        largest_batch=largest,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _fits(memory: Memory | None, chip: Chip) -> bool:
@@ -329,16 +357,25 @@ def format_table(p: Plan) -> str:
         lines.append(f"  does not fit: {p.needed}")
     else:
         m = p.memory
-        for label, value in (("parameters", m.params), ("optimizer state", m.optimizer), ("batch", m.batch),
-                             ("temporaries", m.temporaries), ("code", m.code), ("padding, counters", m.other),
-                             ("total", m.total)):
+        for label, value in (
+            ("parameters", m.params),
+            ("optimizer state", m.optimizer),
+            ("batch", m.batch),
+            ("temporaries", m.temporaries),
+            ("code", m.code),
+            ("padding, counters", m.other),
+            ("total", m.total),
+        ):
             lines.append(f"  {label:<24}{value / GIB:>10.3f}")
-        lines[-1] += (f"   of {chip.hbm_bytes / GIB:g} GiB HBM ({m.total / chip.hbm_bytes:.0%}): "
-                      f"{'fits' if p.fits else 'DOES NOT FIT'}")
+        lines[-1] += (
+            f"   of {chip.hbm_bytes / GIB:g} GiB HBM ({m.total / chip.hbm_bytes:.0%}): "
+            f"{'fits' if p.fits else 'DOES NOT FIT'}"
+        )
     lines += [
         "",
         f"{'FLOPs per chip per step':<26}{p.executed_flops:>10.3e} executed, {p.model_flops:.3e} model",
-        f"{'step time at peak':<26}{_duration(p.step_seconds):>10} ({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)",
+        f"{'step time at peak':<26}{_duration(p.step_seconds):>10} "
+        f"({chip.peak_bf16_flops / 1e12:g} TFLOP/s bf16 per chip)",
         f"{'MFU at that step time':<26}{p.mfu:>10.1%}",
     ]
     if p.largest_batch is not None:
@@ -356,14 +393,25 @@ def to_json(p: Plan) -> str:
     import json
 
     record = {
-        "model": p.model, "slice": p.tpu.name, "topology": p.tpu.topology, "num_slices": p.num_slices,
-        "chips": p.tpu.chips * p.num_slices, "mesh": p.mesh, "global_batch_size": p.global_batch_size,
+        "model": p.model,
+        "slice": p.tpu.name,
+        "topology": p.tpu.topology,
+        "num_slices": p.num_slices,
+        "chips": p.tpu.chips * p.num_slices,
+        "mesh": p.mesh,
+        "global_batch_size": p.global_batch_size,
         "microbatches": p.microbatches,
         "memory_bytes_per_chip": {**dataclasses.asdict(p.memory), "other": p.memory.other} if p.memory else None,
-        "does_not_fit": p.needed or None, "hbm_bytes_per_chip": p.tpu.chip.hbm_bytes, "fits": p.fits,
-        "executed_flops_per_chip": p.executed_flops, "model_flops_per_chip": p.model_flops,
-        "peak_bf16_flops_per_chip": p.tpu.chip.peak_bf16_flops, "step_seconds_at_peak": p.step_seconds,
-        "mfu_at_peak": p.mfu, "largest_global_batch": p.largest_batch and p.largest_batch[0],
-        "smallest_global_batch_not_fitting": p.largest_batch and p.largest_batch[1], "seconds": p.seconds,
+        "does_not_fit": p.needed or None,
+        "hbm_bytes_per_chip": p.tpu.chip.hbm_bytes,
+        "fits": p.fits,
+        "executed_flops_per_chip": p.executed_flops,
+        "model_flops_per_chip": p.model_flops,
+        "peak_bf16_flops_per_chip": p.tpu.chip.peak_bf16_flops,
+        "step_seconds_at_peak": p.step_seconds,
+        "mfu_at_peak": p.mfu,
+        "largest_global_batch": p.largest_batch and p.largest_batch[0],
+        "smallest_global_batch_not_fitting": p.largest_batch and p.largest_batch[1],
+        "seconds": p.seconds,
     }
     return json.dumps(record, indent=2) + "\n"

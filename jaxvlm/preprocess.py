@@ -71,8 +71,7 @@ class PreprocessConfig:
         if self.resize_mode not in RESIZE_MODES:
             raise InputError(f"preprocess resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.interpolation not in _FILTERS:
-            raise InputError(
-                f"preprocess interpolation must be one of {tuple(_FILTERS)}, got {self.interpolation!r}")
+            raise InputError(f"preprocess interpolation must be one of {tuple(_FILTERS)}, got {self.interpolation!r}")
         # Normalised so that configs read back from JSON (lists) compare equal to the originals.
         object.__setattr__(self, "image_size", int(size))
         object.__setattr__(self, "mean", _triple("mean", self.mean, positive=False))
@@ -88,7 +87,7 @@ class PreprocessConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         if not isinstance(d, dict):
             raise InputError(f"preprocess config must be a mapping, got {type(d).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]

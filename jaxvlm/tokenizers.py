@@ -18,7 +18,7 @@ import html
 import pathlib
 import re
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class TokenizerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TokenizerConfig":
+    def from_dict(cls, d: dict) -> TokenizerConfig:
         if not isinstance(d, dict):
             raise InputError(f"tokenizer config must be a mapping, got {type(d).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -68,6 +68,7 @@ class TokenizerConfig:
 
 
 # --- text cleaning (the options of open_clip's tokenizers) ------------------------------------
+
 
 def basic_clean(text: str) -> str:
     import ftfy  # imported lazily: it is slow to import and only the cleaning needs it
@@ -113,6 +114,7 @@ def clean_text(text: str, mode: str) -> str:
 
 
 # --- tokenizers --------------------------------------------------------------------------------
+
 
 class Tokenizer:
     """Turns texts into int32 [N, context_length] ids and ids back into text.
@@ -297,8 +299,9 @@ class SentencePieceTokenizer(Tokenizer):
     special-token literals.
     """
 
-    def __init__(self, path, context_length: int = 64, clean: str = "canonicalize", pad_id: int = 0,
-                 eos_id: int | None = None):
+    def __init__(
+        self, path, context_length: int = 64, clean: str = "canonicalize", pad_id: int = 0, eos_id: int | None = None
+    ):
         import sentencepiece as spm
 
         try:

@@ -41,8 +41,10 @@ def _check_embeddings(name: str, x, y, same_shape: bool) -> tuple[jax.Array, jax
     if 0 in x.shape or 0 in y.shape:
         raise InputError(f"{name}: empty input, x {x.shape} and y {y.shape}")
     if x.dtype != y.dtype or x.dtype not in LOSS_DTYPES:
-        raise InputError(f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
-                         "(the *_reference functions take any float dtype)")
+        raise InputError(
+            f"{name}: x and y must both be float32 or both bfloat16, got {x.dtype} and {y.dtype} "
+            "(the *_reference functions take any float dtype)"
+        )
     return x, y
 
 

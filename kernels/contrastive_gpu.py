@@ -105,8 +105,13 @@ def _for_each_tile(a_ref, b_ref, body, carry, *, b_block, b_size, chunk, precisi
 
         def accumulate(c, dot):
             features = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
-            return dot + lax.dot_general(a_ref[:, features], b_ref[cols, features], (((1,), (1,)), ((), ())),
-                                         precision=precision, preferred_element_type=jnp.float32)
+            return dot + lax.dot_general(
+                a_ref[:, features],
+                b_ref[cols, features],
+                (((1,), (1,)), ((), ())),
+                precision=precision,
+                preferred_element_type=jnp.float32,
+            )
 
         dot = lax.fori_loop(0, d_pad // chunk, accumulate, jnp.zeros((a_block, b_block), jnp.float32))
         index = start + jnp.arange(b_block)
@@ -165,8 +170,7 @@ def _sigmoid_logit_gradient(params_ref, stat_refs, cols, dot, positive):
     return weight * jnp.where(positive, p - 1.0, p)
 
 
-def _gradient_kernel(params_ref, a_ref, b_ref, *refs, logit_gradient, num_stats, scalars, chunk, precision,
-                     **tile):
+def _gradient_kernel(params_ref, a_ref, b_ref, *refs, logit_gradient, num_stats, scalars, chunk, precision, **tile):
     """dA = scale * G B for this block of A's rows, G = logit_gradient(...) tile by tile (zero at
     padded columns); with ``scalars`` also per row sum_j G * (A B^T) and sum_j G (the d scale and
     d bias partials). refs: the ``num_stats`` statistics refs, then the outputs."""
@@ -178,20 +182,22 @@ def _gradient_kernel(params_ref, a_ref, b_ref, *refs, logit_gradient, num_stats,
         g = jnp.where(valid, logit_gradient(params_ref, stat_refs, cols, dot, positive), 0.0)
         g_in = g.astype(b_ref.dtype)
         accumulators = tuple(
-            acc + jnp.dot(g_in, b_ref[cols, c * chunk:(c + 1) * chunk], precision=precision,
-                          preferred_element_type=jnp.float32)
-            for c, acc in enumerate(accumulators))
+            acc
+            + jnp.dot(
+                g_in, b_ref[cols, c * chunk : (c + 1) * chunk], precision=precision, preferred_element_type=jnp.float32
+            )
+            for c, acc in enumerate(accumulators)
+        )
         if scalars:
             dscale, dbias = dscale + jnp.sum(g * dot, axis=1), dbias + jnp.sum(g, axis=1)
         return accumulators, dscale, dbias
 
     zeros = jnp.zeros((a_block,), jnp.float32)
     init = (tuple(jnp.zeros((a_block, chunk), jnp.float32) for _ in range(d_pad // chunk)), zeros, zeros)
-    accumulators, dscale, dbias = _for_each_tile(a_ref, b_ref, body, init, chunk=chunk, precision=precision,
-                                                 **tile)
+    accumulators, dscale, dbias = _for_each_tile(a_ref, b_ref, body, init, chunk=chunk, precision=precision, **tile)
     scale = params_ref[0]
     for c, acc in enumerate(accumulators):
-        da_ref[:, c * chunk:(c + 1) * chunk] = (scale * acc).astype(da_ref.dtype)
+        da_ref[:, c * chunk : (c + 1) * chunk] = (scale * acc).astype(da_ref.dtype)
     if scalars:
         dscale_ref, dbias_ref = scalar_refs
         dscale_ref[...] = dscale
@@ -225,22 +231,28 @@ def _call(kernel, name, params, a, b, stats, outputs, *, a_block, b_size, num_wa
     chunk = min(_MAX_CHUNK, a.shape[1])
     precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
     whole = pl.BlockSpec()
-    rows = lambda width: pl.BlockSpec((a_block,) if width is None else (a_block, width),  # noqa: E731
-                                      (lambda i: (i,)) if width is None else (lambda i: (i, 0)))
+    rows = lambda width: pl.BlockSpec(
+        (a_block,) if width is None else (a_block, width),  # noqa: E731
+        (lambda i: (i,)) if width is None else (lambda i: (i, 0)),
+    )
     operands = (params, a, b, *stats)
     # Inside shard_map (check_vma) the outputs vary along the mesh axes the operands vary along.
     axes = varying(*operands)
     if interpret and axes:
-        raise InputError(f"{name}: interpret mode inside shard_map needs check_vma=False (jax's Pallas interpreter "
-                         "does not track varying mesh axes; compiled kernels have no such limit)")
+        raise InputError(
+            f"{name}: interpret mode inside shard_map needs check_vma=False (jax's Pallas interpreter "
+            "does not track varying mesh axes; compiled kernels have no such limit)"
+        )
     mat = jax.sharding.ManualAxisType(varying=axes)
     return pl.pallas_call(
         functools.partial(kernel, b_block=_block(b_size), b_size=b_size, chunk=chunk, precision=precision),
         grid=(a.shape[0] // a_block,),
-        in_specs=[whole, rows(a.shape[1]), whole] + [rows(None), whole][:len(stats)],
+        in_specs=[whole, rows(a.shape[1]), whole] + [rows(None), whole][: len(stats)],
         out_specs=[rows(width) for width, _ in outputs],
-        out_shape=[jax.ShapeDtypeStruct(a.shape[:1] + (() if width is None else (width,)), dtype,
-                                        manual_axis_type=mat) for width, dtype in outputs],
+        out_shape=[
+            jax.ShapeDtypeStruct(a.shape[:1] + (() if width is None else (width,)), dtype, manual_axis_type=mat)
+            for width, dtype in outputs
+        ],
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
         interpret=interpret,
         name=name,
@@ -249,8 +261,19 @@ def _call(kernel, name, params, a, b, stats, outputs, *, a_block, b_size, num_wa
 
 def _reduce(kernel, name, params, a, b, *, a_size, b_size, outputs, interpret):
     """Per-row f32 outputs of a forward kernel, for a's first a_size rows."""
-    results = _call(kernel, name, params, a, b, (), [(None, jnp.float32)] * outputs, a_block=_block(a_size),
-                    b_size=b_size, num_warps=4, interpret=interpret)
+    results = _call(
+        kernel,
+        name,
+        params,
+        a,
+        b,
+        (),
+        [(None, jnp.float32)] * outputs,
+        a_block=_block(a_size),
+        b_size=b_size,
+        num_warps=4,
+        interpret=interpret,
+    )
     return [r[:a_size] for r in results]
 
 
@@ -259,11 +282,11 @@ def _gradient(logit_gradient, name, params, a, b, stats, *, a_size, b_size, d, s
     a_block = _block(a_size)
     while a_block > _MIN_BLOCK and a_block * a.shape[1] * 4 > _ACCUMULATOR_BYTES:
         a_block //= 2
-    kernel = functools.partial(_gradient_kernel, logit_gradient=logit_gradient, num_stats=len(stats),
-                               scalars=scalars)
+    kernel = functools.partial(_gradient_kernel, logit_gradient=logit_gradient, num_stats=len(stats), scalars=scalars)
     outputs = [(a.shape[1], a.dtype)] + [(None, jnp.float32)] * (2 if scalars else 0)
-    da, *sums = _call(kernel, name, params, a, b, stats, outputs, a_block=a_block, b_size=b_size, num_warps=8,
-                      interpret=interpret)
+    da, *sums = _call(
+        kernel, name, params, a, b, stats, outputs, a_block=a_block, b_size=b_size, num_warps=8, interpret=interpret
+    )
     return da[:a_size, :d], *(jnp.sum(s[:a_size]) for s in sums)
 
 
@@ -292,8 +315,16 @@ def _softmax(x, y, scale, interpret):
 def _softmax_fwd(x, y, scale, interpret):
     n = x.shape[0]
     xp, yp = _padded(x, y)
-    statistics = functools.partial(_reduce, _softmax_statistics_kernel, "softmax_loss_statistics", _params(scale),
-                                   a_size=n, b_size=n, outputs=2, interpret=interpret)
+    statistics = functools.partial(
+        _reduce,
+        _softmax_statistics_kernel,
+        "softmax_loss_statistics",
+        _params(scale),
+        a_size=n,
+        b_size=n,
+        outputs=2,
+        interpret=interpret,
+    )
     row_lse, row_positive = statistics(xp, yp)
     col_lse, col_positive = statistics(yp, xp)  # the columns of S are the rows of S^T
     loss = (jnp.sum(row_lse - row_positive) + jnp.sum(col_lse - col_positive)) / (2 * n)
@@ -305,11 +336,18 @@ def _softmax_bwd(interpret, residuals, cotangent):
     n, d = x.shape
     xp, yp = _padded(x, y)
     row_lse, col_lse = _pad_vector(row_lse, xp), _pad_vector(col_lse, yp)
-    gradient = functools.partial(_gradient, _softmax_logit_gradient, "softmax_loss_gradient",
-                                 _params(scale, weight=cotangent / (2 * n)), a_size=n, b_size=n, d=d,
-                                 interpret=interpret)
+    gradient = functools.partial(
+        _gradient,
+        _softmax_logit_gradient,
+        "softmax_loss_gradient",
+        _params(scale, weight=cotangent / (2 * n)),
+        a_size=n,
+        b_size=n,
+        d=d,
+        interpret=interpret,
+    )
     dx, dscale, _ = gradient(xp, yp, (row_lse, col_lse), scalars=True)
-    dy, = gradient(yp, xp, (col_lse, row_lse), scalars=False)
+    (dy,) = gradient(yp, xp, (col_lse, row_lse), scalars=False)
     return dx, dy, dscale
 
 
@@ -323,8 +361,16 @@ def _sigmoid(x, y, scale, bias, interpret):
 
 def _sigmoid_fwd(x, y, scale, bias, interpret):
     n, m = x.shape[0], y.shape[0]
-    per_row, = _reduce(_sigmoid_loss_kernel, "sigmoid_loss_rows", _params(scale, bias), *_padded(x, y), a_size=n,
-                       b_size=m, outputs=1, interpret=interpret)
+    (per_row,) = _reduce(
+        _sigmoid_loss_kernel,
+        "sigmoid_loss_rows",
+        _params(scale, bias),
+        *_padded(x, y),
+        a_size=n,
+        b_size=m,
+        outputs=1,
+        interpret=interpret,
+    )
     return jnp.sum(per_row) / n, (x, y, scale, bias)
 
 
@@ -332,10 +378,17 @@ def _sigmoid_bwd(interpret, residuals, cotangent):
     x, y, scale, bias = residuals
     (n, d), m = x.shape, y.shape[0]
     xp, yp = _padded(x, y)
-    gradient = functools.partial(_gradient, _sigmoid_logit_gradient, "sigmoid_loss_gradient",
-                                 _params(scale, bias, cotangent / n), stats=(), d=d, interpret=interpret)
+    gradient = functools.partial(
+        _gradient,
+        _sigmoid_logit_gradient,
+        "sigmoid_loss_gradient",
+        _params(scale, bias, cotangent / n),
+        stats=(),
+        d=d,
+        interpret=interpret,
+    )
     dx, dscale, dbias = gradient(xp, yp, a_size=n, b_size=m, scalars=True)
-    dy, = gradient(yp, xp, a_size=m, b_size=n, scalars=False)  # S^T = scale Y X^T + bias, same diagonal
+    (dy,) = gradient(yp, xp, a_size=m, b_size=n, scalars=False)  # S^T = scale Y X^T + bias, same diagonal
     return dx, dy, dscale, dbias
 
 

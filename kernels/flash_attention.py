@@ -41,8 +41,9 @@ FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 def check_inputs(q, k, v, key_mask=None) -> None:
     """Raises InputError naming the problem when the arrays do not make one attention call."""
     if not (q.ndim == k.ndim == v.ndim == 4):
-        raise InputError(f"attention: q, k, v must be [batch, length, heads, head_dim]; got shapes "
-                         f"{q.shape}, {k.shape}, {v.shape}")
+        raise InputError(
+            f"attention: q, k, v must be [batch, length, heads, head_dim]; got shapes {q.shape}, {k.shape}, {v.shape}"
+        )
     if k.shape != v.shape:
         raise InputError(f"attention: k and v shapes differ: {k.shape} vs {v.shape}")
     if (q.shape[0], q.shape[2], q.shape[3]) != (k.shape[0], k.shape[2], k.shape[3]):
@@ -131,6 +132,7 @@ def _largest_dividing(n: int, blocks: tuple[int, ...]) -> int:
 
 # ---------------------------------------------------------------- TPU (Mosaic)
 
+
 def _tpu_blocks(t: int, s: int):
     """(padded T, padded S, BlockSizes). Key blocks are multiples of 128 (the kernel's lane tiling
     of the scores and segment ids); a short query sequence is one block of a multiple of 16 rows
@@ -141,10 +143,22 @@ def _tpu_blocks(t: int, s: int):
     t_pad = round_up(t, 128) if t > 128 else round_up(t, 16)
     bk = _largest_dividing(s_pad, (512, 256, 128))
     bq = _largest_dividing(t_pad, (256, 128)) if t_pad >= 128 else t_pad
-    return t_pad, s_pad, BlockSizes(
-        block_q=bq, block_k_major=bk, block_k=bk, block_b=1,
-        block_q_major_dkv=bq, block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq,
-        block_k_major_dq=bk, block_k_dq=bk, block_q_dq=bq,
+    return (
+        t_pad,
+        s_pad,
+        BlockSizes(
+            block_q=bq,
+            block_k_major=bk,
+            block_k=bk,
+            block_b=1,
+            block_q_major_dkv=bq,
+            block_k_major_dkv=bk,
+            block_k_dkv=bk,
+            block_q_dkv=bq,
+            block_k_major_dq=bk,
+            block_k_dq=bk,
+            block_q_dq=bq,
+        ),
     )
 
 
@@ -200,6 +214,7 @@ def _tpu_interpreted(kernel):
 
 # ---------------------------------------------------------------- GPU (Triton)
 
+
 def _gpu_blocks(t: int, s: int):
     """(padded T, padded S, BlockSizes), all blocks powers of two of at least 16 (Triton's dot).
 
@@ -214,8 +229,13 @@ def _gpu_blocks(t: int, s: int):
     bq_bwd = max(pow2(-(-t // blocks)), 16)
     t_pad = blocks * bq_bwd
     bq = min(128, t_pad & -t_pad)  # the largest power of two dividing t_pad
-    return t_pad, s_pad, BlockSizes(block_q=bq, block_k=min(128, s_pad), block_q_dkv=bq_bwd, block_kv_dkv=32,
-                                    block_q_dq=bq_bwd, block_kv_dq=32)
+    return (
+        t_pad,
+        s_pad,
+        BlockSizes(
+            block_q=bq, block_k=min(128, s_pad), block_q_dkv=bq_bwd, block_kv_dkv=32, block_q_dq=bq_bwd, block_kv_dq=32
+        ),
+    )
 
 
 def _gpu_flash_attention(q, k, v, key_mask, *, causal: bool, interpret: bool):
@@ -225,6 +245,14 @@ def _gpu_flash_attention(q, k, v, key_mask, *, causal: bool, interpret: bool):
     (b, t, _, d), s = q.shape, k.shape[1]
     t_pad, s_pad, blocks = _gpu_blocks(t, s)
     segments = _key_segments(None, b, s, s_pad) if s_pad != s else None
-    out = mha(_pad_axis(q, 1, t_pad), _pad_axis(k, 1, s_pad), _pad_axis(v, 1, s_pad), segments, sm_scale=d**-0.5,
-              causal=causal, block_sizes=blocks, interpret=interpret)
+    out = mha(
+        _pad_axis(q, 1, t_pad),
+        _pad_axis(k, 1, s_pad),
+        _pad_axis(v, 1, s_pad),
+        segments,
+        sm_scale=d**-0.5,
+        causal=causal,
+        block_sizes=blocks,
+        interpret=interpret,
+    )
     return out[:, :t]

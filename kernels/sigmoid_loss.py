@@ -32,8 +32,7 @@ _VMEM_BUDGET = 12 * 2**20
 
 def sigmoid_loss_reference(x, y, scale, bias):
     """The loss in plain jnp (materialises the [N, M] logits): f32 scalar."""
-    logits = scale * jnp.dot(x.astype(jnp.float32), y.astype(jnp.float32).T,
-                             precision=lax.Precision.HIGHEST) + bias
+    logits = scale * jnp.dot(x.astype(jnp.float32), y.astype(jnp.float32).T, precision=lax.Precision.HIGHEST) + bias
     z = 2.0 * jnp.eye(x.shape[0], y.shape[0], dtype=jnp.float32) - 1.0
     return jnp.sum(jax.nn.softplus(-z * logits)) / x.shape[0]
 
@@ -58,8 +57,7 @@ def _scores(floats_ref, where_ref, a_ref, b_ref, *, images, texts, transposed):
     """One (ta, tb) tile: the raw dot a b^T (f32), the logits, the positive and valid masks."""
     a, b = a_ref[...], b_ref[...]
     precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-    dot = lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
-                          preferred_element_type=jnp.float32)
+    dot = lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
     logits = floats_ref[0] * dot + floats_ref[1]
     ta, tb = dot.shape
     first_a, first_b = (where_ref[1], where_ref[0]) if transposed else (where_ref[0], where_ref[1])
@@ -75,7 +73,7 @@ def _lane_sum(v):
     """[r, c] -> [r, 128]: sum of the 128-lane column groups (whole vregs, no cross-lane work)."""
     out = v[:, :LANES]
     for k in range(LANES, v.shape[1], LANES):
-        out = out + v[:, k:k + LANES]
+        out = out + v[:, k : k + LANES]
     return out
 
 
@@ -83,7 +81,7 @@ def _sublane_sum(v):
     """[r, 128] -> [8, 128]: sum of the 8-row groups (whole vregs)."""
     out = v[:_SUBLANES]
     for k in range(_SUBLANES, v.shape[0], _SUBLANES):
-        out = out + v[k:k + _SUBLANES]
+        out = out + v[k : k + _SUBLANES]
     return out
 
 
@@ -127,8 +125,7 @@ def _grad_kernel(floats_ref, where_ref, a_ref, b_ref, da_in_ref, *refs, transpos
     g = jnp.where(valid, g, 0.0)
     b = b_ref[...]
     precision = lax.Precision.HIGHEST if b.dtype == jnp.float32 else None
-    acc_ref[...] += jnp.dot(g.astype(b.dtype), b, precision=precision,
-                            preferred_element_type=jnp.float32)
+    acc_ref[...] += jnp.dot(g.astype(b.dtype), b, precision=precision, preferred_element_type=jnp.float32)
     if not transposed:
         dscale_acc[...] += _lane_sum(g * dot)
         dbias_acc[...] += _lane_sum(g)
@@ -146,8 +143,7 @@ def _grad_kernel(floats_ref, where_ref, a_ref, b_ref, da_in_ref, *refs, transpos
 # this device's `images` and `texts` (the real counts) by `where`.
 
 
-def _call(kernel, floats, where, a, b, accumulator, outs, scratch, *, ta, tb, flops, transcendentals,
-          interpret):
+def _call(kernel, floats, where, a, b, accumulator, outs, scratch, *, ta, tb, flops, transcendentals, interpret):
     """pallas_call over the (a blocks, b blocks) grid. outs: (rows per a block, width) of each f32
     output; with an `accumulator` [a rows, d] (the first output's shape), the first output is
     written into it in place. Under shard_map (check_vma) the outputs vary along the axes the inputs
@@ -161,17 +157,23 @@ def _call(kernel, floats, where, a, b, accumulator, outs, scratch, *, ta, tb, fl
     return pl.pallas_call(
         kernel,
         grid=(ga, gb),
-        in_specs=[pl.BlockSpec(memory_space=pltpu.SMEM), pl.BlockSpec(memory_space=pltpu.SMEM), row_block,
-                  pl.BlockSpec((tb, d), lambda i, j: (j, 0))] + ([] if accumulator is None else [row_block]),
+        in_specs=[
+            pl.BlockSpec(memory_space=pltpu.SMEM),
+            pl.BlockSpec(memory_space=pltpu.SMEM),
+            row_block,
+            pl.BlockSpec((tb, d), lambda i, j: (j, 0)),
+        ]
+        + ([] if accumulator is None else [row_block]),
         out_specs=[pl.BlockSpec((rows, width), lambda i, j: (i, 0)) for rows, width in outs],
-        out_shape=[jax.ShapeDtypeStruct((ga * rows, width), jnp.float32, manual_axis_type=mat)
-                   for rows, width in outs],
+        out_shape=[jax.ShapeDtypeStruct((ga * rows, width), jnp.float32, manual_axis_type=mat) for rows, width in outs],
         scratch_shapes=scratch,
         input_output_aliases={} if accumulator is None else {4: 0},
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         cost_estimate=pl.CostEstimate(
-            flops=int(flops), transcendentals=int(transcendentals),
-            bytes_accessed=int((a.size + ga * b.size) * a.dtype.itemsize + 2 * out_bytes)),
+            flops=int(flops),
+            transcendentals=int(transcendentals),
+            bytes_accessed=int((a.size + ga * b.size) * a.dtype.itemsize + 2 * out_bytes),
+        ),
         interpret=interpret,
     )(*operands)
 
@@ -180,13 +182,21 @@ def _block_loss(xp, yp, scale, bias, where, *, images, texts, tiles, interpret):
     """Sum of softplus(-z S) over the block's real entries (f32 scalar). Memory: [8, 128] f32 of
     partial sums per row tile."""
     tn, tm = tiles
-    partial_sums, = _call(
+    (partial_sums,) = _call(
         functools.partial(_loss_kernel, images=images, texts=texts),
-        jnp.stack([scale, bias]), where, xp, yp, None,
+        jnp.stack([scale, bias]),
+        where,
+        xp,
+        yp,
+        None,
         [(_SUBLANES, LANES)],
         [pltpu.VMEM((tn, LANES), jnp.float32)],
-        ta=tn, tb=tm, flops=2 * xp.shape[0] * yp.shape[0] * xp.shape[1],
-        transcendentals=2 * xp.shape[0] * yp.shape[0], interpret=interpret)
+        ta=tn,
+        tb=tm,
+        flops=2 * xp.shape[0] * yp.shape[0] * xp.shape[1],
+        transcendentals=2 * xp.shape[0] * yp.shape[0],
+        interpret=interpret,
+    )
     return jnp.sum(partial_sums)
 
 
@@ -201,13 +211,31 @@ def _block_grads(xp, yp, scale, bias, coef, dx, dy, where, *, images, texts, til
     cost = {"flops": 4 * np_ * mp * d, "transcendentals": np_ * mp, "interpret": interpret}
     sizes = {"images": images, "texts": texts}
     dx, dscale, dbias = _call(
-        functools.partial(_grad_kernel, transposed=False, **sizes), floats, where, xp, yp, dx,
+        functools.partial(_grad_kernel, transposed=False, **sizes),
+        floats,
+        where,
+        xp,
+        yp,
+        dx,
         [(tn, d), (_SUBLANES, LANES), (_SUBLANES, LANES)],
         [pltpu.VMEM((tn, d), jnp.float32)] + 2 * [pltpu.VMEM((tn, LANES), jnp.float32)],
-        ta=tn, tb=tm, **cost)
-    dy, = _call(
-        functools.partial(_grad_kernel, transposed=True, **sizes), floats, where, yp, xp, dy,
-        [(tm, d)], [pltpu.VMEM((tm, d), jnp.float32)], ta=tm, tb=tn, **cost)
+        ta=tn,
+        tb=tm,
+        **cost,
+    )
+    (dy,) = _call(
+        functools.partial(_grad_kernel, transposed=True, **sizes),
+        floats,
+        where,
+        yp,
+        xp,
+        dy,
+        [(tm, d)],
+        [pltpu.VMEM((tm, d), jnp.float32)],
+        ta=tm,
+        tb=tn,
+        **cost,
+    )
     return dx, dy, jnp.sum(dscale), jnp.sum(dbias)
 
 
@@ -220,8 +248,9 @@ def _tiles(n, m, d, dtype):
     input blocks, the double-buffered f32 accumulator block read and written in place, its f32
     scratch, a few f32 (t, t) temporaries) fits the VMEM budget, capped by the padded sizes."""
     d_pad, size = round_up(d, LANES), jnp.dtype(dtype).itemsize
-    cap = next((t for t in _TILES if 4 * t * d_pad * size + 5 * t * d_pad * 4 + 8 * t * t * 4
-                <= _VMEM_BUDGET), _TILES[-1])
+    cap = next(
+        (t for t in _TILES if 4 * t * d_pad * size + 5 * t * d_pad * 4 + 8 * t * t * 4 <= _VMEM_BUDGET), _TILES[-1]
+    )
     return min(cap, round_up(n, LANES)), min(cap, round_up(m, LANES))
 
 
@@ -258,8 +287,17 @@ def _single(x, y, scale, bias, interpret):
 def _single_fwd(x, y, scale, bias, interpret):
     (n, d), m = x.shape, y.shape[0]
     tiles = _tiles(n, m, d, x.dtype)
-    total = _block_loss(_pad(x, round_up(n, tiles[0])), _pad(y, round_up(m, tiles[1])), scale, bias,
-                        _where(0, 0, True), images=n, texts=m, tiles=tiles, interpret=interpret)
+    total = _block_loss(
+        _pad(x, round_up(n, tiles[0])),
+        _pad(y, round_up(m, tiles[1])),
+        scale,
+        bias,
+        _where(0, 0, True),
+        images=n,
+        texts=m,
+        tiles=tiles,
+        interpret=interpret,
+    )
     return total / n, (x, y, scale, bias)
 
 
@@ -269,8 +307,19 @@ def _single_bwd(interpret, residuals, g):
     tiles = _tiles(n, m, d, x.dtype)
     xp, yp = _pad(x, round_up(n, tiles[0])), _pad(y, round_up(m, tiles[1]))
     dx, dy, dscale, dbias = _block_grads(
-        xp, yp, scale, bias, g / n, jnp.zeros(xp.shape, jnp.float32), jnp.zeros(yp.shape, jnp.float32),
-        _where(0, 0, True), images=n, texts=m, tiles=tiles, interpret=interpret)
+        xp,
+        yp,
+        scale,
+        bias,
+        g / n,
+        jnp.zeros(xp.shape, jnp.float32),
+        jnp.zeros(yp.shape, jnp.float32),
+        _where(0, 0, True),
+        images=n,
+        texts=m,
+        tiles=tiles,
+        interpret=interpret,
+    )
     return dx[:n, :d].astype(x.dtype), dy[:m, :d].astype(y.dtype), dscale, dbias
 
 
@@ -304,8 +353,9 @@ def sharded_sigmoid_loss(x, y, scale, bias, *, axis_name, pass_rows=512, interpr
     simulated devices needs a free host thread per device."""
     x, y, scale, bias = check_loss_inputs("sharded_sigmoid_loss", x, y, scale, bias, same_shape=False)
     if x.shape[0] != y.shape[0]:
-        raise InputError(f"sharded_sigmoid_loss: each device needs as many texts as images, got x {x.shape} and "
-                         f"y {y.shape}")
+        raise InputError(
+            f"sharded_sigmoid_loss: each device needs as many texts as images, got x {x.shape} and y {y.shape}"
+        )
     if isinstance(pass_rows, bool) or not isinstance(pass_rows, int) or pass_rows < 1:
         raise InputError(f"sharded_sigmoid_loss: pass_rows must be a positive integer, got {pass_rows!r}")
     return _ring(x, y, scale, bias, axis_name, pass_rows, interpret)
@@ -318,8 +368,7 @@ def _ring_setup(x, y, axis_name, pass_rows):
     tiles = _tiles(n, min(n, pass_rows), d, x.dtype)
     rows = round_up(min(n, pass_rows), tiles[1])
     passes = -(-n // rows)
-    shift = functools.partial(lax.ppermute, axis_name=axis_name,
-                              perm=[(k, (k + 1) % size) for k in range(size)])
+    shift = functools.partial(lax.ppermute, axis_name=axis_name, perm=[(k, (k + 1) % size) for k in range(size)])
     return size, tiles, rows, passes, _pad(x, round_up(n, tiles[0])), _pad(y, passes * rows), shift
 
 
@@ -331,8 +380,9 @@ def _ring(x, y, scale, bias, axis_name, pass_rows, interpret):
 def _ring_fwd(x, y, scale, bias, axis_name, pass_rows, interpret):
     size, tiles, rows, passes, xp, yp, shift = _ring_setup(x, y, axis_name, pass_rows)
     n = x.shape[0]
-    loss = functools.partial(_block_loss, xp, scale=scale, bias=bias, images=n, texts=n, tiles=tiles,
-                             interpret=interpret)
+    loss = functools.partial(
+        _block_loss, xp, scale=scale, bias=bias, images=n, texts=n, tiles=tiles, interpret=interpret
+    )
 
     def one_pass(p):
         first = p * rows
@@ -362,16 +412,26 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
     checked = axis_name in varying(x)
     if not (checked and axis_name not in varying(g)):
         g = lax.psum(g, axis_name)
-    grads = functools.partial(_block_grads, xp, scale=scale, bias=bias, coef=g / (n * size), images=n, texts=n,
-                              tiles=tiles, interpret=interpret)
+    grads = functools.partial(
+        _block_grads,
+        xp,
+        scale=scale,
+        bias=bias,
+        coef=g / (n * size),
+        images=n,
+        texts=n,
+        tiles=tiles,
+        interpret=interpret,
+    )
 
     def one_pass(p, dx):
         """Pass p once round the ring: dx with its share added, the complete f32 gradient of this
         device's texts of the pass (home again), and the pass's d scale, d bias shares."""
         first = p * rows
         texts = lax.dynamic_slice_in_dim(yp, first, rows)
-        dx, dtexts, dscale, dbias = grads(texts, dx=dx, dy=_zeros_like(texts, jnp.float32),
-                                          where=_where(0, first, True))
+        dx, dtexts, dscale, dbias = grads(
+            texts, dx=dx, dy=_zeros_like(texts, jnp.float32), where=_where(0, first, True)
+        )
         if size == 1:
             return dx, dtexts, dscale, dbias
 
@@ -380,8 +440,9 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
             dx, dtexts, gs, gb = grads(texts, dx=dx, dy=dtexts, where=_where(0, first, False))
             return shift(texts), shift(dtexts), dx, dscale + gs, dbias + gb
 
-        texts, dtexts, dx, dscale, dbias = lax.fori_loop(0, size - 2, step,
-                                                         (shift(texts), shift(dtexts), dx, dscale, dbias))
+        texts, dtexts, dx, dscale, dbias = lax.fori_loop(
+            0, size - 2, step, (shift(texts), shift(dtexts), dx, dscale, dbias)
+        )
         dx, dtexts, gs, gb = grads(texts, dx=dx, dy=dtexts, where=_where(0, first, False))
         return dx, shift(dtexts), dscale + gs, dbias + gb
 
@@ -396,8 +457,9 @@ def _ring_bwd(axis_name, pass_rows, interpret, residuals, g):
     # dscale, dbias are this device's rows' share. A replicated scale/bias (check_vma on) needs the
     # total; with check_vma off, shard_map's transpose sums the shares itself.
     if checked:
-        dscale, dbias = (lax.psum(v, axis_name) if axis_name not in varying(p) else v
-                         for v, p in ((dscale, scale), (dbias, bias)))
+        dscale, dbias = (
+            lax.psum(v, axis_name) if axis_name not in varying(p) else v for v, p in ((dscale, scale), (dbias, bias))
+        )
     return dx[:n, :d].astype(x.dtype), dy[:n, :d], dscale, dbias
 
 

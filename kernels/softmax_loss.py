@@ -49,8 +49,7 @@ _MASKED = -0.7 * float(np.finfo(np.float32).max)
 def softmax_loss_reference(x, y, scale):
     """The loss in plain jnp: materialises the N x N logits (O(N^2) memory). Float32 logits."""
     scale = jnp.asarray(scale, jnp.float32)
-    logits = scale * jnp.einsum("nd,md->nm", x, y, preferred_element_type=jnp.float32,
-                                precision=lax.Precision.HIGHEST)
+    logits = scale * jnp.einsum("nd,md->nm", x, y, preferred_element_type=jnp.float32, precision=lax.Precision.HIGHEST)
     positives = jnp.diagonal(logits)
     image_to_text = jax.nn.logsumexp(logits, axis=1) - positives
     text_to_image = jax.nn.logsumexp(logits, axis=0) - positives
@@ -158,8 +157,7 @@ def _sharded_share_bwd(axis_name, interpret, residuals, cotangent):
     offset = lax.axis_index(axis_name) * x.shape[0]
     y_all = lax.all_gather(y, axis_name, tiled=True)
     weight = cotangent / (2 * y_all.shape[0])
-    dx, dy_all, dscale = _gradients(x, y_all, scale, offset, row_lse, col_lse, weight, weight, jnp.float32,
-                                    interpret)
+    dx, dy_all, dscale = _gradients(x, y_all, scale, offset, row_lse, col_lse, weight, weight, jnp.float32, interpret)
     dy = lax.psum_scatter(dy_all, axis_name, scatter_dimension=0, tiled=True)
     return dx, dy.astype(y.dtype), dscale
 
@@ -199,8 +197,10 @@ def _out_shapes(operands, interpret, *shapes_dtypes):
     """Kernel output types; under shard_map (check_vma) they vary over every axis an operand does."""
     varying = frozenset().union(*(jax.typeof(a).mat.varying for a in operands))
     if interpret and varying:
-        raise InputError("softmax_loss: interpret mode inside shard_map needs check_vma=False (jax's Pallas "
-                         "interpreter does not track varying mesh axes; compiled kernels have no such limit)")
+        raise InputError(
+            "softmax_loss: interpret mode inside shard_map needs check_vma=False (jax's Pallas "
+            "interpreter does not track varying mesh axes; compiled kernels have no such limit)"
+        )
     mat = jax.sharding.ManualAxisType(varying=varying)
     return [jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat) for shape, dtype in shapes_dtypes]
 
@@ -220,20 +220,26 @@ def _statistics(x, y, scale, offset, interpret):
     grid = (n_pad // tn, m_pad // tm)
     row_spec = pl.BlockSpec((tn, 1), lambda i, j: (i, 0))
     col_spec = pl.BlockSpec((None, 1, tm), lambda i, j: (i, 0, j))
-    operands = (_scalars(offset, dtype=jnp.int32), _scalars(scale, dtype=jnp.float32), _pad_rows(x, n_pad),
-                _pad_rows(y, m_pad))
+    operands = (
+        _scalars(offset, dtype=jnp.int32),
+        _scalars(scale, dtype=jnp.float32),
+        _pad_rows(x, n_pad),
+        _pad_rows(y, m_pad),
+    )
     row_stat, col_stat = ((n_pad, 1), jnp.float32), ((grid[0], 1, m_pad), jnp.float32)
     row_lse, positives, col_max, col_sum = pl.pallas_call(
         functools.partial(_statistics_kernel, n=n, m=m, precision=_precision(x.dtype)),
         grid=grid,
-        in_specs=[_SMEM, _SMEM, pl.BlockSpec((tn, d), lambda i, j: (i, 0)),
-                  pl.BlockSpec((tm, d), lambda i, j: (j, 0))],
+        in_specs=[_SMEM, _SMEM, pl.BlockSpec((tn, d), lambda i, j: (i, 0)), pl.BlockSpec((tm, d), lambda i, j: (j, 0))],
         out_specs=[row_spec, row_spec, col_spec, col_spec],
         out_shape=_out_shapes(operands, interpret, row_stat, row_stat, col_stat, col_stat),
         scratch_shapes=[pltpu.VMEM((tn, 1), jnp.float32)] * 3,
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
-        cost_estimate=pl.CostEstimate(flops=2 * n_pad * m_pad * d, transcendentals=2 * n_pad * m_pad,
-                                      bytes_accessed=(n_pad + grid[0] * m_pad) * d * x.dtype.itemsize),
+        cost_estimate=pl.CostEstimate(
+            flops=2 * n_pad * m_pad * d,
+            transcendentals=2 * n_pad * m_pad,
+            bytes_accessed=(n_pad + grid[0] * m_pad) * d * x.dtype.itemsize,
+        ),
         interpret=interpret,
         name="softmax_loss_statistics",
     )(*operands)
@@ -257,11 +263,18 @@ def _gradients(x, y, scale, offset, row_lse, col_lse, row_weight, col_weight, dy
     tm, m_pad = _blocks(m, d, x.dtype)
     # Padded entries are masked in the kernels.
     row_lse, col_lse = jnp.pad(row_lse, (0, n_pad - n)), jnp.pad(col_lse, (0, m_pad - m))
-    operands = (_scalars(offset, dtype=jnp.int32), _scalars(scale, row_weight, col_weight, dtype=jnp.float32),
-                _pad_rows(x, n_pad), _pad_rows(y, m_pad))
+    operands = (
+        _scalars(offset, dtype=jnp.int32),
+        _scalars(scale, row_weight, col_weight, dtype=jnp.float32),
+        _pad_rows(x, n_pad),
+        _pad_rows(y, m_pad),
+    )
     precision = _precision(x.dtype)
-    cost = pl.CostEstimate(flops=4 * n_pad * m_pad * d, transcendentals=2 * n_pad * m_pad,
-                           bytes_accessed=(n_pad + m_pad) * d * (x.dtype.itemsize + 4))
+    cost = pl.CostEstimate(
+        flops=4 * n_pad * m_pad * d,
+        transcendentals=2 * n_pad * m_pad,
+        bytes_accessed=(n_pad + m_pad) * d * (x.dtype.itemsize + 4),
+    )
     compiler_params = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
 
     rows_x = pl.BlockSpec((tn, d), lambda i, j: (i, 0))
@@ -285,8 +298,14 @@ def _gradients(x, y, scale, offset, row_lse, col_lse, row_weight, col_weight, dy
     dy = pl.pallas_call(
         functools.partial(_dy_kernel, n=n, m=m, precision=precision),
         grid=(m_pad // tm, n_pad // tn),
-        in_specs=[_SMEM, _SMEM, pl.BlockSpec((tn, d), lambda j, i: (i, 0)), cols_y,
-                  pl.BlockSpec((1, tn), lambda j, i: (0, i)), pl.BlockSpec((tm, 1), lambda j, i: (j, 0))],
+        in_specs=[
+            _SMEM,
+            _SMEM,
+            pl.BlockSpec((tn, d), lambda j, i: (i, 0)),
+            cols_y,
+            pl.BlockSpec((1, tn), lambda j, i: (0, i)),
+            pl.BlockSpec((tm, 1), lambda j, i: (j, 0)),
+        ],
         out_specs=cols_y,
         out_shape=_out_shapes(operands, interpret, ((m_pad, d), dy_dtype))[0],
         scratch_shapes=[pltpu.VMEM((tm, d), jnp.float32)],
@@ -304,8 +323,7 @@ def _gradients(x, y, scale, offset, row_lse, col_lse, row_weight, col_weight, dy
 
 def _tile_dot(a, b, precision):
     """a [p, D] . b [q, D]^T -> [p, q] float32, contracting D of both (no transpose in memory)."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
-                           precision=precision)
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision)
 
 
 def _tile_masks(shape, row_start, col_start, offset, n, m, transposed=False):
@@ -325,8 +343,23 @@ def _tile_masks(shape, row_start, col_start, offset, n, m, transposed=False):
     return cols == rows + offset, valid
 
 
-def _statistics_kernel(offset_ref, scale_ref, x_ref, y_ref, row_lse_ref, positive_ref, col_max_ref, col_sum_ref,
-                       max_sc, sum_sc, positive_sc, *, n, m, precision):
+def _statistics_kernel(
+    offset_ref,
+    scale_ref,
+    x_ref,
+    y_ref,
+    row_lse_ref,
+    positive_ref,
+    col_max_ref,
+    col_sum_ref,
+    max_sc,
+    sum_sc,
+    positive_sc,
+    *,
+    n,
+    m,
+    precision,
+):
     i, j = pl.program_id(0), pl.program_id(1)
     (tn, _), (tm, _) = x_ref.shape, y_ref.shape
     offset = offset_ref[0]
@@ -345,8 +378,7 @@ def _statistics_kernel(offset_ref, scale_ref, x_ref, y_ref, row_lse_ref, positiv
     # Online log-sum-exp along the rows, carried across column blocks.
     old_max = max_sc[...]
     new_max = jnp.maximum(old_max, jnp.max(logits, axis=1, keepdims=True))
-    sum_sc[...] = (sum_sc[...] * jnp.exp(old_max - new_max)
-                   + jnp.sum(jnp.exp(logits - new_max), axis=1, keepdims=True))
+    sum_sc[...] = sum_sc[...] * jnp.exp(old_max - new_max) + jnp.sum(jnp.exp(logits - new_max), axis=1, keepdims=True)
     max_sc[...] = new_max
 
     # Column statistics over this block's rows; the wrapper combines them across row blocks.
@@ -377,8 +409,22 @@ def _logit_gradient(logits, row_lse, col_lse, row_weight, col_weight, positive, 
     return grad if valid is None else jnp.where(valid, grad, 0.0)
 
 
-def _dx_kernel(offset_ref, floats_ref, x_ref, y_ref, row_lse_ref, col_lse_ref, dx_ref, dscale_ref, dx_sc, dscale_sc,
-               *, n, m, precision):
+def _dx_kernel(
+    offset_ref,
+    floats_ref,
+    x_ref,
+    y_ref,
+    row_lse_ref,
+    col_lse_ref,
+    dx_ref,
+    dscale_ref,
+    dx_sc,
+    dscale_sc,
+    *,
+    n,
+    m,
+    precision,
+):
     i, j = pl.program_id(0), pl.program_id(1)
     (tn, _), (tm, _) = x_ref.shape, y_ref.shape
     scale, row_weight, col_weight = floats_ref[0], floats_ref[1], floats_ref[2]

@@ -38,11 +38,28 @@ def create(s: Slices, accelerator_type: str, runtime_version: str, spot: bool = 
     """``accelerator_type``: gcloud's name of one slice (v4-128, v5litepod-256, v5p-128, v6e-256)."""
     spot_flag = ["--spot"] if spot else []
     if not s.uses_queue:
-        return [*TPUS, "tpu-vm", "create", s.name, *s.location(), f"--accelerator-type={accelerator_type}",
-                f"--version={runtime_version}", *spot_flag]
+        return [
+            *TPUS,
+            "tpu-vm",
+            "create",
+            s.name,
+            *s.location(),
+            f"--accelerator-type={accelerator_type}",
+            f"--version={runtime_version}",
+            *spot_flag,
+        ]
     nodes = [f"--node-count={s.num_slices}", f"--node-prefix={s.name}"] if s.num_slices > 1 else [f"--node-id={s.name}"]
-    return [*TPUS, "queued-resources", "create", s.name, *s.location(), f"--accelerator-type={accelerator_type}",
-            f"--runtime-version={runtime_version}", *nodes, *spot_flag]
+    return [
+        *TPUS,
+        "queued-resources",
+        "create",
+        s.name,
+        *s.location(),
+        f"--accelerator-type={accelerator_type}",
+        f"--runtime-version={runtime_version}",
+        *nodes,
+        *spot_flag,
+    ]
 
 
 def state(s: Slices) -> list[str]:

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 from jaxvlm.errors import InputError
 
@@ -39,8 +40,15 @@ def process_env(devices: int, base: dict | None = None) -> dict:
     return env
 
 
-def launch(args: Sequence[str], *, processes: int, devices: int, entry_point: Sequence[str] = ENTRY_POINT,
-           out: TextIO | None = None, grace_seconds: float = 30.0) -> int:
+def launch(
+    args: Sequence[str],
+    *,
+    processes: int,
+    devices: int,
+    entry_point: Sequence[str] = ENTRY_POINT,
+    out: TextIO | None = None,
+    grace_seconds: float = 30.0,
+) -> int:
     """Runs ``entry_point + args + coordinator arguments`` as ``processes`` processes with
     ``devices`` CPU devices each; returns 0 when all succeed, else the first failure's exit code."""
     if processes < 1 or devices < 1:
@@ -51,11 +59,20 @@ def launch(args: Sequence[str], *, processes: int, devices: int, entry_point: Se
     lock = threading.Lock()
     children, readers = [], []
     for i in range(processes):
-        argv = [*entry_point, *args, "--coordinator-address", coordinator, "--num-processes", str(processes),
-                "--process-id", str(i)]
+        argv = [
+            *entry_point,
+            *args,
+            "--coordinator-address",
+            coordinator,
+            "--num-processes",
+            str(processes),
+            "--process-id",
+            str(i),
+        ]
         # own session: a Ctrl-C reaches only the launcher, which turns it into a SIGTERM for all
-        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         children.append(child)
         readers.append(threading.Thread(target=_forward, args=(child.stdout, f"[{i}] ", out, lock), daemon=True))
         readers[-1].start()

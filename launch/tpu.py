@@ -23,8 +23,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from jaxvlm.errors import InputError
 from jaxvlm.launch import gcloud
@@ -39,8 +40,12 @@ PYTHON = "3.11"  # the project's minimum; uv fetches it where the image has an o
 READY = "ACTIVE"
 FAILED = ("FAILED", "SUSPENDING", "SUSPENDED", "DELETING")
 # The TPU VM software each generation runs JAX on (cloud.google.com/tpu/docs/runtimes)
-RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
-                    "v6e": "v2-alpha-tpuv6e"}
+RUNTIME_VERSIONS = {
+    "v4": "tpu-ubuntu2204-base",
+    "v5e": "v2-alpha-tpuv5-lite",
+    "v5p": "v2-alpha-tpuv5",
+    "v6e": "v2-alpha-tpuv6e",
+}
 
 
 class Runner:
@@ -80,11 +85,19 @@ class Runner:
             print(f"# {text}", file=self.out, flush=True)
 
 
-def create(runner: Runner, slices: Slices, tpu: TpuSlice, *, runtime_version: str | None = None, spot: bool = False,
-           poll_seconds: float = 30) -> None:
+def create(
+    runner: Runner,
+    slices: Slices,
+    tpu: TpuSlice,
+    *,
+    runtime_version: str | None = None,
+    spot: bool = False,
+    poll_seconds: float = 30,
+) -> None:
     """Creates ``slices.num_slices`` slices of ``tpu``; a queued resource is waited for until ACTIVE."""
-    runner.run(gcloud.create(slices, tpu.accelerator_type, runtime_version or RUNTIME_VERSIONS[tpu.chip.generation],
-                             spot))
+    runner.run(
+        gcloud.create(slices, tpu.accelerator_type, runtime_version or RUNTIME_VERSIONS[tpu.chip.generation], spot)
+    )
     if not slices.uses_queue:
         return
     if runner.dry_run:
@@ -112,18 +125,24 @@ def setup(runner: Runner, slices: Slices, source: Path) -> None:
 
 
 def install_command() -> str:
-    return (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {REMOTE_ARCHIVE} -C {REMOTE_DIR} && "
-            f"cd {REMOTE_DIR} && python3 -m pip install -q --user uv && "
-            f"~/.local/bin/uv venv -q --python {PYTHON} .venv && "
-            f"~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'")
+    return (
+        f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {REMOTE_ARCHIVE} -C {REMOTE_DIR} && "
+        f"cd {REMOTE_DIR} && python3 -m pip install -q --user uv && "
+        f"~/.local/bin/uv venv -q --python {PYTHON} .venv && "
+        f"~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'"
+    )
 
 
 def project_files(source: Path) -> list[str]:
     """The files of the checkout at ``source`` that git tracks or would (not the ignored ones)."""
     if not (source / "pyproject.toml").is_file():
         raise InputError(f"{source} is not a jaxvlm checkout (no pyproject.toml)")
-    done = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=source,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=source,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise InputError(f"setup packs the files git lists in {source}: {done.stderr.strip()}")
     return sorted(name for name in done.stdout.split("\0") if name and (source / name).is_file())
@@ -131,14 +150,35 @@ def project_files(source: Path) -> list[str]:
 
 def train_command(config: str, workdir: str, overrides: Sequence[str]) -> str:
     """Starts `jaxvlm train` detached (it outlives the ssh session), its output in LOG, its pid in PID."""
-    train = shlex.join([".venv/bin/jaxvlm", "train", "--config", config, "--workdir", workdir, "--multihost",
-                        *(f"--config.{item}" for item in overrides)])
-    return (f"cd {REMOTE_DIR} && mkdir -p logs && "
-            f"(nohup {train} > logs/train.log 2>&1 < /dev/null & echo $! > logs/train.pid)")
+    train = shlex.join(
+        [
+            ".venv/bin/jaxvlm",
+            "train",
+            "--config",
+            config,
+            "--workdir",
+            workdir,
+            "--multihost",
+            *(f"--config.{item}" for item in overrides),
+        ]
+    )
+    return (
+        f"cd {REMOTE_DIR} && mkdir -p logs && "
+        f"(nohup {train} > logs/train.log 2>&1 < /dev/null & echo $! > logs/train.pid)"
+    )
 
 
-def train(runner: Runner, slices: Slices, tpu: TpuSlice, config_file: Path, workdir: str, overrides: Sequence[str],
-          *, source: Path, follow: bool = True) -> None:
+def train(
+    runner: Runner,
+    slices: Slices,
+    tpu: TpuSlice,
+    config_file: Path,
+    workdir: str,
+    overrides: Sequence[str],
+    *,
+    source: Path,
+    follow: bool = True,
+) -> None:
     """Checks the config for the slices' chips, then starts the run on every worker of every slice."""
     from jaxvlm.train import config as train_config
 
@@ -149,8 +189,10 @@ def train(runner: Runner, slices: Slices, tpu: TpuSlice, config_file: Path, work
     except ValueError:
         raise InputError(f"config {config_file} is not inside {source}, the checkout setup copies") from None
     if workdir.startswith("gs://"):
-        raise InputError(f"workdir {workdir}: jaxvlm train writes its workdir through the file system; mount the "
-                         "bucket on every worker (gcsfuse, see launch/README.md) and give the mount's path")
+        raise InputError(
+            f"workdir {workdir}: jaxvlm train writes its workdir through the file system; mount the "
+            "bucket on every worker (gcsfuse, see launch/README.md) and give the mount's path"
+        )
     run_everywhere(runner, slices, train_command(relative.as_posix(), workdir, overrides))
     if follow:
         logs(runner, slices)

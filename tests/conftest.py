@@ -52,8 +52,15 @@ def spm_model_file(tmp_path_factory):
     words = ["".join(rng.choices(SYLLABLES, k=rng.randint(1, 4))) for _ in range(2000)]
     corpus.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(3000)))
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(directory / "spm"), vocab_size=200, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        input=str(corpus),
+        model_prefix=str(directory / "spm"),
+        vocab_size=200,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     return directory / "spm.model"
 
@@ -71,10 +78,10 @@ def initialise_decoder_head(model):
 TINY_COCA = dict(  # open_clip CoCa arguments with the sizes of jaxvlm's "tiny-coca"
     embed_dim=32,
     multimodal_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2),
-    text_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2, embed_cls=True,
-                  output_tokens=True),
-    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, attentional_pool=True, attn_pooler_heads=2,
-                    output_tokens=True),
+    text_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2, embed_cls=True, output_tokens=True),
+    vision_cfg=dict(
+        image_size=32, patch_size=8, width=64, layers=2, attentional_pool=True, attn_pooler_heads=2, output_tokens=True
+    ),
 )
 
 
@@ -101,6 +108,18 @@ def tiny_coca(tmp_path_factory):
         head[:, 49407] = 1.01 * head[:, 519]  # a token this model often picks: some captions end early
     directory = tmp_path_factory.mktemp("tiny-coca")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "weights.safetensors")
-    assert main(["convert", "--from", "open_clip", str(directory / "weights.safetensors"), str(directory / "model"),
-                 "--model", "tiny-coca"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "open_clip",
+                str(directory / "weights.safetensors"),
+                str(directory / "model"),
+                "--model",
+                "tiny-coca",
+            ]
+        )
+        == 0
+    )
     return model, directory / "model"

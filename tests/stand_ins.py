@@ -14,9 +14,9 @@ def hf_clip_dir(directory: Path, seed: int = 0) -> Path:
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.CLIPConfig(text_config=HF_CLIP_TOWER,
-                                     vision_config={**HF_CLIP_TOWER, "image_size": 32, "patch_size": 8},
-                                     projection_dim=32)
+    config = transformers.CLIPConfig(
+        text_config=HF_CLIP_TOWER, vision_config={**HF_CLIP_TOWER, "image_size": 32, "patch_size": 8}, projection_dim=32
+    )
     transformers.CLIPModel(config).save_pretrained(directory)
     return directory
 

@@ -7,7 +7,6 @@ from safetensors.torch import save_file
 import jaxvlm
 from jaxvlm.cli import main
 from jaxvlm.errors import InputError
-
 from tests.test_cli import tiny_open_clip_state
 
 
@@ -15,8 +14,20 @@ from tests.test_cli import tiny_open_clip_state
 def model(tmp_path_factory):
     directory = tmp_path_factory.mktemp("api")
     save_file(tiny_open_clip_state(), directory / "w.safetensors")
-    assert main(["convert", "--from", "open_clip", str(directory / "w.safetensors"), str(directory / "m"),
-                 "--model", "tiny-clip"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "open_clip",
+                str(directory / "w.safetensors"),
+                str(directory / "m"),
+                "--model",
+                "tiny-clip",
+            ]
+        )
+        == 0
+    )
     return jaxvlm.load(directory / "m", batch_size=2)
 
 
@@ -47,8 +58,9 @@ def test_bad_pixels(model, pixels):
         model.encode_image(pixels)
 
 
-@pytest.mark.parametrize("ids", [np.zeros((1, 78), np.int32), np.full((1, 5), 49408), np.full((1, 5), -1),
-                                 np.zeros((1, 5), np.float32)])
+@pytest.mark.parametrize(
+    "ids", [np.zeros((1, 78), np.int32), np.full((1, 5), 49408), np.full((1, 5), -1), np.zeros((1, 5), np.float32)]
+)
 def test_bad_ids(model, ids):
     with pytest.raises(InputError):
         model.encode_text(ids)

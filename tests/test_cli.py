@@ -58,13 +58,31 @@ def assert_one_error_line(capsys, *words):
 def test_list_names_the_architectures(capsys):
     assert main(["list"]) == 0
     names = capsys.readouterr().out.split()
-    assert {"ViT-B-32", "ViT-B-32-quickgelu", "ViT-L-14-336", "ViT-B-16-SigLIP-384", "ViT-SO400M-14-SigLIP"} <= set(names)
+    assert {"ViT-B-32", "ViT-B-32-quickgelu", "ViT-L-14-336", "ViT-B-16-SigLIP-384", "ViT-SO400M-14-SigLIP"} <= set(
+        names
+    )
 
 
 def test_embed_writes_the_three_arrays(model_dir, image_file, tmp_path, capsys):
     out = tmp_path / "e.npz"
-    assert main(["embed", str(model_dir), "--images", str(image_file), str(image_file),
-                 "--texts", "a cat", "a dog", "", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(model_dir),
+                "--images",
+                str(image_file),
+                str(image_file),
+                "--texts",
+                "a cat",
+                "a dog",
+                "",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with np.load(out) as z:
         assert sorted(z.files) == ["image_embeds", "logits", "text_embeds"]
         assert z["image_embeds"].shape == (2, 32) and z["text_embeds"].shape == (3, 32)
@@ -153,8 +171,24 @@ def test_caption_prints_one_line_per_image(tiny_coca, image_file, tmp_path, caps
     _, coca_dir = tiny_coca
     other = tmp_path / "other.jpg"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 20, 3), np.uint8)).save(other)
-    assert main(["caption", str(coca_dir), "--images", str(image_file), str(other), "--method", "greedy",
-                 "--max-len", "8", "--min-len", "2"]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                str(coca_dir),
+                "--images",
+                str(image_file),
+                str(other),
+                "--method",
+                "greedy",
+                "--max-len",
+                "8",
+                "--min-len",
+                "2",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(image_file), str(other)]
     model = jaxvlm.load(coca_dir)
@@ -162,12 +196,15 @@ def test_caption_prints_one_line_per_image(tiny_coca, image_file, tmp_path, caps
     assert [line.split("\t", 1)[1] for line in lines] == expected
 
 
-@pytest.mark.parametrize("options, words", [
-    (["--num-beams", "0"], ["num_beams"]),
-    (["--method", "sample", "--top-p", "1.5"], ["top_p"]),
-    (["--max-len", "3", "--min-len", "5"], ["min_len"]),
-    (["--max-len", "ten"], ["--max-len", "ten"]),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--num-beams", "0"], ["num_beams"]),
+        (["--method", "sample", "--top-p", "1.5"], ["top_p"]),
+        (["--max-len", "3", "--min-len", "5"], ["min_len"]),
+        (["--max-len", "ten"], ["--max-len", "ten"]),
+    ],
+)
 def test_caption_bad_options(tiny_coca, image_file, options, words, capsys):
     assert main(["caption", str(tiny_coca[1]), "--images", str(image_file), *options]) == 2
     assert_one_error_line(capsys, *words)

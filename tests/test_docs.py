@@ -87,14 +87,29 @@ def read_blocks(document: Path) -> list[Block]:
             i += 1
             continue
         indent, fence = len(opening["indent"]), opening["fence"]
-        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(fence)
-                    and not lines[j].strip()[len(fence):].strip()), len(lines))
-        body = "\n".join(line[indent:] if line[:indent].isspace() or not indent else line.lstrip()
-                         for line in lines[i + 1:end])
+        end = next(
+            (
+                j
+                for j in range(i + 1, len(lines))
+                if lines[j].strip().startswith(fence) and not lines[j].strip()[len(fence) :].strip()
+            ),
+            len(lines),
+        )
+        body = "\n".join(
+            line[indent:] if line[:indent].isspace() or not indent else line.lstrip() for line in lines[i + 1 : end]
+        )
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         marker = MARKER.match(before)
-        blocks.append(Block(document, i + 1, opening["lang"].lower(), body + "\n", marker and marker["how"],
-                            (marker and marker["why"] or "").strip()))
+        blocks.append(
+            Block(
+                document,
+                i + 1,
+                opening["lang"].lower(),
+                body + "\n",
+                marker and marker["how"],
+                (marker and marker["why"] or "").strip(),
+            )
+        )
         i = end + 1
     return blocks
 
@@ -105,6 +120,7 @@ def doc_id(path: Path) -> str:
 
 # ---------------------------------------------------------------- every block says how it is checked
 
+
 def marking_problems(document: Path) -> list[str]:
     problems = []
     blocks = read_blocks(document)
@@ -112,12 +128,16 @@ def marking_problems(document: Path) -> list[str]:
         if not block.language:
             problems.append(f"{block.where}: a fenced block needs a language (bash, python, json, text, ...)")
         elif block.language in CODE and block.how is None:
-            problems.append(f"{block.where}: a {block.language} block needs a comment just before it saying how the "
-                            "test checks it: <!-- doc-test: run -->, <!-- doc-test: substitute: WHY --> or "
-                            "<!-- doc-test: parse-only: WHY --> (docs/index.md)")
+            problems.append(
+                f"{block.where}: a {block.language} block needs a comment just before it saying how the "
+                "test checks it: <!-- doc-test: run -->, <!-- doc-test: substitute: WHY --> or "
+                "<!-- doc-test: parse-only: WHY --> (docs/index.md)"
+            )
         elif block.how is not None and (block.language not in CODE or block.how not in HOW):
-            problems.append(f"{block.where}: doc-test '{block.how}' on a {block.language} block: the treatments are "
-                            f"{', '.join(HOW)}, for {', '.join(sorted(CODE))} blocks")
+            problems.append(
+                f"{block.where}: doc-test '{block.how}' on a {block.language} block: the treatments are "
+                f"{', '.join(HOW)}, for {', '.join(sorted(CODE))} blocks"
+            )
         elif block.how in ("substitute", "parse-only") and not block.why:
             problems.append(f"{block.where}: say why: <!-- doc-test: {block.how}: WHY -->")
         elif block.how == "substitute" and substituted(block.text, 0) == block.text:
@@ -136,19 +156,49 @@ def test_every_code_block_says_how_it_is_checked(document):
 
 def test_unmarked_and_badly_marked_blocks_are_caught(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("\n".join([
-        "```bash", "jaxvlm list", "```",                                             # no marker
-        "<!-- doc-test: parse-only -->", "```python", "x = 1", "```",                # no reason
-        "<!-- doc-test: substitute: sizes -->", "```bash", "jaxvlm list", "```",     # nothing to substitute
-        "<!-- doc-test: run -->", "```json", "{}", "```",                            # marker on data
-        "```", "plain", "```",                                                       # no language
-        "<!-- doc-test: run -->", "", "text between", "```text", "out", "```",     # dangling marker
-        "<!-- doc-test: run -->", "  ```python", "  import os", "  ```",            # fine, indented
-    ]))
+    page.write_text(
+        "\n".join(
+            [
+                "```bash",
+                "jaxvlm list",
+                "```",  # no marker
+                "<!-- doc-test: parse-only -->",
+                "```python",
+                "x = 1",
+                "```",  # no reason
+                "<!-- doc-test: substitute: sizes -->",
+                "```bash",
+                "jaxvlm list",
+                "```",  # nothing to substitute
+                "<!-- doc-test: run -->",
+                "```json",
+                "{}",
+                "```",  # marker on data
+                "```",
+                "plain",
+                "```",  # no language
+                "<!-- doc-test: run -->",
+                "",
+                "text between",
+                "```text",
+                "out",
+                "```",  # dangling marker
+                "<!-- doc-test: run -->",
+                "  ```python",
+                "  import os",
+                "  ```",  # fine, indented
+            ]
+        )
+    )
     problems = marking_problems(page)
     print("\n".join(problems))
-    for line, words in [(1, "needs a comment"), (5, "say why"), (9, "no substitution"), (13, "doc-test 'run' on a json"),
-                        (16, "needs a language")]:
+    for line, words in [
+        (1, "needs a comment"),
+        (5, "say why"),
+        (9, "no substitution"),
+        (13, "doc-test 'run' on a json"),
+        (16, "needs a language"),
+    ]:
         assert any(p.startswith(f"{page}:{line}:") and words in p for p in problems), (line, words)
     assert problems[-1].endswith("a doc-test comment is not directly before a code block") and len(problems) == 6
     assert read_blocks(page)[-1].text == "import os\n"
@@ -168,6 +218,7 @@ def substituted(text: str, port: int) -> str:
 
 
 # ---------------------------------------------------------------- shell commands
+
 
 def commands(script: str, language: str) -> list[list[str]]:
     """The simple commands of a shell block, as tokens (a console block's are its `$ ` lines)."""
@@ -218,12 +269,16 @@ def created_paths(blocks: list[Block]) -> set[str]:
             tokens = without_environment(tokens)
             if tokens and tokens[0] == "jaxvlm":
                 args, _ = jaxvlm_args(tokens)
-                created.update(str(getattr(args, name)) for name in ("out", "workdir", "plots")
-                               if getattr(args, name, None) is not None)
+                created.update(
+                    str(getattr(args, name))
+                    for name in ("out", "workdir", "plots")
+                    if getattr(args, name, None) is not None
+                )
     return created
 
 
 # ---------------------------------------------------------------- parse-only checks
+
 
 def check_parse_only(block: Block) -> None:
     if block.language == "python":
@@ -231,8 +286,9 @@ def check_parse_only(block: Block) -> None:
         return
     for tokens in commands(block.text, block.language):
         tokens = without_environment(tokens)
-        assert tokens and tokens[0] in PARSE_CHECKS, (f"{block.where}: no parse-only check for `{' '.join(tokens)}`: "
-                                                     "add one to tests/test_docs.py")
+        assert tokens and tokens[0] in PARSE_CHECKS, (
+            f"{block.where}: no parse-only check for `{' '.join(tokens)}`: add one to tests/test_docs.py"
+        )
         PARSE_CHECKS[tokens[0]](tokens)
 
 
@@ -242,8 +298,13 @@ def check_python(text: str, where: str) -> None:
     tree = ast.parse(text, where)
     compile(tree, where, "exec")
     for node in ast.walk(tree):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(
-            node, ast.ImportFrom) and node.module else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else []
+        )
         for name in names:
             found = importlib.util.find_spec(name) is not None or (REPO / "benchmarks" / f"{name}.py").is_file()
             assert found, f"{where}: no module {name}"
@@ -278,8 +339,9 @@ def check_pip(tokens: list[str]) -> None:
 
 @functools.cache
 def hf_download_help() -> str:
-    return subprocess.run([str(Path(sys.executable).parent / "hf"), "download", "--help"], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "hf"), "download", "--help"], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def check_hf(tokens: list[str]) -> None:
@@ -295,11 +357,17 @@ def check_python_command(tokens: list[str]) -> None:
         assert (REPO / tokens[1]).is_file(), f"no script {tokens[1]}"
 
 
-PARSE_CHECKS = {"jaxvlm": check_jaxvlm, "make": check_make, "pip": check_pip, "hf": check_hf,
-                "python": check_python_command}
+PARSE_CHECKS = {
+    "jaxvlm": check_jaxvlm,
+    "make": check_make,
+    "pip": check_pip,
+    "hf": check_hf,
+    "python": check_python_command,
+}
 
 
 # ---------------------------------------------------------------- the stand-ins and running
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, spm_model_file):
@@ -327,43 +395,62 @@ def world(tmp_path_factory, spm_model_file):
     for shard in range(2):
         write_tar_shard(root / "laion" / f"{shard:05d}.tar", tar_records(8, start=8 * shard))
     (root / "pets").mkdir()
-    for i, name in enumerate(["chelsea", "coffee", "astronaut"]):
+    for name in ["chelsea", "coffee", "astronaut"]:
         Image.fromarray(getattr(data, name)()).save(root / "pets" / f"{name}.jpg")
-    (root / "pets" / "captions.jsonl").write_text("".join(
-        json.dumps({"image": f"{name}.jpg", "caption": f"a photo: {name}", "label": i}) + "\n"
-        for i, name in enumerate(["chelsea", "coffee", "astronaut"])))
+    (root / "pets" / "captions.jsonl").write_text(
+        "".join(
+            json.dumps({"image": f"{name}.jpg", "caption": f"a photo: {name}", "label": i}) + "\n"
+            for i, name in enumerate(["chelsea", "coffee", "astronaut"])
+        )
+    )
     for name, photo in [("cat.jpg", data.chelsea), ("a.jpg", data.astronaut), ("b.jpg", data.coffee)]:
         Image.fromarray(photo()).save(root / name)
-    for name, architecture, seed in [("tiny-clip", "tiny-clip", 0), ("tiny-clip-1", "tiny-clip", 1),
-                                     ("tiny-coca", "tiny-coca", 0)]:
+    for name, architecture, seed in [
+        ("tiny-clip", "tiny-clip", 0),
+        ("tiny-clip-1", "tiny-clip", 1),
+        ("tiny-coca", "tiny-coca", 0),
+    ]:
         random_model_dir(root / name, architecture, seed)
     venv = root / "venv"  # `make`'s .venv: its activate script puts this test's environment on PATH
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     return {
-        "configs": REPO / "configs", ".venv": venv, "out/demo/model": root / "tiny-clip",
-        "cat.jpg": root / "cat.jpg", "a.jpg": root / "a.jpg", "b.jpg": root / "b.jpg",
-        "data/tfds": root / "tfds", "out/tfds": root / "tfds",
-        "data/laion": root / "laion", "data/pets": root / "pets",
+        "configs": REPO / "configs",
+        ".venv": venv,
+        "out/demo/model": root / "tiny-clip",
+        "cat.jpg": root / "cat.jpg",
+        "a.jpg": root / "a.jpg",
+        "b.jpg": root / "b.jpg",
+        "data/tfds": root / "tfds",
+        "out/tfds": root / "tfds",
+        "data/laion": root / "laion",
+        "data/pets": root / "pets",
         "clip-vit-base-patch32": hf_clip_dir(root / "clip-vit-base-patch32"),
         "coca/open_clip_pytorch_model.bin": root / "coca" / "open_clip_pytorch_model.bin",
         "open_clip_model.safetensors": root / "open_clip_model.safetensors",
-        "webli_en_b16_224_63724782.npz": root / "webli.npz", "c4_en.model": spm_model_file,
-        "models/vit-b-32": root / "tiny-clip", "models/tiny-clip": root / "tiny-clip",
-        "models/zero-shot": root / "tiny-clip", "out/finetune/model": root / "tiny-clip-1",
-        "models/coca": root / "tiny-coca", "models/coca-b-32": root / "tiny-coca",
+        "webli_en_b16_224_63724782.npz": root / "webli.npz",
+        "c4_en.model": spm_model_file,
+        "models/vit-b-32": root / "tiny-clip",
+        "models/tiny-clip": root / "tiny-clip",
+        "models/zero-shot": root / "tiny-clip",
+        "out/finetune/model": root / "tiny-clip-1",
+        "models/coca": root / "tiny-coca",
+        "models/coca-b-32": root / "tiny-coca",
     }
 
 
 def block_env(directory: Path) -> dict:
     env = dict(os.environ)
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "TFDS_DATA_DIR": str(directory / "data" / "tfds"),
-        "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation-cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    })
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+            "TFDS_DATA_DIR": str(directory / "data" / "tfds"),
+            "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
+    )
     return env
 
 
@@ -387,17 +474,26 @@ def run_block(block: Block, directory: Path) -> None:
         argv = ["bash", "-e", "-o", "pipefail", "-c", text]
     start = time.perf_counter()
     # a session of its own, so that a block running over its time is stopped with its background jobs
-    with subprocess.Popen(argv, cwd=directory, env=block_env(directory), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
+    with subprocess.Popen(
+        argv,
+        cwd=directory,
+        env=block_env(directory),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             stdout, stderr = process.communicate()
     print(f"{block.where} ({block.how}, {time.perf_counter() - start:.1f} s)\n{stdout[-1500:]}")
-    assert process.returncode == 0, (f"{block.where} failed (exit {process.returncode}"
-                                     f"{', killed after %d s' % BLOCK_TIMEOUT_S if process.returncode == -9 else ''}"
-                                     f"):\n{text}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}")
+    assert process.returncode == 0, (
+        f"{block.where} failed (exit {process.returncode}"
+        f"{f', killed after {BLOCK_TIMEOUT_S} s' if process.returncode == -9 else ''}"
+        f"):\n{text}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}"
+    )
 
 
 def documents_with_code() -> list[Path]:

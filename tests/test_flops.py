@@ -7,7 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxvlm import ops
 from jaxvlm.flops import per_device_flops
@@ -23,7 +24,9 @@ def test_dots_and_convolutions():
     assert flops(lambda x, w: x @ w, (32, 64), (64, 16)) == 2 * 32 * 64 * 16
     assert flops(lambda x, y: jnp.einsum("bqd,bkd->bqk", x, y), (4, 8, 16), (4, 10, 16)) == 2 * 4 * 8 * 10 * 16
     # a 16x16 patch embedding: 2 * (output pixels x features) * (patch area x input channels)
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (16, 16), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (16, 16), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     assert flops(conv, (2, 64, 64, 3), (16, 16, 3, 8)) == 2 * (2 * 4 * 4 * 8) * (16 * 16 * 3)
 
 
@@ -35,8 +38,10 @@ def test_a_scanned_body_counts_once_per_iteration_and_remat_adds_its_recomputati
     assert flops(layers, (32, 64), (64, 64)) == 6 * one
     grad = jax.grad(layers, argnums=1)
     assert flops(grad, (32, 64), (64, 64)) == 6 * 3 * one  # forward, gradient of h, gradient of w
-    remat = jax.grad(lambda x, w: jax.lax.scan(jax.checkpoint(lambda h, _: (jnp.tanh(h @ w), None)), x, None,
-                                               length=6)[0].sum(), argnums=1)
+    remat = jax.grad(
+        lambda x, w: jax.lax.scan(jax.checkpoint(lambda h, _: (jnp.tanh(h @ w), None)), x, None, length=6)[0].sum(),
+        argnums=1,
+    )
     assert flops(remat, (32, 64), (64, 64)) == 6 * 4 * one  # + the forward again
 
 
@@ -68,6 +73,7 @@ def test_per_device_under_shard_map_and_outside_it():
 
 def test_dead_code_is_not_counted():
     """Only w2's gradient is returned: the backward pass into w1 (and into x) is dead."""
+
     def loss(w1, w2, x):
         return jnp.sum((jnp.tanh(x @ w1) @ w2) ** 2)
 

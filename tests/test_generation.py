@@ -74,7 +74,7 @@ def test_greedy_matches_open_clip_step_by_step(coca):
     assert len(set(lengths)) > 1 and min(lengths) < MAX_LEN  # some end early, not all alike
     for got, want in zip(ids[:, 0], expected):
         assert until_end(got) == until_end(want)
-        assert all(t == 0 for t in got[len(until_end(want)):])  # padding after the end token
+        assert all(t == 0 for t in got[len(until_end(want)) :])  # padding after the end token
 
 
 def test_beam_search_with_one_beam_is_greedy(coca):
@@ -95,8 +95,10 @@ def test_beam_search_scores(coca, length_penalty):
     # a score sums up to MAX_LEN log-probabilities, all <= 0 (their magnitudes add up to |score|), that the two
     # searches compute and add in their own order: up to about MAX_LEN * eps * |score| apart (was 1e-5 absolute)
     slack = MAX_LEN * FLOAT32_EPS * np.abs(greedy_scores[:, 0])
-    print(f"\nlength_penalty {length_penalty}: best beam - greedy score {scores[:, 0] - greedy_scores[:, 0]}, "
-          f"slack {slack}")
+    print(
+        f"\nlength_penalty {length_penalty}: best beam - greedy score {scores[:, 0] - greedy_scores[:, 0]}, "
+        f"slack {slack}"
+    )
     assert np.all(scores[:, 0] >= greedy_scores[:, 0] - slack), (scores[:, 0], greedy_scores[:, 0], slack)
     # each returned score is the score of its returned sequence
     sequences = np.concatenate([greedy, beams], axis=1).reshape(-1, MAX_LEN)
@@ -132,8 +134,13 @@ def test_logit_processing_matches_transformers():
     cfg = GenerationConfig(method="sample", repetition_penalty=1.3, min_len=5, temperature=0.7, top_k=20, top_p=0.8)
     ours = _sampling_filter(_process(logits, ids, index, cfg, eot_id=7), cfg)
     prefix, theirs = torch.from_numpy(ids[:, : index + 1]).long(), torch.from_numpy(logits)
-    for processor in (RepetitionPenaltyLogitsProcessor(1.3), MinLengthLogitsProcessor(5 + 1, eos_token_id=7),
-                      TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.8)):
+    for processor in (
+        RepetitionPenaltyLogitsProcessor(1.3),
+        MinLengthLogitsProcessor(5 + 1, eos_token_id=7),
+        TemperatureLogitsWarper(0.7),
+        TopKLogitsWarper(20),
+        TopPLogitsWarper(0.8),
+    ):
         theirs = processor(prefix, theirs)
     np.testing.assert_array_equal(np.isinf(np.asarray(ours)), np.isinf(theirs.numpy()))
     kept = ~np.isinf(np.asarray(ours))
@@ -149,17 +156,20 @@ def test_generate_returns_captions(coca):
     assert model.generate(pixels[:2], method="beam", num_beams=3, max_len=MAX_LEN)[0] != ""
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"num_beams": 0}, "num_beams"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"max_len": 4, "min_len": 6}, "min_len"),
-    ({"max_len": 77}, "max_len"),
-    ({"method": "nucleus"}, "method"),
-    ({"temperature": 0.0}, "temperature"),
-    ({"top_k": -1}, "top_k"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty"),
-    ({"beams": 3}, "beams"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_beams": 0}, "num_beams"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_len": 4, "min_len": 6}, "min_len"),
+        ({"max_len": 77}, "max_len"),
+        ({"method": "nucleus"}, "method"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"beams": 3}, "beams"),
+    ],
+)
 def test_bad_options_fail_before_compiling(coca, monkeypatch, options, message):
     _, model, pixels = coca
 
@@ -178,8 +188,20 @@ def test_generate_needs_a_coca_model(tmp_path):
     from tests.test_cli import tiny_open_clip_state
 
     save_file(tiny_open_clip_state(), tmp_path / "clip.safetensors")
-    assert main(["convert", "--from", "open_clip", str(tmp_path / "clip.safetensors"), str(tmp_path / "m"),
-                 "--model", "tiny-clip"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "open_clip",
+                str(tmp_path / "clip.safetensors"),
+                str(tmp_path / "m"),
+                "--model",
+                "tiny-clip",
+            ]
+        )
+        == 0
+    )
     model = jaxvlm.load(tmp_path / "m")
     with pytest.raises(InputError, match="CoCa"):
         model.generate(np.zeros((1, 32, 32, 3), np.float32))

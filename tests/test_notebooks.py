@@ -41,7 +41,9 @@ def test_committed_clean_with_badge_and_setup(path):
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name}: clear the outputs before committing"
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name}: clear the outputs before committing"
+            )
     badge = f"({COLAB_URL}/blob/main/colab/{path.name})"
     assert nb.cells[0].cell_type == "markdown" and "colab-badge.svg" in nb.cells[0].source
     assert badge in nb.cells[0].source, f"{path.name}: the Open in Colab badge must point at {badge}"
@@ -65,12 +67,16 @@ def kernel_env() -> dict:
     """The notebooks' kernel: smoke mode, one CPU device (not the suite's 8 simulated ones), the
     virtual environment's `jaxvlm` command on PATH, and the suite's compilation cache."""
     env = dict(os.environ)
-    env.update({
-        "JAXVLM_NOTEBOOK_SMOKE": "1", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation-cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    })
+    env.update(
+        {
+            "JAXVLM_NOTEBOOK_SMOKE": "1",
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
+    )
     return env
 
 
@@ -84,14 +90,18 @@ def outputs(nb, kind: str):
 
 
 # `make test-latest` runs one notebook against the newest releases
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.latest) if p.stem == "zero_shot" else p
-                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.latest) if p.stem == "zero_shot" else p for p in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
 def test_runs_top_to_bottom(path, stand_ins, tmp_path):
     (tmp_path / "stand_ins").symlink_to(stand_ins)
     nb = load(path)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-                   ).execute(env=kernel_env())  # raises CellExecutionError on the first error
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
+        env=kernel_env()
+    )  # raises CellExecutionError on the first error
     text = "".join(outputs(nb, "text"))
     print(f"\n{path.name}: {time.perf_counter() - start:.1f} s\n{text[-3000:]}")
     # a failed shell command (`!jaxvlm ...`) prints its error without stopping the notebook

@@ -21,23 +21,31 @@ from tests.tolerances import FLOAT32_EPS, assert_close_to_scale
 
 def inputs(t, s, d=64, batch=2, heads=2, dtype=jnp.float32, key_mask=False, seed=0):
     keys = jax.random.split(jax.random.key(seed), 4)
-    q, k, v = (jax.random.normal(key, (batch, n, heads, d), jnp.float32).astype(dtype)
-               for key, n in zip(keys, (t, s, s)))
+    q, k, v = (
+        jax.random.normal(key, (batch, n, heads, d), jnp.float32).astype(dtype) for key, n in zip(keys, (t, s, s))
+    )
     mask = jax.random.bernoulli(keys[3], 0.7, (batch, s)).at[:, 0].set(True) if key_mask else None
     return q, k, v, mask
 
 
 # (T, S, causal, key_mask): self-attention, causal text (queries as the last T positions when T < S),
 # cross-attention, the single probe of a MAP head
-CASES = [(50, 50, False, False), (77, 77, True, True), (76, 255, False, True), (4, 9, True, False),
-         (1, 729, False, False), (197, 197, False, True)]
+CASES = [
+    (50, 50, False, False),
+    (77, 77, True, True),
+    (76, 255, False, True),
+    (4, 9, True, False),
+    (1, 729, False, False),
+    (197, 197, False, True),
+]
 
 
 @pytest.mark.parametrize("t, s, causal, key_mask", CASES)
 def test_xla_matches_reference(t, s, causal, key_mask):
     q, k, v, mask = inputs(t, s, key_mask=key_mask)
-    xla = jax.jit(lambda q, k, v, mask: ops.attention(q, k, v, causal=causal, key_mask=mask,
-                                                      implementation="xla"))(q, k, v, mask)
+    xla = jax.jit(lambda q, k, v, mask: ops.attention(q, k, v, causal=causal, key_mask=mask, implementation="xla"))(
+        q, k, v, mask
+    )
     error = float(jnp.abs(xla - attention_reference(q, k, v, causal=causal, key_mask=mask)).max())
     print(f"\nT={t} S={s} causal={causal} key_mask={key_mask}: xla vs reference max abs error {error:.1e}")
     assert error <= 1e-6
@@ -64,25 +72,35 @@ def test_decoding_step_with_traced_offset(implementation):
         return ops.attention(q, k, v, causal=True, q_offset=index, key_mask=mask, implementation=implementation)
 
     for index in (0, 5, 11):
-        expected = attention_reference(q, k[:, : index + 1], v[:, : index + 1], causal=True,
-                                       key_mask=mask[:, : index + 1])
+        expected = attention_reference(
+            q, k[:, : index + 1], v[:, : index + 1], causal=True, key_mask=mask[:, : index + 1]
+        )
         np.testing.assert_allclose(step(index), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("t, s, causal, key_mask", [(197, 197, False, True), (77, 77, True, False),
-                                                    (4, 9, True, False)])
+@pytest.mark.parametrize(
+    "t, s, causal, key_mask", [(197, 197, False, True), (77, 77, True, False), (4, 9, True, False)]
+)
 def test_auto_is_xla_on_cpu(t, s, causal, key_mask):
     q, k, v, mask = inputs(t, s, key_mask=key_mask)
 
     def run(implementation):
-        return jax.jit(lambda q, k, v: ops.attention(q, k, v, causal=causal, key_mask=mask,
-                                                     implementation=implementation))(q, k, v)
+        return jax.jit(
+            lambda q, k, v: ops.attention(q, k, v, causal=causal, key_mask=mask, implementation=implementation)
+        )(q, k, v)
 
     np.testing.assert_array_equal(run("auto"), run("xla"))
 
 
-@pytest.mark.parametrize("t, s, causal, key_mask, kernel", [(197, 197, False, False, True), (77, 77, True, False, True),
-                                                            (76, 255, False, False, True), (77, 77, True, True, False)])
+@pytest.mark.parametrize(
+    "t, s, causal, key_mask, kernel",
+    [
+        (197, 197, False, False, True),
+        (77, 77, True, False, True),
+        (76, 255, False, False, True),
+        (77, 77, True, True, False),
+    ],
+)
 def test_pallas_on_cpu_interprets_the_triton_kernel(t, s, causal, key_mask, kernel):
     """Forward and gradients match XLA; with a key_mask (not a Triton kernel case) it is XLA."""
     q, k, v, mask = inputs(t, s, batch=1, key_mask=key_mask)
@@ -97,15 +115,21 @@ def test_pallas_on_cpu_interprets_the_triton_kernel(t, s, causal, key_mask, kern
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), pallas, xla)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda q, k, v, m: (q[:, :, :1], k, v, m), "differ in batch, heads or head_dim"),
-    (lambda q, k, v, m: (q, k, v[:, :-1], m), "k and v shapes differ"),
-    (lambda q, k, v, m: (q[0], k, v, m), r"must be \[batch, length, heads, head_dim\]"),
-    (lambda q, k, v, m: (q.astype(jnp.bfloat16), k, v, m), "share one float dtype"),
-    (lambda q, k, v, m: (q.astype(jnp.int32), k.astype(jnp.int32), v.astype(jnp.int32), m), "share one float dtype"),
-    (lambda q, k, v, m: (q, k, v, m[:, :-1]), "key_mask must be bool"),
-    (lambda q, k, v, m: (q, k, v, m.astype(jnp.int32)), "key_mask must be bool"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda q, k, v, m: (q[:, :, :1], k, v, m), "differ in batch, heads or head_dim"),
+        (lambda q, k, v, m: (q, k, v[:, :-1], m), "k and v shapes differ"),
+        (lambda q, k, v, m: (q[0], k, v, m), r"must be \[batch, length, heads, head_dim\]"),
+        (lambda q, k, v, m: (q.astype(jnp.bfloat16), k, v, m), "share one float dtype"),
+        (
+            lambda q, k, v, m: (q.astype(jnp.int32), k.astype(jnp.int32), v.astype(jnp.int32), m),
+            "share one float dtype",
+        ),
+        (lambda q, k, v, m: (q, k, v, m[:, :-1]), "key_mask must be bool"),
+        (lambda q, k, v, m: (q, k, v, m.astype(jnp.int32)), "key_mask must be bool"),
+    ],
+)
 def test_bad_inputs_are_one_clear_error(change, message):
     q, k, v, mask = change(*inputs(8, 8, key_mask=True))
     with pytest.raises(ValueError, match=message):
@@ -122,11 +146,13 @@ def tpu_args(mesh, t, s, spec=None):
     return [jax.ShapeDtypeStruct((2 * mesh.size, n, 4, 64), jnp.bfloat16, sharding=sharding) for n in (t, s, s)]
 
 
-@pytest.mark.parametrize("t, s, causal, kernels", [(197, 197, False, True), (77, 77, True, False),
-                                                    (1, 197, True, False)])
+@pytest.mark.parametrize(
+    "t, s, causal, kernels", [(197, 197, False, True), (77, 77, True, False), (1, 197, True, False)]
+)
 def test_auto_picks_the_kernel_when_compiled_for_tpu(t, s, causal, kernels):
     """The choice is made for the platform the program is lowered for, not this CPU: sequences of
     at least ops.ATTENTION_KERNEL_MIN_LENGTH get the Mosaic kernel, forward and backward."""
+
     def loss(q, k, v):
         return ops.attention(q, k, v, causal=causal).astype(jnp.float32).sum()
 
@@ -193,14 +219,19 @@ def test_contrastive_loss_inside_shard_map(name, implementation):
     argnums = tuple(range(len(args)))
     mesh = jax.sharding.Mesh(jax.devices()[:8], ("data",))
     data, scalar = P("data"), P()
-    sharded = jax.shard_map(lambda *a: loss(*a, axis_name="data", implementation=implementation), mesh=mesh,
-                            in_specs=(data, data, *[scalar] * scalars), out_specs=scalar,
-                            check_vma=implementation == "xla")  # Pallas's interpreter cannot track varying axes
+    sharded = jax.shard_map(
+        lambda *a: loss(*a, axis_name="data", implementation=implementation),
+        mesh=mesh,
+        in_specs=(data, data, *[scalar] * scalars),
+        out_specs=scalar,
+        check_vma=implementation == "xla",
+    )  # Pallas's interpreter cannot track varying axes
     got = jax.jit(jax.value_and_grad(sharded, argnums))(*args)
     want = jax.value_and_grad(reference, argnums)(*args)
     print()
-    assert_close_to_scale(got, want, rtol_of_scale=loss_rtol(args),
-                          what=f"{name} {implementation} on 8 devices: loss and gradients")
+    assert_close_to_scale(
+        got, want, rtol_of_scale=loss_rtol(args), what=f"{name} {implementation} on 8 devices: loss and gradients"
+    )
 
 
 @pytest.mark.parametrize("name, kernels", [("softmax", 4), ("sigmoid", 3)])
@@ -221,9 +252,13 @@ def test_sharded_contrastive_loss_is_the_reference_on_cuda(name, implementation)
     mesh = jax.sharding.Mesh(jax.devices()[:8], ("data",))
     rows = jax.ShapeDtypeStruct((8 * 100, 768), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
-    sharded = jax.shard_map(lambda *a: loss(*a, axis_name="data", implementation=implementation), mesh=mesh,
-                            in_specs=(P("data"), P("data"), *[P()] * scalars), out_specs=P(),
-                            check_vma=False)  # "pallas" in a CPU process also traces the interpreted kernel
+    sharded = jax.shard_map(
+        lambda *a: loss(*a, axis_name="data", implementation=implementation),
+        mesh=mesh,
+        in_specs=(P("data"), P("data"), *[P()] * scalars),
+        out_specs=P(),
+        check_vma=False,
+    )  # "pallas" in a CPU process also traces the interpreted kernel
     assert triton_kernels(lower_for_cuda(sharded, rows, rows, *[scalar] * scalars)) == 0
 
 

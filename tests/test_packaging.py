@@ -47,7 +47,8 @@ def check(found: dict, jaxvlm_root: Path):
         where = found[name]
         if where is not None:  # absent from PyPI's installs here: then at most our folder as a namespace
             assert where["file"] is None or not Path(where["file"]).resolve().is_relative_to(REPO / name), (
-                f"`import {name}` found the repository's {name}/ folder: {where}")
+                f"`import {name}` found the repository's {name}/ folder: {where}"
+            )
     assert Path(found["jaxvlm"]["file"]).parent == jaxvlm_root
     assert Path(found["jaxvlm.kernels.softmax_loss"]["file"]).parent == jaxvlm_root / "kernels"
     assert Path(found["jaxvlm.launch.local"]["file"]).parent == jaxvlm_root / "launch"
@@ -75,8 +76,23 @@ def test_from_elsewhere_the_installed_package(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--wheel-dir", str(out), str(REPO)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (path,) = out.glob("jaxvlm-*.whl")
     return path

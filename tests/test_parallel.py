@@ -21,23 +21,29 @@ def sizes(data, fsdp, tensor):
     return {"data": data, "fsdp": fsdp, "tensor": tensor}
 
 
-@pytest.mark.parametrize("given, shape", [
-    (sizes(-1, 1, 1), (8, 1, 1)),
-    (sizes(2, -1, 2), (2, 2, 2)),
-    (sizes(1, 1, -1), (1, 1, 8)),
-    (sizes(4, 2, 1), (4, 2, 1)),
-])
+@pytest.mark.parametrize(
+    "given, shape",
+    [
+        (sizes(-1, 1, 1), (8, 1, 1)),
+        (sizes(2, -1, 2), (2, 2, 2)),
+        (sizes(1, 1, -1), (1, 1, 8)),
+        (sizes(4, 2, 1), (4, 2, 1)),
+    ],
+)
 def test_mesh_shape_fills_in_the_rest(given, shape):
     assert parallel.mesh_shape(given, 8) == shape
     assert tuple(parallel.create_mesh(given).shape.values()) == shape
 
 
-@pytest.mark.parametrize("given, message", [
-    (sizes(3, 1, 1), "has 3 devices, not 8"),
-    (sizes(3, -1, 1), "does not divide 8 devices"),
-    (sizes(-1, -1, 1), "at most one -1"),
-    (sizes(0, 1, 8), "must be positive"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (sizes(3, 1, 1), "has 3 devices, not 8"),
+        (sizes(3, -1, 1), "does not divide 8 devices"),
+        (sizes(-1, -1, 1), "at most one -1"),
+        (sizes(0, 1, 8), "must be positive"),
+    ],
+)
 def test_impossible_meshes_are_one_line_errors(given, message):
     with pytest.raises(InputError, match=message):
         parallel.create_mesh(given)

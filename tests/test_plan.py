@@ -18,32 +18,38 @@ from jaxvlm.train.program import build
 pytest.importorskip("libtpu", reason="plans compile for TPU topologies: needs the jax[tpu] extra")
 
 
-@pytest.mark.parametrize("name, chips, topology, gcloud", [
-    ("v5p-128", 64, "v5p:4x4x4", "v5p-128"),
-    ("v5p-8", 4, "v5p:2x2x1", "v5p-8"),
-    ("v5p-32", 16, "v5p:2x2x4", "v5p-32"),
-    ("v5p-256", 128, "v5p:4x4x8", "v5p-256"),
-    ("v4-8", 4, "v4:2x2x1", "v4-8"),
-    ("v4-128", 64, "v4:4x4x4", "v4-128"),
-    ("v5e-256", 256, "v5e:16x16", "v5litepod-256"),
-    ("v5litepod-8", 8, "v5e:2x4", "v5litepod-8"),
-    ("v5e-1", 1, "v5e:1x1", "v5litepod-1"),
-    ("v6e-256", 256, "v6e:16x16", "v6e-256"),
-    ("v6e-32", 32, "v6e:4x8", "v6e-32"),
-    ("v5p:4x4x8", 128, "v5p:4x4x8", "v5p-256"),
-])
+@pytest.mark.parametrize(
+    "name, chips, topology, gcloud",
+    [
+        ("v5p-128", 64, "v5p:4x4x4", "v5p-128"),
+        ("v5p-8", 4, "v5p:2x2x1", "v5p-8"),
+        ("v5p-32", 16, "v5p:2x2x4", "v5p-32"),
+        ("v5p-256", 128, "v5p:4x4x8", "v5p-256"),
+        ("v4-8", 4, "v4:2x2x1", "v4-8"),
+        ("v4-128", 64, "v4:4x4x4", "v4-128"),
+        ("v5e-256", 256, "v5e:16x16", "v5litepod-256"),
+        ("v5litepod-8", 8, "v5e:2x4", "v5litepod-8"),
+        ("v5e-1", 1, "v5e:1x1", "v5litepod-1"),
+        ("v6e-256", 256, "v6e:16x16", "v6e-256"),
+        ("v6e-32", 32, "v6e:4x8", "v6e-32"),
+        ("v5p:4x4x8", 128, "v5p:4x4x8", "v5p-256"),
+    ],
+)
 def test_slice_names(name, chips, topology, gcloud):
     tpu = plan.parse_slice(name)
     assert (tpu.chips, tpu.topology, tpu.accelerator_type) == (chips, topology, gcloud)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("v5p-100", "v5p-N counts TensorCores (2 per chip)"),
-    ("v5p-4", "at least 4"),
-    ("v5e-12", "v5e-N counts chips"),
-    ("v7-8", "expected a name like v5p-128"),
-    ("v5p:4x4", "a v5p topology has 3 positive sizes"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("v5p-100", "v5p-N counts TensorCores (2 per chip)"),
+        ("v5p-4", "at least 4"),
+        ("v5e-12", "v5e-N counts chips"),
+        ("v7-8", "expected a name like v5p-128"),
+        ("v5p:4x4", "a v5p topology has 3 positive sizes"),
+    ],
+)
 def test_bad_slice_names(name, message):
     with pytest.raises(InputError, match=re.escape(message)):
         plan.parse_slice(name)
@@ -98,12 +104,19 @@ def test_per_chip_memory_agrees_with_a_one_chip_compile():
     program = build(config, mesh, pretrained=False)
     with parallel.activate(mesh):
         stats = program.lower(16).compile().memory_analysis()
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-             + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
+    total = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes
+        + stats.generated_code_size_in_bytes
+    )
     m = four.memory
-    print(f"per chip: plan on v5e-4 {m.total / 2**20:.2f} MiB (temporaries {m.temporaries / 2**20:.2f}), one-chip "
-          f"memory_analysis {total / 2**20:.2f} MiB (temporaries {stats.temp_size_in_bytes / 2**20:.2f}): "
-          f"{abs(m.total - total) / total:.2%} apart; parameters {m.params / 2**20:.2f} MiB")
+    print(
+        f"per chip: plan on v5e-4 {m.total / 2**20:.2f} MiB (temporaries {m.temporaries / 2**20:.2f}), one-chip "
+        f"memory_analysis {total / 2**20:.2f} MiB (temporaries {stats.temp_size_in_bytes / 2**20:.2f}): "
+        f"{abs(m.total - total) / total:.2%} apart; parameters {m.params / 2**20:.2f} MiB"
+    )
     state = program.state.abstract
     assert (m.params, m.optimizer) == (plan._shard_bytes(state.params), plan._shard_bytes(state.opt_state))
     assert m.batch == plan._shard_bytes(program.abstract_batch(16))
@@ -132,8 +145,25 @@ def test_the_search_steps_in_whole_micro_batches_per_shard(monkeypatch):
 
 def test_cli_plans_two_slices_and_writes_json(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    assert main(["plan", "--config", "configs/demo.py", "--topology", "v5e-4", "--num-slices", "2", "--quiet",
-                 "--config.mesh.dcn.data=2", "--config.global_batch_size=64", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--config",
+                "configs/demo.py",
+                "--topology",
+                "v5e-4",
+                "--num-slices",
+                "2",
+                "--quiet",
+                "--config.mesh.dcn.data=2",
+                "--config.global_batch_size=64",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     print(table)
     assert "tiny-clip on v5e-4 x 2 slices (v5e:2x2, 8 chips)" in table and "fits" in table
@@ -146,12 +176,15 @@ def test_cli_plans_two_slices_and_writes_json(tmp_path, capsys):
     assert record["step_seconds_at_peak"] == record["executed_flops_per_chip"] / 197e12
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--topology", "v5e-3"], "v5e-N counts chips"),
-    (["--topology", "v5e-4", "--config.mesh.fsdp=3"], "does not divide 4 devices"),
-    (["--topology", "v5e-4", "--config.global_batch_size=6"], "global_batch_size 6 is not divisible by the 4"),
-    (["--topology", "v5e-4", "--json", "plan.txt"], "--json must name a .json file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--topology", "v5e-3"], "v5e-N counts chips"),
+        (["--topology", "v5e-4", "--config.mesh.fsdp=3"], "does not divide 4 devices"),
+        (["--topology", "v5e-4", "--config.global_batch_size=6"], "global_batch_size 6 is not divisible by the 4"),
+        (["--topology", "v5e-4", "--json", "plan.txt"], "--json must name a .json file"),
+    ],
+)
 def test_cli_bad_input_is_one_line(args, message, capsys):
     assert main(["plan", "--config", "configs/demo.py", "--quiet", *args]) == 2
     err = capsys.readouterr().err

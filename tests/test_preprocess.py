@@ -23,11 +23,22 @@ SIZES = (224, 256, 336, 384)
 def photos():
     """Real photos in many sizes, aspect ratios and PIL modes."""
     data = pytest.importorskip("skimage.data")
-    rgb = {name: Image.fromarray(getattr(data, name)()) for name in (
-        "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-        "colorwheel", "logo")}  # logo is RGBA
-    gray = {name: Image.fromarray(getattr(data, name)()) for name in (
-        "camera", "coins", "page", "text", "microaneurysms")}
+    rgb = {
+        name: Image.fromarray(getattr(data, name)())
+        for name in (
+            "astronaut",
+            "chelsea",
+            "coffee",
+            "rocket",
+            "hubble_deep_field",
+            "immunohistochemistry",
+            "colorwheel",
+            "logo",
+        )
+    }  # logo is RGBA
+    gray = {
+        name: Image.fromarray(getattr(data, name)()) for name in ("camera", "coins", "page", "text", "microaneurysms")
+    }
     coffee, chelsea = rgb["coffee"], rgb["chelsea"]
     alpha = Image.fromarray(np.linspace(0, 255, coffee.width, dtype=np.uint8)[None].repeat(coffee.height, 0))
     extra = {
@@ -62,8 +73,9 @@ def open_clip_transform():
 def test_matches_open_clip(photos, open_clip_transform, resize_mode, interpolation, image_size, norm):
     mean, std = NORMS[norm]
     cfg = PreprocessConfig(image_size, resize_mode, interpolation, mean, std)
-    ref_transform = open_clip_transform(image_size, is_train=False, mean=mean, std=std,
-                                        resize_mode=resize_mode, interpolation=interpolation)
+    ref_transform = open_clip_transform(
+        image_size, is_train=False, mean=mean, std=std, resize_mode=resize_mode, interpolation=interpolation
+    )
     names = list(photos)
     got = preprocess([photos[n] for n in names], cfg)
     assert got.shape == (len(names), image_size, image_size, 3) and got.dtype == np.float32
@@ -99,9 +111,14 @@ def test_config_round_trip_and_validation():
         PreprocessConfig.from_dict({"image_size": 224, "colour_space": "rgb"})
     with pytest.raises(InputError, match="image_size"):
         PreprocessConfig.from_dict({"resize_mode": "squash"})
-    for bad, field in [({"resize_mode": "longest"}, "resize_mode"), ({"interpolation": "lanczos"}, "interpolation"),
-                       ({"image_size": 0}, "image_size"), ({"image_size": 22.4}, "image_size"),
-                       ({"mean": [0.5, 0.5]}, "mean"), ({"std": [0.5, 0.0, 0.5]}, "std")]:
+    for bad, field in [
+        ({"resize_mode": "longest"}, "resize_mode"),
+        ({"interpolation": "lanczos"}, "interpolation"),
+        ({"image_size": 0}, "image_size"),
+        ({"image_size": 22.4}, "image_size"),
+        ({"mean": [0.5, 0.5]}, "mean"),
+        ({"std": [0.5, 0.0, 0.5]}, "std"),
+    ]:
         with pytest.raises(InputError, match=field):
             PreprocessConfig.from_dict({"image_size": 224, **bad})
 

@@ -7,41 +7,168 @@ import numpy as np
 import pytest
 
 from jaxvlm.errors import InputError
-from jaxvlm.tokenizers import (
-    CLIP_BPE_FILE,
-    TokenizerConfig,
-    build_tokenizer,
-    clean_text,
-)
+from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig, build_tokenizer, clean_text
 
 # --- corpus ------------------------------------------------------------------------------------
 
-_NOUNS = ["cat", "dog", "bicycle", "mountain", "teapot", "skyscraper", "violin", "pizza", "robot",
-          "lighthouse", "giraffe", "umbrella", "forest", "keyboard", "sailboat", "croissant"]
+_NOUNS = [
+    "cat",
+    "dog",
+    "bicycle",
+    "mountain",
+    "teapot",
+    "skyscraper",
+    "violin",
+    "pizza",
+    "robot",
+    "lighthouse",
+    "giraffe",
+    "umbrella",
+    "forest",
+    "keyboard",
+    "sailboat",
+    "croissant",
+]
 _ADJS = ["red", "tiny", "fluffy", "ancient", "shiny", "blurry", "wet", "enormous", "striped", "neon"]
 _PLACES = ["beach", "kitchen table", "city street", "snowy field", "museum", "desert", "rooftop"]
-_TEMPLATES = ["a photo of a {a} {n}.", "A {a} {n} on the {p}", "{n} near a {p}, {a}",
-              "there is a {n} in the {p}!", "close-up: the {a} {n} (cropped)", "itap of a {n}",
-              "a bad photo of the {n}", "art of the {n}.", "{a} {n}s and {a} {n}s at the {p}"]
-_SCRIPTS = ["猫がソファで寝ている", "一只小猫在桌子上", "고양이 사진", "قطة على الطاولة", "חתול על השולחן",
-            "Кошка спит на диване", "Ελληνική γάτα", "बिल्ली की तस्वीर", "แมวนอนอยู่", "বিড়ালের ছবি",
-            "பூனை படம்", "ქართული კატა", "Հայերեն կատու", "ᚠᚢᚦ runes", "𝔣𝔯𝔞𝔨𝔱𝔲𝔯 𝕕𝕠𝕦𝕓𝕝𝕖"]
-_ACCENTS = ["café naïve résumé", "Ångström Øre Æsir", "Straße über Größe", "señor piñata",
-            "e\u0301te\u0301 n\u0303 a\u0308", "Zoë Brontë coöperate", "ǅungla ﬁnance ﬂow", "Ⅻ ① ㎏ ﬀ"]
-_EMOJI = ["🐱", "🐶🐶🐶", "👩\u200d💻", "👨\u200d👩\u200d👧\u200d👦", "🇫🇷🇯🇵🇺🇸", "👍🏽", "1\ufe0f\u20e3",
-          "❤️", "🏳️\u200d🌈", "😀😃😄", "☃ ★ ✓ ♫"]
-_HTML = ["&amp;", "fish &amp; chips", "&lt;b&gt;bold&lt;/b&gt;", "it&#39;s", "a&nbsp;b", "&amp;amp;",
-         "&amp;lt;tag&amp;gt;", "&quot;quoted&quot;", "&#x263A; smile", "&copy; 2024", "&bogus; entity"]
-_MOJIBAKE = ["cafÃ©", "donâ€™t", "Ã¼ber cool", "Ã©tÃ© chaud", "â€œquotedâ€\x9d", "SchÃ¶ne GrÃ¼ÃŸe",
-             "naÃ¯ve", "The Mona Lisa doesnÃƒÂ¢Ã¢â€šÂ¬Ã¢â€žÂ¢t have eyebrows."]
-_SPECIAL = ["<start_of_text>", "<end_of_text>", "<START_OF_TEXT>", "<End_Of_Text>", "</s>", "<unk>",
-            "<pad>", "<|endoftext|>", "<|startoftext|>", "<s>", "▁", "▁▁x"]
-_NUMBERS = ["3.14159", "1,000,000", "2024-01-31", "٣٤٥", "²³", "½ ¼", "12:30pm", "#1", "007", "1e-9",
-            "١٢٣٤", "४२", "Ⅳ", "0x1F"]
-_PUNCT = ["!!!???", "...---...", "(*&^%$#@!)", "«»", "“”‘’", "—–-", "_under_score_", "~~~", ";;", "<<>>",
-          "[{}]", "\\/|", "''", "'''s", "…", "¿¡"]
-_CONTRACTIONS = ["it's", "don't", "they're", "we've", "I'm", "you'll", "he'd", "IT'S", "THEY'RE",
-                 "rock'n'roll", "cat’s", "'s", "o'clock", "y'all'd've"]
+_TEMPLATES = [
+    "a photo of a {a} {n}.",
+    "A {a} {n} on the {p}",
+    "{n} near a {p}, {a}",
+    "there is a {n} in the {p}!",
+    "close-up: the {a} {n} (cropped)",
+    "itap of a {n}",
+    "a bad photo of the {n}",
+    "art of the {n}.",
+    "{a} {n}s and {a} {n}s at the {p}",
+]
+_SCRIPTS = [
+    "猫がソファで寝ている",
+    "一只小猫在桌子上",
+    "고양이 사진",
+    "قطة على الطاولة",
+    "חתול על השולחן",
+    "Кошка спит на диване",
+    "Ελληνική γάτα",
+    "बिल्ली की तस्वीर",
+    "แมวนอนอยู่",
+    "বিড়ালের ছবি",
+    "பூனை படம்",
+    "ქართული კატა",
+    "Հայերեն կատու",
+    "ᚠᚢᚦ runes",
+    "𝔣𝔯𝔞𝔨𝔱𝔲𝔯 𝕕𝕠𝕦𝕓𝕝𝕖",
+]
+_ACCENTS = [
+    "café naïve résumé",
+    "Ångström Øre Æsir",
+    "Straße über Größe",
+    "señor piñata",
+    "e\u0301te\u0301 n\u0303 a\u0308",
+    "Zoë Brontë coöperate",
+    "ǅungla ﬁnance ﬂow",
+    "Ⅻ ① ㎏ ﬀ",
+]
+_EMOJI = [
+    "🐱",
+    "🐶🐶🐶",
+    "👩\u200d💻",
+    "👨\u200d👩\u200d👧\u200d👦",
+    "🇫🇷🇯🇵🇺🇸",
+    "👍🏽",
+    "1\ufe0f\u20e3",
+    "❤️",
+    "🏳️\u200d🌈",
+    "😀😃😄",
+    "☃ ★ ✓ ♫",
+]
+_HTML = [
+    "&amp;",
+    "fish &amp; chips",
+    "&lt;b&gt;bold&lt;/b&gt;",
+    "it&#39;s",
+    "a&nbsp;b",
+    "&amp;amp;",
+    "&amp;lt;tag&amp;gt;",
+    "&quot;quoted&quot;",
+    "&#x263A; smile",
+    "&copy; 2024",
+    "&bogus; entity",
+]
+_MOJIBAKE = [
+    "cafÃ©",
+    "donâ€™t",
+    "Ã¼ber cool",
+    "Ã©tÃ© chaud",
+    "â€œquotedâ€\x9d",
+    "SchÃ¶ne GrÃ¼ÃŸe",
+    "naÃ¯ve",
+    "The Mona Lisa doesnÃƒÂ¢Ã¢â€šÂ¬Ã¢â€žÂ¢t have eyebrows.",
+]
+_SPECIAL = [
+    "<start_of_text>",
+    "<end_of_text>",
+    "<START_OF_TEXT>",
+    "<End_Of_Text>",
+    "</s>",
+    "<unk>",
+    "<pad>",
+    "<|endoftext|>",
+    "<|startoftext|>",
+    "<s>",
+    "▁",
+    "▁▁x",
+]
+_NUMBERS = [
+    "3.14159",
+    "1,000,000",
+    "2024-01-31",
+    "٣٤٥",
+    "²³",
+    "½ ¼",
+    "12:30pm",
+    "#1",
+    "007",
+    "1e-9",
+    "١٢٣٤",
+    "४२",
+    "Ⅳ",
+    "0x1F",
+]
+_PUNCT = [
+    "!!!???",
+    "...---...",
+    "(*&^%$#@!)",
+    "«»",
+    "“”‘’",
+    "—–-",
+    "_under_score_",
+    "~~~",
+    ";;",
+    "<<>>",
+    "[{}]",
+    "\\/|",
+    "''",
+    "'''s",
+    "…",
+    "¿¡",
+]
+_CONTRACTIONS = [
+    "it's",
+    "don't",
+    "they're",
+    "we've",
+    "I'm",
+    "you'll",
+    "he'd",
+    "IT'S",
+    "THEY'RE",
+    "rock'n'roll",
+    "cat’s",
+    "'s",
+    "o'clock",
+    "y'all'd've",
+]
 _SPACES = ["\t", "\n", "\r\n", "  ", "\u3000", "\xa0", "\u2009", "\u200b", "\x0c", "\x1c"]
 
 
@@ -51,8 +178,9 @@ def _caption(rng):
 
 
 def _recase(rng, s):
-    return rng.choice([s, s.upper(), s.title(), s.swapcase(), "".join(
-        c.upper() if rng.random() < 0.5 else c for c in s)])
+    return rng.choice(
+        [s, s.upper(), s.title(), s.swapcase(), "".join(c.upper() if rng.random() < 0.5 else c for c in s)]
+    )
 
 
 def _fragment(rng):
@@ -65,8 +193,20 @@ def _fragment(rng):
 def make_corpus(n=2400, seed=0):
     rng = random.Random(seed)
     long_text = " ".join(_caption(rng) for _ in range(60))
-    fixed = ["", " ", "   ", "\t\n", "\u3000\xa0", long_text, long_text.upper(), "word " * 300,
-             "x" * 1200, "🐱" * 100, "a,b;c" * 200, "supercalifragilisticexpialidocious" * 8]
+    fixed = [
+        "",
+        " ",
+        "   ",
+        "\t\n",
+        "\u3000\xa0",
+        long_text,
+        long_text.upper(),
+        "word " * 300,
+        "x" * 1200,
+        "🐱" * 100,
+        "a,b;c" * 200,
+        "supercalifragilisticexpialidocious" * 8,
+    ]
     for pool in (_SCRIPTS, _ACCENTS, _EMOJI, _HTML, _MOJIBAKE, _SPECIAL, _NUMBERS, _PUNCT, _CONTRACTIONS):
         fixed.extend(pool)
     corpus = list(fixed)
@@ -99,6 +239,7 @@ def test_corpus_covers_the_hard_cases():
 
 # --- clip_bpe vs open_clip.SimpleTokenizer ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def open_clip_tokenizer():
     pytest.importorskip("open_clip")
@@ -107,8 +248,9 @@ def open_clip_tokenizer():
     return SimpleTokenizer
 
 
-@pytest.mark.parametrize("clean,context_length", [("lower", 77), ("lower", 16), ("lower", 64),
-                                                  ("whitespace", 77), ("canonicalize", 77)])
+@pytest.mark.parametrize(
+    "clean,context_length", [("lower", 77), ("lower", 16), ("lower", 64), ("whitespace", 77), ("canonicalize", 77)]
+)
 def test_clip_bpe_matches_open_clip(open_clip_tokenizer, clean, context_length):
     cfg = TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, context_length, clean=clean)
     ours = build_tokenizer(cfg, CLIP_BPE_FILE.parent)
@@ -119,18 +261,32 @@ def test_clip_bpe_matches_open_clip(open_clip_tokenizer, clean, context_length):
 
 # --- sentencepiece vs open_clip.HFTokenizer over transformers.SiglipTokenizer -----------------
 
+
 def _train_sentencepiece(path):
     spm = pytest.importorskip("sentencepiece")
     rng = random.Random(1)
     syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["th", "sh", "ing", "er", "qu"]
-    words = _NOUNS + _ADJS + " ".join(_PLACES).split() + [
-        "".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    words = (
+        _NOUNS
+        + _ADJS
+        + " ".join(_PLACES).split()
+        + ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    )
     lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) for _ in range(6000)]
     lines += [str(rng.randint(0, 10**6)) for _ in range(200)] + list(_SCRIPTS[:3])
     # T5 / SigLIP layout: <pad>=0, </s>=1, <unk>=2, no bos; SiglipTokenizer pads with </s>.
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(path), vocab_size=1000, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=0.9995, minloglevel=2)
+        sentence_iterator=iter(lines),
+        model_prefix=str(path),
+        vocab_size=1000,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=0.9995,
+        minloglevel=2,
+    )
     return path.with_suffix(".model")
 
 
@@ -146,8 +302,7 @@ def siglip_dir(tmp_path_factory):
 
 # "whitespace" keeps literal "</s>" in the text, which makes HF warn that it adds no second eos.
 @pytest.mark.filterwarnings("ignore:This sequence already has")
-@pytest.mark.parametrize("clean,context_length", [("canonicalize", 64), ("canonicalize", 16),
-                                                  ("whitespace", 64)])
+@pytest.mark.parametrize("clean,context_length", [("canonicalize", 64), ("canonicalize", 16), ("whitespace", 64)])
 def test_sentencepiece_matches_siglip(siglip_dir, clean, context_length):
     from open_clip.tokenizer import HFTokenizer
 
@@ -162,6 +317,7 @@ def test_sentencepiece_matches_siglip(siglip_dir, clean, context_length):
 
 
 # --- hf_json vs transformers.CLIPTokenizerFast -------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def hf_clip(tmp_path_factory):
@@ -205,8 +361,16 @@ def test_hf_json_agrees_with_clip_bpe_on_plain_captions(hf_clip):
 
 # --- decode ------------------------------------------------------------------------------------
 
-_DECODE_TEXTS = ["a photo of a cat.", "Hello, World!!", "it's (really) 3.14 -- isn't it?", "café naïve",
-                 "東京タワー", "🐱👍🏽 ok", "<b>x</b> & y", "  spaced\tout  "]
+_DECODE_TEXTS = [
+    "a photo of a cat.",
+    "Hello, World!!",
+    "it's (really) 3.14 -- isn't it?",
+    "café naïve",
+    "東京タワー",
+    "🐱👍🏽 ok",
+    "<b>x</b> & y",
+    "  spaced\tout  ",
+]
 
 
 def _clip_bpe(context_length=77):
@@ -293,6 +457,7 @@ def test_hf_json_decode_matches_clip_tokenizer_fast(hf_clip):
 
 
 # --- errors and config -------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise_input_error():
     tok = build_tokenizer(TokenizerConfig("clip_bpe", CLIP_BPE_FILE.name, 77), CLIP_BPE_FILE.parent)

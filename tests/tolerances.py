@@ -17,8 +17,9 @@ import numpy as np
 FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 2**-23 = 1.19e-7
 
 
-def assert_close_to_scale(actual: Any, expected: Any, *, rtol_of_scale: float, what: str = "",
-                          scale: float | None = None) -> float:
+def assert_close_to_scale(
+    actual: Any, expected: Any, *, rtol_of_scale: float, what: str = "", scale: float | None = None
+) -> float:
     """Asserts that every leaf of the pytree (or array) ``actual`` is within ``rtol_of_scale *
     scale`` of the same leaf of ``expected``, where scale is the largest magnitude anywhere in
     ``expected``; prints the max abs error, the scale and the bound; returns the max abs error.
@@ -48,8 +49,12 @@ def assert_close_to_scale(actual: Any, expected: Any, *, rtol_of_scale: float, w
     scale = largest if scale is None else float(scale)
     worst = max(errors, key=errors.__getitem__)
     bound = rtol_of_scale * scale
-    print(f"{what}: max abs error {errors[worst]:.2e} ({worst}), scale {scale:.2e}, bound {bound:.2e} "
-          f"= {rtol_of_scale:.1e} x scale")
-    assert errors[worst] <= bound, (f"{what}: max abs error {errors[worst]:.3e} at {worst} exceeds "
-                                    f"{rtol_of_scale:.1e} x scale {scale:.3e} = {bound:.3e}")
+    print(
+        f"{what}: max abs error {errors[worst]:.2e} ({worst}), scale {scale:.2e}, bound {bound:.2e} "
+        f"= {rtol_of_scale:.1e} x scale"
+    )
+    assert errors[worst] <= bound, (
+        f"{what}: max abs error {errors[worst]:.3e} at {worst} exceeds "
+        f"{rtol_of_scale:.1e} x scale {scale:.3e} = {bound:.3e}"
+    )
     return errors[worst]

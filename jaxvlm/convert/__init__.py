@@ -28,7 +28,13 @@ def convert(source: str, src: Path, out: Path, model_name: str | None = None, to
         raise
     except ValueError as e:  # a reshape or split that the tensors do not fit
         detail = " ".join(str(e).split())[:200]
-        raise InputError(f"{src}: the weights do not fit the architecture {model_name or '(inferred)'} ({detail})"
-                         ) from None
-    model_dir.save(out, model_dir.ModelDir(converted.config, converted.preprocess, converted.tokenizer,
-                                           converted.provenance, converted.params), converted.tokenizer_source)
+        raise InputError(
+            f"{src}: the weights do not fit the architecture {model_name or '(inferred)'} ({detail})"
+        ) from None
+    model_dir.save(
+        out,
+        model_dir.ModelDir(
+            converted.config, converted.preprocess, converted.tokenizer, converted.provenance, converted.params
+        ),
+        converted.tokenizer_source,
+    )

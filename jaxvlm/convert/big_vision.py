@@ -52,8 +52,11 @@ PAD_ID = 1  # big_vision's SigLIP text pre-processing: tokenize(..., eos="sticky
 BLOCK = {
     "LayerNorm_0/scale": "norm1/scale",
     "LayerNorm_0/bias": "norm1/bias",
-    **{f"MultiHeadDotProductAttention_0/{p}/{a}": f"attn/{p}/{a}"
-       for p in ("query", "key", "value", "out") for a in ("kernel", "bias")},
+    **{
+        f"MultiHeadDotProductAttention_0/{p}/{a}": f"attn/{p}/{a}"
+        for p in ("query", "key", "value", "out")
+        for a in ("kernel", "bias")
+    },
     "LayerNorm_1/scale": "norm2/scale",
     "LayerNorm_1/bias": "norm2/bias",
     "MlpBlock_0/Dense_0/kernel": "mlp/fc1/kernel",
@@ -64,8 +67,11 @@ BLOCK = {
 
 MAP_HEAD = {
     "probe": "probe",
-    **{f"MultiHeadDotProductAttention_0/{p}/{a}": f"attn/{p}/{a}"
-       for p in ("query", "key", "value", "out") for a in ("kernel", "bias")},
+    **{
+        f"MultiHeadDotProductAttention_0/{p}/{a}": f"attn/{p}/{a}"
+        for p in ("query", "key", "value", "out")
+        for a in ("kernel", "bias")
+    },
     "LayerNorm_0/scale": "norm/scale",
     "LayerNorm_0/bias": "norm/bias",
     "MlpBlock_0/Dense_0/kernel": "mlp/fc1/kernel",
@@ -79,12 +85,15 @@ IMG_ENCODER = "img/Transformer"
 TXT_ENCODER = "txt/Encoder_0"
 TXT_EXTRA_POSEMB = "txt/Encoder_0/pos_embedding"
 
-TOKENIZER_HINT = ("big_vision checkpoints do not carry their tokenizer: pass its SentencePiece model with "
-                  "--tokenizer (SigLIP's English models use c4_en, gs://t5-data/vocabs/cc_en.32000/sentencepiece.model; "
-                  "the i18n ones mc4, gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model)")
+TOKENIZER_HINT = (
+    "big_vision checkpoints do not carry their tokenizer: pass its SentencePiece model with "
+    "--tokenizer (SigLIP's English models use c4_en, gs://t5-data/vocabs/cc_en.32000/sentencepiece.model; "
+    "the i18n ones mc4, gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model)"
+)
 
 
 # ---------------------------------------------------------------- reading and layout
+
 
 def _without_params_prefix(weights: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
     """Drops the `params/` prefix of a saved train state; keys outside it stay (and so are unused)."""
@@ -114,8 +123,10 @@ def _depth(weights: dict[str, np.ndarray], encoder: str, layout: str, what: str)
     pattern = re.compile(re.escape(encoder) + r"/encoderblock_(\d+)/")
     indices = {int(m.group(1)) for k in weights if (m := pattern.match(k))}
     if not indices:
-        raise InputError(f"{what}: no encoder blocks under '{encoder}/' (expected '{encoder}/encoderblock_0/...' "
-                         f"or '{encoder}/encoderblock/...') — is this a big_vision SigLIP checkpoint?")
+        raise InputError(
+            f"{what}: no encoder blocks under '{encoder}/' (expected '{encoder}/encoderblock_0/...' "
+            f"or '{encoder}/encoderblock/...') — is this a big_vision SigLIP checkpoint?"
+        )
     return max(indices) + 1  # a gap shows up as a missing key when its block is read
 
 
@@ -126,6 +137,7 @@ def _shape(weights: dict[str, np.ndarray], key: str, what: str) -> tuple[int, ..
 
 
 # ---------------------------------------------------------------- architecture from shapes
+
 
 def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
     """A SigLIP ModelConfig with big_vision's numerics, sized by the checkpoint's own shapes."""
@@ -140,8 +152,10 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
         q = block_shape(encoder, "MultiHeadDotProductAttention_0/query/kernel")  # [w, heads, head_dim]
         mlp = block_shape(encoder, "MlpBlock_0/Dense_0/kernel")  # [w, mlp_dim]
         if len(q) != 3 or len(mlp) != 2:
-            raise InputError(f"{what}: '{encoder}' attention kernels are {q}, MLP kernels {mlp}; expected "
-                             "[width, heads, head_dim] and [width, mlp_dim]")
+            raise InputError(
+                f"{what}: '{encoder}' attention kernels are {q}, MLP kernels {mlp}; expected "
+                "[width, heads, head_dim] and [width, mlp_dim]"
+            )
         return dict(depth=_depth(weights, encoder, _layout(weights, encoder), what), heads=q[1], mlp_dim=mlp[1])
 
     patch = _shape(weights, "img/embedding/kernel", what)
@@ -154,9 +168,20 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
         raise InputError(f"{what}: 'img/pos_embedding' has shape {pos}; expected [1, grid*grid, width]")
     img_out = _shape(weights, "img/head/kernel", what)[-1] if "img/head/kernel" in weights else None
     vision = VisionConfig(
-        image_size=grid * p, patch_size=p, width=width, **tower(IMG_ENCODER), act=ACT, ln_eps=LN_EPS,
-        patch_bias="img/embedding/bias" in weights, class_token=False, pos_embed="learned", pre_norm=False,
-        pool="map", proj=img_out is not None, proj_bias="img/head/bias" in weights)
+        image_size=grid * p,
+        patch_size=p,
+        width=width,
+        **tower(IMG_ENCODER),
+        act=ACT,
+        ln_eps=LN_EPS,
+        patch_bias="img/embedding/bias" in weights,
+        class_token=False,
+        pos_embed="learned",
+        pre_norm=False,
+        pool="map",
+        proj=img_out is not None,
+        proj_bias="img/head/bias" in weights,
+    )
 
     vocab, text_width = _shape(weights, "txt/Embed_0/embedding", what)
     txt_pos = _shape(weights, "txt/pos_embedding", what)
@@ -164,15 +189,30 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
         raise InputError(f"{what}: 'txt/pos_embedding' has shape {txt_pos}; expected [1, context_length, width]")
     txt_out = _shape(weights, "txt/head/kernel", what)[-1] if "txt/head/kernel" in weights else None
     text = TextConfig(
-        vocab_size=vocab, context_length=txt_pos[1], width=text_width, **tower(TXT_ENCODER), act=ACT,
-        ln_eps=LN_EPS, causal=False, pool="last", proj=txt_out is not None, proj_bias="txt/head/bias" in weights)
+        vocab_size=vocab,
+        context_length=txt_pos[1],
+        width=text_width,
+        **tower(TXT_ENCODER),
+        act=ACT,
+        ln_eps=LN_EPS,
+        causal=False,
+        pool="last",
+        proj=txt_out is not None,
+        proj_bias="txt/head/bias" in weights,
+    )
 
     img_dim, txt_dim = img_out or vision.width, txt_out or text.width
     if img_dim != txt_dim:
         raise InputError(f"{what}: the image tower gives {img_dim}-d embeddings but the text tower {txt_dim}-d")
     sigmoid = "b" in weights  # LiT-style checkpoints (softmax loss) have no bias
-    return ModelConfig(embed_dim=img_dim, vision=vision, text=text, loss="sigmoid" if sigmoid else "softmax",
-                       logit_scale_init=math.log(10.0), logit_bias_init=-10.0 if sigmoid else None).validate()
+    return ModelConfig(
+        embed_dim=img_dim,
+        vision=vision,
+        text=text,
+        loss="sigmoid" if sigmoid else "softmax",
+        logit_scale_init=math.log(10.0),
+        logit_bias_init=-10.0 if sigmoid else None,
+    ).validate()
 
 
 def named_config(model_name: str) -> ModelConfig:
@@ -180,8 +220,10 @@ def named_config(model_name: str) -> ModelConfig:
     cfg = get_architecture(model_name).model
     v = cfg.vision
     if v.pool != "map" or v.class_token or v.pre_norm or v.pos_embed != "learned":
-        raise InputError(f"{model_name} is not a SigLIP architecture (a ViT with a MAP head, no class token); "
-                         "big_vision SigLIP checkpoints need one of the *-SigLIP models, or no --model at all")
+        raise InputError(
+            f"{model_name} is not a SigLIP architecture (a ViT with a MAP head, no class token); "
+            "big_vision SigLIP checkpoints need one of the *-SigLIP models, or no --model at all"
+        )
     return cfg.replace(vision=dataclasses.replace(cfg.vision, act=ACT), text=dataclasses.replace(cfg.text, act=ACT))
 
 
@@ -194,8 +236,11 @@ def _check_named(cfg: ModelConfig, weights: dict[str, np.ndarray], what: str) ->
     diffs = [f"embed_dim {found.embed_dim} (model: {cfg.embed_dim})"] if found.embed_dim != cfg.embed_dim else []
     for tower in ("vision", "text"):
         ours, theirs = getattr(found, tower), getattr(cfg, tower)
-        diffs += [f"{tower}.{f.name} {getattr(ours, f.name)} (model: {getattr(theirs, f.name)})"
-                  for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)]
+        diffs += [
+            f"{tower}.{f.name} {getattr(ours, f.name)} (model: {getattr(theirs, f.name)})"
+            for f in dataclasses.fields(ours)
+            if getattr(ours, f.name) != getattr(theirs, f.name)
+        ]
     if diffs:
         raise InputError(f"{what}: the checkpoint is not this architecture: {', '.join(diffs)}")
     return cfg
@@ -203,13 +248,16 @@ def _check_named(cfg: ModelConfig, weights: dict[str, np.ndarray], what: str) ->
 
 # ---------------------------------------------------------------- conversion
 
+
 def _encoder(src: SourceKeys, encoder: str, depth: int, layout: str, prefix: str) -> dict[str, np.ndarray]:
     """Encoder blocks (per-layer or stacked) -> jaxvlm's stacked blocks under ``prefix``."""
     if layout == "stacked":
         return {f"{prefix}/{ours}": src.take(f"{encoder}/encoderblock/{theirs}") for theirs, ours in BLOCK.items()}
     return stack_layers(
-        depth, lambda i: {ours: src.take(f"{encoder}/encoderblock_{i}/{theirs}") for theirs, ours in BLOCK.items()},
-        prefix)
+        depth,
+        lambda i: {ours: src.take(f"{encoder}/encoderblock_{i}/{theirs}") for theirs, ours in BLOCK.items()},
+        prefix,
+    )
 
 
 def _norm(src: SourceKeys, name: str, prefix: str) -> dict[str, np.ndarray]:
@@ -272,10 +320,18 @@ def _tokenizer(tokenizer_path: Path | None, cfg: ModelConfig) -> TokenizerConfig
     if sp.eos_id() < 0:
         raise InputError(f"SentencePiece model {tokenizer_path} has no EOS piece, which SigLIP's text tower pools")
     if sp.get_piece_size() > cfg.text.vocab_size:
-        raise InputError(f"SentencePiece model {tokenizer_path} has {sp.get_piece_size()} pieces but the text tower "
-                         f"embeds only {cfg.text.vocab_size} — the tokenizer belongs to another model")
-    return TokenizerConfig(kind="sentencepiece", file=SIGLIP_TOKENIZER_FILE, context_length=cfg.text.context_length,
-                           clean="canonicalize", pad_id=PAD_ID, eos_id=int(sp.eos_id()))
+        raise InputError(
+            f"SentencePiece model {tokenizer_path} has {sp.get_piece_size()} pieces but the text tower "
+            f"embeds only {cfg.text.vocab_size} — the tokenizer belongs to another model"
+        )
+    return TokenizerConfig(
+        kind="sentencepiece",
+        file=SIGLIP_TOKENIZER_FILE,
+        context_length=cfg.text.context_length,
+        clean="canonicalize",
+        pad_id=PAD_ID,
+        eos_id=int(sp.eos_id()),
+    )
 
 
 def preprocess_config(image_size: int) -> PreprocessConfig:
@@ -286,8 +342,9 @@ def preprocess_config(image_size: int) -> PreprocessConfig:
     so pixels are not bit-identical to big_vision's, and differ visibly for large downscales;
     the model's inputs are otherwise the same (mean = std = 0.5 is value_range(-1, 1)).
     """
-    return PreprocessConfig(image_size=image_size, resize_mode="squash", interpolation="bilinear",
-                            mean=INCEPTION_MEAN, std=INCEPTION_STD)
+    return PreprocessConfig(
+        image_size=image_size, resize_mode="squash", interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD
+    )
 
 
 def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import flax
 import jax
@@ -33,6 +33,7 @@ class Converted:
 
 
 # ---------------------------------------------------------------- reading source weights
+
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
     """Reads .safetensors, .npz, or (with torch installed) .bin / .pt / .pth state dicts."""
@@ -75,8 +76,9 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise InputError(f"reading {path.suffix} files needs PyTorch (pip install torch); "
-                         "safetensors and npz files do not") from None
+        raise InputError(
+            f"reading {path.suffix} files needs PyTorch (pip install torch); safetensors and npz files do not"
+        ) from None
     try:
         # weights_only: the unpickler only rebuilds tensors and plain containers, never runs code
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -98,7 +100,7 @@ def _one_line(e: Exception) -> str:
 def strip_prefix(weights: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """Drops a prefix that every key has (e.g. DDP's 'module.')."""
     if weights and all(k.startswith(prefix) for k in weights):
-        return {k[len(prefix):]: v for k, v in weights.items()}
+        return {k[len(prefix) :]: v for k, v in weights.items()}
     return weights
 
 
@@ -126,15 +128,19 @@ class SourceKeys:
         self.used.add(key)
         value = np.asarray(self.weights[key])
         if value.dtype.name not in FLOAT_DTYPES:  # integers, booleans, complex numbers: not weights
-            raise InputError(f"{self.what}: '{key}' holds {value.dtype.name} values; weights are floating point "
-                             f"({', '.join(FLOAT_DTYPES)})")
+            raise InputError(
+                f"{self.what}: '{key}' holds {value.dtype.name} values; weights are floating point "
+                f"({', '.join(FLOAT_DTYPES)})"
+            )
         return value.astype(np.float32)
 
     def check_all_used(self) -> None:
         unused = sorted(set(self.weights) - self.used)
         if unused:
-            raise InputError(f"{self.what}: {len(unused)} unused source keys, e.g. {', '.join(unused[:5])}"
-                             " — the weights are of another architecture")
+            raise InputError(
+                f"{self.what}: {len(unused)} unused source keys, e.g. {', '.join(unused[:5])}"
+                " — the weights are of another architecture"
+            )
 
 
 def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> dict:
@@ -148,8 +154,10 @@ def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> di
         raise InputError(f"{what}: target keys missing {missing[:5]} / unexpected {extra[:5]}")
     for key, shape in expected.items():
         if tuple(flat[key].shape) != shape:
-            raise InputError(f"{what}: '{key}' has shape {tuple(flat[key].shape)}, the model expects {shape}"
-                             " — the weights are of another architecture")
+            raise InputError(
+                f"{what}: '{key}' has shape {tuple(flat[key].shape)}, the model expects {shape}"
+                " — the weights are of another architecture"
+            )
         if not np.isfinite(flat[key]).all():
             raise InputError(f"{what}: '{key}' holds NaN or infinite values — the checkpoint is damaged")
     return flax.traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep="/")
@@ -165,6 +173,7 @@ def abstract_params(module, cfg: ModelConfig) -> dict[str, tuple]:
 
 
 # ---------------------------------------------------------------- PyTorch -> flax layouts
+
 
 def linear(w: np.ndarray) -> np.ndarray:
     """torch Linear weight [out, in] -> flax kernel [in, out]."""

@@ -26,8 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from jaxvlm.convert.common import (Converted, SourceKeys, attention_params, check_params, conv, dense, layer_norm,
-                                   read_weights, stack_layers)
+from jaxvlm.convert.common import (
+    Converted,
+    SourceKeys,
+    attention_params,
+    check_params,
+    conv,
+    dense,
+    layer_norm,
+    read_weights,
+    stack_layers,
+)
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig, TextConfig, VisionConfig
 from jaxvlm.models.registry import CLIP_TOKENIZER, SIGLIP_TOKENIZER_FILE, get_architecture
@@ -40,8 +49,12 @@ MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
 NON_PARAMETERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
 # Weight files in the order transformers looks for them.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 # HF `hidden_act` -> jaxvlm act. gelu_new computes the same tanh formula as gelu_pytorch_tanh.
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -50,21 +63,54 @@ ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": 
 DEFAULTS = {
     "clip": {
         "model": {"projection_dim": 512, "logit_scale_init_value": 2.6592},
-        "text_config": {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                        "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                        "layer_norm_eps": 1e-5, "eos_token_id": 49407},
-        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                          "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
-                          "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+        "text_config": {
+            "vocab_size": 49408,
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "eos_token_id": 49407,
+        },
+        "vision_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "num_channels": 3,
+            "image_size": 224,
+            "patch_size": 32,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+        },
     },
     "siglip": {
         "model": {},
-        "text_config": {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                        "num_attention_heads": 12, "max_position_embeddings": 64,
-                        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "projection_size": None},
-        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                          "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 16,
-                          "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True},
+        "text_config": {
+            "vocab_size": 32000,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "max_position_embeddings": 64,
+            "hidden_act": "gelu_pytorch_tanh",
+            "layer_norm_eps": 1e-6,
+            "projection_size": None,
+        },
+        "vision_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "num_channels": 3,
+            "image_size": 224,
+            "patch_size": 16,
+            "hidden_act": "gelu_pytorch_tanh",
+            "layer_norm_eps": 1e-6,
+            "vision_use_head": True,
+        },
     },
 }
 
@@ -76,15 +122,28 @@ PROCESSOR_DEFAULTS = {
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
 
 # The HF tokenizer classes' default special tokens (CLIPTokenizer / SiglipTokenizer).
-TOKENIZER_DEFAULTS = {"clip": {"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
-                      "siglip": {"pad_token": "</s>", "eos_token": "</s>"}}
+TOKENIZER_DEFAULTS = {
+    "clip": {"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
+    "siglip": {"pad_token": "</s>", "eos_token": "</s>"},
+}
 
 # Fields that legitimately differ between sources of one architecture: not compared with model_name.
-_NUMERIC_FIELDS = {"vision.act", "vision.ln_eps", "text.act", "text.ln_eps", "text.pool", "text.eos_id",
-                   "logit_scale_init", "logit_bias_init", "dtype", "remat"}
+_NUMERIC_FIELDS = {
+    "vision.act",
+    "vision.ln_eps",
+    "text.act",
+    "text.ln_eps",
+    "text.pool",
+    "text.eos_id",
+    "logit_scale_init",
+    "logit_bias_init",
+    "dtype",
+    "remat",
+}
 
 
 # ---------------------------------------------------------------- config.json
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -132,8 +191,9 @@ class _Fields:
     def act(self) -> str:
         value = self.get("hidden_act")
         if value not in ACTIVATIONS:
-            raise InputError(f"{self.where}.hidden_act {value!r} is not supported; expected one of "
-                             f"{', '.join(ACTIVATIONS)}")
+            raise InputError(
+                f"{self.where}.hidden_act {value!r} is not supported; expected one of {', '.join(ACTIVATIONS)}"
+            )
         return ACTIVATIONS[value]
 
 
@@ -148,15 +208,29 @@ def _sub_config(config: dict, name: str, defaults: dict, where: str) -> _Fields:
 def _vision_common(v: _Fields) -> dict:
     if v.int("num_channels") != 3:
         raise InputError(f"{v.where}.num_channels is {v.get('num_channels')}; only RGB (3) models are supported")
-    return dict(image_size=v.square("image_size"), patch_size=v.square("patch_size"), width=v.int("hidden_size"),
-                depth=v.int("num_hidden_layers"), heads=v.int("num_attention_heads"),
-                mlp_dim=v.int("intermediate_size"), act=v.act(), ln_eps=v.eps())
+    return dict(
+        image_size=v.square("image_size"),
+        patch_size=v.square("patch_size"),
+        width=v.int("hidden_size"),
+        depth=v.int("num_hidden_layers"),
+        heads=v.int("num_attention_heads"),
+        mlp_dim=v.int("intermediate_size"),
+        act=v.act(),
+        ln_eps=v.eps(),
+    )
 
 
 def _text_common(t: _Fields) -> dict:
-    return dict(vocab_size=t.int("vocab_size"), context_length=t.int("max_position_embeddings"),
-                width=t.int("hidden_size"), depth=t.int("num_hidden_layers"), heads=t.int("num_attention_heads"),
-                mlp_dim=t.int("intermediate_size"), act=t.act(), ln_eps=t.eps())
+    return dict(
+        vocab_size=t.int("vocab_size"),
+        context_length=t.int("max_position_embeddings"),
+        width=t.int("hidden_size"),
+        depth=t.int("num_hidden_layers"),
+        heads=t.int("num_attention_heads"),
+        mlp_dim=t.int("intermediate_size"),
+        act=t.act(),
+        ln_eps=t.eps(),
+    )
 
 
 def _clip_config(config: dict, where: str) -> ModelConfig:
@@ -166,17 +240,18 @@ def _clip_config(config: dict, where: str) -> ModelConfig:
     t = _sub_config(config, "text_config", d["text_config"], where)
     eos = t.get("eos_token_id")
     if isinstance(eos, bool) or not isinstance(eos, int):
-        raise InputError(f"{t.where}.eos_token_id must be one integer (transformers' CLIP pools on it), "
-                         f"got {eos!r}")
+        raise InputError(f"{t.where}.eos_token_id must be one integer (transformers' CLIP pools on it), got {eos!r}")
     pool = dict(pool="argmax") if eos == 2 else dict(pool="eos", eos_id=eos)  # HF's legacy rule
     scale = top.get("logit_scale_init_value")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise InputError(f"{where}.logit_scale_init_value must be a number, got {scale!r}")
-    vision = VisionConfig(**_vision_common(v), patch_bias=False, class_token=True, pre_norm=True, pool="cls",
-                          proj=True, proj_bias=False)
+    vision = VisionConfig(
+        **_vision_common(v), patch_bias=False, class_token=True, pre_norm=True, pool="cls", proj=True, proj_bias=False
+    )
     text = TextConfig(**_text_common(t), causal=True, **pool, proj=True, proj_bias=False)
-    return ModelConfig(embed_dim=top.int("projection_dim"), vision=vision, text=text, loss="softmax",
-                       logit_scale_init=float(scale))
+    return ModelConfig(
+        embed_dim=top.int("projection_dim"), vision=vision, text=text, loss="softmax", logit_scale_init=float(scale)
+    )
 
 
 def _siglip_config(config: dict, where: str) -> ModelConfig:
@@ -185,30 +260,42 @@ def _siglip_config(config: dict, where: str) -> ModelConfig:
     t = _sub_config(config, "text_config", d["text_config"], where)
     if v.get("vision_use_head") is not True:
         raise InputError(f"{v.where}.vision_use_head is off: the model has no pooled image embedding")
-    vision = VisionConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map",
-                          proj=False)
+    vision = VisionConfig(
+        **_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False
+    )
     embed_dim = vision.width
     projection = t.get("projection_size")
     projection = t.int("hidden_size") if projection is None else t.int("projection_size")
     if projection != embed_dim:
-        raise InputError(f"{t.where}.projection_size {projection} differs from the image width {embed_dim}: "
-                         "the two embeddings cannot be compared")
+        raise InputError(
+            f"{t.where}.projection_size {projection} differs from the image width {embed_dim}: "
+            "the two embeddings cannot be compared"
+        )
     text = TextConfig(**_text_common(t), causal=False, pool="last", proj=True, proj_bias=True)
     # HF's config holds no init values for t and b; these are the SigLIP paper's (big_vision's).
-    return ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="sigmoid",
-                       logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
+    return ModelConfig(
+        embed_dim=embed_dim,
+        vision=vision,
+        text=text,
+        loss="sigmoid",
+        logit_scale_init=math.log(10.0),
+        logit_bias_init=-10.0,
+    )
 
 
 def model_config(config: dict, where: str) -> tuple[str, ModelConfig]:
     """HF config.json contents -> (model_type, jaxvlm ModelConfig)."""
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_CLASSES:
-        raise InputError(f"{where}: model_type is {model_type!r}; this converter reads "
-                         f"{' / '.join(repr(k) for k in MODEL_CLASSES)} ({' / '.join(MODEL_CLASSES.values())})")
+        raise InputError(
+            f"{where}: model_type is {model_type!r}; this converter reads "
+            f"{' / '.join(repr(k) for k in MODEL_CLASSES)} ({' / '.join(MODEL_CLASSES.values())})"
+        )
     architectures = config.get("architectures")
     if isinstance(architectures, list) and architectures and MODEL_CLASSES[model_type] not in architectures:
-        raise InputError(f"{where}: architectures is {architectures}; expected {MODEL_CLASSES[model_type]} "
-                         "(both towers)")
+        raise InputError(
+            f"{where}: architectures is {architectures}; expected {MODEL_CLASSES[model_type]} (both towers)"
+        )
     cfg = _clip_config(config, where) if model_type == "clip" else _siglip_config(config, where)
     try:
         return model_type, cfg.validate()
@@ -230,14 +317,18 @@ def _check_model_name(model_name: str, cfg: ModelConfig, where: str) -> None:
     named = _flat_fields(get_architecture(model_name).model)
     mine = _flat_fields(cfg)
     keys = [*mine, *(k for k in named if k not in mine)]  # a CoCa has decoder fields, a two-tower not
-    diffs = [f"{k} {mine.get(k)} vs {named.get(k)}" for k in keys
-             if k not in _NUMERIC_FIELDS and mine.get(k) != named.get(k)]
+    diffs = [
+        f"{k} {mine.get(k)} vs {named.get(k)}" for k in keys if k not in _NUMERIC_FIELDS and mine.get(k) != named.get(k)
+    ]
     if diffs:
-        raise InputError(f"{where} is not a {model_name} ({'; '.join(diffs[:4])}"
-                         f"{'; ...' if len(diffs) > 4 else ''}); leave out --model to take the config's architecture")
+        raise InputError(
+            f"{where} is not a {model_name} ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}); leave out --model to take the config's architecture"
+        )
 
 
 # ---------------------------------------------------------------- weights
+
 
 def _read_sharded(index: Path) -> dict[str, np.ndarray]:
     weight_map = _read_json(index).get("weight_map")
@@ -271,12 +362,19 @@ def _encoder_layers(src: SourceKeys, name: str, heads: int):
 
     def one(i: int) -> dict[str, np.ndarray]:
         p = f"{name}.{i}"
-        qkv = [(src.take(f"{p}.self_attn.{n}_proj.weight"), src.take(f"{p}.self_attn.{n}_proj.bias"))
-               for n in ("q", "k", "v")]
+        qkv = [
+            (src.take(f"{p}.self_attn.{n}_proj.weight"), src.take(f"{p}.self_attn.{n}_proj.bias"))
+            for n in ("q", "k", "v")
+        ]
         return {
             **layer_norm(src, f"{p}.layer_norm1", "norm1"),
-            **attention_params("attn", *qkv, src.take(f"{p}.self_attn.out_proj.weight"),
-                               src.take(f"{p}.self_attn.out_proj.bias"), heads),
+            **attention_params(
+                "attn",
+                *qkv,
+                src.take(f"{p}.self_attn.out_proj.weight"),
+                src.take(f"{p}.self_attn.out_proj.bias"),
+                heads,
+            ),
             **layer_norm(src, f"{p}.layer_norm2", "norm2"),
             **dense(src, f"{p}.mlp.fc1", "mlp/fc1"),
             **dense(src, f"{p}.mlp.fc2", "mlp/fc2"),
@@ -320,9 +418,15 @@ def _siglip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
         **stack_layers(v.depth, _encoder_layers(src, "vision_model.encoder.layers", v.heads), "img/encoder/blocks"),
         **layer_norm(src, "vision_model.post_layernorm", "img/final_norm"),
         "img/map_head/probe": src.take(f"{head}.probe"),
-        **attention_params("img/map_head/attn", (q_w, q_b), (k_w, k_b), (v_w, v_b),
-                           src.take(f"{head}.attention.out_proj.weight"), src.take(f"{head}.attention.out_proj.bias"),
-                           v.heads),
+        **attention_params(
+            "img/map_head/attn",
+            (q_w, q_b),
+            (k_w, k_b),
+            (v_w, v_b),
+            src.take(f"{head}.attention.out_proj.weight"),
+            src.take(f"{head}.attention.out_proj.bias"),
+            v.heads,
+        ),
         **layer_norm(src, f"{head}.layernorm", "img/map_head/norm"),
         **dense(src, f"{head}.mlp.fc1", "img/map_head/mlp/fc1"),
         **dense(src, f"{head}.mlp.fc2", "img/map_head/mlp/fc2"),
@@ -343,6 +447,7 @@ def _text_params(src: SourceKeys, t: TextConfig) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- preprocessing
+
 
 def _size_pair(value: Any, what: str) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
@@ -374,16 +479,20 @@ def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> Prepro
     if shortest:
         crop = _size_pair(p.values.get("crop_size", size), f"{path}: crop_size")
         if size != image_size or not p.get("do_center_crop") or crop != (image_size, image_size):
-            raise InputError(f"{path}: shortest-side resize to {size} with centre crop "
-                             f"{crop if p.get('do_center_crop') else 'off'} is not the model's "
-                             f"{image_size}x{image_size} resize-and-crop")
+            raise InputError(
+                f"{path}: shortest-side resize to {size} with centre crop "
+                f"{crop if p.get('do_center_crop') else 'off'} is not the model's "
+                f"{image_size}x{image_size} resize-and-crop"
+            )
         mode = "shortest"
     else:
         size = _size_pair(size, f"{path}: size")
         crop = _size_pair(p.values.get("crop_size", size[0]), f"{path}: crop_size")
         if size != (image_size, image_size) or (p.get("do_center_crop") and crop != size):
-            raise InputError(f"{path}: resize to {size} (crop {crop if p.get('do_center_crop') else 'off'}) "
-                             f"does not give the model's {image_size}x{image_size}")
+            raise InputError(
+                f"{path}: resize to {size} (crop {crop if p.get('do_center_crop') else 'off'}) "
+                f"does not give the model's {image_size}x{image_size}"
+            )
         mode = "squash"
     if p.values.get("do_rescale") is False:
         raise InputError(f"{path}: do_rescale is false; jaxvlm always scales pixels to [0, 1]")
@@ -394,11 +503,13 @@ def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> Prepro
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     else:
         mean, std = p.get("image_mean"), p.get("image_std")
-    return PreprocessConfig(image_size=image_size, resize_mode=mode, interpolation=RESAMPLE[resample], mean=mean,
-                            std=std)
+    return PreprocessConfig(
+        image_size=image_size, resize_mode=mode, interpolation=RESAMPLE[resample], mean=mean, std=std
+    )
 
 
 # ---------------------------------------------------------------- tokenizer
+
 
 def _special_token(src_dir: Path, name: str, default: str) -> str:
     """The content of a special token named by tokenizer_config.json or special_tokens_map.json."""
@@ -453,12 +564,15 @@ def _tokenizer_kind(path: Path) -> str:
         return "sentencepiece"
     if name.endswith((".txt.gz", ".txt")):
         return "clip_bpe"
-    raise InputError(f"cannot tell the kind of tokenizer file {path}: expected tokenizer.json, a SentencePiece "
-                     ".model, or CLIP's bpe_simple_vocab_16e6.txt.gz")
+    raise InputError(
+        f"cannot tell the kind of tokenizer file {path}: expected tokenizer.json, a SentencePiece "
+        ".model, or CLIP's bpe_simple_vocab_16e6.txt.gz"
+    )
 
 
-def tokenizer_config(src_dir: Path, model_type: str, text: _Fields, context: int,
-                     tokenizer_path: Path | None) -> tuple[TokenizerConfig, Path]:
+def tokenizer_config(
+    src_dir: Path, model_type: str, text: _Fields, context: int, tokenizer_path: Path | None
+) -> tuple[TokenizerConfig, Path]:
     if tokenizer_path is not None:
         path = Path(tokenizer_path)
         if not path.is_file():
@@ -475,26 +589,36 @@ def tokenizer_config(src_dir: Path, model_type: str, text: _Fields, context: int
         elif model_type == "clip" and text.get("vocab_size") == 49408:
             path, kind = CLIP_BPE_FILE, "clip_bpe"
         else:
-            raise InputError(f"{src_dir} holds no tokenizer (tokenizer.json or spiece.model); "
-                             "pass its file with --tokenizer")
+            raise InputError(
+                f"{src_dir} holds no tokenizer (tokenizer.json or spiece.model); pass its file with --tokenizer"
+            )
     if kind == "clip_bpe":
         return dataclasses.replace(CLIP_TOKENIZER, context_length=context), path
     if kind == "sentencepiece":
         pad, eos = _sentencepiece_ids(path, src_dir)
-        return TokenizerConfig(kind="sentencepiece", file=SIGLIP_TOKENIZER_FILE, context_length=context,
-                               clean="canonicalize", pad_id=pad, eos_id=eos), path
+        return TokenizerConfig(
+            kind="sentencepiece",
+            file=SIGLIP_TOKENIZER_FILE,
+            context_length=context,
+            clean="canonicalize",
+            pad_id=pad,
+            eos_id=eos,
+        ), path
     pad = _hf_json_pad(path, src_dir, model_type, text.values.get("pad_token_id"))
-    return TokenizerConfig(kind="hf_json", file="tokenizer.json", context_length=context, clean="none",
-                           pad_id=pad), path
+    return TokenizerConfig(
+        kind="hf_json", file="tokenizer.json", context_length=context, clean="none", pad_id=pad
+    ), path
 
 
 # ---------------------------------------------------------------- entry point
 
+
 def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
-        raise InputError(f"{src_dir} is not a directory: the HF source is a model directory "
-                         "(config.json and model.safetensors)")
+        raise InputError(
+            f"{src_dir} is not a directory: the HF source is a model directory (config.json and model.safetensors)"
+        )
     config_path = src_dir / "config.json"
     if not config_path.is_file():
         raise InputError(f"{src_dir} has no config.json: is it a HF transformers model directory?")
@@ -511,5 +635,11 @@ def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None =
     preprocess = preprocess_config(src_dir, model_type, cfg.vision.image_size)
     text = _sub_config(hf_config, "text_config", DEFAULTS[model_type]["text_config"], str(config_path))
     tokenizer, tokenizer_source = tokenizer_config(src_dir, model_type, text, cfg.text.context_length, tokenizer_path)
-    return Converted(cfg, params, preprocess, tokenizer, Path(tokenizer_source),
-                     {"source": "hf", "model_type": model_type, "weights": str(weights_path)})
+    return Converted(
+        cfg,
+        params,
+        preprocess,
+        tokenizer,
+        Path(tokenizer_source),
+        {"source": "hf", "model_type": model_type, "weights": str(weights_path)},
+    )

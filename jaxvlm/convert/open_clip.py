@@ -45,8 +45,9 @@ def _blocks(src: SourceKeys, name: str, heads: int, names: tuple):
         qkv_b = np.split(src.take(f"{p}.{qkv_bias}"), 3)
         return {
             **layer_norm(src, f"{p}.{norm1}", "norm1"),
-            **attention_params("attn", *zip(qkv_w, qkv_b), src.take(f"{p}.{out}.weight"),
-                               src.take(f"{p}.{out}.bias"), heads),
+            **attention_params(
+                "attn", *zip(qkv_w, qkv_b), src.take(f"{p}.{out}.weight"), src.take(f"{p}.{out}.bias"), heads
+            ),
             **layer_norm(src, f"{p}.{norm2}", "norm2"),
             **dense(src, f"{p}.{fc1}", "mlp/fc1"),
             **dense(src, f"{p}.{fc2}", "mlp/fc2"),
@@ -64,8 +65,9 @@ def _openai_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
         "img/cls": src.take("visual.class_embedding").reshape(1, 1, -1),
         "img/pos_embed": src.take("visual.positional_embedding")[None],
         **layer_norm(src, "visual.ln_pre", "img/pre_norm"),
-        **stack_layers(v.depth, _blocks(src, "visual.transformer.resblocks", v.heads, OPENAI_BLOCK),
-                       "img/encoder/blocks"),
+        **stack_layers(
+            v.depth, _blocks(src, "visual.transformer.resblocks", v.heads, OPENAI_BLOCK), "img/encoder/blocks"
+        ),
         **layer_norm(src, "visual.ln_post", "img/final_norm"),
         "img/proj/kernel": src.take("visual.proj"),
     }
@@ -81,8 +83,13 @@ def _attention_pooler(src: SourceKeys, name: str, heads: int) -> dict[str, np.nd
     biases = np.split(src.take(f"{name}.attn.in_proj_bias"), 3)
     return {
         "img/attn_pool/queries": src.take(f"{name}.query"),
-        **attention_params("img/attn_pool/attn", *zip(weights, biases), src.take(f"{name}.attn.out_proj.weight"),
-                           src.take(f"{name}.attn.out_proj.bias"), heads),
+        **attention_params(
+            "img/attn_pool/attn",
+            *zip(weights, biases),
+            src.take(f"{name}.attn.out_proj.weight"),
+            src.take(f"{name}.attn.out_proj.bias"),
+            heads,
+        ),
         **layer_norm(src, f"{name}.ln_q", "img/attn_pool/norm_q"),
         **layer_norm(src, f"{name}.ln_k", "img/attn_pool/norm_kv"),
     }
@@ -100,9 +107,15 @@ def _timm_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
         **stack_layers(v.depth, _blocks(src, "visual.trunk.blocks", v.heads, TIMM_BLOCK), "img/encoder/blocks"),
         **layer_norm(src, "visual.trunk.norm", "img/final_norm"),
         "img/map_head/probe": src.take("visual.trunk.attn_pool.latent"),
-        **attention_params("img/map_head/attn", (q_w, q_b), (k_w, k_b), (v_w, v_b),
-                           src.take("visual.trunk.attn_pool.proj.weight"),
-                           src.take("visual.trunk.attn_pool.proj.bias"), v.heads),
+        **attention_params(
+            "img/map_head/attn",
+            (q_w, q_b),
+            (k_w, k_b),
+            (v_w, v_b),
+            src.take("visual.trunk.attn_pool.proj.weight"),
+            src.take("visual.trunk.attn_pool.proj.bias"),
+            v.heads,
+        ),
         **layer_norm(src, "visual.trunk.attn_pool.norm", "img/map_head/norm"),
         **dense(src, "visual.trunk.attn_pool.mlp.fc1", "img/map_head/mlp/fc1"),
         **dense(src, "visual.trunk.attn_pool.mlp.fc2", "img/map_head/mlp/fc2"),
@@ -115,8 +128,7 @@ def _text(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     params = {
         "txt/token_embed/embedding": src.take(f"{p}token_embedding.weight"),
         "txt/pos_embed": src.take(f"{p}positional_embedding")[None],
-        **stack_layers(t.depth, _blocks(src, f"{p}transformer.resblocks", t.heads, OPENAI_BLOCK),
-                       "txt/encoder/blocks"),
+        **stack_layers(t.depth, _blocks(src, f"{p}transformer.resblocks", t.heads, OPENAI_BLOCK), "txt/encoder/blocks"),
         **layer_norm(src, f"{p}ln_final", "txt/final_norm"),
     }
     if f"{p}text_projection.weight" in src:  # nn.Linear (SigLIP) rather than a bare matrix
@@ -136,8 +148,10 @@ def _decoder(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
 
     def layer(i: int) -> dict[str, np.ndarray]:
         cross = {**cross_block(i), **layer_norm(src, f"text_decoder.cross_attn.{i}.ln_1_kv", "norm_kv")}
-        return {**{f"self_block/{k}": x for k, x in self_block(i).items()},
-                **{f"cross_block/{k}": x for k, x in cross.items()}}
+        return {
+            **{f"self_block/{k}": x for k, x in self_block(i).items()},
+            **{f"cross_block/{k}": x for k, x in cross.items()},
+        }
 
     return {
         **stack_layers(d.depth, layer, "dec/layers"),
@@ -169,7 +183,15 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
     params = convert_state_dict(read_weights(src_path), model_name, f"{src_path} as open_clip {model_name}")
     tokenizer_source = tokenizer_path or (CLIP_BPE_FILE if arch.tokenizer.kind == "clip_bpe" else None)
     if tokenizer_source is None:
-        raise InputError(f"{model_name} uses a SentencePiece tokenizer that open_clip downloads from the HF hub; "
-                         "pass its file with --tokenizer (e.g. the checkpoint's tokenizer.model / spiece.model)")
-    return Converted(arch.model, params, arch.preprocess, arch.tokenizer, Path(tokenizer_source),
-                     {"source": "open_clip", "model": model_name, "weights": str(src_path)})
+        raise InputError(
+            f"{model_name} uses a SentencePiece tokenizer that open_clip downloads from the HF hub; "
+            "pass its file with --tokenizer (e.g. the checkpoint's tokenizer.model / spiece.model)"
+        )
+    return Converted(
+        arch.model,
+        params,
+        arch.preprocess,
+        arch.tokenizer,
+        Path(tokenizer_source),
+        {"source": "open_clip", "model": model_name, "weights": str(src_path)},
+    )

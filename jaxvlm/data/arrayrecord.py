@@ -30,8 +30,9 @@ WRITER_OPTIONS = "group_size:1"
 
 
 def encode_record(record: Record) -> bytes:
-    header = json.dumps({"key": record.key, "texts": list(record.texts), "label": record.label},
-                        ensure_ascii=False).encode("utf-8")
+    header = json.dumps(
+        {"key": record.key, "texts": list(record.texts), "label": record.label}, ensure_ascii=False
+    ).encode("utf-8")
     return MAGIC + _HEADER_LENGTH.pack(len(header)) + header + record.image
 
 
@@ -39,9 +40,10 @@ def decode_record(data: bytes, shard: str) -> Record:
     if data[:4] != MAGIC:
         raise InputError(f"{shard} holds a record that jaxvlm did not write (no {MAGIC!r} mark)")
     (length,) = _HEADER_LENGTH.unpack_from(data, 4)
-    header = json.loads(data[8:8 + length])
-    return Record(key=header["key"], shard=shard, image=data[8 + length:], texts=tuple(header["texts"]),
-                  label=header["label"])
+    header = json.loads(data[8 : 8 + length])
+    return Record(
+        key=header["key"], shard=shard, image=data[8 + length :], texts=tuple(header["texts"]), label=header["label"]
+    )
 
 
 def write_shard(path, records) -> int:
@@ -80,8 +82,10 @@ class ArrayRecordSource:
             n = _open_reader(path).num_records()
             expected = counts.get(Path(path).name)
             if expected is not None and n != expected:
-                raise InputError(f"ArrayRecord shard {path} holds {n} records, {METADATA_FILE} says {expected}: "
-                                 "truncated or overwritten")
+                raise InputError(
+                    f"ArrayRecord shard {path} holds {n} records, {METADATA_FILE} says {expected}: "
+                    "truncated or overwritten"
+                )
             self._offsets.append(self._offsets[-1] + n)
         if len(self) == 0:
             raise InputError(f"the ArrayRecord shards matching {pattern} hold no records")

@@ -54,17 +54,36 @@ def _write_shard(path: str, start: int, stop: int) -> tuple[int, dict, list]:
     return write_shard(path, good_records()), dict(skipped), examples
 
 
-def build(spec: str, out_dir, *, split: str = "train", data_dir=None, image_key: str = "image",
-          text_key: str = "captions", label_key: str = "label", text_templates=(), records_per_shard: int = 10_000,
-          workers: int | None = None, max_image_pixels: int = 40_000_000, progress: bool = True) -> dict:
+def build(
+    spec: str,
+    out_dir,
+    *,
+    split: str = "train",
+    data_dir=None,
+    image_key: str = "image",
+    text_key: str = "captions",
+    label_key: str = "label",
+    text_templates=(),
+    records_per_shard: int = 10_000,
+    workers: int | None = None,
+    max_image_pixels: int = 40_000_000,
+    progress: bool = True,
+) -> dict:
     """Builds ArrayRecord shards of `spec` in `out_dir` (new or empty); returns dataset.json's content."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"output directory {out_dir} exists and is not empty")
     if records_per_shard < 1:
         raise InputError(f"records per shard must be positive, got {records_per_shard}")
-    source = open_source(spec, split=split, data_dir=data_dir, image_key=image_key, text_key=text_key,
-                         label_key=label_key, text_templates=tuple(text_templates))
+    source = open_source(
+        spec,
+        split=split,
+        data_dir=data_dir,
+        image_key=image_key,
+        text_key=text_key,
+        label_key=label_key,
+        text_templates=tuple(text_templates),
+    )
     total = len(source)
     shards = -(-total // records_per_shard)
     names = [f"records-{i:05d}-of-{shards:05d}.array_record" for i in range(shards)]
@@ -102,12 +121,15 @@ def build(spec: str, out_dir, *, split: str = "train", data_dir=None, image_key:
 def _run(source, tmp: Path, names, total, records_per_shard, workers, max_image_pixels, progress):
     from tqdm import tqdm
 
-    tasks = [(str(tmp / name), i * records_per_shard, min(total, (i + 1) * records_per_shard))
-             for i, name in enumerate(names)]
+    tasks = [
+        (str(tmp / name), i * records_per_shard, min(total, (i + 1) * records_per_shard))
+        for i, name in enumerate(names)
+    ]
     context = multiprocessing.get_context("spawn")  # the caller may hold threads (JAX): no fork
     counter = context.Value("q", 0)
     settings = (source, max_image_pixels, source.has_texts, counter)
     with tqdm(total=total, unit="records", disable=not progress, desc="building") as bar:
+
         def show_progress():
             if counter.value > bar.n:
                 bar.update(counter.value - bar.n)
@@ -119,13 +141,15 @@ def _run(source, tmp: Path, names, total, records_per_shard, workers, max_image_
                 results.append(_write_shard(*task))
                 show_progress()
             return results
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                    initargs=settings) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=settings
+        ) as pool:
             futures = [pool.submit(_write_shard, *task) for task in tasks]
             pending = futures
             while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=0.2,
-                                                        return_when=concurrent.futures.FIRST_EXCEPTION)
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION
+                )
                 show_progress()
                 failed = next((f for f in done if f.exception()), None)
                 if failed:
@@ -139,7 +163,9 @@ def summary(metadata: dict, out_dir) -> str:
     lines = [f"wrote {metadata['records']} records in {len(metadata['shards'])} shards to {out_dir}"]
     skipped = metadata["skipped"]
     if skipped:
-        lines.append(f"skipped {sum(skipped.values())} records: "
-                     + ", ".join(f"{reason}: {count}" for reason, count in skipped.items()))
+        lines.append(
+            f"skipped {sum(skipped.values())} records: "
+            + ", ".join(f"{reason}: {count}" for reason, count in skipped.items())
+        )
         lines += [f"  {example}" for example in metadata["skipped_examples"]]
     return "\n".join(lines)

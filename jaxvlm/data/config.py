@@ -13,31 +13,33 @@ from jaxvlm.errors import InputError
 
 def default_config() -> ml_collections.ConfigDict:
     """Defaults for `config.data`; training configs override fields (see docs/data.md)."""
-    return ml_collections.ConfigDict({
-        # what to read
-        "source": "tfds:jaxvlm_digits",  # a dataset spec (docs/data.md), used when `mixture` is empty
-        "mixture": (),  # ((spec, weight), ...): sources mixed with these weights
-        "split": "train",  # TFDS split
-        "data_dir": None,  # TFDS data directory (None: TFDS's default, or $TFDS_DATA_DIR)
-        "image_key": "image",  # TFDS feature names ('/' reaches into nested features)
-        "text_key": "captions",
-        "label_key": "label",
-        "text_templates": (),  # e.g. ("a photo of a {}.",): captions from class names, for label-only data
-        # how to read it
-        "worker_count": -1,  # processes that decode and transform; -1: one per CPU core (at most 16)
-        "worker_buffer_size": 2,  # batches each worker prepares ahead
-        "read_threads": 4,  # threads per process reading and transforming records
-        "shuffle": True,
-        "shuffle_seed": None,  # None: the seed given to train_iterator
-        # what to do to each record
-        "augment": "train",  # "train": random resized crop (+ flip); "eval": the model's own resize / crop
-        "crop_scale": (0.9, 1.0),  # fraction of the image area a random crop covers
-        "crop_ratio": (3 / 4, 4 / 3),  # range of a random crop's aspect ratio
-        "flip": True,  # random horizontal flips (augment "train")
-        "jpeg_draft": True,  # decode JPEGs at 1/2, 1/4, 1/8 scale when the crop allows (augment "train")
-        "max_image_pixels": 40_000_000,  # larger images are bad records (decompression bombs)
-        "strict": False,  # bad records: skip and count them, or fail naming the record and shard
-    })
+    return ml_collections.ConfigDict(
+        {
+            # what to read
+            "source": "tfds:jaxvlm_digits",  # a dataset spec (docs/data.md), used when `mixture` is empty
+            "mixture": (),  # ((spec, weight), ...): sources mixed with these weights
+            "split": "train",  # TFDS split
+            "data_dir": None,  # TFDS data directory (None: TFDS's default, or $TFDS_DATA_DIR)
+            "image_key": "image",  # TFDS feature names ('/' reaches into nested features)
+            "text_key": "captions",
+            "label_key": "label",
+            "text_templates": (),  # e.g. ("a photo of a {}.",): captions from class names, for label-only data
+            # how to read it
+            "worker_count": -1,  # processes that decode and transform; -1: one per CPU core (at most 16)
+            "worker_buffer_size": 2,  # batches each worker prepares ahead
+            "read_threads": 4,  # threads per process reading and transforming records
+            "shuffle": True,
+            "shuffle_seed": None,  # None: the seed given to train_iterator
+            # what to do to each record
+            "augment": "train",  # "train": random resized crop (+ flip); "eval": the model's own resize / crop
+            "crop_scale": (0.9, 1.0),  # fraction of the image area a random crop covers
+            "crop_ratio": (3 / 4, 4 / 3),  # range of a random crop's aspect ratio
+            "flip": True,  # random horizontal flips (augment "train")
+            "jpeg_draft": True,  # decode JPEGs at 1/2, 1/4, 1/8 scale when the crop allows (augment "train")
+            "max_image_pixels": 40_000_000,  # larger images are bad records (decompression bombs)
+            "strict": False,  # bad records: skip and count them, or fail naming the record and shard
+        }
+    )
 
 
 def _fail(field, message):
@@ -73,13 +75,21 @@ def check_config(config) -> None:
     if config.data_dir is not None and not isinstance(config.data_dir, (str, os.PathLike)):
         _fail("data_dir", f"must be a directory path or None, got {config.data_dir!r}")
     for entry in config.mixture:
-        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], numbers.Real) and entry[1] > 0):
+        if not (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], numbers.Real)
+            and entry[1] > 0
+        ):
             _fail("mixture", f"entries must be (spec, positive weight), got {entry!r}")
     if isinstance(config.text_templates, str) or not all(
-            isinstance(t, str) and "{}" in t for t in config.text_templates):
-        _fail("text_templates", f"must be a list of strings with a '{{}}' for the class name, "
-                                f"got {config.text_templates!r}")
+        isinstance(t, str) and "{}" in t for t in config.text_templates
+    ):
+        _fail(
+            "text_templates",
+            f"must be a list of strings with a '{{}}' for the class name, got {config.text_templates!r}",
+        )
     if not _is_int(config.worker_count) or config.worker_count < -1:
         _fail("worker_count", f"must be an integer >= 0, or -1 for automatic, got {config.worker_count!r}")
     for field in ("worker_buffer_size", "read_threads", "max_image_pixels"):

@@ -45,8 +45,15 @@ def _rows(path: Path):
 class FolderSource:
     """The images of `directory` listed in a captions file, in the file's order."""
 
-    def __init__(self, directory: str, *, captions: str | None = None, image_column: str = "image",
-                 caption_column: str = "caption", label_column: str = "label"):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        captions: str | None = None,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        label_column: str = "label",
+    ):
         self._directory = Path(directory)
         if not self._directory.is_dir():
             raise InputError(f"image folder {directory} is not a directory")

@@ -7,8 +7,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
-def global_batch(batch: dict[str, np.ndarray], mesh: Mesh,
-                 data_axes: tuple[str, ...] = ("data", "fsdp")) -> dict[str, jax.Array]:
+def global_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, data_axes: tuple[str, ...] = ("data", "fsdp")
+) -> dict[str, jax.Array]:
     """This process's batch -> global arrays whose first dimension is split over `data_axes`.
 
     Every process passes its own rows (as `train_iterator` yields them); the global batch is
@@ -17,5 +18,4 @@ def global_batch(batch: dict[str, np.ndarray], mesh: Mesh,
     """
     axes = tuple(a for a in data_axes if a in mesh.axis_names)
     sharding = NamedSharding(mesh, PartitionSpec(axes or None))
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for name, value in batch.items()}
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in batch.items()}

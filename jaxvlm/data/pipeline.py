@@ -79,8 +79,9 @@ class TrainIterator(grain.DatasetIterator):
                 self.skipped[element.reason] += 1
                 bad += 1
                 if bad > MAX_BAD_PER_GOOD * self._batch_size:
-                    raise InputError(f"more than {MAX_BAD_PER_GOOD} bad records per good one, "
-                                     f"e.g. {element.describe()}")
+                    raise InputError(
+                        f"more than {MAX_BAD_PER_GOOD} bad records per good one, e.g. {element.describe()}"
+                    )
             else:
                 examples.append(element)
         return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
@@ -99,18 +100,26 @@ def _sources(config, *, need_texts: bool) -> list[tuple[str, object, float]]:
     entries = tuple(config.mixture) or ((config.source, 1.0),)
     out = []
     for spec, weight in entries:
-        source = open_source(spec, split=config.split, data_dir=config.data_dir, image_key=config.image_key,
-                             text_key=config.text_key, label_key=config.label_key,
-                             text_templates=tuple(config.text_templates))
+        source = open_source(
+            spec,
+            split=config.split,
+            data_dir=config.data_dir,
+            image_key=config.image_key,
+            text_key=config.text_key,
+            label_key=config.label_key,
+            text_templates=tuple(config.text_templates),
+        )
         if need_texts and not source.has_texts:
-            raise InputError(f"dataset {spec!r} has no captions (no text feature {config.text_key!r}, "
-                             "and no text_templates)")
+            raise InputError(
+                f"dataset {spec!r} has no captions (no text feature {config.text_key!r}, and no text_templates)"
+            )
         out.append((spec, source, float(weight)))
     return out
 
 
-def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer | None, global_batch_size: int,
-                   seed: int) -> TrainIterator:
+def train_iterator(
+    config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer | None, global_batch_size: int, seed: int
+) -> TrainIterator:
     """An infinite iterator over this process's batches of `config.source` (or `config.mixture`).
 
     Batches are {"image": uint8 [b, H, W, 3] (resized and augmented, not normalised: the train
@@ -123,8 +132,9 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
     check_config(config)
     process_index, process_count = jax.process_index(), jax.process_count()
     if not isinstance(global_batch_size, int) or global_batch_size < 1 or global_batch_size % process_count:
-        raise InputError(f"global batch size {global_batch_size!r} must be a positive multiple of the "
-                         f"{process_count} processes")
+        raise InputError(
+            f"global batch size {global_batch_size!r} must be a positive multiple of the {process_count} processes"
+        )
     sources = _sources(config, need_texts=tokenizer is not None)
     shuffle_seed = seed if config.shuffle_seed is None else config.shuffle_seed
     datasets = []
@@ -138,10 +148,18 @@ def train_iterator(config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer
     weights = [weight for _, _, weight in sources]
     ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
     transform = ExampleTransform(
-        preprocess, tokenizer, augment=config.augment, crop_scale=tuple(config.crop_scale),
-        crop_ratio=tuple(config.crop_ratio), flip=config.flip, jpeg_draft=config.jpeg_draft,
-        max_image_pixels=config.max_image_pixels, with_label=all(source.has_labels for _, source, _ in sources),
-        strict=config.strict, normalize=False)
+        preprocess,
+        tokenizer,
+        augment=config.augment,
+        crop_scale=tuple(config.crop_scale),
+        crop_ratio=tuple(config.crop_ratio),
+        flip=config.flip,
+        jpeg_draft=config.jpeg_draft,
+        max_image_pixels=config.max_image_pixels,
+        with_label=all(source.has_labels for _, source, _ in sources),
+        strict=config.strict,
+        normalize=False,
+    )
     batch_size = global_batch_size // process_count
     ds = ds.random_map(transform, seed=seed)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=batch_size))
@@ -172,8 +190,10 @@ class _EvalExample:
 
 
 def _stack(examples: list[dict]) -> dict:
-    return {name: [e[name] for e in examples] if name == "texts" else np.stack([e[name] for e in examples])
-            for name in examples[0]}
+    return {
+        name: [e[name] for e in examples] if name == "texts" else np.stack([e[name] for e in examples])
+        for name in examples[0]
+    }
 
 
 class EvalBatches:
@@ -192,10 +212,22 @@ class EvalBatches:
         return self._count
 
 
-def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, tokenizer: Tokenizer | None = None,
-                 batch_size: int, data_dir=None, image_key: str = "image", text_key: str = "captions",
-                 label_key: str = "label", text_templates=(), shard_index: int = 0, num_shards: int = 1,
-                 worker_count: int = 0) -> EvalBatches:
+def eval_batches(
+    source: str,
+    split: str,
+    *,
+    preprocess: PreprocessConfig,
+    tokenizer: Tokenizer | None = None,
+    batch_size: int,
+    data_dir=None,
+    image_key: str = "image",
+    text_key: str = "captions",
+    label_key: str = "label",
+    text_templates=(),
+    shard_index: int = 0,
+    num_shards: int = 1,
+    worker_count: int = 0,
+) -> EvalBatches:
     """Every record of a split once, in order, with the model's own eval transform.
 
     `split` and the feature keys apply to TFDS sources (a spec's own options override them).
@@ -211,12 +243,20 @@ def eval_batches(source: str, split: str, *, preprocess: PreprocessConfig, token
         raise InputError(f"eval batch size must be a positive integer, got {batch_size!r}")
     if not 0 <= shard_index < num_shards:
         raise InputError(f"shard_index {shard_index} must be in [0, {num_shards})")
-    src = open_source(source, split=split, data_dir=data_dir, image_key=image_key, text_key=text_key,
-                      label_key=label_key, text_templates=tuple(text_templates))
+    src = open_source(
+        source,
+        split=split,
+        data_dir=data_dir,
+        image_key=image_key,
+        text_key=text_key,
+        label_key=label_key,
+        text_templates=tuple(text_templates),
+    )
     if tokenizer is not None and not src.has_texts:
         raise InputError(f"dataset {source!r} has no captions to tokenise")
-    transform = ExampleTransform(preprocess, tokenizer, augment="eval", with_label=src.has_labels,
-                                 with_texts=src.has_texts, strict=True)
+    transform = ExampleTransform(
+        preprocess, tokenizer, augment="eval", with_label=src.has_labels, with_texts=src.has_texts, strict=True
+    )
     per_shard = math.ceil(math.ceil(len(src) / num_shards) / batch_size) * batch_size
     start = shard_index * per_shard
     ds = grain.MapDataset.range(start, start + per_shard)

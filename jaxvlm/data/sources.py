@@ -23,7 +23,7 @@ KINDS = ("tfds", "arrayrecord", "tar", "folder")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
-    """"kind:location?a=1&b=2" -> ("kind", "location", {"a": "1", "b": "2"})."""
+    """ "kind:location?a=1&b=2" -> ("kind", "location", {"a": "1", "b": "2"})."""
     if not isinstance(spec, str):
         raise InputError(f"a dataset spec must be a string, got {spec!r}")
     kind, colon, rest = spec.partition(":")
@@ -39,8 +39,16 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     return kind, location, options
 
 
-def open_source(spec: str, *, split: str = "train", data_dir=None, image_key: str = "image",
-                text_key: str = "captions", label_key: str = "label", text_templates=()):
+def open_source(
+    spec: str,
+    *,
+    split: str = "train",
+    data_dir=None,
+    image_key: str = "image",
+    text_key: str = "captions",
+    label_key: str = "label",
+    text_templates=(),
+):
     """The source a spec names. The TFDS keyword arguments are defaults its spec options override."""
     kind, location, options = parse_spec(spec)
     known = {

@@ -32,7 +32,7 @@ def expand_pattern(pattern: str) -> list[str]:
     if match:
         first, last = match.group(1), match.group(2)
         width = len(first) if first.startswith("0") else 0
-        head, tail = pattern[:match.start()], pattern[match.end():]
+        head, tail = pattern[: match.start()], pattern[match.end() :]
         return [path for i in range(int(first), int(last) + 1) for path in expand_pattern(f"{head}{i:0{width}d}{tail}")]
     return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
 

@@ -42,8 +42,17 @@ class TfdsSource:
     `text_templates` are given, from the templates filled with the record's class name.
     """
 
-    def __init__(self, name: str, *, split: str, data_dir=None, image_key: str = "image",
-                 text_key: str = "captions", label_key: str = "label", text_templates=()):
+    def __init__(
+        self,
+        name: str,
+        *,
+        split: str,
+        data_dir=None,
+        image_key: str = "image",
+        text_key: str = "captions",
+        label_key: str = "label",
+        text_templates=(),
+    ):
         import tensorflow_datasets as tfds
 
         import jaxvlm.data.builders  # noqa: F401 - registers jaxvlm's own builders with TFDS
@@ -63,15 +72,17 @@ class TfdsSource:
         self.has_labels = self.class_names is not None
         self._templates = tuple(text_templates)
         if self._templates and not self.has_labels:
-            raise InputError(f"text_templates need class names, and TFDS dataset {name!r} has no "
-                             f"ClassLabel feature {label_key!r}")
+            raise InputError(
+                f"text_templates need class names, and TFDS dataset {name!r} has no ClassLabel feature {label_key!r}"
+            )
         self._text_key = None if self._templates or _feature(features, text_key) is None else text_key
         self.has_texts = bool(self._templates) or self._text_key is not None
         self._image_key, self._label_key = image_key, label_key
         self.shard = f"tfds:{name}/{split}"
         try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir,
-                                            decoders=_nested(image_key, tfds.decode.SkipDecoding()))
+            self._source = tfds.data_source(
+                name, split=split, data_dir=data_dir, decoders=_nested(image_key, tfds.decode.SkipDecoding())
+            )
         except Exception as e:  # unknown split names, missing files
             raise InputError(f"cannot read TFDS dataset {name!r} split {split!r}: {str(e).splitlines()[0]}") from None
 
@@ -87,5 +98,6 @@ class TfdsSource:
             texts = _text_list(_value(example, self._text_key))
         else:
             texts = ()
-        return Record(key=str(index), shard=self.shard, image=_value(example, self._image_key), texts=texts,
-                      label=label)
+        return Record(
+            key=str(index), shard=self.shard, image=_value(example, self._image_key), texts=texts, label=label
+        )

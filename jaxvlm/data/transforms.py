@@ -58,8 +58,9 @@ def load_image(img: Image.Image) -> Image.Image:
     return img
 
 
-def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
-                            rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """(left, top, crop width, crop height) of a random crop, as torchvision's RandomResizedCrop draws it.
 
     A crop covers a uniform fraction of the area in `scale` with a log-uniform aspect ratio in

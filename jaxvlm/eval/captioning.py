@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxvlm.errors import InputError
 
@@ -32,13 +32,15 @@ def words(caption: str) -> list[str]:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def _check(candidates, references) -> tuple[list[list[str]], list[list[list[str]]]]:
     if len(candidates) != len(references) or not candidates:
-        raise InputError(f"captioning needs one candidate per image and references for each, got "
-                         f"{len(candidates)} candidates for {len(references)} images")
+        raise InputError(
+            f"captioning needs one candidate per image and references for each, got "
+            f"{len(candidates)} candidates for {len(references)} images"
+        )
     if any(not refs for refs in references):
         raise InputError("every image needs at least one reference caption")
     return [words(c) for c in candidates], [[words(r) for r in refs] for refs in references]
@@ -70,8 +72,7 @@ def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: 
     return scores
 
 
-def cider(candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4,
-          sigma: float = 6.0) -> float:
+def cider(candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4, sigma: float = 6.0) -> float:
     """CIDEr-D of one candidate per image against its references (COCO's "CIDEr")."""
     cands, refs = _check(candidates, references)
     doc_freq = Counter()

@@ -39,7 +39,8 @@ def classification_metrics(scores, labels) -> dict[str, float]:
     if labels.min() < 0 or labels.max() >= num_classes:
         raise InputError(f"labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
     top1, top5, correct, count = jax.device_get(
-        _counts(jnp.asarray(scores), jnp.asarray(labels, jnp.int32), k=min(5, num_classes)))
+        _counts(jnp.asarray(scores), jnp.asarray(labels, jnp.int32), k=min(5, num_classes))
+    )
     present = count > 0
     metrics = {"acc1": int(top1) / len(labels)}
     if num_classes >= 5:

@@ -74,7 +74,9 @@ class ClipBenchmarkTokenizer:
     def __call__(self, texts):
         import torch
 
-        return torch.from_numpy(self.model.tokenize([texts] if isinstance(texts, str) else list(texts)).astype(np.int64))
+        return torch.from_numpy(
+            self.model.tokenize([texts] if isinstance(texts, str) else list(texts)).astype(np.int64)
+        )
 
 
 class ClipBenchmarkTransform:

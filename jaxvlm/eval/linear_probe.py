@@ -65,8 +65,14 @@ def _fit(x, y, l2, tol, *, num_classes, max_iter):
 
 def fit_logistic_regression(features, labels, num_classes: int, l2: float, config: ProbeConfig = ProbeConfig()):
     """{"w": [D, C], "b": [C]} minimising mean cross-entropy + l2 / 2 * |w|^2."""
-    return _fit(jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32), jnp.float32(l2),
-                jnp.float32(config.tol), num_classes=num_classes, max_iter=config.max_iter)
+    return _fit(
+        jnp.asarray(features, jnp.float32),
+        jnp.asarray(labels, jnp.int32),
+        jnp.float32(l2),
+        jnp.float32(config.tol),
+        num_classes=num_classes,
+        max_iter=config.max_iter,
+    )
 
 
 def predict(params, features) -> np.ndarray:

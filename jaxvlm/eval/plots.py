@@ -24,13 +24,18 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     """int64 [C, C]: entry (i, j) counts examples of class i predicted as class j."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if labels.shape != predictions.shape or labels.ndim != 1:
-        raise InputError(f"confusion matrix needs labels and predictions of one shape [N], got {labels.shape} "
-                         f"and {predictions.shape}")
+        raise InputError(
+            f"confusion matrix needs labels and predictions of one shape [N], got {labels.shape} "
+            f"and {predictions.shape}"
+        )
     for what, x in (("labels", labels), ("predictions", predictions)):
         if len(x) and (x.min() < 0 or x.max() >= num_classes):
             raise InputError(f"{what} must be in [0, {num_classes})")
-    return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes).astype(np.int64)
+    return (
+        np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+        .reshape(num_classes, num_classes)
+        .astype(np.int64)
+    )
 
 
 def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
@@ -55,8 +60,15 @@ def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if rows[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -65,16 +77,21 @@ def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
     return fig
 
 
-def retrieval_figure(queries: Sequence[str], images: Sequence[Sequence[np.ndarray]],
-                     correct: Sequence[Sequence[bool]] | None = None, scores=None):
+def retrieval_figure(
+    queries: Sequence[str],
+    images: Sequence[Sequence[np.ndarray]],
+    correct: Sequence[Sequence[bool]] | None = None,
+    scores=None,
+):
     """One row per text query: its caption, then its top-k images, best first. ``images[q][r]`` is
     an HxWx3 uint8 (or [0, 1] float) array; a ``correct`` hit is framed in green, a wrong one in
     red; ``scores[q][r]`` is printed under each image."""
     from matplotlib.figure import Figure
 
     if not queries or len(images) != len(queries):
-        raise InputError(f"retrieval figure needs one row of images per query, got {len(queries)} queries "
-                         f"and {len(images)} rows")
+        raise InputError(
+            f"retrieval figure needs one row of images per query, got {len(queries)} queries and {len(images)} rows"
+        )
     k = max(len(row) for row in images)
     fig = Figure(figsize=(2.0 * k + 2.6, 2.1 * len(queries)))
     grid = fig.add_gridspec(len(queries), k + 1, width_ratios=[1.3] + [1.0] * k)
@@ -109,7 +126,8 @@ def _wrapped(text: str, width: int) -> str:
 def viewable(pixels, preprocess: PreprocessConfig) -> np.ndarray:
     """Normalised model inputs [..., H, W, 3] back to uint8 images (undoing mean / std)."""
     pixels = np.asarray(pixels, np.float32) * np.asarray(preprocess.std, np.float32) + np.asarray(
-        preprocess.mean, np.float32)
+        preprocess.mean, np.float32
+    )
     return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
 
 

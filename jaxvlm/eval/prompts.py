@@ -41,7 +41,7 @@ class PromptSet:
         return [template.format(name) for name in self.classes for template in self.templates]
 
     @classmethod
-    def from_json(cls, path: Path) -> "PromptSet":
+    def from_json(cls, path: Path) -> PromptSet:
         try:
             d = json.loads(Path(path).read_text())
         except OSError as e:
@@ -63,9 +63,13 @@ class PromptSet:
 
 def from_class_names(names) -> PromptSet:
     """The fallback for datasets without a shipped set: their label names, one CLIP template."""
-    return PromptSet(name="class_names", classes=tuple(n.replace("_", " ") for n in names),
-                     templates=DEFAULT_TEMPLATES, labels=tuple(names),
-                     source={"classes": "the dataset's label names", "templates": "CLIP's default prompt"})
+    return PromptSet(
+        name="class_names",
+        classes=tuple(n.replace("_", " ") for n in names),
+        templates=DEFAULT_TEMPLATES,
+        labels=tuple(names),
+        source={"classes": "the dataset's label names", "templates": "CLIP's default prompt"},
+    )
 
 
 def dataset_name(source: str) -> str:

@@ -51,8 +51,11 @@ def _scan_top_k(queries, blocks, count, k):
 @functools.cache
 def _top_k_fn(mesh: Mesh, k: int):
     rows = NamedSharding(mesh, PartitionSpec("data"))
-    return jax.jit(functools.partial(_scan_top_k, k=k),
-                   in_shardings=(rows, NamedSharding(mesh, PartitionSpec()), None), out_shardings=rows)
+    return jax.jit(
+        functools.partial(_scan_top_k, k=k),
+        in_shardings=(rows, NamedSharding(mesh, PartitionSpec()), None),
+        out_shardings=rows,
+    )
 
 
 def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -69,25 +72,29 @@ def top_k_indices(queries, candidates, k: int, *, block_size: int = 4096, mesh: 
     cand_block = min(block_size, len(candidates))
     # placed explicitly: with several processes, jit takes no numpy input for a split argument
     rows = NamedSharding(mesh, PartitionSpec("data"))
-    blocks = jax.device_put(_pad_rows(candidates, cand_block).reshape(-1, cand_block, candidates.shape[1]),
-                            NamedSharding(mesh, PartitionSpec()))
+    blocks = jax.device_put(
+        _pad_rows(candidates, cand_block).reshape(-1, cand_block, candidates.shape[1]),
+        NamedSharding(mesh, PartitionSpec()),
+    )
     fn = _top_k_fn(mesh, k)
     out = []
     for start in range(0, len(queries), query_block):
-        chunk = queries[start:start + query_block]
+        chunk = queries[start : start + query_block]
         found = fn(jax.device_put(_pad_rows(chunk, query_block), rows), blocks, np.int32(len(candidates)))
         out.append(np.asarray(found)[: len(chunk)])
     return np.concatenate(out)
 
 
-def retrieval_metrics(image_embeds, text_embeds, text_image, ks=DEFAULT_KS, *, block_size: int = 4096,
-                      mesh: Mesh | None = None) -> dict[str, float]:
+def retrieval_metrics(
+    image_embeds, text_embeds, text_image, ks=DEFAULT_KS, *, block_size: int = 4096, mesh: Mesh | None = None
+) -> dict[str, float]:
     """Recall@k both ways. ``text_image[j]`` is the index of the image text ``j`` describes."""
     image_embeds, text_embeds = np.asarray(image_embeds), np.asarray(text_embeds)
     text_image = np.asarray(text_image)
     if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape[1] != text_embeds.shape[1]:
-        raise InputError(f"retrieval needs embeddings [N, D] and [M, D], got {image_embeds.shape} and "
-                         f"{text_embeds.shape}")
+        raise InputError(
+            f"retrieval needs embeddings [N, D] and [M, D], got {image_embeds.shape} and {text_embeds.shape}"
+        )
     if text_image.shape != (len(text_embeds),) or not len(text_image):
         raise InputError(f"text_image must give one image index per text ({len(text_embeds)}), got {text_image.shape}")
     if text_image.min() < 0 or text_image.max() >= len(image_embeds):

@@ -61,7 +61,7 @@ class EvalSpec:
             raise InputError(f"recall_k must be positive integers, got {list(self.recall_k)}")
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "EvalSpec":
+    def from_dict(cls, d: Mapping) -> EvalSpec:
         """From a mapping (e.g. an ml_collections ConfigDict's to_dict()); unknown keys are errors."""
         d = dict(d)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
@@ -85,8 +85,7 @@ RETRIEVAL_QUERIES = 6  # text queries in the retrieval picture, spread over the 
 RETRIEVAL_HITS = 5  # images shown per query
 
 
-def evaluate(model, spec: EvalSpec, *, progress: bool = False, plots_dir: Path | str | None = None
-             ) -> dict[str, float]:
+def evaluate(model, spec: EvalSpec, *, progress: bool = False, plots_dir: Path | str | None = None) -> dict[str, float]:
     """The metrics of one task on one split. Bad input (dataset, split, labels or captions missing,
     prompt set, model) fails before the first batch is encoded. With ``plots_dir``,
     zero-shot also draws its confusion matrix and retrieval a grid of top-k hits, as PNGs at
@@ -124,12 +123,16 @@ def _prompt_set(spec: EvalSpec) -> PromptSet:
     if prompts is None:
         return from_class_names(names)
     if len(prompts.classes) != len(names):
-        raise InputError(f"prompt set {prompts.name!r} has {len(prompts.classes)} classes but dataset "
-                         f"{spec.dataset!r} has {len(names)}")
+        raise InputError(
+            f"prompt set {prompts.name!r} has {len(prompts.classes)} classes but dataset "
+            f"{spec.dataset!r} has {len(names)}"
+        )
     if prompts.labels is not None and list(prompts.labels) != list(names):
         i = next(i for i, (a, b) in enumerate(zip(prompts.labels, names)) if a != b)
-        raise InputError(f"prompt set {prompts.name!r} does not match dataset {spec.dataset!r}: its class {i} is "
-                         f"{prompts.labels[i]!r}, the dataset's is {names[i]!r}")
+        raise InputError(
+            f"prompt set {prompts.name!r} does not match dataset {spec.dataset!r}: its class {i} is "
+            f"{prompts.labels[i]!r}, the dataset's is {names[i]!r}"
+        )
     return prompts
 
 
@@ -163,8 +166,12 @@ def _draw_retrieval(model, spec: EvalSpec, image_embeds, texts, text_embeds, tex
     hits = top_k_indices(text_embeds[queries], image_embeds, RETRIEVAL_HITS, mesh=model.mesh)
     pixels = _images_at(model, spec, set(hits.ravel().tolist()))
     scores = np.einsum("qd,qkd->qk", text_embeds[queries], image_embeds[hits])
-    figure = plots.retrieval_figure([texts[q] for q in queries], [[pixels[i] for i in row] for row in hits],
-                                    correct=hits == text_image[queries, None], scores=scores)
+    figure = plots.retrieval_figure(
+        [texts[q] for q in queries],
+        [[pixels[i] for i in row] for row in hits],
+        correct=hits == text_image[queries, None],
+        scores=scores,
+    )
     plots.save(figure, picture)
 
 
@@ -223,15 +230,20 @@ def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> I
 
     from jaxvlm import data
 
-    batches = data.eval_batches(spec.dataset, split, preprocess=model.preprocess_config, batch_size=spec.batch_size,
-                                data_dir=spec.data_dir)
+    batches = data.eval_batches(
+        spec.dataset, split, preprocess=model.preprocess_config, batch_size=spec.batch_size, data_dir=spec.data_dir
+    )
     first = next(batches, None)
     if first is None:
         raise InputError(f"dataset {spec.dataset!r} split {split!r} is empty")
     if needs not in first:
         raise _lacks(spec, needs)
-    with tqdm(desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}", total=len(batches), unit=" batches",
-              disable=not progress) as bar:
+    with tqdm(
+        desc=f"{spec.task} {dataset_name(spec.dataset)}:{split}",
+        total=len(batches),
+        unit=" batches",
+        disable=not progress,
+    ) as bar:
         for batch in _chain(first, batches):
             yield batch, np.asarray(batch["valid"], bool)
             bar.update()
@@ -281,16 +293,30 @@ _RUNNERS: dict[str, Callable] = {
 
 def result_record(spec: EvalSpec, metrics: Mapping[str, float], *, model: str, pretrained: str) -> dict:
     """A result in CLIP_benchmark's JSON schema (plus the split, which it leaves implicit)."""
-    return {"dataset": spec.dataset, "model": model, "pretrained": pretrained, "task": TASKS[spec.task],
-            "metrics": dict(metrics), "language": "en", "split": spec.split}
+    return {
+        "dataset": spec.dataset,
+        "model": model,
+        "pretrained": pretrained,
+        "task": TASKS[spec.task],
+        "metrics": dict(metrics),
+        "language": "en",
+        "split": spec.split,
+    }
 
 
 def result_json(record: Mapping) -> str:
     return json.dumps(record, indent=2) + "\n"
 
 
-def training_hook(config, preprocess_config, tokenizer, specs: Sequence[EvalSpec | Mapping], *,
-                  batch_size: int | None = None, devices=None) -> Callable[[int, object], dict[str, float]]:
+def training_hook(
+    config,
+    preprocess_config,
+    tokenizer,
+    specs: Sequence[EvalSpec | Mapping],
+    *,
+    batch_size: int | None = None,
+    devices=None,
+) -> Callable[[int, object], dict[str, float]]:
     """A ``hook(step, params) -> {"<prefix>/<metric>": value}`` running every spec's evaluation on
     the given parameters; the training loop decides how often to call it. The model's compiled
     encoders are built on the first call and reused (`Model.with_params`)."""

@@ -31,8 +31,9 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, cache, image_tokens, index):
         cfg = self.cfg
         self_cache, cross_cache = (None, None) if cache is None else cache
-        block = functools.partial(Block, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, dtype=self.dtype,
-                                  attention=self.attention)
+        block = functools.partial(
+            Block, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, dtype=self.dtype, attention=self.attention
+        )
         x, self_cache = block(causal=True, name="self_block")(x, self_cache, None, index)
         x, cross_cache = block(cross=True, name="cross_block")(x, cross_cache, None, index, image_tokens)
         return x, (None if index is None else (self_cache, cross_cache))
@@ -52,7 +53,8 @@ class Decoder(nn.Module):
         per layer ((self keys, values), (cross keys, values) or None before the first step).
         """
         layers = scan_layers(DecoderLayer, self.cfg.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
-            self.cfg, self.dtype, self.attention, name="layers")
+            self.cfg, self.dtype, self.attention, name="layers"
+        )
         x, cache = layers(tokens, cache, image_tokens, index)
         x = layer_norm(self.cfg.ln_eps, self.dtype, "final_norm")(x)
         logits = dense(self.cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=self.dtype, name="head")(x)

@@ -139,12 +139,13 @@ class ModelConfig:
     def image_token_width(self) -> int:
         return self.embed_dim if self.vision.pool == "attn_pool" else self.vision.width
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         self.vision.validate()
         self.text.validate()
         if self.vision.pool == "attn_pool" and self.embed_dim % self.vision.attn_pool_heads:
-            raise InputError(f"embed_dim {self.embed_dim} is not divisible by vision.attn_pool_heads "
-                             f"{self.vision.attn_pool_heads}")
+            raise InputError(
+                f"embed_dim {self.embed_dim} is not divisible by vision.attn_pool_heads {self.vision.attn_pool_heads}"
+            )
         if self.decoder is not None:
             self._validate_decoder()
         _check_choice("loss", self.loss, LOSSES)
@@ -160,20 +161,23 @@ class ModelConfig:
         dec = self.decoder
         dec.validate()
         if dec.width != self.text.width or dec.width != self.image_token_width:
-            raise InputError(f"decoder.width {dec.width} must equal the text width {self.text.width} and the image "
-                             f"token width {self.image_token_width}")
+            raise InputError(
+                f"decoder.width {dec.width} must equal the text width {self.text.width} and the image "
+                f"token width {self.image_token_width}"
+            )
         if dec.context_length > self.text.context_length:
-            raise InputError(f"decoder.context_length {dec.context_length} exceeds text.context_length "
-                             f"{self.text.context_length}")
+            raise InputError(
+                f"decoder.context_length {dec.context_length} exceeds text.context_length {self.text.context_length}"
+            )
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         vision = _build(VisionConfig, d.pop("vision", None), "vision")
         text = _build(TextConfig, d.pop("text", None), "text")

@@ -8,7 +8,7 @@ sharding code maps them to mesh axes. Attention projections keep heads as their 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxvlm import ops
+
 
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU in torch's form, x/2 (1 + erf(x / sqrt 2)): XLA evaluates erf as one polynomial,
@@ -35,7 +36,8 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.save_from_both_policies(jax.checkpoint_policies.checkpoint_dots, _NAMED_PRODUCTS),
     "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims, _NAMED_PRODUCTS),
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims, _NAMED_PRODUCTS
+    ),
 }
 
 
@@ -55,8 +57,9 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     """
     contract, batch = dimension_numbers
     if precision is not None or preferred_element_type is not None or kwargs or any(batch):
-        raise ValueError("layers.dot_general: batch axes, precision, preferred_element_type and other options "
-                         "are not supported")
+        raise ValueError(
+            "layers.dot_general: batch axes, precision, preferred_element_type and other options are not supported"
+        )
     return checkpoint_name(_rounded_dot(lhs, rhs, tuple(map(tuple, contract))), "dense_product")
 
 
@@ -184,11 +187,13 @@ class Attention(nn.Module):
                 k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
                 v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
         if q.shape[0] != k.shape[0]:  # several query sequences share each key/value set: fold them together
-            y = ops.attention(q.reshape(k.shape[0], -1, *q.shape[2:]), k, v,
-                              implementation=self.implementation).reshape(q.shape)
+            y = ops.attention(
+                q.reshape(k.shape[0], -1, *q.shape[2:]), k, v, implementation=self.implementation
+            ).reshape(q.shape)
         else:
-            y = ops.attention(q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask,
-                              implementation=self.implementation)
+            y = ops.attention(
+                q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask, implementation=self.implementation
+            )
         out = nn.DenseGeneral(
             width,
             axis=(-2, -1),
@@ -226,7 +231,8 @@ class Block(nn.Module):
         else:
             source = y
         y, kv = Attention(self.heads, self.causal, self.dtype, self.attention, name="attn")(
-            y, source, key_mask=key_mask, cache=cache, index=index)
+            y, source, key_mask=key_mask, cache=cache, index=index
+        )
         x = activations_with_axes(x + y)
         y = layer_norm(self.ln_eps, self.dtype, "norm2")(x)
         x = activations_with_axes(x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y))
@@ -267,8 +273,15 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x, cache=None, key_mask=None, index=None):
         blocks = scan_layers(Block, self.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
-            self.heads, self.mlp_dim, self.act, self.ln_eps, self.causal, dtype=self.dtype, attention=self.attention,
-            name="blocks")
+            self.heads,
+            self.mlp_dim,
+            self.act,
+            self.ln_eps,
+            self.causal,
+            dtype=self.dtype,
+            attention=self.attention,
+            name="blocks",
+        )
         return blocks(x, cache, key_mask, index)
 
 
@@ -284,8 +297,9 @@ class MapHead(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        probe = self.param("probe", param_with_axes(nn.initializers.xavier_uniform(), None, None, "embed"),
-                           (1, 1, x.shape[-1]))
+        probe = self.param(
+            "probe", param_with_axes(nn.initializers.xavier_uniform(), None, None, "embed"), (1, 1, x.shape[-1])
+        )
         probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x, _ = Attention(self.heads, dtype=self.dtype, implementation=self.attention, name="attn")(probe, x)
         y = layer_norm(self.ln_eps, self.dtype, "norm")(x)
@@ -306,8 +320,9 @@ class AttentionPool(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        queries = self.param("queries", param_with_axes(nn.initializers.normal(1.0), None, "embed"),
-                             (self.queries, self.width))
+        queries = self.param(
+            "queries", param_with_axes(nn.initializers.normal(1.0), None, "embed"), (self.queries, self.width)
+        )
         queries = layer_norm(self.ln_eps, self.dtype, "norm_q")(queries.astype(self.dtype))
         x = layer_norm(self.ln_eps, self.dtype, "norm_kv")(x)
         queries = jnp.broadcast_to(queries, (x.shape[0], *queries.shape))

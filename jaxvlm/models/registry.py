@@ -28,10 +28,18 @@ SIGLIP_TOKENIZER_FILE = "tokenizer.model"
 
 
 def clip(image_size, patch, width, depth, text_width, text_depth, embed_dim, act="gelu", vocab=49408, context=77):
-    vision = VisionConfig(image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64,
-                          mlp_dim=4 * width, act=act)
-    text = TextConfig(vocab_size=vocab, context_length=context, width=text_width, depth=text_depth,
-                      heads=text_width // 64, mlp_dim=4 * text_width, act=act)
+    vision = VisionConfig(
+        image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64, mlp_dim=4 * width, act=act
+    )
+    text = TextConfig(
+        vocab_size=vocab,
+        context_length=context,
+        width=text_width,
+        depth=text_depth,
+        heads=text_width // 64,
+        mlp_dim=4 * text_width,
+        act=act,
+    )
     return Architecture(
         ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
         PreprocessConfig(image_size=image_size),
@@ -41,17 +49,56 @@ def clip(image_size, patch, width, depth, text_width, text_depth, embed_dim, act
 
 def siglip(image_size, patch, width, depth, heads, mlp_dim, text_depth=None, context=64, vocab=32000, act="gelu"):
     eps = 1e-6
-    vision = VisionConfig(image_size=image_size, patch_size=patch, width=width, depth=depth, heads=heads,
-                          mlp_dim=mlp_dim, act=act, ln_eps=eps, patch_bias=True, class_token=False,
-                          pre_norm=False, pool="map", proj=False)
-    text = TextConfig(vocab_size=vocab, context_length=context, width=width, depth=text_depth or depth, heads=heads,
-                      mlp_dim=mlp_dim, act=act, ln_eps=eps, causal=False, pool="last", proj=True, proj_bias=True)
-    model = ModelConfig(embed_dim=width, vision=vision, text=text, loss="sigmoid", logit_scale_init=math.log(10.0),
-                        logit_bias_init=-10.0)
-    tokenizer = TokenizerConfig(kind="sentencepiece", file=SIGLIP_TOKENIZER_FILE, context_length=context,
-                                clean="canonicalize", pad_id=1, eos_id=1)
-    return Architecture(model, PreprocessConfig(image_size=image_size, resize_mode="squash", mean=INCEPTION_MEAN,
-                                                std=INCEPTION_STD), tokenizer)
+    vision = VisionConfig(
+        image_size=image_size,
+        patch_size=patch,
+        width=width,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
+        act=act,
+        ln_eps=eps,
+        patch_bias=True,
+        class_token=False,
+        pre_norm=False,
+        pool="map",
+        proj=False,
+    )
+    text = TextConfig(
+        vocab_size=vocab,
+        context_length=context,
+        width=width,
+        depth=text_depth or depth,
+        heads=heads,
+        mlp_dim=mlp_dim,
+        act=act,
+        ln_eps=eps,
+        causal=False,
+        pool="last",
+        proj=True,
+        proj_bias=True,
+    )
+    model = ModelConfig(
+        embed_dim=width,
+        vision=vision,
+        text=text,
+        loss="sigmoid",
+        logit_scale_init=math.log(10.0),
+        logit_bias_init=-10.0,
+    )
+    tokenizer = TokenizerConfig(
+        kind="sentencepiece",
+        file=SIGLIP_TOKENIZER_FILE,
+        context_length=context,
+        clean="canonicalize",
+        pad_id=1,
+        eos_id=1,
+    )
+    return Architecture(
+        model,
+        PreprocessConfig(image_size=image_size, resize_mode="squash", mean=INCEPTION_MEAN, std=INCEPTION_STD),
+        tokenizer,
+    )
 
 
 def coca(image_size, patch, width, depth, text_width, text_depth, text_heads, embed_dim, vocab=49408, pool_heads=None):
@@ -60,12 +107,28 @@ def coca(image_size, patch, width, depth, text_width, text_depth, text_heads, em
     patch tokens feed the decoder."""
     context = 76  # text positions; the appended cls token takes the 77th
     pool = {"pool": "attn_pool", "attn_pool_heads": pool_heads} if pool_heads else {}
-    vision = VisionConfig(image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64,
-                          mlp_dim=4 * width, **pool)
-    text = TextConfig(vocab_size=vocab, context_length=context, width=text_width, depth=text_depth,
-                      heads=text_heads, mlp_dim=4 * text_width, pool="last", append_cls=True, pad_mask="shifted")
-    decoder = DecoderConfig(vocab_size=vocab, context_length=context, width=text_width, depth=text.depth,
-                            heads=text_heads, mlp_dim=4 * text_width)
+    vision = VisionConfig(
+        image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64, mlp_dim=4 * width, **pool
+    )
+    text = TextConfig(
+        vocab_size=vocab,
+        context_length=context,
+        width=text_width,
+        depth=text_depth,
+        heads=text_heads,
+        mlp_dim=4 * text_width,
+        pool="last",
+        append_cls=True,
+        pad_mask="shifted",
+    )
+    decoder = DecoderConfig(
+        vocab_size=vocab,
+        context_length=context,
+        width=text_width,
+        depth=text.depth,
+        heads=text_heads,
+        mlp_dim=4 * text_width,
+    )
     return Architecture(
         ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax", decoder=decoder),
         PreprocessConfig(image_size=image_size),

@@ -51,15 +51,32 @@ class TextTower(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.token_embed = nn.Embed(cfg.vocab_size, cfg.width, dtype=self.dtype,
-                                    embedding_init=param_with_axes(nn.initializers.normal(0.02), "vocab", "embed"))
-        self.pos_embed = self.param("pos_embed", param_with_axes(nn.initializers.normal(0.01), None, "length", "embed"),
-                                    (1, cfg.positions, cfg.width))
+        self.token_embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.width,
+            dtype=self.dtype,
+            embedding_init=param_with_axes(nn.initializers.normal(0.02), "vocab", "embed"),
+        )
+        self.pos_embed = self.param(
+            "pos_embed",
+            param_with_axes(nn.initializers.normal(0.01), None, "length", "embed"),
+            (1, cfg.positions, cfg.width),
+        )
         if cfg.append_cls:
-            self.cls = self.param("cls", param_with_axes(nn.initializers.normal(0.01), None, None, "embed"),
-                                  (1, 1, cfg.width))
-        self.encoder = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, causal=cfg.causal,
-                               remat=self.remat, dtype=self.dtype, attention=self.attention)
+            self.cls = self.param(
+                "cls", param_with_axes(nn.initializers.normal(0.01), None, None, "embed"), (1, 1, cfg.width)
+            )
+        self.encoder = Encoder(
+            cfg.depth,
+            cfg.heads,
+            cfg.mlp_dim,
+            cfg.act,
+            cfg.ln_eps,
+            causal=cfg.causal,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
+        )
         self.final_norm = layer_norm(cfg.ln_eps, self.dtype, None)
         if cfg.proj:
             self.proj = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype, name=None)

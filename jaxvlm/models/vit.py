@@ -28,7 +28,9 @@ def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarra
     rows, cols = np.mgrid[:grid, :grid]
     angle_x = cols.reshape(-1, 1) * omega
     angle_y = rows.reshape(-1, 1) * omega
-    return np.concatenate([np.sin(angle_x), np.cos(angle_x), np.sin(angle_y), np.cos(angle_y)], axis=1).astype(np.float32)
+    return np.concatenate([np.sin(angle_x), np.cos(angle_x), np.sin(angle_y), np.cos(angle_y)], axis=1).astype(
+        np.float32
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -45,13 +47,17 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, images):
         p, (b, h, w, c) = self.patch_size, images.shape
-        kernel = self.param("kernel", param_with_axes(nn.initializers.lecun_normal(), None, None, None, "embed"),
-                            (p, p, c, self.width))
+        kernel = self.param(
+            "kernel", param_with_axes(nn.initializers.lecun_normal(), None, None, None, "embed"), (p, p, c, self.width)
+        )
         rows, cols = h // p, w // p
         patches = images[:, : rows * p, : cols * p].reshape(b, rows, p, cols, p, c)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, rows * cols, p * p * c)
-        x = dot_general(patches.astype(self.dtype), kernel.reshape(p * p * c, self.width).astype(self.dtype),
-                        (((2,), (0,)), ((), ())))
+        x = dot_general(
+            patches.astype(self.dtype),
+            kernel.reshape(p * p * c, self.width).astype(self.dtype),
+            (((2,), (0,)), ((), ())),
+        )
         if self.use_bias:
             bias = self.param("bias", param_with_axes(nn.initializers.zeros, "embed"), (self.width,))
             x = x + bias.astype(self.dtype)
@@ -78,29 +84,51 @@ class VisionTower(nn.Module):
             cls = self.param("cls", param_with_axes(nn.initializers.zeros, None, None, "embed"), (1, 1, cfg.width))
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.width)), x], axis=1)
         if cfg.pos_embed == "learned":
-            pos = self.param("pos_embed", param_with_axes(nn.initializers.normal(0.02), None, "length", "embed"),
-                             (1, cfg.num_tokens, cfg.width))
+            pos = self.param(
+                "pos_embed",
+                param_with_axes(nn.initializers.normal(0.02), None, "length", "embed"),
+                (1, cfg.num_tokens, cfg.width),
+            )
         else:  # the class token, if any, gets no position
             table = sincos_2d(cfg.grid, cfg.width)
             pos = np.concatenate([np.zeros((int(cfg.class_token), cfg.width), np.float32), table])[None]
         x = activations_with_axes(x + pos.astype(x.dtype))
         if cfg.pre_norm:
             x = layer_norm(cfg.ln_eps, self.dtype, "pre_norm")(x)
-        x, _ = Encoder(cfg.depth, cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, remat=self.remat, dtype=self.dtype,
-                       attention=self.attention, name="encoder")(x)
+        x, _ = Encoder(
+            cfg.depth,
+            cfg.heads,
+            cfg.mlp_dim,
+            cfg.act,
+            cfg.ln_eps,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
+            name="encoder",
+        )(x)
         if cfg.pool == "attn_pool":  # open_clip's CoCa: pool first, then normalise all query outputs
-            x = AttentionPool(cfg.attn_pool_queries, self.embed_dim, cfg.attn_pool_heads, cfg.ln_eps, self.dtype,
-                              self.attention, name="attn_pool")(x)
+            x = AttentionPool(
+                cfg.attn_pool_queries,
+                self.embed_dim,
+                cfg.attn_pool_heads,
+                cfg.ln_eps,
+                self.dtype,
+                self.attention,
+                name="attn_pool",
+            )(x)
         x = layer_norm(cfg.ln_eps, self.dtype, "final_norm")(x)
         if cfg.pool in ("cls", "attn_pool"):
             pooled, tokens = x[:, 0], x[:, 1:]
         elif cfg.pool == "gap":
-            tokens = x[:, int(cfg.class_token):]
+            tokens = x[:, int(cfg.class_token) :]
             pooled = tokens.mean(axis=1)
         else:
-            pooled, tokens = MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, self.attention,
-                                     name="map_head")(x), x
+            pooled, tokens = (
+                MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, self.attention, name="map_head")(x),
+                x,
+            )
         if cfg.proj:
-            pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype,
-                           name="proj")(pooled)
+            pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype, name="proj")(
+                pooled
+            )
         return pooled, tokens

@@ -58,8 +58,11 @@ class Checkpoints:
         started), or for this one if it fails at once."""
         self.wait()
         try:
-            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            data=data.iterator_save_args(iterator)), force=True)
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=data.iterator_save_args(iterator)),
+                force=True,
+            )
         except Exception as e:  # noqa: BLE001 - orbax and the file system raise many kinds
             self._discard(step)
             raise CheckpointWriteError(step, describe(e)) from None
@@ -83,17 +86,31 @@ class Checkpoints:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), data=data.iterator_restore_args(iterator)))
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), data=data.iterator_restore_args(iterator)
+                    ),
+                )
             except Exception as e:  # noqa: BLE001 - orbax and the file system raise many kinds
-                log.warning("checkpoint step %d in %s cannot be restored (%s); trying an older one",
-                            step, self.directory, describe(e))
+                log.warning(
+                    "checkpoint step %d in %s cannot be restored (%s); trying an older one",
+                    step,
+                    self.directory,
+                    describe(e),
+                )
                 continue
             if step != steps[0]:
                 unreadable = [s for s in steps if s > step]
                 self._set_aside(unreadable)
-                log.warning("restored checkpoint step %d instead of the newest, %d; the unreadable steps %s are "
-                            "set aside as <step>%s", step, steps[0], unreadable, UNREADABLE_SUFFIX)
+                log.warning(
+                    "restored checkpoint step %d instead of the newest, %d; the unreadable steps %s are "
+                    "set aside as <step>%s",
+                    step,
+                    steps[0],
+                    unreadable,
+                    UNREADABLE_SUFFIX,
+                )
             return restored.state
         if steps:
             raise TrainingError(f"none of the checkpoints in {self.directory} (steps {steps}) can be restored")
@@ -129,7 +146,7 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.close()
 
-    def __enter__(self) -> "Checkpoints":
+    def __enter__(self) -> Checkpoints:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -140,7 +157,8 @@ def describe(error: BaseException) -> str:
     """One short line for an error from orbax / TensorStore / the file system (a full disk reads
     "No space left on device"), instead of their pages of specs."""
     errno = getattr(error, "errno", None) or next(
-        (int(m) for m in re.findall(r"os_error_code='(\d+)'", str(error))), None)
+        (int(m) for m in re.findall(r"os_error_code='(\d+)'", str(error))), None
+    )
     if errno:
         return f"{os.strerror(errno)}, errno {errno}"
     text = " ".join(str(error).split())

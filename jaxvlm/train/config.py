@@ -211,15 +211,19 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     if ck.every < 1 or ck.keep_last < 1 or ck.keep_every < 0:
         raise InputError("checkpoint.every and checkpoint.keep_last must be >= 1, checkpoint.keep_every >= 0")
     if ck.on_save_error not in SAVE_ERROR_ACTIONS:
-        raise InputError(f"checkpoint.on_save_error is {ck.on_save_error!r}; expected one of "
-                         f"{', '.join(SAVE_ERROR_ACTIONS)}")
-    for name, value in (("checkpoint.preemption_grace_secs", ck.preemption_grace_secs),
-                        ("peer_timeout_secs", config.peer_timeout_secs)):
+        raise InputError(
+            f"checkpoint.on_save_error is {ck.on_save_error!r}; expected one of {', '.join(SAVE_ERROR_ACTIONS)}"
+        )
+    for name, value in (
+        ("checkpoint.preemption_grace_secs", ck.preemption_grace_secs),
+        ("peer_timeout_secs", config.peer_timeout_secs),
+    ):
         if not 0 < value < math.inf:
             raise InputError(f"{name} must be a positive number of seconds, got {value}")
     if config.loss.implementation not in IMPLEMENTATIONS:
-        raise InputError(f"loss.implementation is {config.loss.implementation!r}; expected one of "
-                         f"{', '.join(IMPLEMENTATIONS)}")
+        raise InputError(
+            f"loss.implementation is {config.loss.implementation!r}; expected one of {', '.join(IMPLEMENTATIONS)}"
+        )
     mesh = config.mesh
     slices = math.prod(mesh.dcn[a] for a in parallel.MESH_AXES)
     if slices < 1 or devices % slices:
@@ -227,8 +231,10 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     shape = parallel.mesh_shape(mesh, devices // slices)
     shards = math.prod(s * mesh.dcn[a] for a, s in zip(parallel.MESH_AXES, shape) if a in parallel.BATCH_AXES)
     if config.global_batch_size % (shards * config.microbatches):
-        raise InputError(f"global_batch_size {config.global_batch_size} is not divisible by the {shards} batch shards "
-                         f"(mesh data x fsdp) times {config.microbatches} microbatches")
+        raise InputError(
+            f"global_batch_size {config.global_batch_size} is not divisible by the {shards} batch shards "
+            f"(mesh data x fsdp) times {config.microbatches} microbatches"
+        )
 
 
 def eval_specs(config: ml_collections.ConfigDict) -> list[dict]:

@@ -15,8 +15,8 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -26,7 +26,7 @@ from jaxvlm.errors import InputError
 from jaxvlm.tokenizers import build_tokenizer
 from jaxvlm.train import PREEMPTED_EXIT_CODE, TrainingError
 from jaxvlm.train import config as train_config
-from jaxvlm.train.checkpoint import CheckpointWriteError, Checkpoints, export
+from jaxvlm.train.checkpoint import Checkpoints, CheckpointWriteError, export
 from jaxvlm.train.metrics import CURVES_FILE, METRICS_FILE, MetricsLog, Progress, plot
 from jaxvlm.train.peers import PeerWatch
 from jaxvlm.train.program import TrainProgram, build
@@ -55,8 +55,13 @@ class Result:
         return path if path.is_dir() else None
 
 
-def train(config: ml_collections.ConfigDict, workdir: Path | str, *, hooks: Sequence[Hook] = (),
-          iterator: Iterator[dict] | None = None) -> Result:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: Path | str,
+    *,
+    hooks: Sequence[Hook] = (),
+    iterator: Iterator[dict] | None = None,
+) -> Result:
     """Trains (or resumes) the run of ``config`` in ``workdir``. Every process of a multi-host job
     calls this with the same arguments. ``iterator``: process-local batches with Grain's
     get_state / set_state (default: `jaxvlm.data.train_iterator` of ``config.data``); ``hooks``:
@@ -80,13 +85,20 @@ def _train(config, workdir: Path, hooks, iterator) -> Result:
     program = build(config, parallel.create_mesh(config.mesh, config.mesh.dcn))
     spec = program.spec
     if not (spec.tokenizer_dir / spec.tokenizer.file).is_file():
-        raise InputError(f"the model needs its tokenizer file {spec.tokenizer.file!r}, which is not in "
-                         f"{spec.tokenizer_dir}: set model.tokenizer_dir")
+        raise InputError(
+            f"the model needs its tokenizer file {spec.tokenizer.file!r}, which is not in "
+            f"{spec.tokenizer_dir}: set model.tokenizer_dir"
+        )
     tokenizer = build_tokenizer(spec.tokenizer, spec.tokenizer_dir)
     train_config.check_eval_specs(config)
     if iterator is None:
-        iterator = data.train_iterator(config.data, preprocess=program.spec.preprocess, tokenizer=tokenizer,
-                                       global_batch_size=config.global_batch_size, seed=config.seed)
+        iterator = data.train_iterator(
+            config.data,
+            preprocess=program.spec.preprocess,
+            tokenizer=tokenizer,
+            global_batch_size=config.global_batch_size,
+            seed=config.seed,
+        )
     hooks = list(hooks) + _eval_hooks(config, program, tokenizer)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -135,9 +147,11 @@ class _Preemption:
 
     def _expire(self):
         saving = f"the checkpoint of step {self.step} was not" if self.step is not None else "no checkpoint was"
-        sys.stderr.write(f"jaxvlm: preempted: {saving} finished within the grace period of {self._grace:g} s "
-                         f"(checkpoint.preemption_grace_secs); the newest complete checkpoint is step "
-                         f"{self._checkpoints.newest()}: run the same command to resume\n")
+        sys.stderr.write(
+            f"jaxvlm: preempted: {saving} finished within the grace period of {self._grace:g} s "
+            f"(checkpoint.preemption_grace_secs); the newest complete checkpoint is step "
+            f"{self._checkpoints.newest()}: run the same command to resume\n"
+        )
         sys.stderr.flush()
         os._exit(PREEMPTED_EXIT_CODE)
 
@@ -209,9 +223,11 @@ class _Run:
         streak = int(metrics["nan_streak"])
         if streak >= self.config.max_nan_steps:
             self._settle()
-            raise TrainingError(f"the loss or gradients were not finite for {streak} steps in a row (steps "
-                                f"{step - streak + 1}-{step}, each skipped); the newest checkpoint is step "
-                                f"{self.checkpoints.newest() or 0}")
+            raise TrainingError(
+                f"the loss or gradients were not finite for {streak} steps in a row (steps "
+                f"{step - streak + 1}-{step}, each skipped); the newest checkpoint is step "
+                f"{self.checkpoints.newest() or 0}"
+            )
         if streak and self.chief:
             log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)", step, streak)
 
@@ -268,8 +284,10 @@ class _Run:
                 self.checkpoints.save(step, state, self.iterator)
             self.checkpoints.wait()
         except CheckpointWriteError as e:
-            raise TrainingError(f"preempted after step {step}, but {e}; the newest complete checkpoint is step "
-                                f"{self.checkpoints.newest()}") from None
+            raise TrainingError(
+                f"preempted after step {step}, but {e}; the newest complete checkpoint is step "
+                f"{self.checkpoints.newest()}"
+            ) from None
 
     def _export(self, state: TrainState) -> None:
         out = self.workdir / MODEL_DIR
@@ -277,7 +295,10 @@ class _Run:
             # a previous export killed half-way left its hidden staging directory (model_dir.save)
             for stale in [out, *self.workdir.glob(f".{MODEL_DIR}.partial-*")]:
                 shutil.rmtree(stale, ignore_errors=True)
-        provenance = {"source": "jaxvlm train", "workdir": str(self.workdir.absolute()),
-                      "steps": self.config.total_steps, **self.program.spec.origin}
+        provenance = {
+            "source": "jaxvlm train",
+            "workdir": str(self.workdir.absolute()),
+            "steps": self.config.total_steps,
+            **self.program.spec.origin,
+        }
         export(out, self.program.spec, state.params, provenance)
-

@@ -42,8 +42,9 @@ class MetricsLog:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
         values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]
-        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
-                                               summary=summary_pb2.Summary(value=values)))
+        self._events.add_event(
+            event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+        )
 
     def close(self) -> None:
         self._file.close()
@@ -97,8 +98,7 @@ class Progress:
     def __init__(self, total: int, start: int, batch_size: int):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                         disable=not sys.stderr.isatty())
+        self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty())
         self._batch_size = batch_size
         self._last = (start, time.perf_counter())
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -172,14 +173,19 @@ def check(cfg, total_steps: int) -> None:
     if cfg.lr <= 0:
         raise InputError(f"optimizer.lr must be > 0, got {cfg.lr}")
     if not 0 <= cfg.warmup_steps <= total_steps or not 0 <= cfg.cooldown_steps <= total_steps:
-        raise InputError(f"optimizer.warmup_steps ({cfg.warmup_steps}) and cooldown_steps ({cfg.cooldown_steps}) "
-                         f"must lie in [0, total_steps = {total_steps}]")
+        raise InputError(
+            f"optimizer.warmup_steps ({cfg.warmup_steps}) and cooldown_steps ({cfg.cooldown_steps}) "
+            f"must lie in [0, total_steps = {total_steps}]"
+        )
     if not 0 < cfg.layer_decay <= 1:
         raise InputError(f"optimizer.layer_decay must be in (0, 1], got {cfg.layer_decay}")
     if cfg.grad_clip_norm < 0 or cfg.weight_decay < 0:
         raise InputError("optimizer.grad_clip_norm and optimizer.weight_decay must be >= 0")
-    if not (0 <= cfg.b1 < 1 and 0 <= cfg.b2 < 1 and cfg.eps >= 0 and 0 <= cfg.min_lr_ratio <= 1
-            and cfg.rsqrt_timescale > 0):
-        raise InputError(f"optimizer.b1 and b2 must lie in [0, 1), eps be >= 0, min_lr_ratio in [0, 1] and "
-                         f"rsqrt_timescale > 0; got b1 {cfg.b1}, b2 {cfg.b2}, eps {cfg.eps}, min_lr_ratio "
-                         f"{cfg.min_lr_ratio}, rsqrt_timescale {cfg.rsqrt_timescale}")
+    if not (
+        0 <= cfg.b1 < 1 and 0 <= cfg.b2 < 1 and cfg.eps >= 0 and 0 <= cfg.min_lr_ratio <= 1 and cfg.rsqrt_timescale > 0
+    ):
+        raise InputError(
+            f"optimizer.b1 and b2 must lie in [0, 1), eps be >= 0, min_lr_ratio in [0, 1] and "
+            f"rsqrt_timescale > 0; got b1 {cfg.b1}, b2 {cfg.b2}, eps {cfg.eps}, min_lr_ratio "
+            f"{cfg.min_lr_ratio}, rsqrt_timescale {cfg.rsqrt_timescale}"
+        )

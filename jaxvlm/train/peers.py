@@ -75,10 +75,12 @@ class PeerWatch:
                     self._client.key_value_set(self._key(self._me), str(beat), allow_overwrite=True)
                 beats = self._beats()
             except Exception as e:  # noqa: BLE001
-                self._end(f"process 0 of {self._count} (the coordinator): it cannot be reached "
-                          f"({' '.join(str(e).split())[:120]})")
+                self._end(
+                    f"process 0 of {self._count} (the coordinator): it cannot be reached "
+                    f"({' '.join(str(e).split())[:120]})"
+                )
             if beats.get(0, "").startswith(_LOST):  # process 0's verdict
-                self._end(beats[0][len(_LOST):])
+                self._end(beats[0][len(_LOST) :])
             now, watched, left = time.monotonic(), range(1, self._count) if self._me == 0 else (0,), 0
             for peer in watched:
                 value = beats.get(peer)
@@ -99,7 +101,7 @@ class PeerWatch:
     def _beats(self) -> dict[int, str]:
         """Process 0 reads every heartbeat; the others read process 0's."""
         if self._me == 0:
-            return {int(key[len(self._keys):]): value for key, value in self._client.key_value_dir_get(self._keys)}
+            return {int(key[len(self._keys) :]): value for key, value in self._client.key_value_dir_get(self._keys)}
         try:
             return {0: self._client.key_value_try_get(self._key(0))}
         except Exception as e:  # noqa: BLE001
@@ -116,7 +118,8 @@ class PeerWatch:
     def _end(self, what: str) -> None:
         if self._stopped.is_set():
             return
-        sys.stderr.write(f"jaxvlm: training stopped: lost {what}; run the job again to resume from the newest "
-                         "checkpoint\n")
+        sys.stderr.write(
+            f"jaxvlm: training stopped: lost {what}; run the job again to resume from the newest checkpoint\n"
+        )
         sys.stderr.flush()
         os._exit(LOST_PEER_EXIT_CODE)

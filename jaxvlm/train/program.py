@@ -49,14 +49,29 @@ def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> Mo
         source = Path(cfg.init_from)
         loaded = model_dir.load(source, weights=pretrained)
         # named as `jaxvlm eval` names init_from itself: by its provenance, else by its directory
-        origin = {"model": loaded.provenance.get("model") or source.absolute().name,
-                  "init_from": str(source.absolute()), "init_from_provenance": loaded.provenance}
-        return ModelSpec(loaded.config.replace(**overrides).validate(), loaded.preprocess, loaded.tokenizer,
-                         Path(cfg.tokenizer_dir or cfg.init_from), loaded.params, origin)
+        origin = {
+            "model": loaded.provenance.get("model") or source.absolute().name,
+            "init_from": str(source.absolute()),
+            "init_from_provenance": loaded.provenance,
+        }
+        return ModelSpec(
+            loaded.config.replace(**overrides).validate(),
+            loaded.preprocess,
+            loaded.tokenizer,
+            Path(cfg.tokenizer_dir or cfg.init_from),
+            loaded.params,
+            origin,
+        )
     arch = get_architecture(cfg.name)
     tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else CLIP_BPE_FILE.parent
-    return ModelSpec(arch.model.replace(**overrides).validate(), arch.preprocess, arch.tokenizer, tokenizer_dir, None,
-                     {"model": cfg.name})
+    return ModelSpec(
+        arch.model.replace(**overrides).validate(),
+        arch.preprocess,
+        arch.tokenizer,
+        tokenizer_dir,
+        None,
+        {"model": cfg.name},
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +88,10 @@ class TrainProgram:
         """The batch the input pipeline delivers: uint8 pixels and int32 token ids."""
         sharding = parallel.batch_sharding(self.mesh)
         size, context = self.spec.config.vision.image_size, self.spec.config.text.context_length
-        return {"image": jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.uint8, sharding=sharding),
-                "text": jax.ShapeDtypeStruct((global_batch_size, context), jnp.int32, sharding=sharding)}
+        return {
+            "image": jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.uint8, sharding=sharding),
+            "text": jax.ShapeDtypeStruct((global_batch_size, context), jnp.int32, sharding=sharding),
+        }
 
     def lower(self, global_batch_size: int) -> jax.stages.Lowered:
         """The train step lowered for abstract inputs: ``.compile()`` it for memory and cost analyses."""
@@ -88,8 +105,9 @@ class TrainProgram:
         state = self.state.init()
         if self.spec.pretrained is None:
             return state
-        return state.replace(params=_with_pretrained(state.params, self.state.abstract.params,
-                                                     self.spec.pretrained, self.init_params))
+        return state.replace(
+            params=_with_pretrained(state.params, self.state.abstract.params, self.spec.pretrained, self.init_params)
+        )
 
     def run_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with parallel.activate(self.mesh):
@@ -102,18 +120,36 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = T
     module = build_model(spec.config)
     boxed = abstract_params(module, spec.config)
     optimizer = optim.build(config.optimizer, flax.linen.unbox(boxed), config.total_steps)
-    state = layout(module, spec.config, boxed, optimizer.tx, mesh, seed=config.seed,
-                   fsdp_min_size=config.mesh.fsdp_min_size)
-    objective = Objective(loss=spec.config.loss, caption=spec.config.decoder is not None,
-                          contrastive_weight=config.loss.contrastive_weight, caption_weight=config.loss.caption_weight,
-                          pad_id=spec.tokenizer.pad_id, implementation=config.loss.implementation,
-                          batch_accuracy=config.loss.batch_accuracy)
-    step = make_train_step(module, optimizer.tx, objective, mesh=mesh, preprocess=spec.preprocess,
-                           schedule=optimizer.schedule, trainable=optimizer.trainable,
-                           microbatches=config.microbatches, logit_scale_max=config.loss.logit_scale_max)
+    state = layout(
+        module, spec.config, boxed, optimizer.tx, mesh, seed=config.seed, fsdp_min_size=config.mesh.fsdp_min_size
+    )
+    objective = Objective(
+        loss=spec.config.loss,
+        caption=spec.config.decoder is not None,
+        contrastive_weight=config.loss.contrastive_weight,
+        caption_weight=config.loss.caption_weight,
+        pad_id=spec.tokenizer.pad_id,
+        implementation=config.loss.implementation,
+        batch_accuracy=config.loss.batch_accuracy,
+    )
+    step = make_train_step(
+        module,
+        optimizer.tx,
+        objective,
+        mesh=mesh,
+        preprocess=spec.preprocess,
+        schedule=optimizer.schedule,
+        trainable=optimizer.trainable,
+        microbatches=config.microbatches,
+        logit_scale_max=config.loss.logit_scale_max,
+    )
     replicated = parallel.replicated(mesh)
-    jitted = jax.jit(step, in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
-                     out_shardings=(state.shardings, replicated), donate_argnums=0)
+    jitted = jax.jit(
+        step,
+        in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(state.shardings, replicated),
+        donate_argnums=0,
+    )
     return TrainProgram(mesh, spec, module, optimizer, state, jitted, config.model.init_params)
 
 
@@ -130,7 +166,8 @@ def _with_pretrained(params, abstract, pretrained: dict, pattern: str) -> dict:
         if name not in source:
             raise InputError(f"model.init_from has no parameter {name}")
         if source[name].shape != shapes[name].shape:
-            raise InputError(f"model.init_from's {name} has shape {source[name].shape}, the model needs "
-                             f"{shapes[name].shape}")
+            raise InputError(
+                f"model.init_from's {name} has shape {source[name].shape}, the model needs {shapes[name].shape}"
+            )
         flat[name] = place(source[name], shapes[name])
     return flax.traverse_util.unflatten_dict(flat, sep="/")

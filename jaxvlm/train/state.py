@@ -5,7 +5,8 @@ jitted ``init`` whose out_shardings place every array on its devices."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -48,8 +49,16 @@ def abstract_params(module: nn.Module, cfg: ModelConfig) -> Any:
     return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(cfg))["params"])
 
 
-def layout(module: nn.Module, cfg: ModelConfig, boxed: Any, tx: optax.GradientTransformation, mesh: Mesh, *,
-           seed: int, fsdp_min_size: int) -> StateLayout:
+def layout(
+    module: nn.Module,
+    cfg: ModelConfig,
+    boxed: Any,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    seed: int,
+    fsdp_min_size: int,
+) -> StateLayout:
     """``boxed``: `abstract_params`' tree, whose logical names give the parameters' shardings."""
     param_shardings = parallel.param_shardings(boxed, mesh, fsdp_min_size=fsdp_min_size)
 
@@ -57,15 +66,25 @@ def layout(module: nn.Module, cfg: ModelConfig, boxed: Any, tx: optax.GradientTr
         init_key, state_key = jax.random.split(jax.random.key(seed))
         params = nn.unbox(module.init(init_key, *example_inputs(cfg))["params"])
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=jax.random.key_data(state_key),
-                          skipped=zero, nan_streak=zero)
+        return TrainState(
+            step=zero,
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(state_key),
+            skipped=zero,
+            nan_streak=zero,
+        )
 
     shapes = jax.eval_shape(init)
     replicated = parallel.replicated(mesh)
     shardings = TrainState(
-        step=replicated, params=param_shardings,
+        step=replicated,
+        params=param_shardings,
         opt_state=parallel.shardings_like_params(shapes.opt_state, shapes.params, param_shardings, mesh),
-        rng=replicated, skipped=replicated, nan_streak=replicated)
+        rng=replicated,
+        skipped=replicated,
+        nan_streak=replicated,
+    )
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return StateLayout(abstract, shardings, jax.jit(init, out_shardings=shardings))
 

@@ -12,13 +12,15 @@ micro-batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxvlm import losses, parallel
 from jaxvlm.models.two_tower import l2_normalize
@@ -53,14 +55,16 @@ def embed(module: nn.Module, params, batch: dict, rng, caption: bool, preprocess
     return module.apply({"params": params}, images, batch["text"], method=fn, rngs={"dropout": rng})
 
 
-def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None, preprocess: PreprocessConfig,
-                   microbatches: int = 1) -> Callable:
+def make_gradients(
+    module: nn.Module, objective: Objective, *, mesh: Mesh | None, preprocess: PreprocessConfig, microbatches: int = 1
+) -> Callable:
     """``gradients(params, batch, rng) -> (loss, loss terms, image embeddings, text embeddings,
     gradients)`` of the whole batch; with ``microbatches`` > 1 by gradient caching (see above)."""
 
     def contrastive(zimg, ztxt, t, b):
-        return losses.contrastive_loss(objective.loss, zimg, ztxt, t, b, mesh=mesh,
-                                       implementation=objective.implementation)
+        return losses.contrastive_loss(
+            objective.loss, zimg, ztxt, t, b, mesh=mesh, implementation=objective.implementation
+        )
 
     def caption_tokens(batch):
         return jnp.maximum(jnp.sum(batch["text"][:, 1:] != objective.pad_id), 1)
@@ -123,9 +127,18 @@ def make_gradients(module: nn.Module, objective: Objective, *, mesh: Mesh | None
     return full_batch if microbatches == 1 else accumulated
 
 
-def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objective: Objective, *,
-                    mesh: Mesh | None, preprocess: PreprocessConfig, schedule: optax.Schedule, trainable: Any,
-                    microbatches: int = 1, logit_scale_max: float | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    *,
+    mesh: Mesh | None,
+    preprocess: PreprocessConfig,
+    schedule: optax.Schedule,
+    trainable: Any,
+    microbatches: int = 1,
+    logit_scale_max: float | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": u8 [B, H, W, 3]
     pixels (normalised per ``preprocess`` on the device) or f32 normalised, "text": i32 [B, L]}
     (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
@@ -138,15 +151,15 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, objecti
         loss, terms, zimg, ztxt, grads = compute(state.params, batch, rng)
         grad_norm = optax.tree.norm(jax.tree.map(lambda g, keep: g if keep else None, grads, trainable))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(lambda p, u, keep: p + u.astype(p.dtype) if keep else p, state.params, updates,
-                              trainable)
+        params = jax.tree.map(lambda p, u, keep: p + u.astype(p.dtype) if keep else p, state.params, updates, trainable)
         if logit_scale_max is not None and trainable["t"]:
             params["t"] = jnp.minimum(params["t"], logit_scale_max)
         param_norm = optax.tree.norm(params)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
         keep_if_ok = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         metrics = {
-            "loss": loss, **terms,
+            "loss": loss,
+            **terms,
             "grad_norm": grad_norm,
             "param_norm": param_norm,
             "lr": schedule(state.step - state.skipped),

@@ -26,8 +26,10 @@ def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> N
     a, b = model_dir.load(Path(zero_shot)), model_dir.load(Path(fine_tuned))
     differences = _differences(_described(a), _described(b), "")
     if differences:
-        raise InputError(f"{zero_shot} and {fine_tuned} differ in their config ({'; '.join(differences)}): "
-                         "WiSE-FT needs two copies of one model")
+        raise InputError(
+            f"{zero_shot} and {fine_tuned} differ in their config ({'; '.join(differences)}): "
+            "WiSE-FT needs two copies of one model"
+        )
     flat_a = flax.traverse_util.flatten_dict(a.params, sep="/")
     flat_b = flax.traverse_util.flatten_dict(b.params, sep="/")
     only_one = sorted(set(flat_a) ^ set(flat_b))
@@ -36,14 +38,23 @@ def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> N
     mixed = {}
     for name, value in flat_a.items():
         if value.shape != flat_b[name].shape:
-            raise InputError(f"parameter {name} has shape {value.shape} in {zero_shot} and "
-                             f"{flat_b[name].shape} in {fine_tuned}")
+            raise InputError(
+                f"parameter {name} has shape {value.shape} in {zero_shot} and {flat_b[name].shape} in {fine_tuned}"
+            )
         mixed[name] = ((1.0 - alpha) * value.astype(np.float64) + alpha * flat_b[name].astype(np.float64)).astype(
-            np.float32)
-    provenance = {"source": "jaxvlm wise-ft", "zero_shot": str(zero_shot), "fine_tuned": str(fine_tuned),
-                  "alpha": alpha, "zero_shot_provenance": a.provenance, "fine_tuned_provenance": b.provenance}
-    result = model_dir.ModelDir(b.config, b.preprocess, b.tokenizer, provenance,
-                                flax.traverse_util.unflatten_dict(mixed, sep="/"))
+            np.float32
+        )
+    provenance = {
+        "source": "jaxvlm wise-ft",
+        "zero_shot": str(zero_shot),
+        "fine_tuned": str(fine_tuned),
+        "alpha": alpha,
+        "zero_shot_provenance": a.provenance,
+        "fine_tuned_provenance": b.provenance,
+    }
+    result = model_dir.ModelDir(
+        b.config, b.preprocess, b.tokenizer, provenance, flax.traverse_util.unflatten_dict(mixed, sep="/")
+    )
     model_dir.save(Path(out), result, Path(fine_tuned) / b.tokenizer.file)
 
 

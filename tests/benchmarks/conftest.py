@@ -15,8 +15,13 @@ def run_smoke(script: str, out: Path) -> dict:
     """Runs ``benchmarks/<script>.py --smoke`` as its users do (one CPU device: no simulated
     devices from the test set-up), prints its output and returns the results file it wrote."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS_DIR / f"{script}.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS_DIR / f"{script}.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
     return json.loads(out.read_text())

@@ -17,14 +17,26 @@ from tests.benchmarks.conftest import BENCHMARKS_DIR
 def test_smoke_run_compiles_from_shapes_and_writes_a_complete_results_file(tmp_path):
     out = tmp_path / "compile_time.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "compile_time.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS_DIR / "compile_time.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
     result = json.loads(out.read_text())
     assert result["benchmark"] == "compile_time"
-    assert result["settings"] == {"model": "tiny-clip", "batch": 8, "remat": "none", "dtype": "float32",
-                                  "backend": "cpu", "devices": 1, "xla_flags": ""}
+    assert result["settings"] == {
+        "model": "tiny-clip",
+        "batch": 8,
+        "remat": "none",
+        "dtype": "float32",
+        "backend": "cpu",
+        "devices": 1,
+        "xla_flags": "",
+    }
     cfg = get_architecture("tiny-clip").model
     assert result["parameters"] == sum(x.size for x in jax.tree.leaves(abstract_params(build_model(cfg), cfg)))
     seconds = result["seconds"]

@@ -29,8 +29,11 @@ def test_smoke_run_writes_a_complete_results_file(tmp_path):
             assert row["speedup"] == pytest.approx(row["open_clip"]["samples"][0] / row["jaxvlm"]["samples"][0])
 
     summary = {m["name"]: m for m in result["summary"]}
-    assert sorted(summary) == sorted(f"tiny-clip encode_{tower} {dtype}: jaxvlm vs open_clip"
-                                     for tower in ("image", "text") for dtype in ("float32", "bfloat16"))
+    assert sorted(summary) == sorted(
+        f"tiny-clip encode_{tower} {dtype}: jaxvlm vs open_clip"
+        for tower in ("image", "text")
+        for dtype in ("float32", "bfloat16")
+    )
     for name, m in summary.items():
         assert m["target"] == (1.3 if "float32" in name else None)
         assert m["holds"] == (None if m["target"] is None else m["value"] >= 1.3)

@@ -6,12 +6,16 @@ import sys
 import textwrap
 
 import pytest
+import run_all
 from PIL import Image
 
-import run_all
-
-MACHINE = {"platform": "Linux", "cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2,
-           "cpu_features": ["avx512f", "avx512_bf16", "amx_bf16"], "load_average": [3.5, 4.0, 4.1]}
+MACHINE = {
+    "platform": "Linux",
+    "cpu": "Intel(R) Xeon(R) Processor",
+    "cpu_count": 2,
+    "cpu_features": ["avx512f", "avx512_bf16", "amx_bf16"],
+    "load_average": [3.5, 4.0, 4.1],
+}
 VERSIONS = {"python": "3.11.7", "jax": "0.10.2", "flax": "0.12.8", "torch": "2.13.0+cpu", "open_clip_torch": "3.3.0"}
 
 
@@ -29,13 +33,25 @@ def write_result(directory, name, summary, date="2026-11-30T09:00:00+00:00", **e
 def results(tmp_path):
     directory = tmp_path / "results"
     directory.mkdir()
-    write_result(directory, "inference_cpu", [figure("ViT-B-32 encode_image float32: jaxvlm vs open_clip", 1.42, 1.3),
-                                              figure("ViT-B-32 encode_text float32: jaxvlm vs open_clip", 1.1, 1.3),
-                                              figure("ViT-B-32 encode_image bfloat16: jaxvlm vs open_clip", 0.8)])
-    write_result(directory, "contrastive_memory", [figure("sigmoid ring, 128k on 8 chips", 0.079, 0.1, "lower", "GiB")],
-                 date="2026-11-22T03:35:54+00:00")
+    write_result(
+        directory,
+        "inference_cpu",
+        [
+            figure("ViT-B-32 encode_image float32: jaxvlm vs open_clip", 1.42, 1.3),
+            figure("ViT-B-32 encode_text float32: jaxvlm vs open_clip", 1.1, 1.3),
+            figure("ViT-B-32 encode_image bfloat16: jaxvlm vs open_clip", 0.8),
+        ],
+    )
+    write_result(
+        directory,
+        "contrastive_memory",
+        [figure("sigmoid ring, 128k on 8 chips", 0.079, 0.1, "lower", "GiB")],
+        date="2026-11-22T03:35:54+00:00",
+    )
     write_result(directory, "compile_time", [figure("ViT-L/14 train step compile", 41.5, 60, "lower", "s")])
-    (directory / "generation.json").write_text(json.dumps({"date": "2026-11-22", "results": {}}))  # an older script's file
+    (directory / "generation.json").write_text(
+        json.dumps({"date": "2026-11-22", "results": {}})
+    )  # an older script's file
     return directory
 
 
@@ -51,9 +67,11 @@ def test_table_has_a_row_per_figure_with_date_machine_and_versions(results):
     assert table[0].startswith("| benchmark | figure | measured | target | met | date | machine | versions |")
     rows = table[2:]
     assert len(rows) == 5
-    assert rows[0] == ("| `inference_cpu` | ViT-B-32 encode_image float32: jaxvlm vs open_clip | 1.42x | ≥ 1.30x | yes | "
-                       "2026-11-30 | 2-core Intel(R) Xeon(R) Processor (AMX), load 3.5 | "
-                       "jax 0.10.2, flax 0.12.8, torch 2.13.0, open_clip 3.3.0 |")
+    assert rows[0] == (
+        "| `inference_cpu` | ViT-B-32 encode_image float32: jaxvlm vs open_clip | 1.42x | ≥ 1.30x | yes | "
+        "2026-11-30 | 2-core Intel(R) Xeon(R) Processor (AMX), load 3.5 | "
+        "jax 0.10.2, flax 0.12.8, torch 2.13.0, open_clip 3.3.0 |"
+    )
     assert "| 1.10x | ≥ 1.30x | **no** |" in rows[1]
     assert "| 0.80x | – | – |" in rows[2]
     assert "| 41.5 s | ≤ 60.0 s | yes |" in rows[3]
@@ -126,7 +144,9 @@ def test_discovery_orders_benchmarks_and_reads_requirements(scripts):
     assert found["zeta"]["requires"] == ()
     assert run_all.missing(("gpu",), set()) == "needs a GPU, and this machine has none"
     assert run_all.missing(("gpu",), {"gpu"}) is None
-    assert run_all.missing(("jaxvlm.not_written_yet",), set()) == "needs jaxvlm.not_written_yet, which is not present yet"
+    assert (
+        run_all.missing(("jaxvlm.not_written_yet",), set()) == "needs jaxvlm.not_written_yet, which is not present yet"
+    )
     assert run_all.missing(("jaxvlm.models", "tpu"), {"tpu"}) is None
 
 
@@ -134,9 +154,13 @@ def test_runnable_benchmarks_run_in_their_own_process_and_others_are_skipped(scr
     directory, ran = scripts
     monkeypatch.setattr(run_all, "accelerator_platforms", lambda: set())
     outcome = run_all.run_benchmarks(run_all.discover(directory))
-    assert outcome == {"train_step_cpu": "skipped: needs jaxvlm.not_written_yet, which is not present yet",
-                       "generation": "ok", "broken": "failed (exit 3)",
-                       "gpu_train": "skipped: needs a GPU, and this machine has none", "zeta": "ok"}
+    assert outcome == {
+        "train_step_cpu": "skipped: needs jaxvlm.not_written_yet, which is not present yet",
+        "generation": "ok",
+        "broken": "failed (exit 3)",
+        "gpu_train": "skipped: needs a GPU, and this machine has none",
+        "zeta": "ok",
+    }
     assert sorted(p.name for p in ran.iterdir()) == ["generation", "zeta"]
     assert "-- gpu_train: skipped: needs a GPU" in capsys.readouterr().out
 
@@ -151,9 +175,15 @@ def test_unknown_benchmark_name_is_one_line_and_exit_2(capsys, monkeypatch):
 def test_pod_plan_rows_get_a_table_of_their_own_and_stay_out_of_the_chart(results, tmp_path):
     from harness import metric, plan_row
 
-    write_result(results, "pod_plan", [plan_row("siglip_b16", "v5p", "4x4x4", 11.25, 0.512),
-                                       plan_row("clip_l14", "v6e", "16x16", 27.5, 0.4375),
-                                       metric("plan compile", 12.0, 60, better="lower", unit="s")])
+    write_result(
+        results,
+        "pod_plan",
+        [
+            plan_row("siglip_b16", "v5p", "4x4x4", 11.25, 0.512),
+            plan_row("clip_l14", "v6e", "16x16", 27.5, 0.4375),
+            metric("plan compile", 12.0, 60, better="lower", unit="s"),
+        ],
+    )
     records = run_all.load_results(results)
     assert [r["benchmark"] for r in records] == ["inference_cpu", "compile_time", "pod_plan", "contrastive_memory"]
     table = run_all.render_table(records).splitlines()
@@ -161,8 +191,10 @@ def test_pod_plan_rows_get_a_table_of_their_own_and_stay_out_of_the_chart(result
     assert sum(line.startswith("| `") for line in table) == 8  # 6 figures, 2 plan rows
     head = table.index("| benchmark | recipe | chip | topology | per-chip memory | MFU | date | versions |")
     assert table[head - 1] == "" and table[head + 1] == "|---|---|---|---|---|---|---|---|"
-    assert table[head + 2] == ("| `pod_plan` | siglip_b16 | v5p | 4x4x4 | 11.250 GiB | 51.2% | 2026-11-30 | "
-                               "jax 0.10.2, flax 0.12.8, torch 2.13.0, open_clip 3.3.0 |")
+    assert table[head + 2] == (
+        "| `pod_plan` | siglip_b16 | v5p | 4x4x4 | 11.250 GiB | 51.2% | 2026-11-30 | "
+        "jax 0.10.2, flax 0.12.8, torch 2.13.0, open_clip 3.3.0 |"
+    )
     assert table[head + 3].startswith("| `pod_plan` | clip_l14 | v6e | 16x16 | 27.500 GiB | 43.8% |")
     assert "| `pod_plan` | plan compile | 12.0 s | ≤ 60.0 s | yes |" in "\n".join(table[:head])
     assert [m["name"] for m in run_all.figures(records[2])] == ["plan compile"]
@@ -174,5 +206,11 @@ def test_pod_plan_rows_get_a_table_of_their_own_and_stay_out_of_the_chart(result
 def test_discovery_picks_up_a_pod_plan_script_when_there_is_one(scripts):
     directory, _ = scripts
     script(directory, "pod_plan", 'REQUIRES = ("jaxvlm.plan",)\ndef main():\n    pass\n')
-    assert list(run_all.discover(directory)) == ["train_step_cpu", "generation", "pod_plan", "broken", "gpu_train",
-                                                 "zeta"]
+    assert list(run_all.discover(directory)) == [
+        "train_step_cpu",
+        "generation",
+        "pod_plan",
+        "broken",
+        "gpu_train",
+        "zeta",
+    ]

@@ -27,14 +27,17 @@ def test_smoke_run_agrees_with_open_clip_and_writes_a_complete_results_file(tmp_
     rtol = np.sqrt(8 * 77) * FLOAT32_EPS
     for step, row in result["loss_agreement"].items():
         bound = rtol * abs(row["open_clip"])
-        print(f"{step}: loss jaxvlm {row['jaxvlm']:.7f} open_clip {row['open_clip']:.7f}, abs diff {row['abs_diff']:.1e}"
-              f" (bound {bound:.1e})")
+        print(
+            f"{step}: loss jaxvlm {row['jaxvlm']:.7f} open_clip {row['open_clip']:.7f}, abs diff {row['abs_diff']:.1e}"
+            f" (bound {bound:.1e})"
+        )
         assert row["abs_diff"] <= bound
     assert result["loss_agreement"]["step 1"]["jaxvlm"] != result["loss_agreement"]["step 0"]["jaxvlm"]
     for lib in ("jaxvlm", "open_clip"):
         assert len(result["results"][lib]["samples"]) == 1 and result["results"][lib]["samples_per_second"] > 0
-    assert result["speedup"] == pytest.approx(result["results"]["open_clip"]["samples"][0]
-                                              / result["results"]["jaxvlm"]["samples"][0])
+    assert result["speedup"] == pytest.approx(
+        result["results"]["open_clip"]["samples"][0] / result["results"]["jaxvlm"]["samples"][0]
+    )
     (m,) = result["summary"]
     assert m["kind"] == "metric" and m["target"] == 1.2 and m["holds"] == (m["value"] >= 1.2)
     assert m["value"] == result["speedup"]

@@ -43,9 +43,18 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     for name in ("ViT-B-16-SigLIP", "ViT-B-16-quickgelu"):
         arch = get_architecture(name)
         directory = tmp_path_factory.mktemp(name)
-        (directory / model_dir.CONFIG_FILE).write_text(json.dumps({
-            "format": model_dir.FORMAT, "format_version": model_dir.FORMAT_VERSION, "model": arch.model.to_dict(),
-            "preprocess": arch.preprocess.to_dict(), "tokenizer": arch.tokenizer.to_dict(), "provenance": {}}))
+        (directory / model_dir.CONFIG_FILE).write_text(
+            json.dumps(
+                {
+                    "format": model_dir.FORMAT,
+                    "format_version": model_dir.FORMAT_VERSION,
+                    "model": arch.model.to_dict(),
+                    "preprocess": arch.preprocess.to_dict(),
+                    "tokenizer": arch.tokenizer.to_dict(),
+                    "provenance": {},
+                }
+            )
+        )
         out[name] = directory
     return out
 
@@ -91,23 +100,33 @@ def test_recipes_build_their_model_and_optimizer(name, pretrained):
 
 def write_recipe(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "recipe.py"
-    path.write_text("import ml_collections\nfrom jaxvlm.train.config import base_config\n\n\ndef get_config():\n"
-                    "    c = base_config()\n" + textwrap.indent(textwrap.dedent(body), "    ") + "    return c\n")
+    path.write_text(
+        "import ml_collections\nfrom jaxvlm.train.config import base_config\n\n\ndef get_config():\n"
+        "    c = base_config()\n" + textwrap.indent(textwrap.dedent(body), "    ") + "    return c\n"
+    )
     return path
 
 
-@pytest.mark.parametrize("body, message", [
-    ("c.optimizer.learning_rate = 1e-4\n", "unknown config key 'optimizer.learning_rate'"),
-    ("c.mesh.dcn.slices = 2\n", "unknown config key 'mesh.dcn.slices'"),
-    ("c.loss = ml_collections.ConfigDict({**c.loss, 'contrastive_weight': 'one'})\n",
-     "config key 'loss.contrastive_weight' must be a float, got 'one'"),
-    ("c.mesh = ml_collections.ConfigDict({**c.mesh, 'data': 2.0})\n", "config key 'mesh.data' must be a int, got 2.0"),
-    ("c.checkpoint = ml_collections.ConfigDict({'every': 5})\n", "config is missing key 'checkpoint.async_save'"),
-    ("c = ml_collections.ConfigDict({**c, 'optimizer': 'adamw'})\n", "config key 'optimizer' must be a section"),
-    ("c.data.shuffle_buffer = 10\n", "unknown data config keys ['shuffle_buffer']"),
-    ("c.mesh.data = 3\n", "has 3 devices, not 8"),
-    ("c.global_batch_size = 12\n", "global_batch_size 12 is not divisible by the 8 batch shards"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("c.optimizer.learning_rate = 1e-4\n", "unknown config key 'optimizer.learning_rate'"),
+        ("c.mesh.dcn.slices = 2\n", "unknown config key 'mesh.dcn.slices'"),
+        (
+            "c.loss = ml_collections.ConfigDict({**c.loss, 'contrastive_weight': 'one'})\n",
+            "config key 'loss.contrastive_weight' must be a float, got 'one'",
+        ),
+        (
+            "c.mesh = ml_collections.ConfigDict({**c.mesh, 'data': 2.0})\n",
+            "config key 'mesh.data' must be a int, got 2.0",
+        ),
+        ("c.checkpoint = ml_collections.ConfigDict({'every': 5})\n", "config is missing key 'checkpoint.async_save'"),
+        ("c = ml_collections.ConfigDict({**c, 'optimizer': 'adamw'})\n", "config key 'optimizer' must be a section"),
+        ("c.data.shuffle_buffer = 10\n", "unknown data config keys ['shuffle_buffer']"),
+        ("c.mesh.data = 3\n", "has 3 devices, not 8"),
+        ("c.global_batch_size = 12\n", "global_batch_size 12 is not divisible by the 8 batch shards"),
+    ],
+)
 def test_bad_recipes_fail_the_check(tmp_path, body, message):
     config = train_config.load(write_recipe(tmp_path, body))
     with pytest.raises(InputError, match=re.escape(message)):

@@ -31,28 +31,46 @@ TOLERANCE = 1e-5
 # Vision as the brief's small model; the text tower deliberately differs in width, depth, heads
 # and MLP size so that inferring each from the shapes is tested.
 SMALL = dict(
-    vision=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
-                patch_size=8),
-    text=dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96, vocab_size=1000,
-              max_position_embeddings=12, projection_size=64),
+    vision=dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8
+    ),
+    text=dict(
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=96,
+        vocab_size=1000,
+        max_position_embeddings=12,
+        projection_size=64,
+    ),
 )
 # The registry's tiny-siglip: siglip(32, 8, 64, 2, 4, 256, context=16), vocab 32000.
 TINY_SIGLIP = dict(
-    vision=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, image_size=32,
-                patch_size=8),
-    text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=32000,
-              max_position_embeddings=16, projection_size=64),
+    vision=dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, image_size=32, patch_size=8
+    ),
+    text=dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=32000,
+        max_position_embeddings=16,
+        projection_size=64,
+    ),
 )
 
 
 # ---------------------------------------------------------------- the reference and its npz
 
+
 def hf_siglip(shapes, seed=0):
     torch.manual_seed(seed)
     common = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
     special = dict(pad_token_id=1, eos_token_id=1, bos_token_id=None)  # SigLIP's vocab layout
-    config = transformers.SiglipConfig(text_config={**shapes["text"], **common, **special},
-                                       vision_config={**shapes["vision"], **common})
+    config = transformers.SiglipConfig(
+        text_config={**shapes["text"], **common, **special}, vision_config={**shapes["vision"], **common}
+    )
     model = transformers.SiglipModel(config).eval()
     with torch.no_grad():  # every tensor moves off its initial value, so swapped or missed ones show
         for value in model.state_dict().values():
@@ -79,12 +97,22 @@ def _block(sd, p, heads):
     """HF SiglipEncoderLayer `p` -> the arrays of one big_vision encoderblock (relative names)."""
     lin = lambda n: (sd[f"{p}.{n}.weight"], sd[f"{p}.{n}.bias"])  # noqa: E731
     return {
-        "LayerNorm_0/scale": sd[f"{p}.layer_norm1.weight"], "LayerNorm_0/bias": sd[f"{p}.layer_norm1.bias"],
-        **_attention("MultiHeadDotProductAttention_0", lin("self_attn.q_proj"), lin("self_attn.k_proj"),
-                     lin("self_attn.v_proj"), lin("self_attn.out_proj"), heads),
-        "LayerNorm_1/scale": sd[f"{p}.layer_norm2.weight"], "LayerNorm_1/bias": sd[f"{p}.layer_norm2.bias"],
-        "MlpBlock_0/Dense_0/kernel": sd[f"{p}.mlp.fc1.weight"].T, "MlpBlock_0/Dense_0/bias": sd[f"{p}.mlp.fc1.bias"],
-        "MlpBlock_0/Dense_1/kernel": sd[f"{p}.mlp.fc2.weight"].T, "MlpBlock_0/Dense_1/bias": sd[f"{p}.mlp.fc2.bias"],
+        "LayerNorm_0/scale": sd[f"{p}.layer_norm1.weight"],
+        "LayerNorm_0/bias": sd[f"{p}.layer_norm1.bias"],
+        **_attention(
+            "MultiHeadDotProductAttention_0",
+            lin("self_attn.q_proj"),
+            lin("self_attn.k_proj"),
+            lin("self_attn.v_proj"),
+            lin("self_attn.out_proj"),
+            heads,
+        ),
+        "LayerNorm_1/scale": sd[f"{p}.layer_norm2.weight"],
+        "LayerNorm_1/bias": sd[f"{p}.layer_norm2.bias"],
+        "MlpBlock_0/Dense_0/kernel": sd[f"{p}.mlp.fc1.weight"].T,
+        "MlpBlock_0/Dense_0/bias": sd[f"{p}.mlp.fc1.bias"],
+        "MlpBlock_0/Dense_1/kernel": sd[f"{p}.mlp.fc2.weight"].T,
+        "MlpBlock_0/Dense_1/bias": sd[f"{p}.mlp.fc2.bias"],
     }
 
 
@@ -106,14 +134,20 @@ def to_big_vision(model, *, stacked: bool, prefix: str = "", img_head=None) -> d
         "img/embedding/kernel": sd["vision_model.embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0),
         "img/embedding/bias": sd["vision_model.embeddings.patch_embedding.bias"],
         "img/pos_embedding": sd["vision_model.embeddings.position_embedding.weight"][None],
-        **_blocks(sd, "vision_model.encoder.layers", "img/Transformer", vc.num_hidden_layers,
-                  vc.num_attention_heads, stacked),
+        **_blocks(
+            sd, "vision_model.encoder.layers", "img/Transformer", vc.num_hidden_layers, vc.num_attention_heads, stacked
+        ),
         "img/Transformer/encoder_norm/scale": sd["vision_model.post_layernorm.weight"],
         "img/Transformer/encoder_norm/bias": sd["vision_model.post_layernorm.bias"],
         "img/MAPHead_0/probe": sd[f"{h}.probe"],
-        **_attention("img/MAPHead_0/MultiHeadDotProductAttention_0", (q, qb), (k, kb), (v, vb),
-                     (sd[f"{h}.attention.out_proj.weight"], sd[f"{h}.attention.out_proj.bias"]),
-                     vc.num_attention_heads),
+        **_attention(
+            "img/MAPHead_0/MultiHeadDotProductAttention_0",
+            (q, qb),
+            (k, kb),
+            (v, vb),
+            (sd[f"{h}.attention.out_proj.weight"], sd[f"{h}.attention.out_proj.bias"]),
+            vc.num_attention_heads,
+        ),
         "img/MAPHead_0/LayerNorm_0/scale": sd[f"{h}.layernorm.weight"],
         "img/MAPHead_0/LayerNorm_0/bias": sd[f"{h}.layernorm.bias"],
         "img/MAPHead_0/MlpBlock_0/Dense_0/kernel": sd[f"{h}.mlp.fc1.weight"].T,
@@ -122,8 +156,9 @@ def to_big_vision(model, *, stacked: bool, prefix: str = "", img_head=None) -> d
         "img/MAPHead_0/MlpBlock_0/Dense_1/bias": sd[f"{h}.mlp.fc2.bias"],
         "txt/Embed_0/embedding": sd["text_model.embeddings.token_embedding.weight"],
         "txt/pos_embedding": sd["text_model.embeddings.position_embedding.weight"][None],
-        **_blocks(sd, "text_model.encoder.layers", "txt/Encoder_0", tc.num_hidden_layers,
-                  tc.num_attention_heads, stacked),
+        **_blocks(
+            sd, "text_model.encoder.layers", "txt/Encoder_0", tc.num_hidden_layers, tc.num_attention_heads, stacked
+        ),
         "txt/Encoder_0/encoder_norm/scale": sd["text_model.final_layer_norm.weight"],
         "txt/Encoder_0/encoder_norm/bias": sd["text_model.final_layer_norm.bias"],
         "txt/head/kernel": sd["text_model.head.weight"].T,
@@ -195,14 +230,16 @@ def check_parity(label, converted, model, img_head=None):
 
 # ---------------------------------------------------------------- parity
 
+
 @pytest.fixture(scope="module")
 def small():
     return hf_siglip(SMALL)
 
 
-@pytest.mark.parametrize("layout,prefix,with_img_head", [
-    ("per_layer", "", False), ("stacked", "params/", False), ("per_layer", "params/", True), ("stacked", "", True),
-])
+@pytest.mark.parametrize(
+    "layout,prefix,with_img_head",
+    [("per_layer", "", False), ("stacked", "params/", False), ("per_layer", "params/", True), ("stacked", "", True)],
+)
 def test_inferred_architecture_matches_hf(small, tmp_path, spm_model_file, layout, prefix, with_img_head):
     img_head = None
     if with_img_head:  # an image tower with an out_dim: img/head projects 64 -> 32, so must the text head
@@ -211,8 +248,9 @@ def test_inferred_architecture_matches_hf(small, tmp_path, spm_model_file, layou
         img_head = (rng.normal(0, 0.1, (64, 32)), rng.normal(0, 0.1, (32,)))
     else:
         model = small
-    npz = write_npz(tmp_path / "ckpt.npz", to_big_vision(model, stacked=layout == "stacked", prefix=prefix,
-                                                         img_head=img_head))
+    npz = write_npz(
+        tmp_path / "ckpt.npz", to_big_vision(model, stacked=layout == "stacked", prefix=prefix, img_head=img_head)
+    )
     converted = big_vision.convert(npz, None, spm_model_file)
 
     cfg = converted.config
@@ -254,11 +292,17 @@ def test_extra_text_posemb_is_summed(small, tmp_path, spm_model_file):
 
 
 def test_preprocess_and_tokenizer_configs(small, tmp_path, spm_model_file):
-    converted = big_vision.convert(write_npz(tmp_path / "ckpt.npz", to_big_vision(small, stacked=False)), None,
-                                   spm_model_file)
+    converted = big_vision.convert(
+        write_npz(tmp_path / "ckpt.npz", to_big_vision(small, stacked=False)), None, spm_model_file
+    )
     pp, tok = converted.preprocess, converted.tokenizer
     assert (pp.image_size, pp.resize_mode, pp.interpolation, pp.mean, pp.std) == (
-        32, "squash", "bilinear", (0.5,) * 3, (0.5,) * 3)
+        32,
+        "squash",
+        "bilinear",
+        (0.5,) * 3,
+        (0.5,) * 3,
+    )
     assert (tok.kind, tok.context_length, tok.pad_id, tok.eos_id) == ("sentencepiece", 12, 1, 1)
     assert converted.tokenizer_source == spm_model_file
 
@@ -279,6 +323,7 @@ def test_cli_end_to_end(small, tmp_path, spm_model_file):
 
 # ---------------------------------------------------------------- bad inputs
 
+
 @pytest.fixture(scope="module")
 def small_arrays(small):
     return to_big_vision(small, stacked=False)
@@ -294,9 +339,15 @@ def test_extra_key_is_refused(small_arrays, tmp_path, spm_model_file):
         _convert(tmp_path, arrays, spm_model_file)
 
 
-@pytest.mark.parametrize("missing", ["txt/Encoder_0/encoderblock_1/MlpBlock_0/Dense_1/bias",
-                                     "img/Transformer/encoderblock_0/LayerNorm_0/scale",
-                                     "img/MAPHead_0/LayerNorm_0/scale", "t"])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "txt/Encoder_0/encoderblock_1/MlpBlock_0/Dense_1/bias",
+        "img/Transformer/encoderblock_0/LayerNorm_0/scale",
+        "img/MAPHead_0/LayerNorm_0/scale",
+        "t",
+    ],
+)
 def test_missing_key_is_refused(small_arrays, tmp_path, spm_model_file, missing):
     arrays = {k: v for k, v in small_arrays.items() if k != missing}
     with pytest.raises(InputError, match=f"missing key '{missing}'"):
@@ -312,7 +363,9 @@ def test_without_bias_is_a_softmax_two_tower(small_arrays, tmp_path, spm_model_f
 def test_missing_stacked_key_is_refused(small, tmp_path, spm_model_file):
     arrays = to_big_vision(small, stacked=True, prefix="params/")
     del arrays["params/img/Transformer/encoderblock/MultiHeadDotProductAttention_0/key/bias"]
-    with pytest.raises(InputError, match="missing key 'img/Transformer/encoderblock/MultiHeadDotProductAttention_0/key/bias'"):
+    with pytest.raises(
+        InputError, match="missing key 'img/Transformer/encoderblock/MultiHeadDotProductAttention_0/key/bias'"
+    ):
         _convert(tmp_path, arrays, spm_model_file)
 
 
@@ -323,11 +376,14 @@ def test_pickled_npz_is_refused(tmp_path, spm_model_file):
         big_vision.convert(npz, None, spm_model_file)
 
 
-@pytest.mark.parametrize("name,message", [
-    ("tiny-siglip", r"not this architecture: vision.mlp_dim 128 \(model: 256\), text.vocab_size 1000"),
-    ("ViT-B-16-SigLIP", r"not this architecture: embed_dim 64 \(model: 768\)"),
-    ("ViT-B-32", "not a SigLIP architecture"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("tiny-siglip", r"not this architecture: vision.mlp_dim 128 \(model: 256\), text.vocab_size 1000"),
+        ("ViT-B-16-SigLIP", r"not this architecture: embed_dim 64 \(model: 768\)"),
+        ("ViT-B-32", "not a SigLIP architecture"),
+    ],
+)
 def test_mismatching_model_name_is_refused(small_arrays, tmp_path, spm_model_file, name, message):
     with pytest.raises(InputError, match=message):
         _convert(tmp_path, small_arrays, spm_model_file, model_name=name)

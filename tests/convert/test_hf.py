@@ -37,15 +37,36 @@ def tower(width, mlp, depth, heads, **extra):
 def clip_config(act: str, eos: int, vocab: int = VOCAB):
     # Text and image towers of different widths, depths and head sizes, so that a transposed
     # or swapped tensor cannot go unnoticed.
-    text = tower(48, 96, 3, 3, vocab_size=vocab, max_position_embeddings=CONTEXT, hidden_act=act,
-                 eos_token_id=eos, bos_token_id=eos - 1, pad_token_id=eos - 1)
+    text = tower(
+        48,
+        96,
+        3,
+        3,
+        vocab_size=vocab,
+        max_position_embeddings=CONTEXT,
+        hidden_act=act,
+        eos_token_id=eos,
+        bos_token_id=eos - 1,
+        pad_token_id=eos - 1,
+    )
     vision = tower(64, 128, 2, 4, image_size=IMAGE, patch_size=PATCH, hidden_act=act)
     return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 
 def siglip_config():
-    text = tower(48, 96, 3, 3, vocab_size=VOCAB, max_position_embeddings=CONTEXT, projection_size=64,
-                 bos_token_id=0, eos_token_id=1, pad_token_id=1, layer_norm_eps=1e-6)
+    text = tower(
+        48,
+        96,
+        3,
+        3,
+        vocab_size=VOCAB,
+        max_position_embeddings=CONTEXT,
+        projection_size=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        layer_norm_eps=1e-6,
+    )
     vision = tower(64, 128, 2, 4, image_size=IMAGE, patch_size=PATCH, layer_norm_eps=1e-6)
     return transformers.SiglipConfig(text_config=text, vision_config=vision)
 
@@ -154,8 +175,11 @@ def test_config_mapping(saved):
     assert (cfg.vision.width, cfg.vision.depth, cfg.vision.heads, cfg.vision.mlp_dim) == (64, 2, 4, 128)
     assert (cfg.text.width, cfg.text.depth, cfg.text.heads, cfg.text.mlp_dim) == (48, 3, 3, 96)
     assert (cfg.text.vocab_size, cfg.text.context_length) == (VOCAB, CONTEXT)
-    assert converted.provenance == {"source": "hf", "model_type": hf_cfg.model_type,
-                                    "weights": str(directory / "model.safetensors")}
+    assert converted.provenance == {
+        "source": "hf",
+        "model_type": hf_cfg.model_type,
+        "weights": str(directory / "model.safetensors"),
+    }
     if name.startswith("clip"):
         act = hf_cfg.text_config.hidden_act
         assert cfg.vision.act == cfg.text.act == act and cfg.embed_dim == 32 and cfg.loss == "softmax"
@@ -193,11 +217,14 @@ def edited_copy(directory, tmp_path, **changes):
     return out
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"vision_config__num_hidden_layers": 3}, "missing key"),
-    ({"text_config__num_hidden_layers": 2}, "unused source keys"),
-    ({"text_config__intermediate_size": 64}, "has shape"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"vision_config__num_hidden_layers": 3}, "missing key"),
+        ({"text_config__num_hidden_layers": 2}, "unused source keys"),
+        ({"text_config__intermediate_size": 64}, "has shape"),
+    ],
+)
 def test_config_of_another_architecture_is_refused(saved, tmp_path, change, message):
     with pytest.raises(InputError, match=message):
         saved.convert(edited_copy(saved.directory, tmp_path, **change))
@@ -250,6 +277,7 @@ def test_sharded_and_bin_weights(saved, tmp_path):
 
 # ---------------------------------------------------------------- model names, tokenizers, preprocessing
 
+
 def tiny_siglip_dir(tmp_path):
     """A SigLIP of exactly the registry's tiny-siglip shape."""
     text = tower(64, 256, 2, 4, vocab_size=32000, max_position_embeddings=16)
@@ -284,8 +312,11 @@ def test_siglip_sentencepiece_tokenizer_end_to_end(tmp_path, spm_model_file):
     tokenizer.save_pretrained(directory)
     converted = hf.convert(directory, None)
     assert converted.tokenizer.kind == "sentencepiece" and converted.tokenizer.clean == "canonicalize"
-    assert (converted.tokenizer.pad_id, converted.tokenizer.eos_id) == (1, 1) == (tokenizer.pad_token_id,
-                                                                                  tokenizer.eos_token_id)
+    assert (
+        (converted.tokenizer.pad_id, converted.tokenizer.eos_id)
+        == (1, 1)
+        == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+    )
     assert converted.tokenizer.context_length == CONTEXT and converted.tokenizer_source == directory / "spiece.model"
     assert main(["convert", "--from", "hf", str(directory), str(tmp_path / "out")]) == 0
     model = jaxvlm.load(tmp_path / "out")
@@ -315,10 +346,14 @@ def test_tokenizer_choice(saved, tmp_path):
     with_json = tmp_path / "with_json"
     shutil.copytree(directory, with_json)
     Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>")).save(
-        str(with_json / "tokenizer.json"))
+        str(with_json / "tokenizer.json")
+    )
     converted = hf.convert(with_json, None)
     assert (converted.tokenizer.kind, converted.tokenizer.file, converted.tokenizer.clean) == (
-        "hf_json", "tokenizer.json", "none")
+        "hf_json",
+        "tokenizer.json",
+        "none",
+    )
     assert converted.tokenizer.pad_id == 1  # CLIPTokenizer's default pad token, <|endoftext|>
     (with_json / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "<pad>"}}))
     assert hf.convert(with_json, None).tokenizer.pad_id == 2
@@ -342,12 +377,14 @@ def test_preprocessor_config(saved, tmp_path):
     shutil.copytree(directory, copy)
     mean, std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
     if name.startswith("clip"):
-        processor = transformers.CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size=IMAGE, image_mean=mean,
-                                                    image_std=std, resample=2)
+        processor = transformers.CLIPImageProcessor(
+            size={"shortest_edge": IMAGE}, crop_size=IMAGE, image_mean=mean, image_std=std, resample=2
+        )
         mode = "shortest"
     else:
-        processor = transformers.SiglipImageProcessor(size={"height": IMAGE, "width": IMAGE}, image_mean=mean,
-                                                      image_std=std)
+        processor = transformers.SiglipImageProcessor(
+            size={"height": IMAGE, "width": IMAGE}, image_mean=mean, image_std=std
+        )
         mode = "squash"
     processor.save_pretrained(copy)
     pre = saved.convert(copy).preprocess

@@ -15,7 +15,13 @@ from tests.tolerances import assert_close_to_scale
 
 open_clip = pytest.importorskip("open_clip")
 
-CAPTIONS = ["a photo of a cat", "an astronaut in a white suit", "a cup of coffee", "", "a rocket on the launch pad " * 20]
+CAPTIONS = [
+    "a photo of a cat",
+    "an astronaut in a white suit",
+    "a cup of coffee",
+    "",
+    "a rocket on the launch pad " * 20,
+]
 # max abs error of the unit-norm embeddings; the logits (exp(t) * cosine + b) carry the same relative accuracy,
 # so theirs is TOLERANCE times exp(t) + |b|, the largest a logit can be (an absolute 1e-5 would fail a trained
 # CLIP's exp(t) = 100 on rounding alone); the decoder's vocabulary logits TOLERANCE times their largest
@@ -44,8 +50,11 @@ def photos():
     return [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
 
 
-@pytest.fixture(scope="module", params=[("ViT-B-32", ".safetensors"), ("ViT-B-32-quickgelu", ".bin"),
-                                        ("ViT-B-16-SigLIP", ".safetensors")], ids=lambda p: p[0])
+@pytest.fixture(
+    scope="module",
+    params=[("ViT-B-32", ".safetensors"), ("ViT-B-32-quickgelu", ".bin"), ("ViT-B-16-SigLIP", ".safetensors")],
+    ids=lambda p: p[0],
+)
 def converted(request, tmp_path_factory, spm_model_file):
     name, suffix = request.param
     reference = perturbed_open_clip_model(name)
@@ -87,8 +96,9 @@ def test_embeddings_and_logits_match(converted):
     errors = {"image": max_abs(zi, ref_zi), "text": max_abs(zt, ref_zt)}
     print(f"\nopen_clip {name} max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     assert all(e <= TOLERANCE for e in errors.values()), errors
-    assert_close_to_scale(logits, ref_logits.numpy(), rtol_of_scale=TOLERANCE, scale=scale,
-                          what=f"open_clip {name} logits")
+    assert_close_to_scale(
+        logits, ref_logits.numpy(), rtol_of_scale=TOLERANCE, scale=scale, what=f"open_clip {name} logits"
+    )
 
 
 def test_other_architecture_is_refused(converted, tmp_path, capsys):
@@ -111,8 +121,20 @@ def converted_coca(tmp_path_factory):
     reference = perturbed_open_clip_model("coca_ViT-B-32")
     directory = tmp_path_factory.mktemp("coca")
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, directory / "w.safetensors")
-    assert main(["convert", "--from", "open_clip", str(directory / "w.safetensors"), str(directory / "model"),
-                 "--model", "coca_ViT-B-32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "open_clip",
+                str(directory / "w.safetensors"),
+                str(directory / "model"),
+                "--model",
+                "coca_ViT-B-32",
+            ]
+        )
+        == 0
+    )
     return reference, load_on_one_device(directory / "model")
 
 
@@ -126,17 +148,22 @@ def test_coca_embeddings_and_decoder_logits_match(converted_coca):
     logits = model.logits(zi, zt)
     caption_logits = jax.jit(model.module.apply)({"params": model.params}, pixels, ids)[3]
     with torch.no_grad():
-        out = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(ids).long(),
-                        output_labels=False)
+        out = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(ids).long(), output_labels=False)
     errors = {"image": max_abs(zi, out["image_features"]), "text": max_abs(zt, out["text_features"])}
     print("\nopen_clip coca_ViT-B-32 max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     assert ids.shape[1] == 76 and np.all(ids[:, -1] == 0)  # padded texts: the shifted mask matters
     assert all(e <= TOLERANCE for e in errors.values()), errors
     ref_logits = (out["logit_scale"] * out["image_features"] @ out["text_features"].T).numpy()
-    assert_close_to_scale(logits, ref_logits, rtol_of_scale=TOLERANCE, scale=float(out["logit_scale"]),
-                          what="open_clip coca_ViT-B-32 logits")
-    assert_close_to_scale(caption_logits, out["logits"].numpy(), rtol_of_scale=TOLERANCE,
-                          what="open_clip coca_ViT-B-32 decoder logits")
+    assert_close_to_scale(
+        logits,
+        ref_logits,
+        rtol_of_scale=TOLERANCE,
+        scale=float(out["logit_scale"]),
+        what="open_clip coca_ViT-B-32 logits",
+    )
+    assert_close_to_scale(
+        caption_logits, out["logits"].numpy(), rtol_of_scale=TOLERANCE, what="open_clip coca_ViT-B-32 decoder logits"
+    )
 
 
 @pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14", "coca_base"])

@@ -49,8 +49,10 @@ def batch_digest(batch: dict) -> str:
 
 def example_digests(batch: dict) -> list[str]:
     """One hash per example (its image and label), to tell records apart."""
-    return [hashlib.sha256(batch["image"][i].tobytes() + batch["label"][i].tobytes()).hexdigest()
-            for i in range(len(batch["image"]))]
+    return [
+        hashlib.sha256(batch["image"][i].tobytes() + batch["label"][i].tobytes()).hexdigest()
+        for i in range(len(batch["image"]))
+    ]
 
 
 def photo(seed: int, size=(48, 40)) -> Image.Image:
@@ -76,8 +78,14 @@ def tar_records(count: int, start: int = 0) -> list[dict]:
     records = []
     for i in range(start, start + count):
         extension = list(FORMATS)[i % 3]
-        records.append({"key": f"{i:05d}", extension: encoded(photo(i), FORMATS[extension]),
-                        "txt": f"picture number {i}".encode(), "cls": str(i % 4).encode()})
+        records.append(
+            {
+                "key": f"{i:05d}",
+                extension: encoded(photo(i), FORMATS[extension]),
+                "txt": f"picture number {i}".encode(),
+                "cls": str(i % 4).encode(),
+            }
+        )
     return records
 
 
@@ -110,5 +118,9 @@ def spoil(record: dict, how: str) -> dict:
 
 
 SPOILS = ("truncated", "junk", "not utf-8", "empty caption")
-SPOIL_REASONS = {"truncated": "corrupt image", "junk": "corrupt image", "not utf-8": "caption is not UTF-8",
-                 "empty caption": "empty caption"}
+SPOIL_REASONS = {
+    "truncated": "corrupt image",
+    "junk": "corrupt image",
+    "not utf-8": "caption is not UTF-8",
+    "empty caption": "empty caption",
+}

@@ -28,9 +28,13 @@ def make_train_iterator(config):
     import jaxvlm.data
     from jaxvlm.tokenizers import CLIP_BPE_FILE, ClipBpeTokenizer
 
-    return jaxvlm.data.train_iterator(config, preprocess=PREPROCESS,
-                                      tokenizer=ClipBpeTokenizer(CLIP_BPE_FILE, context_length=16),
-                                      global_batch_size=GLOBAL_BATCH, seed=7)
+    return jaxvlm.data.train_iterator(
+        config,
+        preprocess=PREPROCESS,
+        tokenizer=ClipBpeTokenizer(CLIP_BPE_FILE, context_length=16),
+        global_batch_size=GLOBAL_BATCH,
+        seed=7,
+    )
 
 
 def resume(digits_dir, checkpoint_dir, step, workers):
@@ -60,14 +64,22 @@ def shard(digits_dir, port, process_id):
     batches = [next(it) for _ in range(360 // 24)]  # one epoch: each process holds 180 of the 360 records
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"), devices=jax.devices())
     arrays = jaxvlm.data.global_batch(batches[0], mesh)
-    local = {name: np.concatenate([np.asarray(s.data) for s in sorted(
-        a.addressable_shards, key=lambda s: s.index[0].start)]) for name, a in arrays.items()}
-    print(json.dumps({
-        # normalised as the train step does, to compare with the (normalised) eval batches
-        "examples": [d for b in batches for d in example_digests({**b, "image": normalize(b["image"], PREPROCESS)})],
-        "global_shapes": {name: list(a.shape) for name, a in arrays.items()},
-        "local_rows_equal": all(np.array_equal(local[n], batches[0][n]) for n in local),
-    }))
+    local = {
+        name: np.concatenate([np.asarray(s.data) for s in sorted(a.addressable_shards, key=lambda s: s.index[0].start)])
+        for name, a in arrays.items()
+    }
+    print(
+        json.dumps(
+            {
+                # normalised as the train step does, to compare with the (normalised) eval batches
+                "examples": [
+                    d for b in batches for d in example_digests({**b, "image": normalize(b["image"], PREPROCESS)})
+                ],
+                "global_shapes": {name: list(a.shape) for name, a in arrays.items()},
+                "local_rows_equal": all(np.array_equal(local[n], batches[0][n]) for n in local),
+            }
+        )
+    )
     jax.distributed.shutdown()
 
 

@@ -7,11 +7,12 @@ from jaxvlm.data.arrayrecord import METADATA_FILE, decode_record, encode_record,
 from jaxvlm.data.records import Record
 from jaxvlm.data.sources import open_source
 from jaxvlm.errors import InputError
-
 from tests.data.conftest import encoded, photo
 
-RECORDS = [Record(key=f"k{i}", shard="", image=encoded(photo(i), "PNG"), texts=(f"cap {i}", "ünïcode ✓"), label=i % 3)
-           for i in range(12)]
+RECORDS = [
+    Record(key=f"k{i}", shard="", image=encoded(photo(i), "PNG"), texts=(f"cap {i}", "ünïcode ✓"), label=i % 3)
+    for i in range(12)
+]
 
 
 @pytest.fixture
@@ -31,7 +32,12 @@ def test_records_equal_a_direct_read(shards):
         assert record == decode_record(raw, shard)
         assert encode_record(record) == raw
         assert (record.key, record.image, record.texts, record.label, record.shard) == (
-            RECORDS[i].key, RECORDS[i].image, RECORDS[i].texts, RECORDS[i].label, shard)
+            RECORDS[i].key,
+            RECORDS[i].image,
+            RECORDS[i].texts,
+            RECORDS[i].label,
+            shard,
+        )
 
 
 def test_broken_shards_fail_at_start(shards):
@@ -44,9 +50,17 @@ def test_broken_shards_fail_at_start(shards):
 
 
 def test_metadata_catches_a_replaced_shard(shards):
-    (shards / METADATA_FILE).write_text(json.dumps({
-        "format": "jaxvlm-records/1", "shards": {"a-0.array_record": 7, "a-1.array_record": 6},
-        "has_labels": True, "has_texts": True, "class_names": ["a", "b", "c"]}))
+    (shards / METADATA_FILE).write_text(
+        json.dumps(
+            {
+                "format": "jaxvlm-records/1",
+                "shards": {"a-0.array_record": 7, "a-1.array_record": 6},
+                "has_labels": True,
+                "has_texts": True,
+                "class_names": ["a", "b", "c"],
+            }
+        )
+    )
     with pytest.raises(InputError, match=r"a-1.array_record holds 5 records, dataset.json says 6"):
         open_source(f"arrayrecord:{shards}/a-*.array_record")
     assert open_source(f"arrayrecord:{shards}/a-0.array_record").class_names == ["a", "b", "c"]

@@ -8,7 +8,6 @@ import jaxvlm.data
 from jaxvlm.cli import main
 from jaxvlm.data.sources import open_source
 from jaxvlm.data.tar import write_tar_shard
-
 from tests.data.conftest import PREPROCESS, SPOIL_REASONS, spoil, tar_records
 
 
@@ -20,8 +19,10 @@ def test_build_from_tar_skips_and_reports_bad_records(tmp_path, capsys):
     write_tar_shard(tmp_path / "0.tar", records[:20])
     write_tar_shard(tmp_path / "1.tar", records[20:])
     out = tmp_path / "built"
-    assert main(["data", "build", f"tar:{tmp_path}/{{0..1}}.tar", str(out), "--records-per-shard", "15",
-                 "--workers", "2"]) == 0
+    assert (
+        main(["data", "build", f"tar:{tmp_path}/{{0..1}}.tar", str(out), "--records-per-shard", "15", "--workers", "2"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"wrote 36 records in 3 shards to {out}" in printed
     assert "skipped 4 records: caption is not UTF-8: 1, corrupt image: 2, empty caption: 1" in printed
@@ -35,19 +36,41 @@ def test_build_from_tar_skips_and_reports_bad_records(tmp_path, capsys):
         record = built[i]
         image = next(v for e, v in expected.items() if e in ("jpg", "png", "webp"))
         assert (record.key, record.image, record.texts, record.label) == (
-            expected["key"], image, (expected["txt"].decode(),), int(expected["cls"]))
+            expected["key"],
+            image,
+            (expected["txt"].decode(),),
+            int(expected["cls"]),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.tar", "1.tar", "built"]  # no partial directory
 
 
 def test_build_from_tfds_keeps_class_names_and_records(digits_dir, tmp_path):
     out = tmp_path / "digits"
-    assert main(["data", "build", "tfds:jaxvlm_digits", str(out), "--split", "test", "--data-dir", str(digits_dir),
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "tfds:jaxvlm_digits",
+                str(out),
+                "--split",
+                "test",
+                "--data-dir",
+                str(digits_dir),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     spec = f"arrayrecord:{out}/*.array_record"
     assert jaxvlm.data.class_names(spec) == jaxvlm.data.class_names("tfds:jaxvlm_digits", data_dir=digits_dir)
     built = next(jaxvlm.data.eval_batches(spec, "ignored", preprocess=PREPROCESS, batch_size=360))
-    direct = next(jaxvlm.data.eval_batches("tfds:jaxvlm_digits", "test", preprocess=PREPROCESS, batch_size=360,
-                                           data_dir=digits_dir))
+    direct = next(
+        jaxvlm.data.eval_batches(
+            "tfds:jaxvlm_digits", "test", preprocess=PREPROCESS, batch_size=360, data_dir=digits_dir
+        )
+    )
     for name in ("image", "label", "valid"):
         np.testing.assert_array_equal(built[name], direct[name])
     assert built["texts"] == direct["texts"]
@@ -66,12 +89,15 @@ def test_build_from_a_folder(tmp_path, capsys):
     assert [built[i].texts for i in range(len(built))] == [(f"photo {i}",) for i in range(4)]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["tar:{tmp}/none.tar", "{tmp}/out"], "cannot read tar shard"),
-    (["tar:{tmp}/a.tar", "{tmp}"], "exists and is not empty"),
-    (["tar:{tmp}/a.tar", "{tmp}/out", "--records-per-shard", "0"], "records per shard must be positive"),
-    (["zip:{tmp}/a.zip", "{tmp}/out"], "must start with one of tfds:"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tar:{tmp}/none.tar", "{tmp}/out"], "cannot read tar shard"),
+        (["tar:{tmp}/a.tar", "{tmp}"], "exists and is not empty"),
+        (["tar:{tmp}/a.tar", "{tmp}/out", "--records-per-shard", "0"], "records per shard must be positive"),
+        (["zip:{tmp}/a.zip", "{tmp}/out"], "must start with one of tfds:"),
+    ],
+)
 def test_build_errors_are_one_line(tmp_path, capsys, args, message):
     write_tar_shard(tmp_path / "a.tar", tar_records(2))
     assert main(["data", "build", *(a.format(tmp=tmp_path) for a in args)]) == 2

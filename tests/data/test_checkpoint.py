@@ -8,7 +8,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxvlm.data
-
 from tests.data.conftest import batch_digest
 from tests.data.processes import RESUMED_BATCHES, make_train_iterator, resume_config
 
@@ -27,9 +26,23 @@ def test_restored_iterator_continues_exactly(digits_dir, tmp_path, workers):
     expected = [batch_digest(next(it)) for _ in range(RESUMED_BATCHES)]
     it.close()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    out = subprocess.run([sys.executable, "-m", "tests.data.processes", "resume", str(digits_dir),
-                          str(tmp_path / "ckpt"), str(SAVE_AT), str(workers)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.data.processes",
+            "resume",
+            str(digits_dir),
+            str(tmp_path / "ckpt"),
+            str(SAVE_AT),
+            str(workers),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(resumed) == RESUMED_BATCHES

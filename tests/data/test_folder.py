@@ -5,7 +5,6 @@ import pytest
 from jaxvlm.data.records import BadRecord
 from jaxvlm.data.sources import open_source
 from jaxvlm.errors import InputError
-
 from tests.data.conftest import encoded, photo
 
 
@@ -18,8 +17,10 @@ def folder(tmp_path):
 
 
 def test_jsonl_records_equal_a_direct_read(folder):
-    lines = [{"image": f"sub/{i}.png", "caption": [f"photo {i}", f"picture {i}"] if i % 2 else f"photo {i}",
-              "label": i} for i in range(6)]
+    lines = [
+        {"image": f"sub/{i}.png", "caption": [f"photo {i}", f"picture {i}"] if i % 2 else f"photo {i}", "label": i}
+        for i in range(6)
+    ]
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     source = open_source(f"folder:{folder}/images?captions={folder}/captions.jsonl")
     assert len(source) == 6 and source.has_labels and source.has_texts
@@ -27,16 +28,23 @@ def test_jsonl_records_equal_a_direct_read(folder):
         record = source[i]
         texts = tuple(line["caption"]) if isinstance(line["caption"], list) else (line["caption"],)
         assert (record.key, record.image, record.texts, record.label) == (
-            line["image"], (folder / "images" / line["image"]).read_bytes(), texts, i)
+            line["image"],
+            (folder / "images" / line["image"]).read_bytes(),
+            texts,
+            i,
+        )
 
 
 @pytest.mark.parametrize("suffix, separator", [(".csv", ","), (".tsv", "\t")])
 def test_csv_with_named_columns(folder, suffix, separator):
     rows = [f"sub/{i}.png{separator}a photo, number {i}" for i in range(6)]
     body = f"filepath{separator}title\n" + "\n".join(
-        r if separator == "\t" else r.replace("a photo, number", '"a photo, number') + '"' for r in rows)
+        r if separator == "\t" else r.replace("a photo, number", '"a photo, number') + '"' for r in rows
+    )
     (folder / f"c{suffix}").write_text(body + "\n")
-    source = open_source(f"folder:{folder}/images?captions={folder}/c{suffix}&image_column=filepath&caption_column=title")
+    source = open_source(
+        f"folder:{folder}/images?captions={folder}/c{suffix}&image_column=filepath&caption_column=title"
+    )
     assert [source[i].texts for i in range(6)] == [(f"a photo, number {i}",) for i in range(6)]
     assert not source.has_labels and source[5].label == -1
 
@@ -48,13 +56,16 @@ def test_missing_image_is_a_bad_record(folder):
     assert isinstance(bad, BadRecord) and (bad.key, bad.reason) == ("nope.png", "unreadable image")
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"image": "sub/0.png"}\nnot json\n', "line 2 is not JSON"),
-    ('{"caption": "x"}\n', "line 1 has no 'image' image path"),
-    ('{"image": "sub/0.png", "caption": 5}\n', "'caption' must be a string or a list of strings"),
-    ('{"image": "sub/0.png", "caption": "x", "label": "cat"}\n', "'label' must be an integer"),
-    ("", "lists no images"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"image": "sub/0.png"}\nnot json\n', "line 2 is not JSON"),
+        ('{"caption": "x"}\n', "line 1 has no 'image' image path"),
+        ('{"image": "sub/0.png", "caption": 5}\n', "'caption' must be a string or a list of strings"),
+        ('{"image": "sub/0.png", "caption": "x", "label": "cat"}\n', "'label' must be an integer"),
+        ("", "lists no images"),
+    ],
+)
 def test_bad_captions_files(folder, content, message):
     (folder / "c.jsonl").write_text(content)
     with pytest.raises(InputError, match=None) as e:

@@ -6,18 +6,24 @@ from jaxvlm.errors import InputError
 
 def test_parse_spec():
     assert parse_spec("tfds:coco_captions?split=val&text_key=captions/text") == (
-        "tfds", "coco_captions", {"split": "val", "text_key": "captions/text"})
+        "tfds",
+        "coco_captions",
+        {"split": "val", "text_key": "captions/text"},
+    )
     assert parse_spec("tar:/d/{000..009}.tar") == ("tar", "/d/{000..009}.tar", {})
     assert parse_spec("folder:/d/img?captions=/d/c.tsv") == ("folder", "/d/img", {"captions": "/d/c.tsv"})
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("/data/shards", "must start with one of tfds:, arrayrecord:, tar:, folder:"),
-    ("tar:", "names no tar location"),
-    ("tar:/d/a.tar?x", "options must be ?name=value"),
-    ("tar:/d/a.tar?split=train", "unknown options ['split'] (known: [])"),
-    ("folder:/d?caption=/d/c.csv", "unknown options ['caption']"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("/data/shards", "must start with one of tfds:, arrayrecord:, tar:, folder:"),
+        ("tar:", "names no tar location"),
+        ("tar:/d/a.tar?x", "options must be ?name=value"),
+        ("tar:/d/a.tar?split=train", "unknown options ['split'] (known: [])"),
+        ("folder:/d?caption=/d/c.csv", "unknown options ['caption']"),
+    ],
+)
 def test_bad_specs(spec, message):
     with pytest.raises(InputError) as e:
         open_source(spec)

@@ -6,7 +6,6 @@ from jaxvlm.data.records import BadRecord
 from jaxvlm.data.sources import open_source
 from jaxvlm.data.tar import expand_pattern, write_tar_shard
 from jaxvlm.errors import InputError
-
 from tests.data.conftest import tar_records
 
 
@@ -31,7 +30,11 @@ def test_records_equal_a_direct_read(tar_dir):
         members, shard = direct[record.key]
         image = next(v for e, v in members.items() if e in ("jpg", "png", "webp"))
         assert (record.image, record.texts, record.label, record.shard) == (
-            image, (members["txt"],), int(members["cls"]), shard)
+            image,
+            (members["txt"],),
+            int(members["cls"]),
+            shard,
+        )
     assert [source[i].key for i in range(60)] == [f"{i:05d}" for i in range(60)]
 
 

@@ -10,7 +10,6 @@ from jaxvlm.data.records import BadRecord, Record
 from jaxvlm.data.transforms import ExampleTransform, random_resized_crop_box
 from jaxvlm.errors import InputError
 from jaxvlm.preprocess import PreprocessConfig, preprocess
-
 from tests.data.conftest import PREPROCESS, encoded, photo
 
 
@@ -20,6 +19,7 @@ def _photo(size=(96, 64)) -> Image.Image:
 
 def _png_bomb(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels, as a decompression bomb's does."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -50,8 +50,9 @@ def test_eval_transform_is_the_models_preprocess(fmt):
 
 def test_train_crop_of_whole_image_is_a_resize():
     img = _photo((64, 64))
-    transform = ExampleTransform(PreprocessConfig(image_size=32), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                                 flip=False)
+    transform = ExampleTransform(
+        PreprocessConfig(image_size=32), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False
+    )
     out = transform(Record("k", "s", encoded(img, "PNG")), np.random.default_rng(0))
     expected = preprocess([img.resize((32, 32), Image.Resampling.BICUBIC)], PreprocessConfig(image_size=32))[0]
     np.testing.assert_array_equal(out["image"], expected)
@@ -110,8 +111,10 @@ def test_image_pixel_limit():
     assert out.reason == "image too large" and "100x100" in out.detail
 
 
-@pytest.mark.parametrize("texts, reason", [((), "no caption"), ((b"  ",), "empty caption"),
-                                           ((b"ok", b"\xff\xfe caf\xe9"), "caption is not UTF-8")])
+@pytest.mark.parametrize(
+    "texts, reason",
+    [((), "no caption"), ((b"  ",), "empty caption"), ((b"ok", b"\xff\xfe caf\xe9"), "caption is not UTF-8")],
+)
 def test_bad_captions_become_bad_records(tokenizer, texts, reason):
     record = Record("k", "s", encoded(_photo(), "PNG"), texts=texts)
     assert ExampleTransform(PREPROCESS, tokenizer)(record, np.random.default_rng(0)).reason == reason

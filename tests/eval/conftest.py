@@ -23,10 +23,18 @@ def random_model_dir(path, architecture: str, seed: int = 0):
     shapes = nn.unbox(jax.eval_shape(build_model(cfg).init, jax.random.key(seed), images, ids)["params"])
     rng = np.random.default_rng(seed)
     params = jax.tree_util.tree_map_with_path(
-        lambda key, leaf: (float(jax.tree_util.keystr(key).endswith("'scale']")) +
-                           0.1 * rng.standard_normal(leaf.shape)).astype(np.float32), shapes)
-    model_dir.save(path, model_dir.ModelDir(cfg, arch.preprocess, arch.tokenizer,
-                                            {"source": "random init", "model": architecture}, params), CLIP_BPE_FILE)
+        lambda key, leaf: (
+            float(jax.tree_util.keystr(key).endswith("'scale']")) + 0.1 * rng.standard_normal(leaf.shape)
+        ).astype(np.float32),
+        shapes,
+    )
+    model_dir.save(
+        path,
+        model_dir.ModelDir(
+            cfg, arch.preprocess, arch.tokenizer, {"source": "random init", "model": architecture}, params
+        ),
+        CLIP_BPE_FILE,
+    )
     return path
 
 

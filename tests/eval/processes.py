@@ -30,9 +30,15 @@ def main(model_dir, digits_dir, port, process_id):
 
     params = jax.tree.map(sharded, loaded.params)
     assert any(not x.is_fully_addressable for x in jax.tree.leaves(params))
-    hook = training_hook(loaded.config, loaded.preprocess, build_tokenizer(loaded.tokenizer, model_dir),
-                         [{"task": task, "dataset": "tfds:jaxvlm_digits", "data_dir": digits_dir, "batch_size": 64}
-                          for task in ("zeroshot", "retrieval")])
+    hook = training_hook(
+        loaded.config,
+        loaded.preprocess,
+        build_tokenizer(loaded.tokenizer, model_dir),
+        [
+            {"task": task, "dataset": "tfds:jaxvlm_digits", "data_dir": digits_dir, "batch_size": 64}
+            for task in ("zeroshot", "retrieval")
+        ],
+    )
     print(json.dumps(hook(0, params)))
     jax.distributed.shutdown()
 

@@ -13,8 +13,10 @@ from jaxvlm.eval.captioning import words
 
 def test_bleu_by_hand():
     candidates = ["A cat sat on the mat.", "a dog runs"]
-    references = [["the cat sat on the mat", "a cat is on the mat"],
-                  ["a dog runs in the park", "the dog is running fast"]]
+    references = [
+        ["the cat sat on the mat", "a cat is on the mat"],
+        ["a dog runs in the park", "the dog is running fast"],
+    ]
     # clipped matches / candidate n-grams, summed over both images:
     #   1-grams 6/6 + 3/3, 2-grams 5/5 + 2/2, 3-grams 3/4 + 1/1 ("a cat sat" is in no reference),
     #   4-grams 2/3 + 0/0 ("a cat sat on" is in none)
@@ -71,8 +73,12 @@ def random_captions(seed):
         return " ".join(rng.choices(vocab, k=rng.randint(3, 12)))
 
     candidates = [sentence() for _ in range(40)]
-    references = [[c] + [sentence() for _ in range(rng.randint(0, 4))] if i % 3 == 0 else
-                  [sentence() for _ in range(rng.randint(1, 5))] for i, c in enumerate(candidates)]
+    references = [
+        [c] + [sentence() for _ in range(rng.randint(0, 4))]
+        if i % 3 == 0
+        else [sentence() for _ in range(rng.randint(1, 5))]
+        for i, c in enumerate(candidates)
+    ]
     return candidates, references
 
 
@@ -93,10 +99,10 @@ def test_equal_to_the_coco_caption_scorers(seed):
     assert ours["CIDEr"] == pytest.approx(their_cider, rel=1e-12)
 
 
-@pytest.mark.parametrize("candidates, references, words_", [
-    (["a"], [], "one candidate per image"),
-    (["a", "b"], [["a"], []], "at least one reference"),
-])
+@pytest.mark.parametrize(
+    "candidates, references, words_",
+    [(["a"], [], "one candidate per image"), (["a", "b"], [["a"], []], "at least one reference")],
+)
 def test_bad_input(candidates, references, words_):
     with pytest.raises(InputError, match=words_):
         captioning_metrics(candidates, references)

@@ -32,11 +32,14 @@ def test_fewer_than_five_classes_have_no_top5():
     assert metrics == {"acc1": 2 / 3, "mean_per_class_recall": 0.75}
 
 
-@pytest.mark.parametrize("scores, labels, words", [
-    (np.zeros((3, 4)), np.array([0, 1]), "labels [N]"),
-    (np.zeros((2, 4)), np.array([0, 4]), "labels must be in [0, 4)"),
-    (np.zeros((0, 4)), np.zeros(0, int), "N>0"),
-])
+@pytest.mark.parametrize(
+    "scores, labels, words",
+    [
+        (np.zeros((3, 4)), np.array([0, 1]), "labels [N]"),
+        (np.zeros((2, 4)), np.array([0, 4]), "labels must be in [0, 4)"),
+        (np.zeros((0, 4)), np.zeros(0, int), "N>0"),
+    ],
+)
 def test_bad_input(scores, labels, words):
     with pytest.raises(InputError, match=re.escape(words)):
         classification_metrics(scores, labels)

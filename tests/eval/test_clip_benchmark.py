@@ -50,20 +50,28 @@ def test_zeroshot_classification(adapted, digits):
     prompts = load_prompt_set("jaxvlm_digits")
     loader = torch.utils.data.DataLoader(Digits(images, labels, transform), batch_size=40)
     their_classifier = zeroshot_classification.zero_shot_classifier(
-        model, tokenizer, list(prompts.classes), [t.replace("{}", "{c}") for t in prompts.templates], "cpu", amp=False)
+        model, tokenizer, list(prompts.classes), [t.replace("{}", "{c}") for t in prompts.templates], "cpu", amp=False
+    )
     their_logits, target = zeroshot_classification.run_classification(model, their_classifier, loader, "cpu", amp=False)
     their_logits = their_logits.numpy()
-    theirs = {"acc1": accuracy_score(target, their_logits.argmax(1)),
-              "acc5": top_k_accuracy_score(target, their_logits, k=5),
-              "mean_per_class_recall": balanced_accuracy_score(target, their_logits.argmax(1))}
+    theirs = {
+        "acc1": accuracy_score(target, their_logits.argmax(1)),
+        "acc5": top_k_accuracy_score(target, their_logits, k=5),
+        "mean_per_class_recall": balanced_accuracy_score(target, their_logits.argmax(1)),
+    }
     jax_model = model.model
     embeds = jax_model.encode_image(jax_model.preprocess(images))
     classifier = zeroshot_classifier(jax_model, prompts)
     ours = zeroshot_metrics(embeds, labels, classifier)
     classifier_error = np.abs(classifier - their_classifier.numpy().T).max()
     logit_error = np.abs(100 * embeds @ classifier.T - their_logits).max()
-    print("CLIP_benchmark", theirs, "jaxvlm", ours, f"classifier max abs error {classifier_error:.1e}, "
-          f"logits {logit_error:.1e}")
+    print(
+        "CLIP_benchmark",
+        theirs,
+        "jaxvlm",
+        ours,
+        f"classifier max abs error {classifier_error:.1e}, logits {logit_error:.1e}",
+    )
     assert classifier_error < 1e-6 and logit_error < 1e-4
     assert ours == theirs
 
@@ -78,13 +86,17 @@ def test_retrieval(adapted, digits):
         def __getitem__(self, i):
             return self.transform(self.images[i]), captions[i]
 
-    loader = torch.utils.data.DataLoader(Captioned(images, labels, transform), batch_size=40,
-                                         collate_fn=builder.image_captions_collate_fn)
+    loader = torch.utils.data.DataLoader(
+        Captioned(images, labels, transform), batch_size=40, collate_fn=builder.image_captions_collate_fn
+    )
     theirs = zeroshot_retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
     jax_model = model.model
     texts = [c for caps in captions for c in caps]
-    ours = retrieval_metrics(jax_model.encode_image(jax_model.preprocess(images)),
-                             jax_model.encode_text(jax_model.tokenize(texts)), np.repeat(np.arange(len(images)), 2))
+    ours = retrieval_metrics(
+        jax_model.encode_image(jax_model.preprocess(images)),
+        jax_model.encode_text(jax_model.tokenize(texts)),
+        np.repeat(np.arange(len(images)), 2),
+    )
     print("CLIP_benchmark", theirs, "jaxvlm", ours)
     assert {k: np.float32(v) for k, v in ours.items()} == theirs  # CLIP_benchmark averages in float32
 
@@ -109,8 +121,9 @@ def test_generate_gives_ids_clip_benchmark_decodes_to_our_captions(tiny_coca_dir
     options = {"method": "greedy", "max_len": 5, "min_len": 2}
     ids = model.generate(pixels, **options)
     # CLIP_benchmark's captioning decodes each row this way
-    decoded = [_tokenizer.decode(row).split("<end_of_text>")[0].replace("<start_of_text>", "").strip()
-               for row in ids.numpy()]
+    decoded = [
+        _tokenizer.decode(row).split("<end_of_text>")[0].replace("<start_of_text>", "").strip() for row in ids.numpy()
+    ]
     expected = model.model.generate(np.transpose(pixels.numpy(), (0, 2, 3, 1)), **options)
     print(decoded)
     assert decoded == [caption.strip() for caption in expected]

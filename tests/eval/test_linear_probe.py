@@ -60,7 +60,7 @@ def test_the_search_picks_the_best_grid_value_on_validation(digits):
     assert chosen in accuracies
     # a coarse-to-fine search finds a local peak: no neighbour on the grid does better
     i = list(accuracies).index(chosen)
-    neighbours = list(accuracies.values())[max(i - 1, 0):i + 2]
+    neighbours = list(accuracies.values())[max(i - 1, 0) : i + 2]
     assert accuracies[chosen] == max(neighbours)
     assert accuracies[chosen] > 0.9
 

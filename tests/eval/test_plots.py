@@ -44,8 +44,9 @@ class Captured:
 def test_confusion_matrix_counts_as_scikit_learn():
     rng = np.random.default_rng(0)
     labels, predictions = rng.integers(0, 7, 500), rng.integers(0, 7, 500)
-    np.testing.assert_array_equal(plots.confusion_matrix(labels, predictions, 7),
-                                  sklearn_confusion_matrix(labels, predictions, labels=range(7)))
+    np.testing.assert_array_equal(
+        plots.confusion_matrix(labels, predictions, 7), sklearn_confusion_matrix(labels, predictions, labels=range(7))
+    )
     with pytest.raises(InputError, match="predictions"):
         plots.confusion_matrix(labels, predictions + 1, 7)
     with pytest.raises(InputError, match="shape"):
@@ -83,8 +84,9 @@ def test_retrieval_picture_shows_each_querys_top_images(model, digits_dir, tmp_p
 
     # brute force: every caption of the split against every image, as the model sees them
     pixels, texts, owner = [], [], []
-    for batch in eval_batches(DIGITS, "test[:100]", preprocess=model.preprocess_config, batch_size=100,
-                              data_dir=digits_dir):
+    for batch in eval_batches(
+        DIGITS, "test[:100]", preprocess=model.preprocess_config, batch_size=100, data_dir=digits_dir
+    ):
         for image, captions, valid in zip(batch["image"], batch["texts"], batch["valid"]):
             if valid:
                 texts.extend(captions)
@@ -106,15 +108,32 @@ def test_retrieval_picture_shows_each_querys_top_images(model, digits_dir, tmp_p
 
 def test_cli_writes_the_pictures(tiny_clip_dir, digits_dir, tmp_path, capsys):
     for task in ("zeroshot", "retrieval"):
-        argv = ["eval", str(tiny_clip_dir), "--task", task, "--dataset", DIGITS, "--split", "test[:64]",
-                "--data-dir", digits_dir, "--batch-size", "32", "--plots", str(tmp_path / "plots"), "--quiet"]
+        argv = [
+            "eval",
+            str(tiny_clip_dir),
+            "--task",
+            task,
+            "--dataset",
+            DIGITS,
+            "--split",
+            "test[:64]",
+            "--data-dir",
+            digits_dir,
+            "--batch-size",
+            "32",
+            "--plots",
+            str(tmp_path / "plots"),
+            "--quiet",
+        ]
         assert main(argv) == 0
         name = {"zeroshot": "confusion_matrix", "retrieval": "retrieval"}[task]
         path = tmp_path / "plots" / f"jaxvlm_digits_test_64_{name}.png"
         assert f"wrote {path}" in capsys.readouterr().err
         assert Image.open(path).format == "PNG"
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "jaxvlm_digits_test_64_confusion_matrix.png", "jaxvlm_digits_test_64_retrieval.png"]  # no leftovers
+        "jaxvlm_digits_test_64_confusion_matrix.png",
+        "jaxvlm_digits_test_64_retrieval.png",
+    ]  # no leftovers
 
 
 def assert_one_error_line(capsys, *words):

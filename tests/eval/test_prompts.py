@@ -10,14 +10,43 @@ from jaxvlm.eval.prompts import PROMPTS_DIR, dataset_name
 
 # datasets whose label names ship inside the tensorflow_datasets package (the others' come
 # with the downloaded data, e.g. CIFAR's batches.meta.txt, so they cannot be read here)
-TFDS_NAMED = ["food101", "sun397", "dtd", "caltech101", "oxford_flowers102", "oxford_iiit_pet", "eurosat/rgb",
-              "resisc45", "cars196", "imagenet2012", "imagenet_v2"]
+TFDS_NAMED = [
+    "food101",
+    "sun397",
+    "dtd",
+    "caltech101",
+    "oxford_flowers102",
+    "oxford_iiit_pet",
+    "eurosat/rgb",
+    "resisc45",
+    "cars196",
+    "imagenet2012",
+    "imagenet_v2",
+]
 
 
 def test_the_clip_paper_sets_are_shipped():
-    assert {"imagenet2012", "imagenet_v2", "imagenet_sketch", "cifar10", "cifar100", "food101", "sun397",
-            "cars196", "dtd", "oxford_iiit_pet", "caltech101", "oxford_flowers102", "mnist", "stl10", "eurosat",
-            "resisc45", "patch_camelyon", "svhn_cropped", "jaxvlm_digits"} <= set(list_prompt_sets())
+    assert {
+        "imagenet2012",
+        "imagenet_v2",
+        "imagenet_sketch",
+        "cifar10",
+        "cifar100",
+        "food101",
+        "sun397",
+        "cars196",
+        "dtd",
+        "oxford_iiit_pet",
+        "caltech101",
+        "oxford_flowers102",
+        "mnist",
+        "stl10",
+        "eurosat",
+        "resisc45",
+        "patch_camelyon",
+        "svhn_cropped",
+        "jaxvlm_digits",
+    } <= set(list_prompt_sets())
     imagenet = load_prompt_set("imagenet2012")
     assert len(imagenet.classes) == 1000 and len(imagenet.templates) == 80
     assert imagenet.classes[:3] == ("tench", "goldfish", "great white shark")
@@ -59,12 +88,15 @@ def test_a_prompt_file(tmp_path):
     assert prompts.texts() == ["a cat.", "the cat", "a dog.", "the dog"] and prompts.labels is None
 
 
-@pytest.mark.parametrize("content, words", [
-    ("{", "not valid JSON"),
-    ('{"classes": ["a"]}', "needs 'classes' and 'templates'"),
-    ('{"classes": ["a"], "templates": ["no slot"]}', "one '{}'"),
-    ('{"classes": [], "templates": ["{}"]}', "non-empty"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{", "not valid JSON"),
+        ('{"classes": ["a"]}', "needs 'classes' and 'templates'"),
+        ('{"classes": ["a"], "templates": ["no slot"]}', "one '{}'"),
+        ('{"classes": [], "templates": ["{}"]}', "non-empty"),
+    ],
+)
 def test_bad_prompt_files(tmp_path, content, words):
     path = tmp_path / "bad.json"
     path.write_text(content)

@@ -27,10 +27,12 @@ def numpy_recalls(images, texts, text_image, ks):
     images_ranked = np.argsort(-scores.T, axis=1, kind="stable")
     out = {}
     for k in ks:
-        out[f"image_retrieval_recall@{k}"] = float(np.mean(
-            [text_image[j] in images_ranked[j, :k] for j in range(len(texts))]))
-        out[f"text_retrieval_recall@{k}"] = float(np.mean(
-            [np.any(text_image[texts_ranked[i, :k]] == i) for i in range(len(images))]))
+        out[f"image_retrieval_recall@{k}"] = float(
+            np.mean([text_image[j] in images_ranked[j, :k] for j in range(len(texts))])
+        )
+        out[f"text_retrieval_recall@{k}"] = float(
+            np.mean([np.any(text_image[texts_ranked[i, :k]] == i) for i in range(len(images))])
+        )
     return out
 
 
@@ -68,11 +70,14 @@ def test_k_above_the_candidate_count():
     assert metrics["image_retrieval_recall@10"] == metrics["text_retrieval_recall@10"] == 1.0
 
 
-@pytest.mark.parametrize("args, words", [
-    ((np.zeros((3, 4)), np.zeros((2, 5)), np.zeros(2, int)), "embeddings"),
-    ((np.zeros((3, 4)), np.zeros((2, 4)), np.zeros(3, int)), "one image index per text"),
-    ((np.zeros((3, 4)), np.zeros((2, 4)), np.array([0, 3])), "text_image indices"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ((np.zeros((3, 4)), np.zeros((2, 5)), np.zeros(2, int)), "embeddings"),
+        ((np.zeros((3, 4)), np.zeros((2, 4)), np.zeros(3, int)), "one image index per text"),
+        ((np.zeros((3, 4)), np.zeros((2, 4)), np.array([0, 3])), "text_image indices"),
+    ],
+)
 def test_bad_input(args, words):
     with pytest.raises(InputError, match=words):
         retrieval_metrics(*args)

@@ -50,9 +50,13 @@ def test_padding_and_devices_never_change_a_metric(tiny_clip_dir, digits_dir):
     for batch_size, devices in [(45, jax.local_devices()), (7, jax.local_devices()), (50, jax.local_devices()[:1])]:
         model = jaxvlm.load(tiny_clip_dir, batch_size=batch_size, devices=devices)
         runs[batch_size] = {
-            "features": _image_features(model, spec("zeroshot", digits_dir, batch_size=batch_size), "test",
-                                        progress=False),
-            **{task: evaluate(model, spec(task, digits_dir, batch_size=batch_size)) for task in ("zeroshot", "retrieval")},
+            "features": _image_features(
+                model, spec("zeroshot", digits_dir, batch_size=batch_size), "test", progress=False
+            ),
+            **{
+                task: evaluate(model, spec(task, digits_dir, batch_size=batch_size))
+                for task in ("zeroshot", "retrieval")
+            },
         }
     first, *others = runs.values()
     print({size: {task: run[task] for task in ("zeroshot", "retrieval")} for size, run in runs.items()})
@@ -85,8 +89,9 @@ def test_captioning_scores_the_generated_captions(tiny_coca_dir, digits_dir):
     metrics = evaluate(model, spec("captioning", digits_dir, split="test[:24]", batch_size=16, generation=options))
     from jaxvlm.data import eval_batches
 
-    batch = next(eval_batches(DIGITS, "test[:24]", preprocess=model.preprocess_config, batch_size=24,
-                              data_dir=digits_dir))
+    batch = next(
+        eval_batches(DIGITS, "test[:24]", preprocess=model.preprocess_config, batch_size=24, data_dir=digits_dir)
+    )
     expected = captioning_metrics(model.generate(batch["image"], **options), batch["texts"])
     print(metrics)
     assert metrics == expected and set(metrics) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"}
@@ -122,8 +127,20 @@ def test_cli_json_equals_the_training_hook_and_imports_no_torch(tiny_clip_dir, d
     """`jaxvlm eval` (in a fresh process, which must not import torch) reports in CLIP_benchmark's
     schema what `evaluate` and the training hook report for the same parameters."""
     out = tmp_path / "results" / "digits.json"
-    argv = ["eval", str(tiny_clip_dir), "--task", "zeroshot", "--dataset", DIGITS, "--data-dir", digits_dir,
-            "--batch-size", "64", "--out", str(out)]
+    argv = [
+        "eval",
+        str(tiny_clip_dir),
+        "--task",
+        "zeroshot",
+        "--dataset",
+        DIGITS,
+        "--data-dir",
+        digits_dir,
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+    ]
     script = (
         "import sys\n"
         "from jaxvlm.cli import main\n"
@@ -134,15 +151,24 @@ def test_cli_json_equals_the_training_hook_and_imports_no_torch(tiny_clip_dir, d
     record = json.loads(out.read_text())
     assert json.loads(printed) == record
     assert {k: record[k] for k in ("dataset", "model", "pretrained", "task", "language", "split")} == {
-        "dataset": DIGITS, "model": "tiny-clip", "pretrained": str(tiny_clip_dir), "task": "zeroshot_classification",
-        "language": "en", "split": "test"}
+        "dataset": DIGITS,
+        "model": "tiny-clip",
+        "pretrained": str(tiny_clip_dir),
+        "task": "zeroshot_classification",
+        "language": "en",
+        "split": "test",
+    }
     assert [p.name for p in out.parent.iterdir()] == ["digits.json"]
 
     loaded = jaxvlm.load(tiny_clip_dir, batch_size=64)
     assert record["metrics"] == evaluate(loaded, spec("zeroshot", digits_dir, batch_size=64))
     tokenizer = build_tokenizer(get_architecture("tiny-clip").tokenizer, CLIP_BPE_FILE.parent)
-    hook = training_hook(loaded.config, loaded.preprocess_config, tokenizer,
-                         [{"task": "zeroshot", "dataset": DIGITS, "data_dir": digits_dir, "batch_size": 64}])
+    hook = training_hook(
+        loaded.config,
+        loaded.preprocess_config,
+        tokenizer,
+        [{"task": "zeroshot", "dataset": DIGITS, "data_dir": digits_dir, "batch_size": 64}],
+    )
     names = {f"jaxvlm_digits/{k}": v for k, v in record["metrics"].items()}
     assert hook(100, loaded.params) == names
     # other parameters, the same compiled programs
@@ -156,9 +182,17 @@ def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir,
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.eval.processes", str(tiny_clip_dir), digits_dir, str(port),
-                               str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.eval.processes", str(tiny_clip_dir), digits_dir, str(port), str(i)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     reported = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -166,8 +200,12 @@ def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir,
         reported.append(json.loads(out.strip().splitlines()[-1]))
     loaded = jaxvlm.load(tiny_clip_dir)
     tokenizer = build_tokenizer(get_architecture("tiny-clip").tokenizer, CLIP_BPE_FILE.parent)
-    hook = training_hook(loaded.config, loaded.preprocess_config, tokenizer,
-                         [spec(task, digits_dir, batch_size=64) for task in ("zeroshot", "retrieval")])
+    hook = training_hook(
+        loaded.config,
+        loaded.preprocess_config,
+        tokenizer,
+        [spec(task, digits_dir, batch_size=64) for task in ("zeroshot", "retrieval")],
+    )
     print(reported)
     assert reported[0] == reported[1] == hook(0, loaded.params)
 
@@ -180,18 +218,21 @@ def test_the_progress_bar_knows_its_total(tiny_clip_dir, digits_dir, capsys):
     assert bar.startswith("zeroshot jaxvlm_digits:test: 100%") and " 8/8 " in bar  # 360 images, 45 a batch
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--task", "zeroshot", "--dataset", "tfds:no_such_dataset"], ["no_such_dataset"]),
-    (["--task", "zeroshot", "--dataset", DIGITS, "--split", "validation"], ["validation"]),
-    (["--task", "zeroshot", "--dataset", f"{DIGITS}?label_key=digit"], ["no class names", "label_key=digit"]),
-    (["--task", "captioning", "--dataset", DIGITS], ["CoCa"]),
-    (["--task", "zeroshot", "--dataset", DIGITS, "--prompts", "cifar10"], ["cifar10", "jaxvlm_digits"]),
-    (["--task", "zeroshot", "--dataset", DIGITS, "--out", "r.txt"], ["--out", ".json"]),
-    (["--task", "clustering", "--dataset", DIGITS], ["--task"]),
-    (["--task", "retrieval", "--dataset", f"{DIGITS}?text_key=nothing"], ["no captions", "retrieval"]),
-    (["--task", "retrieval", "--dataset", DIGITS, "--recall-k", "0"], ["recall_k"]),
-    (["--task", "zeroshot", "--dataset", DIGITS, "--batch-size", "0"], ["batch_size"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--task", "zeroshot", "--dataset", "tfds:no_such_dataset"], ["no_such_dataset"]),
+        (["--task", "zeroshot", "--dataset", DIGITS, "--split", "validation"], ["validation"]),
+        (["--task", "zeroshot", "--dataset", f"{DIGITS}?label_key=digit"], ["no class names", "label_key=digit"]),
+        (["--task", "captioning", "--dataset", DIGITS], ["CoCa"]),
+        (["--task", "zeroshot", "--dataset", DIGITS, "--prompts", "cifar10"], ["cifar10", "jaxvlm_digits"]),
+        (["--task", "zeroshot", "--dataset", DIGITS, "--out", "r.txt"], ["--out", ".json"]),
+        (["--task", "clustering", "--dataset", DIGITS], ["--task"]),
+        (["--task", "retrieval", "--dataset", f"{DIGITS}?text_key=nothing"], ["no captions", "retrieval"]),
+        (["--task", "retrieval", "--dataset", DIGITS, "--recall-k", "0"], ["recall_k"]),
+        (["--task", "zeroshot", "--dataset", DIGITS, "--batch-size", "0"], ["batch_size"]),
+    ],
+)
 def test_bad_input_is_one_error_line(argv, words, tiny_clip_dir, digits_dir, capsys):
     assert main(["eval", str(tiny_clip_dir), "--data-dir", digits_dir, *argv]) == 2
     assert_one_error_line(capsys, *words)

@@ -14,8 +14,9 @@ def model(tiny_clip_dir):
 
 
 def test_ensemble_normalises_per_template_then_averages_then_renormalises(model):
-    prompts = PromptSet(name="t", classes=("cat", "dog", "red car"),
-                        templates=("a photo of a {}.", "a {}", "a blurry photo of the {}."))
+    prompts = PromptSet(
+        name="t", classes=("cat", "dog", "red car"), templates=("a photo of a {}.", "a {}", "a blurry photo of the {}.")
+    )
     got = zeroshot_classifier(model, prompts)
     expected = []
     for name in prompts.classes:
@@ -36,6 +37,8 @@ def test_metrics_equal_scikit_learn_on_random_embeddings():
     scores = images.astype(np.float64) @ classes.T.astype(np.float64)
     assert np.diff(np.sort(scores, axis=1), axis=1).min() > 1e-4  # no near-ties: float32 ranks as float64
     got = zeroshot_metrics(images, labels, classes)
-    assert got == {"acc1": accuracy_score(labels, scores.argmax(1)),
-                   "acc5": top_k_accuracy_score(labels, scores, k=5),
-                   "mean_per_class_recall": balanced_accuracy_score(labels, scores.argmax(1))}
+    assert got == {
+        "acc1": accuracy_score(labels, scores.argmax(1)),
+        "acc5": top_k_accuracy_score(labels, scores, k=5),
+        "mean_per_class_recall": balanced_accuracy_score(labels, scores.argmax(1)),
+    }

@@ -73,7 +73,8 @@ def record(request):
     def add(area: str, case: str, tried: str, outcome: str) -> None:
         assert area in AREAS, area
         _rows.setdefault(request.node.nodeid, []).append(
-            {"area": area, "case": case, "tried": tried, "outcome": outcome})
+            {"area": area, "case": case, "tried": tried, "outcome": outcome}
+        )
 
     return add
 
@@ -83,8 +84,11 @@ def pytest_sessionfinish(session, exitstatus):
         return
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     collected_files = {nodeid.split("::")[0] for nodeid in _collected}
-    results = {nodeid: entry for nodeid, entry in results.items()
-               if nodeid in _collected or nodeid.split("::")[0] not in collected_files}  # drop removed cases
+    results = {
+        nodeid: entry
+        for nodeid, entry in results.items()
+        if nodeid in _collected or nodeid.split("::")[0] not in collected_files
+    }  # drop removed cases
     today = datetime.date.today().isoformat()
     for nodeid, status in _status.items():
         results[nodeid] = {"status": status, "date": today, "rows": _rows.get(nodeid, [])}
@@ -111,10 +115,16 @@ def render(results: dict) -> str:
     for area, rows in by_area.items():
         if not rows:
             continue
-        lines += [f"## {area}", "", "| fault / input | tried | outcome | holds | case (run on) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {_cell(row['case'])} | {_cell(row['tried'])} | {_cell(row['outcome'])} | {holds} | "
-                  f"`{name}` ({date}) |" for row, holds, date, name in rows]
+        lines += [
+            f"## {area}",
+            "",
+            "| fault / input | tried | outcome | holds | case (run on) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(row['case'])} | {_cell(row['tried'])} | {_cell(row['outcome'])} | {holds} | `{name}` ({date}) |"
+            for row, holds, date, name in rows
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -156,8 +166,16 @@ def train_in_process():
     one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
 
     def cached_build(config, mesh):
-        key = (config.model.to_json(), config.optimizer.to_json(), config.loss.to_json(), config.total_steps,
-               config.global_batch_size, config.microbatches, config.seed, config.mesh.fsdp_min_size)
+        key = (
+            config.model.to_json(),
+            config.optimizer.to_json(),
+            config.loss.to_json(),
+            config.total_steps,
+            config.global_batch_size,
+            config.microbatches,
+            config.seed,
+            config.mesh.fsdp_min_size,
+        )
         if key not in programs:
             programs[key] = program.build(config, one_device)
         return programs[key]

@@ -17,7 +17,6 @@ from safetensors.numpy import load_file
 from jaxvlm.data.build import build
 from jaxvlm.data.tar import write_tar_shard
 from jaxvlm.train.metrics import read
-
 from tests.train.conftest import REPO, cli_env
 
 SLOW_SAVE = Path(__file__).with_name("slow_save.py")
@@ -42,27 +41,55 @@ def build_dataset(directory: Path, records: int = 96) -> str:
 def train_args(workdir: Path, data: str, steps: int, *extra: str) -> list[str]:
     """A tiny run of the demo config (tiny-clip) on ``data``: batch 8, every step logged, a
     checkpoint every 2 steps."""
-    return ["train", "--config", str(REPO / "configs" / "demo.py"), "--workdir", str(workdir),
-            f"--config.data.source={data}", f"--config.total_steps={steps}", "--config.global_batch_size=8",
-            "--config.log_every=1", "--config.checkpoint.every=2", "--config.checkpoint.keep_last=2",
-            "--config.optimizer.warmup_steps=2", "--config.eval_specs=()", "--config.eval_every=0", *extra]
+    return [
+        "train",
+        "--config",
+        str(REPO / "configs" / "demo.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.data.source={data}",
+        f"--config.total_steps={steps}",
+        "--config.global_batch_size=8",
+        "--config.log_every=1",
+        "--config.checkpoint.every=2",
+        "--config.checkpoint.keep_last=2",
+        "--config.optimizer.warmup_steps=2",
+        "--config.eval_specs=()",
+        "--config.eval_every=0",
+        *extra,
+    ]
 
 
 class Run:
     """A `jaxvlm train` subprocess whose stdout / stderr lines are collected as they come."""
 
-    def __init__(self, args: list[str], *, slow_save: float = 0.0, devices: int = 1, env: dict | None = None,
-                 prefix: list[str] = ()):
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        slow_save: float = 0.0,
+        devices: int = 1,
+        env: dict | None = None,
+        prefix: list[str] = (),
+    ):
         program = [str(SLOW_SAVE)] if slow_save else ["-m", "jaxvlm.cli"]
         extra = {"JAXVLM_FAULTS_SLOW_SAVE": str(slow_save), **(env or {})}
         self.started = time.monotonic()
-        self.process = subprocess.Popen([*prefix, sys.executable, *program, *args], env=cli_env(extra, devices),
-                                        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, *program, *args],
+            env=cli_env(extra, devices),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.out: list[str] = []
         self.err: list[str] = []
         self._changed = threading.Condition()
-        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))
+        ]
         for reader in self._readers:
             reader.start()
 

@@ -17,7 +17,6 @@ from jaxvlm import parallel
 from jaxvlm.train import TrainingError
 from jaxvlm.train.checkpoint import UNREADABLE_SUFFIX, Checkpoints
 from jaxvlm.train.program import build
-
 from tests.train.conftest import standin_iterator, tiny_config
 
 STEPS = 8
@@ -29,8 +28,15 @@ DAMAGES = {
 
 
 def config():
-    return tiny_config(changes={"total_steps": STEPS, "global_batch_size": 8, "checkpoint.every": 2,
-                                "checkpoint.keep_last": 2, "checkpoint.preemption_grace_secs": 600.0})
+    return tiny_config(
+        changes={
+            "total_steps": STEPS,
+            "global_batch_size": 8,
+            "checkpoint.every": 2,
+            "checkpoint.keep_last": 2,
+            "checkpoint.preemption_grace_secs": 600.0,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +70,18 @@ def same(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("cases", [pytest.param(12, id="sample"),
-                                   pytest.param(None, id="every", marks=pytest.mark.faults_slow)])
+@pytest.mark.parametrize(
+    "cases", [pytest.param(12, id="sample"), pytest.param(None, id="every", marks=pytest.mark.faults_slow)]
+)
 def test_files_of_the_newest_checkpoint_damaged(cases, reference, restore, tmp_path, caplog, record):
     """Files of the newest step truncated or deleted (a random sample, or each file in turn with
     each damage): restore gives either that step, bitwise, or the step before (with a warning, the
     damaged step set aside) — nothing else."""
     source = reference[0] / "checkpoints"
     previous, newest = complete_steps(reference[0])
-    intact = {step: restore(_copy(source, tmp_path / f"intact-{step}", keep=[step]), caplog)[0]
-              for step in (newest, previous)}
+    intact = {
+        step: restore(_copy(source, tmp_path / f"intact-{step}", keep=[step]), caplog)[0] for step in (newest, previous)
+    }
     files = sorted(p.relative_to(source / str(newest)) for p in (source / str(newest)).rglob("*") if p.is_file())
     combinations = [(damage, name) for damage in DAMAGES for name in files]
     if cases is not None:
@@ -91,10 +99,13 @@ def test_files_of_the_newest_checkpoint_damaged(cases, reference, restore, tmp_p
         assert (work / f"{newest}{UNREADABLE_SUFFIX}").is_dir() and not (work / str(newest)).exists()
         outcomes["fell back"] += 1
     print(outcomes)
-    record("Faults", "a file of the newest checkpoint truncated to half, to 0 bytes, or deleted",
-           f"{len(combinations)} of its {len(files)} files x {len(DAMAGES)} damages",
-           f"{outcomes['fell back']}: fell back to the previous step with a warning, damaged step set aside; "
-           f"{outcomes['unaffected']}: file not needed, newest step restored bitwise; 0 other outcomes")
+    record(
+        "Faults",
+        "a file of the newest checkpoint truncated to half, to 0 bytes, or deleted",
+        f"{len(combinations)} of its {len(files)} files x {len(DAMAGES)} damages",
+        f"{outcomes['fell back']}: fell back to the previous step with a warning, damaged step set aside; "
+        f"{outcomes['unaffected']}: file not needed, newest step restored bitwise; 0 other outcomes",
+    )
     assert cases is not None or outcomes["fell back"] >= len(DAMAGES)
 
 
@@ -104,8 +115,12 @@ def test_no_readable_checkpoint_is_one_clear_error(reference, restore, tmp_path,
         (work / str(step) / "state" / "manifest.ocdbt").unlink()
     with pytest.raises(TrainingError, match="none of the checkpoints .* can be restored"):
         restore(work, caplog)
-    record("Faults", "every checkpoint damaged", "manifest of each step deleted",
-           "one error naming the directory and the steps; nothing set aside")
+    record(
+        "Faults",
+        "every checkpoint damaged",
+        "manifest of each step deleted",
+        "one error naming the directory and the steps; nothing set aside",
+    )
     assert sorted(p.name for p in work.iterdir()) == sorted(str(s) for s in complete_steps(reference[0]))
 
 
@@ -124,18 +139,26 @@ def test_the_run_continues_after_falling_back(reference, train_in_process, tmp_p
     assert f"restored checkpoint step {previous} instead of the newest, {newest}" in caplog.text
     assert complete_steps(tmp_path) == [previous, newest]
     assert (tmp_path / "checkpoints" / f"{newest}{UNREADABLE_SUFFIX}").is_dir()
-    differ = [i for i, (a, b) in enumerate(zip(jax.tree.leaves(reference[1]),
-                                               jax.tree.leaves(jax.device_get(result.state.params))))
-              if not np.array_equal(a, b)]
-    record("Faults", "the newest checkpoint's largest array file damaged, then the run restarted",
-           damage, f"warned, resumed from step {previous}, set the damaged step aside and wrote step {newest} "
-           f"anew; {len(differ)} parameter tensors differ from the uninterrupted run")
+    differ = [
+        i
+        for i, (a, b) in enumerate(
+            zip(jax.tree.leaves(reference[1]), jax.tree.leaves(jax.device_get(result.state.params)))
+        )
+        if not np.array_equal(a, b)
+    ]
+    record(
+        "Faults",
+        "the newest checkpoint's largest array file damaged, then the run restarted",
+        damage,
+        f"warned, resumed from step {previous}, set the damaged step aside and wrote step {newest} "
+        f"anew; {len(differ)} parameter tensors differ from the uninterrupted run",
+    )
     assert not differ
 
 
 def _copy(source, target, keep=None):
     """A fresh copy of a checkpoints directory (only the steps in ``keep``, if given)."""
     shutil.rmtree(target, ignore_errors=True)
-    skip = (lambda d, names: [n for n in names if d == str(source) and n.isdigit() and int(n) not in keep])
+    skip = lambda d, names: [n for n in names if d == str(source) and n.isdigit() and int(n) not in keep]
     shutil.copytree(source, target, ignore=None if keep is None else skip)
     return target

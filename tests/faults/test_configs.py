@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from jaxvlm.errors import InputError
 from jaxvlm.train import config as train_config
 from jaxvlm.train.loop import train
-
 from tests.faults import runs
 
 DEMO = runs.REPO / "configs" / "demo.py"
@@ -49,7 +48,8 @@ def compiled(monkeypatch):
     """The names of the functions XLA compiles while a test runs."""
     names = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, secs, fun_name=None, **kw: names.append(fun_name) if "backend_compile" in event else None)
+        lambda event, secs, fun_name=None, **kw: names.append(fun_name) if "backend_compile" in event else None
+    )
     return names
 
 
@@ -63,38 +63,56 @@ def test_bad_configs_fail_before_compilation(compiled, tmp_path, record):
         assert words in message and "\n" not in message, (name, message)
         assert not set(compiled) & set(TRAIN_PROGRAMS) and not workdir.exists(), name
         print(f"{name:42s} {message}")
-    record("Bad inputs", "training configs: unknown keys, wrong types, impossible meshes, numbers that cannot "
-           "work, unknown names", f"{len(CASES)} mistakes given to `train()`",
-           "each a one-line InputError naming the key, before the train step or init was compiled and before "
-           "the work directory was created")
+    record(
+        "Bad inputs",
+        "training configs: unknown keys, wrong types, impossible meshes, numbers that cannot work, unknown names",
+        f"{len(CASES)} mistakes given to `train()`",
+        "each a one-line InputError naming the key, before the train step or init was compiled and before "
+        "the work directory was created",
+    )
 
 
 def test_a_recipe_with_a_misspelt_field_is_refused(tmp_path, record):
     recipe = tmp_path / "typo.py"
-    recipe.write_text("from jaxvlm.train.config import base_config\n\n\ndef get_config():\n"
-                      "    c = base_config()\n    c.optimizer.learning_rate = 3e-4  # the field is optimizer.lr\n"
-                      "    return c\n")
+    recipe.write_text(
+        "from jaxvlm.train.config import base_config\n\n\ndef get_config():\n"
+        "    c = base_config()\n    c.optimizer.learning_rate = 3e-4  # the field is optimizer.lr\n"
+        "    return c\n"
+    )
     with pytest.raises(InputError, match="unknown config key 'optimizer.learning_rate'"):
         train_config.check(train_config.load(recipe), 8)
-    record("Bad inputs", "a recipe file that sets a misspelt field (optimizer.learning_rate)", "1",
-           "InputError naming it (it used to be ignored: the run trained with the default lr)")
+    record(
+        "Bad inputs",
+        "a recipe file that sets a misspelt field (optimizer.learning_rate)",
+        "1",
+        "InputError naming it (it used to be ignored: the run trained with the default lr)",
+    )
 
 
 names = st.text(string.ascii_lowercase + "_", min_size=1, max_size=12)
-values = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(repr), names,
-                   st.sampled_from(["True", "()", "(1, 2)", "None", "[]", "{}"]))
+values = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True).map(repr),
+    names,
+    st.sampled_from(["True", "()", "(1, 2)", "None", "[]", "{}"]),
+)
 
 
-@pytest.mark.parametrize("examples", [pytest.param(60, id="short"),
-                                      pytest.param(600, id="full", marks=pytest.mark.faults_slow)])
+@pytest.mark.parametrize(
+    "examples", [pytest.param(60, id="short"), pytest.param(600, id="full", marks=pytest.mark.faults_slow)]
+)
 def test_fuzzed_unknown_keys_and_wrong_types(examples, record):
     known = train_config._leaves(train_config.base_config())
     typed = {k: type(v) for k, v in known.items() if isinstance(v, (bool, int, float))}
     outcomes = {"unknown key": 0, "wrong type": 0}
 
     @settings(max_examples=examples, deadline=2000, database=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(names, min_size=1, max_size=3).map(".".join), values, st.sampled_from(sorted(typed)),
-           st.sampled_from(["unknown", "typed"]))
+    @given(
+        st.lists(names, min_size=1, max_size=3).map(".".join),
+        values,
+        st.sampled_from(sorted(typed)),
+        st.sampled_from(["unknown", "typed"]),
+    )
     def check(key, value, field, kind):
         if kind == "unknown":
             if key in known or any(k.startswith(f"{key}.") for k in known):  # a field or a section
@@ -113,10 +131,12 @@ def test_fuzzed_unknown_keys_and_wrong_types(examples, record):
         assert repr(_get(train_config.load(DEMO, [f"{field}={value}"]), field)) == repr(parsed)
 
     check()
-    record("Bad inputs", "fuzzed `--config.KEY=VALUE` overrides (hypothesis): unknown keys, values of another "
-           "type", f"{examples} examples: {outcomes['unknown key']} unknown keys, {outcomes['wrong type']} "
-           "ill-typed values", "all refused with a one-line InputError naming the key; well-typed values set "
-           "exactly")
+    record(
+        "Bad inputs",
+        "fuzzed `--config.KEY=VALUE` overrides (hypothesis): unknown keys, values of another type",
+        f"{examples} examples: {outcomes['unknown key']} unknown keys, {outcomes['wrong type']} ill-typed values",
+        "all refused with a one-line InputError naming the key; well-typed values set exactly",
+    )
 
 
 def _parsed(kind, raw: str):
@@ -139,10 +159,14 @@ MESH_EXAMPLES = 120
 def test_fuzzed_meshes_are_checked_before_anything_is_built(record):
     counts = {"accepted": 0, "refused": 0}
     fuzzed_mesh(counts)
-    record("Bad inputs", "fuzzed meshes and batch sizes (hypothesis): mesh.data, mesh.fsdp, mesh.tensor in "
-           "[-3, 9], batch 8-32, on 8 devices", f"{MESH_EXAMPLES} examples",
-           f"{counts['refused']} impossible ones refused by `check` with an InputError, {counts['accepted']} valid "
-           "ones accepted: exactly the meshes whose axes make 8 devices and split the batch")
+    record(
+        "Bad inputs",
+        "fuzzed meshes and batch sizes (hypothesis): mesh.data, mesh.fsdp, mesh.tensor in "
+        "[-3, 9], batch 8-32, on 8 devices",
+        f"{MESH_EXAMPLES} examples",
+        f"{counts['refused']} impossible ones refused by `check` with an InputError, {counts['accepted']} valid "
+        "ones accepted: exactly the meshes whose axes make 8 devices and split the batch",
+    )
 
 
 @given(st.integers(-3, 9), st.integers(-3, 9), st.integers(-3, 9), st.sampled_from([8, 12, 16, 24, 32]))
@@ -150,15 +174,17 @@ def test_fuzzed_meshes_are_checked_before_anything_is_built(record):
 def fuzzed_mesh(counts, data, fsdp, tensor, batch):
     """Any mesh and batch size: `check` accepts exactly those whose axes make the 8 devices and whose
     batch splits over data x fsdp, and refuses the others with an InputError."""
-    config = train_config.load(DEMO, [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}",
-                                      f"global_batch_size={batch}"])
+    config = train_config.load(
+        DEMO, [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", f"global_batch_size={batch}"]
+    )
     sizes = [data, fsdp, tensor]
     free = sizes.count(-1)
     fixed = 1
     for s in sizes:
         fixed *= s if s != -1 else 1
-    valid = (all(s > 0 or s == -1 for s in sizes) and free <= 1 and fixed > 0
-             and (8 % fixed == 0 if free else fixed == 8))
+    valid = (
+        all(s > 0 or s == -1 for s in sizes) and free <= 1 and fixed > 0 and (8 % fixed == 0 if free else fixed == 8)
+    )
     if valid:
         shape = [s if s != -1 else 8 // fixed for s in sizes]
         valid = batch % (shape[0] * shape[1]) == 0

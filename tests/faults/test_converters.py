@@ -18,7 +18,6 @@ from jaxvlm import model_dir
 from jaxvlm.convert import convert
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import list_models
-
 from tests.convert.test_big_vision import SMALL, hf_siglip, to_big_vision
 from tests.test_cli import tiny_open_clip_state
 
@@ -70,8 +69,7 @@ def _leaves(tree):
 
 damages = st.one_of(
     st.tuples(st.just("truncated"), st.floats(0, 1)),
-    st.tuples(st.just("bits flipped"), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1,
-                                                max_size=8)),
+    st.tuples(st.just("bits flipped"), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=8)),
     st.tuples(st.just("bytes overwritten"), st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=16))),
 )
 
@@ -87,13 +85,22 @@ def damage(data: bytes, how) -> bytes:
         return bytes(data)
     where, chunk = arg
     at = int(where * len(data))
-    data[at:at + len(chunk)] = chunk
+    data[at : at + len(chunk)] = chunk
     return bytes(data)
 
 
 @pytest.mark.parametrize("budget", [pytest.param("short"), pytest.param("full", marks=pytest.mark.faults_slow)])
-@pytest.mark.parametrize("name", ["open_clip .safetensors", "open_clip .bin", "open_clip .npz", "HF model.safetensors",
-                                  "HF config.json", "big_vision .npz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "open_clip .safetensors",
+        "open_clip .bin",
+        "open_clip .npz",
+        "HF model.safetensors",
+        "HF config.json",
+        "big_vision .npz",
+    ],
+)
 def test_damaged_files(name, budget, sources, tmp_path, record):
     source, src, model, tokenizer, target = sources[name]
     original = (src.parent / target).read_bytes()
@@ -118,12 +125,16 @@ def test_damaged_files(name, budget, sources, tmp_path, record):
         counts[f"{how[0]}: {result}"] = counts.get(f"{how[0]}: {result}", 0) + 1
 
     run()
-    record("Bad inputs", f"damaged {name} (hypothesis: truncations, bit flips, overwritten bytes)",
-           f"{EXAMPLES[budget]} damaged files", ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-           + "; never another exception, never a partial model directory. A damaged file that still converts "
-           "differs only where its format has no check: in tensor values, or in fields that stay valid "
-           "(safetensors, torch files and config.json carry no checksum; npz members do); finite values are "
-           "taken as they are, non-finite ones refused")
+    record(
+        "Bad inputs",
+        f"damaged {name} (hypothesis: truncations, bit flips, overwritten bytes)",
+        f"{EXAMPLES[budget]} damaged files",
+        ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + "; never another exception, never a partial model directory. A damaged file that still converts "
+        "differs only where its format has no check: in tensor values, or in fields that stay valid "
+        "(safetensors, torch files and config.json carry no checksum; npz members do); finite values are "
+        "taken as they are, non-finite ones refused",
+    )
 
 
 def test_weights_of_other_architectures(sources, tmp_path, record):
@@ -136,15 +147,26 @@ def test_weights_of_other_architectures(sources, tmp_path, record):
                 continue
             tried += 1
             assert attempt(source, src, other, tokenizer, tmp_path / "out") == "refused", (name, other)
-    record("Bad inputs", "weights converted as another architecture", f"{tried} (source, --model) pairs over "
-           f"{len(list_models())} architectures", "all refused with a one-line InputError, nothing written")
+    record(
+        "Bad inputs",
+        "weights converted as another architecture",
+        f"{tried} (source, --model) pairs over {len(list_models())} architectures",
+        "all refused with a one-line InputError, nothing written",
+    )
 
 
 def test_config_json_of_another_architecture(sources, tmp_path, record):
     _, src, _, tokenizer, _ = sources["HF model.safetensors"]
-    changes = {"model_type": "clip", "vision_config.hidden_size": 96, "text_config.num_hidden_layers": 5,
-               "vision_config.patch_size": 4, "text_config.vocab_size": "many", "vision_config.image_size": -32,
-               "text_config.hidden_act": "swish", "architectures": ["SiglipVisionModel"]}
+    changes = {
+        "model_type": "clip",
+        "vision_config.hidden_size": 96,
+        "text_config.num_hidden_layers": 5,
+        "vision_config.patch_size": 4,
+        "text_config.vocab_size": "many",
+        "vision_config.image_size": -32,
+        "text_config.hidden_act": "swish",
+        "architectures": ["SiglipVisionModel"],
+    }
     for key, value in changes.items():
         work = tmp_path / key
         shutil.copytree(src, work)
@@ -156,8 +178,12 @@ def test_config_json_of_another_architecture(sources, tmp_path, record):
         where[last] = value
         (work / "config.json").write_text(json.dumps(config))
         assert attempt("hf", work, None, tokenizer, tmp_path / f"out-{key}") == "refused", key
-    record("Bad inputs", "HF config.json describing another architecture or holding bad values",
-           ", ".join(f"{k}={v!r}" for k, v in changes.items()), "all refused with a one-line InputError")
+    record(
+        "Bad inputs",
+        "HF config.json describing another architecture or holding bad values",
+        ", ".join(f"{k}={v!r}" for k, v in changes.items()),
+        "all refused with a one-line InputError",
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64", "int32", "int64", "bool", "uint8", "complex64"])
@@ -175,6 +201,11 @@ def test_tensors_of_other_dtypes(dtype, sources, tmp_path, record):
     if floating:
         converted = model_dir.load(tmp_path / "out").params["img"]["proj"]["kernel"]
         assert np.array_equal(converted, state[key].float().numpy())
-    record("Bad inputs", f"a weight tensor stored as {dtype}", "open_clip .bin, tiny-clip",
-           "converted, values equal to the float32 cast" if floating else "refused: one-line InputError naming "
-           "the tensor and its dtype")
+    record(
+        "Bad inputs",
+        f"a weight tensor stored as {dtype}",
+        "open_clip .bin, tiny-clip",
+        "converted, values equal to the float32 cast"
+        if floating
+        else "refused: one-line InputError naming the tensor and its dtype",
+    )

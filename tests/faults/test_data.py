@@ -8,9 +8,9 @@ from __future__ import annotations
 import io
 import os
 import random
+import struct
 import tarfile
 import time
-import struct
 import uuid
 import zlib
 
@@ -26,15 +26,22 @@ from jaxvlm.data.sources import open_source
 from jaxvlm.data.tar import write_tar_shard
 from jaxvlm.data.transforms import ExampleTransform, checked_record
 from jaxvlm.errors import InputError
-
 from tests.data.conftest import PREPROCESS, encoded, photo, tar_records
 
 MAX_PIXELS = 4_000_000
 EXOTIC = {  # (PIL mode, format): images that decode but are not plain RGB
-    "RGB JPEG": ("RGB", "JPEG"), "CMYK JPEG": ("CMYK", "JPEG"), "grey PNG": ("L", "PNG"),
-    "16-bit PNG": ("I;16", "PNG"), "palette PNG": ("P", "PNG"), "LA PNG": ("LA", "PNG"),
-    "RGBA WebP": ("RGBA", "WEBP"), "GIF": ("P", "GIF"), "1-bit BMP": ("1", "BMP"),
-    "float TIFF": ("F", "TIFF"), "32-bit int TIFF": ("I", "TIFF"), "YCbCr TIFF": ("YCbCr", "TIFF"),
+    "RGB JPEG": ("RGB", "JPEG"),
+    "CMYK JPEG": ("CMYK", "JPEG"),
+    "grey PNG": ("L", "PNG"),
+    "16-bit PNG": ("I;16", "PNG"),
+    "palette PNG": ("P", "PNG"),
+    "LA PNG": ("LA", "PNG"),
+    "RGBA WebP": ("RGBA", "WEBP"),
+    "GIF": ("P", "GIF"),
+    "1-bit BMP": ("1", "BMP"),
+    "float TIFF": ("F", "TIFF"),
+    "32-bit int TIFF": ("I", "TIFF"),
+    "YCbCr TIFF": ("YCbCr", "TIFF"),
 }
 
 
@@ -45,10 +52,11 @@ def images() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def transforms(tokenizer):
-    return {"train": ExampleTransform(PREPROCESS, tokenizer, augment="train", max_image_pixels=MAX_PIXELS),
-            "eval": ExampleTransform(PREPROCESS, tokenizer, augment="eval", max_image_pixels=MAX_PIXELS),
-            "strict": ExampleTransform(PREPROCESS, tokenizer, augment="train", max_image_pixels=MAX_PIXELS,
-                                       strict=True)}
+    return {
+        "train": ExampleTransform(PREPROCESS, tokenizer, augment="train", max_image_pixels=MAX_PIXELS),
+        "eval": ExampleTransform(PREPROCESS, tokenizer, augment="eval", max_image_pixels=MAX_PIXELS),
+        "strict": ExampleTransform(PREPROCESS, tokenizer, augment="train", max_image_pixels=MAX_PIXELS, strict=True),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +95,12 @@ def outcome(transforms, data: bytes, caption=b"a caption") -> str:
 def test_every_image_mode_decodes(images, transforms, record):
     outcomes = {name: outcome(transforms, data) for name, data in images.items()}
     print(outcomes)
-    record("Bad inputs", "images of unusual modes (CMYK, 16-bit, float, palette, 1-bit, alpha, YCbCr)",
-           ", ".join(EXOTIC), "all decoded to finite float32 [32, 32, 3] by the train and eval transforms")
+    record(
+        "Bad inputs",
+        "images of unusual modes (CMYK, 16-bit, float, palette, 1-bit, alpha, YCbCr)",
+        ", ".join(EXOTIC),
+        "all decoded to finite float32 [32, 32, 3] by the train and eval transforms",
+    )
     assert set(outcomes.values()) == {"ok"}, outcomes
 
 
@@ -112,14 +124,15 @@ def corrupt(data: bytes, how) -> bytes:
     where, chunk = arg
     at = int(where * len(data))
     if kind == "overwrite bytes":
-        data[at:at + len(chunk)] = chunk
+        data[at : at + len(chunk)] = chunk
     else:
         data[at:at] = chunk
     return bytes(data)
 
 
-@pytest.mark.parametrize("examples", [pytest.param(120, id="short"),
-                                      pytest.param(5000, id="full", marks=pytest.mark.faults_slow)])
+@pytest.mark.parametrize(
+    "examples", [pytest.param(120, id="short"), pytest.param(5000, id="full", marks=pytest.mark.faults_slow)]
+)
 def test_fuzzed_corrupt_images(examples, images, transforms, record):
     counts = {}
 
@@ -130,19 +143,29 @@ def test_fuzzed_corrupt_images(examples, images, transforms, record):
         counts[result] = counts.get(result, 0) + 1
 
     run()
-    record("Bad inputs", "corrupt images (hypothesis: truncations, bit flips, overwritten and inserted bytes of "
-           f"{len(images)} kinds of image)", f"{examples} images",
-           ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; each rejected one skipped and counted "
-           "(strict mode: one error naming it), never an exception")
+    record(
+        "Bad inputs",
+        "corrupt images (hypothesis: truncations, bit flips, overwritten and inserted bytes of "
+        f"{len(images)} kinds of image)",
+        f"{examples} images",
+        ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; each rejected one skipped and counted "
+        "(strict mode: one error naming it), never an exception",
+    )
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that claims ``width`` x ``height`` pixels (a few rows of data, the rest missing)."""
+
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     rows = zlib.compress(b"\0" * (width // 8 + 1) * 4)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -150,10 +173,16 @@ def png_bomb(width: int, height: int) -> bytes:
     compressor = zlib.compressobj(9)
     row = b"\0" * (width // 8 + 2)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
 
 
 def gif_claiming(width: int, height: int) -> bytes:
@@ -177,14 +206,22 @@ def test_decompression_bombs(tmp_path, capsys, record):
     started = time.perf_counter()
     for limit in (MAX_PIXELS, 10**12):  # ours, then only Pillow's own bomb check
         out = tmp_path / f"out-{limit}"
-        assert main(["data", "build", f"tar:{tmp_path}/0.tar", str(out), "--workers", "1",
-                     "--max-image-pixels", str(limit)]) == 0
+        assert (
+            main(
+                ["data", "build", f"tar:{tmp_path}/0.tar", str(out), "--workers", "1", "--max-image-pixels", str(limit)]
+            )
+            == 0
+        )
         printed = capsys.readouterr().out
         assert "wrote 4 records" in printed and f"image too large: {len(bombs)}" in printed, printed
     took = time.perf_counter() - started
-    record("Bad inputs", "decompression bombs in `jaxvlm data build`", ", ".join(bombs),
-           f"all skipped as \"image too large\" from their headers, with --max-image-pixels {MAX_PIXELS} and with "
-           f"10^12 (Pillow's own check); both builds together {took:.2f} s")
+    record(
+        "Bad inputs",
+        "decompression bombs in `jaxvlm data build`",
+        ", ".join(bombs),
+        f'all skipped as "image too large" from their headers, with --max-image-pixels {MAX_PIXELS} and with '
+        f"10^12 (Pillow's own check); both builds together {took:.2f} s",
+    )
 
 
 def test_tar_members_cannot_write_outside(tmp_path, capsys, record):
@@ -198,12 +235,14 @@ def test_tar_members_cannot_write_outside(tmp_path, capsys, record):
     shard = tmp_path / "shards" / "0.tar"
     shard.parent.mkdir()
     with tarfile.open(shard, "w") as tar:
+
         def add(name, data=b"", **fields):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             for key, value in fields.items():
                 setattr(info, key, value)
             tar.addfile(info, io.BytesIO(data) if data else None)
+
         for record_ in good:
             for extension in ("jpg", "png", "webp", "txt"):
                 if extension in record_:
@@ -227,11 +266,15 @@ def test_tar_members_cannot_write_outside(tmp_path, capsys, record):
     built = open_source(f"arrayrecord:{out}/*.array_record")
     keys = sorted(built[i].key for i in range(len(built)))
     assert all(secret.read_bytes() not in built[i].image for i in range(len(built)))
-    record("Bad inputs", "tar members named `../../x`, `/abs/x`, `a/../../../x`; symbolic and hard links to a file "
-           "outside; a device node", "1 shard through `jaxvlm data build`",
-           f"nothing written outside the output directory (tar members are read at their offsets, never "
-           f"extracted); the named members kept as records keyed {keys[:3]}...; links and devices never followed "
-           f"({printed.splitlines()[-1].strip() if 'skipped' in printed else 'no records from them'})")
+    record(
+        "Bad inputs",
+        "tar members named `../../x`, `/abs/x`, `a/../../../x`; symbolic and hard links to a file "
+        "outside; a device node",
+        "1 shard through `jaxvlm data build`",
+        f"nothing written outside the output directory (tar members are read at their offsets, never "
+        f"extracted); the named members kept as records keyed {keys[:3]}...; links and devices never followed "
+        f"({printed.splitlines()[-1].strip() if 'skipped' in printed else 'no records from them'})",
+    )
 
 
 def test_captions(tmp_path, capsys, tokenizer, record):
@@ -239,10 +282,19 @@ def test_captions(tmp_path, capsys, tokenizer, record):
     training pipeline."""
     rng = random.Random()
     huge = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(100_000)).encode()
-    captions = {"empty": b"", "blank": b" \t\n", "not UTF-8": b"caf\xe9 \xff\xfe", "NUL": b"a\x00b",
-                "100 kB one word": huge, "100 kB words": b" ".join([b"word"] * 20_000), "plain": b"a red circle"}
-    records = [{"key": f"{i:03d}", "png": encoded(photo(i), "PNG"), "txt": caption}
-               for i, caption in enumerate(captions.values())]
+    captions = {
+        "empty": b"",
+        "blank": b" \t\n",
+        "not UTF-8": b"caf\xe9 \xff\xfe",
+        "NUL": b"a\x00b",
+        "100 kB one word": huge,
+        "100 kB words": b" ".join([b"word"] * 20_000),
+        "plain": b"a red circle",
+    }
+    records = [
+        {"key": f"{i:03d}", "png": encoded(photo(i), "PNG"), "txt": caption}
+        for i, caption in enumerate(captions.values())
+    ]
     write_tar_shard(tmp_path / "0.tar", records)
     out = tmp_path / "out"
     started = time.perf_counter()
@@ -253,15 +305,19 @@ def test_captions(tmp_path, capsys, tokenizer, record):
 
     config = jaxvlm.data.default_config()
     config.source, config.worker_count = f"arrayrecord:{out}/*.array_record", 0
-    iterator = jaxvlm.data.train_iterator(config, preprocess=PREPROCESS, tokenizer=tokenizer, global_batch_size=4,
-                                          seed=0)
+    iterator = jaxvlm.data.train_iterator(
+        config, preprocess=PREPROCESS, tokenizer=tokenizer, global_batch_size=4, seed=0
+    )
     batch = next(iterator)
     took = time.perf_counter() - started
     assert batch["text"].shape == (4, 16) and took < 60
-    record("Bad inputs", "captions: empty, blank, not UTF-8, holding NUL, 100 kB (one word / many words)",
-           f"{len(captions)} records through `jaxvlm data build` and the training pipeline",
-           f"empty, blank and non-UTF-8 skipped and counted; the others kept, 100 kB ones tokenised to the "
-           f"context length; build + first batch {took:.1f} s")
+    record(
+        "Bad inputs",
+        "captions: empty, blank, not UTF-8, holding NUL, 100 kB (one word / many words)",
+        f"{len(captions)} records through `jaxvlm data build` and the training pipeline",
+        f"empty, blank and non-UTF-8 skipped and counted; the others kept, 100 kB ones tokenised to the "
+        f"context length; build + first batch {took:.1f} s",
+    )
 
 
 def test_shards_of_zero_records(tmp_path, capsys, record):
@@ -282,8 +338,11 @@ def test_shards_of_zero_records(tmp_path, capsys, record):
         open_source(f"arrayrecord:{tmp_path}/o3/*.array_record")
     outcomes["ArrayRecord shards of zero records (every record bad)"] = 'reading them: InputError "... hold no records"'
     print(outcomes)
-    assert outcomes["an empty tar shard alone"].startswith("jaxvlm: error:") and "no records" in outcomes[
-        "an empty tar shard alone"]
+    assert (
+        outcomes["an empty tar shard alone"].startswith("jaxvlm: error:")
+        and "no records" in outcomes["an empty tar shard alone"]
+    )
     assert "wrote 3 records" in outcomes["an empty shard among good ones"]
-    record("Bad inputs", "shards of zero records", ", ".join(outcomes),
-           "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+    record(
+        "Bad inputs", "shards of zero records", ", ".join(outcomes), "; ".join(f"{k}: {v}" for k, v in outcomes.items())
+    )

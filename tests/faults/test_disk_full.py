@@ -23,18 +23,27 @@ TMPFS_MB = 64
 
 @pytest.fixture(scope="module")
 def private_mounts():
-    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True, text=True) if shutil.which("unshare") else None
+    probe = (
+        subprocess.run(
+            ["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True, text=True
+        )
+        if shutil.which("unshare")
+        else None
+    )
     if probe is None or probe.returncode:
-        pytest.skip("needs `unshare -Urm` and tmpfs mounts (a private mount namespace) to make a small disk: "
-                    + (probe.stderr.strip() if probe else "no unshare"))
+        pytest.skip(
+            "needs `unshare -Urm` and tmpfs mounts (a private mount namespace) to make a small disk: "
+            + (probe.stderr.strip() if probe else "no unshare")
+        )
 
 
 def on_small_disk(checkpoints: Path, saved: Path) -> list[str]:
     """The command prefix that runs the rest in a mount namespace where ``checkpoints`` is a
     TMPFS_MB tmpfs, and copies what it holds at the end to ``saved``."""
-    script = (f"mount -t tmpfs -o size={TMPFS_MB}m tmpfs '{checkpoints}' && \"$@\"; code=$?; "
-              f"cp -a '{checkpoints}/.' '{saved}/'; exit $code")
+    script = (
+        f"mount -t tmpfs -o size={TMPFS_MB}m tmpfs '{checkpoints}' && \"$@\"; code=$?; "
+        f"cp -a '{checkpoints}/.' '{saved}/'; exit $code"
+    )
     return ["unshare", "-Urm", "sh", "-c", script, "sh"]
 
 
@@ -89,15 +98,22 @@ def test_disk_full_during_a_save(action, private_mounts, train_data, reference_r
             shutil.copytree(saved / str(kept), checkpoints / str(kept))
         rerun = runs.run(args)
         assert rerun.process.returncode == 0 and rerun.logged_steps()[0] == left[-1] + 1, rerun.stderr
-        outcome = (f"exit 1 with \"checkpoint step {step} could not be written ({failed.group(2)}); the newest "
-                   f"complete checkpoint is step {left[-1]}\"; that step intact and no partial one left; the rerun "
-                   f"resumed from it")
+        outcome = (
+            f'exit 1 with "checkpoint step {step} could not be written ({failed.group(2)}); the newest '
+            f'complete checkpoint is step {left[-1]}"; that step intact and no partial one left; the rerun '
+            f"resumed from it"
+        )
     else:
         assert code == 0 and left[-1] == runs.STEPS and step not in left, process.stderr
-        outcome = (f"warned \"checkpoint step {step} could not be written ({failed.group(2)})\", trained on, "
-                   f"saved again once the disk had room (steps {left} at the end)")
+        outcome = (
+            f'warned "checkpoint step {step} could not be written ({failed.group(2)})", trained on, '
+            f"saved again once the disk had room (steps {left} at the end)"
+        )
     differ = runs.differing(runs.weights(reference_run), runs.weights(workdir))
-    record("Faults", f"disk full (ENOSPC) during a checkpoint save, checkpoint.on_save_error = \"{action}\"",
-           f"{TMPFS_MB} MB tmpfs filled ({filled >> 20} MB) after step 4's checkpoint",
-           f"{outcome}; {len(differ)} tensors differ from the uninterrupted run")
+    record(
+        "Faults",
+        f'disk full (ENOSPC) during a checkpoint save, checkpoint.on_save_error = "{action}"',
+        f"{TMPFS_MB} MB tmpfs filled ({filled >> 20} MB) after step 4's checkpoint",
+        f"{outcome}; {len(differ)} tensors differ from the uninterrupted run",
+    )
     assert not differ

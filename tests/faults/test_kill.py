@@ -73,16 +73,27 @@ def test_kill_9_at_random_moments(train_data, reference_run, tmp_path, record):
                 assert process.process.returncode == 0, process.stderr
                 break
             kinds.pop(0)
-            points.append({"kind": kind, "moment": moment, "complete": runs.complete_steps(workdir),
-                           "partial": runs.partial_checkpoints(workdir), "resumed_from": resumed_from})
+            points.append(
+                {
+                    "kind": kind,
+                    "moment": moment,
+                    "complete": runs.complete_steps(workdir),
+                    "partial": runs.partial_checkpoints(workdir),
+                    "resumed_from": resumed_from,
+                }
+            )
         done = runs.run(args)
         assert done.process.returncode == 0, done.stderr
         newest = points[-1]["complete"][-1] if points and points[-1]["complete"] else 0
         assert done.logged_steps()[:1] in ([], [newest + 1])
         assert not runs.partial_checkpoints(workdir) and not list(workdir.glob(".model.partial-*"))
         got_losses = runs.losses(workdir)
-        chains.append({"tensors": runs.differing(expected_weights, runs.weights(workdir)),
-                       "losses": [s for s in expected_losses if got_losses.get(s) != expected_losses[s]]})
+        chains.append(
+            {
+                "tensors": runs.differing(expected_weights, runs.weights(workdir)),
+                "losses": [s for s in expected_losses if got_losses.get(s) != expected_losses[s]],
+            }
+        )
 
     print(f"seed {seed}; kill points:")
     for point in points:
@@ -93,15 +104,25 @@ def test_kill_9_at_random_moments(train_data, reference_run, tmp_path, record):
     mid_write = sum(bool(p["partial"]) for p in by_kind["checkpoint write"])
     tensors = len(expected_weights)
     for kind, hits in by_kind.items():
-        extra = (f"; {mid_write} of them left a partial checkpoint (a temporary directory), never loaded"
-                 if kind == "checkpoint write" else "")
-        record("Faults", f"kill -9 of `jaxvlm train` during {kind}", f"{len(hits)} kill points",
-               f"each rerun resumed from the newest complete step{extra}")
+        extra = (
+            f"; {mid_write} of them left a partial checkpoint (a temporary directory), never loaded"
+            if kind == "checkpoint write"
+            else ""
+        )
+        record(
+            "Faults",
+            f"kill -9 of `jaxvlm train` during {kind}",
+            f"{len(hits)} kill points",
+            f"each rerun resumed from the newest complete step{extra}",
+        )
     differences = sum(len(c["tensors"]) for c in chains)
-    record("Faults", "kill -9 at random moments, each run resumed by the same command",
-           f"{len(points)} kill points in {len(chains)} resumed chains of {runs.STEPS} steps (seed {seed})",
-           f"{differences} of {tensors * len(chains)} final parameter tensors differ from the uninterrupted run; "
-           f"{sum(len(c['losses']) for c in chains)} of {runs.STEPS * len(chains)} logged losses differ")
+    record(
+        "Faults",
+        "kill -9 at random moments, each run resumed by the same command",
+        f"{len(points)} kill points in {len(chains)} resumed chains of {runs.STEPS} steps (seed {seed})",
+        f"{differences} of {tensors * len(chains)} final parameter tensors differ from the uninterrupted run; "
+        f"{sum(len(c['losses']) for c in chains)} of {runs.STEPS * len(chains)} logged losses differ",
+    )
     assert len(points) == KILLS
     assert mid_write >= 1, "no kill landed while a checkpoint was being written"
     assert all(not c["tensors"] and not c["losses"] for c in chains), chains

@@ -17,7 +17,6 @@ import pytest
 
 from jaxvlm.train import PREEMPTED_EXIT_CODE
 from jaxvlm.train.checkpoint import Checkpoints
-
 from tests.faults import runs
 from tests.train.conftest import standin_iterator, tiny_config
 
@@ -47,9 +46,15 @@ class NoticeAt(grain.DatasetIterator):
 
 
 def test_sigterm_saves_the_current_step_and_resumes_exactly(train_in_process, tmp_path, record):
-    config = tiny_config(changes={"total_steps": STEPS, "global_batch_size": 8, "log_every": 1,
-                                  "checkpoint.every": 5,
-                                  "checkpoint.preemption_grace_secs": 600.0})  # its expiry would end pytest
+    config = tiny_config(
+        changes={
+            "total_steps": STEPS,
+            "global_batch_size": 8,
+            "log_every": 1,
+            "checkpoint.every": 5,
+            "checkpoint.preemption_grace_secs": 600.0,
+        }
+    )  # its expiry would end pytest
     at = int(np.random.default_rng().integers(2, STEPS))
     reference = train_in_process(config, tmp_path / "reference", NoticeAt(config, 0))
     started = time.monotonic()
@@ -58,11 +63,20 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(train_in_process, tm
     with Checkpoints(tmp_path / "run" / "checkpoints", config.checkpoint) as checkpoints:
         newest = checkpoints.newest()
     resumed = train_in_process(config, tmp_path / "run", NoticeAt(config, 0))
-    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(reference.state.params)),
-                                                    jax.tree.leaves(jax.device_get(resumed.state.params))))
-    record("Faults", "SIGTERM while batch k is drawn (in process)", f"k = {at} of {STEPS}",
-           f"stopped after step {stopped.step} with its checkpoint complete ({took:.1f} s from the start of the "
-           f"run); resumed run bitwise equal to the uninterrupted one: {same}")
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(jax.device_get(reference.state.params)),
+            jax.tree.leaves(jax.device_get(resumed.state.params)),
+        )
+    )
+    record(
+        "Faults",
+        "SIGTERM while batch k is drawn (in process)",
+        f"k = {at} of {STEPS}",
+        f"stopped after step {stopped.step} with its checkpoint complete ({took:.1f} s from the start of the "
+        f"run); resumed run bitwise equal to the uninterrupted one: {same}",
+    )
     assert stopped.preempted and stopped.step == newest == at and same
 
 
@@ -94,11 +108,17 @@ def test_sigterm_within_the_grace_period(train_data, reference_run, tmp_path, re
     done = runs.run(args)
     assert done.process.returncode == 0, done.stderr
     differ = runs.differing(runs.weights(reference_run), runs.weights(tmp_path))
-    record("Faults", f"SIGTERM to `jaxvlm train`, grace period {ENOUGH_GRACE:g} s",
-           "after step 3, checkpoint writes slowed by 1 s per array",
-           f"checkpoint of step {stopped_at} written, exit 143 after {took_first:.1f} s")
-    record("Faults", "SIGTERM, checkpoint write slower than the grace period",
-           f"grace {grace} s, writes slowed by 4 s per array",
-           f"exit 143 after {took_second:.1f} s saying so; the checkpoint of step {stopped_at} stayed the newest; "
-           f"the rerun resumed from it: {len(differ)} tensors differ from the uninterrupted run")
+    record(
+        "Faults",
+        f"SIGTERM to `jaxvlm train`, grace period {ENOUGH_GRACE:g} s",
+        "after step 3, checkpoint writes slowed by 1 s per array",
+        f"checkpoint of step {stopped_at} written, exit 143 after {took_first:.1f} s",
+    )
+    record(
+        "Faults",
+        "SIGTERM, checkpoint write slower than the grace period",
+        f"grace {grace} s, writes slowed by 4 s per array",
+        f"exit 143 after {took_second:.1f} s saying so; the checkpoint of step {stopped_at} stayed the newest; "
+        f"the rerun resumed from it: {len(differ)} tensors differ from the uninterrupted run",
+    )
     assert not differ

@@ -20,7 +20,6 @@ import jaxvlm
 from jaxvlm.cli import main
 from jaxvlm.convert import convert
 from jaxvlm.errors import InputError
-
 from tests.test_cli import tiny_open_clip_state
 
 
@@ -87,15 +86,26 @@ def test_converters_never_run_a_planted_pickle(case, tmp_path, spm_model_file, c
         (src / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
         if "index" in case:
             (src / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"visual.proj": name}}))
-    argv = ["convert", "--from", source, str(src if source == "hf" else src / name), str(tmp_path / "out"),
-            "--tokenizer", str(spm_model_file)] + (["--model", "tiny-clip"] if source == "open_clip" else [])
+    argv = [
+        "convert",
+        "--from",
+        source,
+        str(src if source == "hf" else src / name),
+        str(tmp_path / "out"),
+        "--tokenizer",
+        str(spm_model_file),
+    ] + (["--model", "tiny-clip"] if source == "open_clip" else [])
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxvlm: error:") and "\n" not in err
     assert not marker.exists(), "the pickle ran code"
     assert not (tmp_path / "out").exists()
-    record("Security", f"a pickle that writes a file when unpickled, planted as {case}", "`jaxvlm convert`",
-           f"refused ({err[len('jaxvlm: error: '):][:110]}...); the file never appeared")
+    record(
+        "Security",
+        f"a pickle that writes a file when unpickled, planted as {case}",
+        "`jaxvlm convert`",
+        f"refused ({err[len('jaxvlm: error: ') :][:110]}...); the file never appeared",
+    )
 
 
 def test_load_reads_only_data(model_directory, tmp_path, record):
@@ -110,16 +120,19 @@ def test_load_reads_only_data(model_directory, tmp_path, record):
     (directory / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
     model = jaxvlm.load(directory)
     assert model.encode_text(model.tokenize(["a cat"])).shape == (1, 32)
-    from jaxvlm.train.program import model_spec
     from jaxvlm.train.config import base_config
+    from jaxvlm.train.program import model_spec
 
     cfg = base_config().model
     cfg.init_from = str(directory)
     assert model_spec(cfg).pretrained is not None
     assert not marker.exists()
-    record("Security", "pickles (`pytorch_model.bin`, `model.pkl`) and Python files planted in a model directory",
-           "`jaxvlm.load`, `model.init_from` of a training run", "loaded from config.json + model.safetensors + "
-           "the tokenizer file only; nothing planted was opened or ran")
+    record(
+        "Security",
+        "pickles (`pytorch_model.bin`, `model.pkl`) and Python files planted in a model directory",
+        "`jaxvlm.load`, `model.init_from` of a training run",
+        "loaded from config.json + model.safetensors + the tokenizer file only; nothing planted was opened or ran",
+    )
 
 
 @pytest.mark.parametrize("replaced", ["model.safetensors", "bpe_simple_vocab_16e6.txt.gz"])
@@ -131,8 +144,12 @@ def test_a_pickle_in_place_of_a_model_file(replaced, model_directory, tmp_path, 
     with pytest.raises(InputError) as error:
         jaxvlm.load(directory)
     assert not marker.exists() and "\n" not in str(error.value)
-    record("Security", f"a pickle in place of a model directory's {replaced}", "`jaxvlm.load`",
-           f"InputError \"{str(error.value).replace(str(tmp_path), 'DIR')[:100]}...\"; the planted code never ran")
+    record(
+        "Security",
+        f"a pickle in place of a model directory's {replaced}",
+        "`jaxvlm.load`",
+        f'InputError "{str(error.value).replace(str(tmp_path), "DIR")[:100]}..."; the planted code never ran',
+    )
 
 
 @pytest.mark.parametrize("name", ["../../outside.model", "/etc/passwd", "sub/tokenizer.json", ".."])
@@ -146,5 +163,9 @@ def test_a_tokenizer_file_outside_the_directory_is_refused(name, model_directory
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="tokenizer file must be a plain file name"):
         jaxvlm.load(directory)
-    record("Security", f"config.json naming the tokenizer file `{name}`", "`jaxvlm.load`",
-           "refused: the tokenizer file must be a plain file name inside the directory")
+    record(
+        "Security",
+        f"config.json naming the tokenizer file `{name}`",
+        "`jaxvlm.load`",
+        "refused: the tokenizer file must be a plain file name inside the directory",
+    )

@@ -16,12 +16,14 @@ TRITON_CALL = "__gpu$xla.gpu.triton"  # the custom-call target of a Pallas Trito
 @functools.cache
 def _cuda_lowering_error() -> str | None:
     """Why this host cannot lower a trivial Pallas Triton kernel for CUDA, or None."""
+
     def double(x_ref, o_ref):
         o_ref[...] = 2 * x_ref[...]
 
     # Triton's compiler params select the Triton backend (without them CUDA gets Mosaic GPU)
-    kernel = pl.pallas_call(double, out_shape=jax.ShapeDtypeStruct((16,), jnp.float32),
-                            compiler_params=plgpu.CompilerParams())
+    kernel = pl.pallas_call(
+        double, out_shape=jax.ShapeDtypeStruct((16,), jnp.float32), compiler_params=plgpu.CompilerParams()
+    )
     try:
         jax.jit(kernel).trace(jax.ShapeDtypeStruct((16,), jnp.float32)).lower(lowering_platforms=("cuda",))
     except Exception as e:  # e.g. a jaxlib without the Triton dialect

@@ -38,8 +38,7 @@ BFLOAT16 = [(197, 197, 64, False, True), (77, 77, 80, True, False), (76, 255, 72
 
 def inputs(t, s, d, key_mask, dtype, seed=0):
     keys = jax.random.split(jax.random.key(seed), 5)
-    q, k, v = (jax.random.normal(key, (1, n, 2, d), jnp.float32).astype(dtype)
-               for key, n in zip(keys, (t, s, s)))
+    q, k, v = (jax.random.normal(key, (1, n, 2, d), jnp.float32).astype(dtype) for key, n in zip(keys, (t, s, s)))
     mask = jax.random.bernoulli(keys[3], 0.7, (1, s)).at[:, 0].set(True) if key_mask else None  # no query sees none
     cotangent = jax.random.normal(keys[4], (1, t, 2, d), jnp.float32).astype(dtype)
     return (q, k, v), mask, cotangent
@@ -58,21 +57,28 @@ def kernel_and_reference(q, k, v, mask, cotangent, *, backend, causal, grads):
 
 def supported(cases):
     """(backend, *case) for each case each backend's kernel covers (the GPU kernel takes no key_mask)."""
-    return [(backend, t, s, d, causal, mask) for backend in ("tpu", "gpu") for t, s, d, causal, mask in cases
-            if not unsupported(backend, t, s, causal=causal, key_mask=mask)]
+    return [
+        (backend, t, s, d, causal, mask)
+        for backend in ("tpu", "gpu")
+        for t, s, d, causal, mask in cases
+        if not unsupported(backend, t, s, causal=causal, key_mask=mask)
+    ]
 
 
 def check(backend, t, s, d, causal, key_mask, dtype, grads=True):
     qkv, mask, cotangent = inputs(t, s, d, key_mask, dtype)
-    out, ref, kernel_grads, reference_grads = kernel_and_reference(*qkv, mask, cotangent, backend=backend,
-                                                                   causal=causal, grads=grads)
+    out, ref, kernel_grads, reference_grads = kernel_and_reference(
+        *qkv, mask, cotangent, backend=backend, causal=causal, grads=grads
+    )
     errors = {}
     for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *kernel_grads), (ref, *reference_grads)):
         assert a.shape == b.shape and a.dtype == b.dtype
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         errors[name] = (float(np.abs(a - b).max()), float(np.abs(b).max()))
-    print(f"\n{backend} T={t} S={s} D={d} causal={causal} key_mask={key_mask} {jnp.dtype(dtype).name}: max abs error "
-          + ", ".join(f"{name} {err:.2e} (of {top:.2f})" for name, (err, top) in errors.items()))
+    print(
+        f"\n{backend} T={t} S={s} D={d} causal={causal} key_mask={key_mask} {jnp.dtype(dtype).name}: max abs error "
+        + ", ".join(f"{name} {err:.2e} (of {top:.2f})" for name, (err, top) in errors.items())
+    )
     for name, (err, top) in errors.items():
         assert err <= TOLERANCE[dtype] * top, name
 
@@ -92,13 +98,16 @@ def test_long_sequences_forward(backend, t, s, d, causal, key_mask):
     check(backend, t, s, d, causal, key_mask, jnp.float32, grads=False)
 
 
-@pytest.mark.parametrize("backend, t, s, causal, key_mask, message", [
-    ("tpu", 1, 77, True, False, "as many queries as keys"),
-    ("gpu", 76, 77, True, False, "as many queries as keys"),
-    ("gpu", 77, 77, False, True, "cannot mask a key"),
-    ("gpu", 256, 50, False, False, "queries outnumber keys"),
-    ("cpu", 77, 77, False, False, "unknown flash attention backend"),
-])
+@pytest.mark.parametrize(
+    "backend, t, s, causal, key_mask, message",
+    [
+        ("tpu", 1, 77, True, False, "as many queries as keys"),
+        ("gpu", 76, 77, True, False, "as many queries as keys"),
+        ("gpu", 77, 77, False, True, "cannot mask a key"),
+        ("gpu", 256, 50, False, False, "queries outnumber keys"),
+        ("cpu", 77, 77, False, False, "unknown flash attention backend"),
+    ],
+)
 def test_unsupported_cases_are_refused(backend, t, s, causal, key_mask, message):
     (q, k, v), mask, _ = inputs(t, s, 64, key_mask, jnp.float32)
     with pytest.raises(NotImplementedError, match=message):
@@ -115,17 +124,12 @@ def test_bad_inputs_are_refused():
 
 # Lowered for every generation: ViT-B/16-like (head dim 80 to cover a non-power-of-two), causal
 # text with a padding mask, CoCa's cross-attention.
-LOWERED = {
-    "vit": (197, 197, 80, False, False),
-    "text": (77, 77, 64, True, True),
-    "cross": (76, 255, 128, False, False),
-}
+LOWERED = {"vit": (197, 197, 80, False, False), "text": (77, 77, 64, True, True), "cross": (76, 255, 128, False, False)}
 
 
 def lowered_args(mesh, t, s, d, key_mask, spec=None):
     spec, batch = spec or P(), mesh.size * 2
-    args = [jax.ShapeDtypeStruct((batch, n, 4, d), jnp.bfloat16, sharding=NamedSharding(mesh, spec))
-            for n in (t, s, s)]
+    args = [jax.ShapeDtypeStruct((batch, n, 4, d), jnp.bfloat16, sharding=NamedSharding(mesh, spec)) for n in (t, s, s)]
     mask = jax.ShapeDtypeStruct((batch, s), jnp.bool_, sharding=NamedSharding(mesh, spec)) if key_mask else None
     return args, mask
 
@@ -160,8 +164,9 @@ def test_tpu_kernel_lowers_sharded_over_the_batch(generation):
     for fn in forward_and_backward(causal):
         out_specs = qkv if fn.__name__ == "forward" else (qkv, qkv, qkv)
         # check_vma=False: JAX's TPU kernel declares its outputs without varying mesh axes
-        sharded = jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, P("data")), out_specs=out_specs,
-                                check_vma=False)
+        sharded = jax.shard_map(
+            fn, mesh=mesh, in_specs=(qkv, qkv, qkv, P("data")), out_specs=out_specs, check_vma=False
+        )
         counts.append(mosaic_kernels(compile_for_tpu(sharded, *args, mask)))
     print(f"\n{generation} over {mesh.size} devices: Mosaic kernels forward {counts[0]}, backward {counts[1]}")
     assert counts[0] > 0 and counts[1] > 0

@@ -23,7 +23,7 @@ def embeddings(n, m, d, dtype=jnp.float32, seed=0):
     kx, ky = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (n, d))
     y = jax.random.normal(ky, (m, d))
-    y = y.at[:min(n, m)].add(2.0 * x[:min(n, m)])
+    y = y.at[: min(n, m)].add(2.0 * x[: min(n, m)])
     unit = lambda v: v / jnp.linalg.norm(v, axis=1, keepdims=True)
     return unit(x).astype(dtype), unit(y).astype(dtype)
 
@@ -82,18 +82,21 @@ def ring(devices, check_vma, interpret, pass_rows=512):
     """The global loss of sharded x, y (replicated scale, bias) computed by the ring."""
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     loss = lambda *a: sharded_sigmoid_loss(*a, axis_name="data", pass_rows=pass_rows, interpret=interpret)
-    return jax.shard_map(loss, mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=P(),
-                         check_vma=check_vma)
+    return jax.shard_map(loss, mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=P(), check_vma=check_vma)
 
 
 # jax 0.10's HLO interpreter (interpret=True) cannot evaluate kernels on device-varying values, so
 # check_vma=True runs under the TPU interpreter, whose per-kernel barrier across all simulated
 # devices needs a host thread per device: 2 devices on this 2-core machine.
-@pytest.mark.parametrize("devices,n,d,check_vma,interpret", [
-    (8, 128, 64, False, True),
-    (8, 100, 200, False, True),  # ragged: 100 images per device, padded to one 128-row tile
-    (2, 100, 200, True, pltpu.InterpretParams()),
-], ids=["8dev-aligned", "8dev-ragged", "2dev-check_vma"])
+@pytest.mark.parametrize(
+    "devices,n,d,check_vma,interpret",
+    [
+        (8, 128, 64, False, True),
+        (8, 100, 200, False, True),  # ragged: 100 images per device, padded to one 128-row tile
+        (2, 100, 200, True, pltpu.InterpretParams()),
+    ],
+    ids=["8dev-aligned", "8dev-ragged", "2dev-check_vma"],
+)
 def test_ring_matches_single_device_reference(devices, n, d, check_vma, interpret):
     x, y = embeddings(devices * n, devices * n, d, seed=devices + n)
     scale, bias = jnp.float32(7.0), jnp.float32(-4.0)
@@ -101,10 +104,14 @@ def test_ring_matches_single_device_reference(devices, n, d, check_vma, interpre
     assert_grads_close(got, reference_value_and_grad(x, y, scale, bias), 1e-5)
 
 
-@pytest.mark.parametrize("devices,n,check_vma,interpret", [
-    (4, 300, False, True),  # 3 passes of 128 texts, the last one ragged
-    (2, 200, True, pltpu.InterpretParams()),
-], ids=["4dev-3passes", "2dev-check_vma-2passes"])
+@pytest.mark.parametrize(
+    "devices,n,check_vma,interpret",
+    [
+        (4, 300, False, True),  # 3 passes of 128 texts, the last one ragged
+        (2, 200, True, pltpu.InterpretParams()),
+    ],
+    ids=["4dev-3passes", "2dev-check_vma-2passes"],
+)
 def test_ring_in_several_passes(devices, n, check_vma, interpret):
     """Each device's texts go round in passes of pass_rows: the same loss and gradients."""
     x, y = embeddings(devices * n, devices * n, 64, seed=n)
@@ -120,7 +127,10 @@ def test_ring_device_varying_scale():
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
     f = jax.shard_map(
         lambda x, y, s, b: sharded_sigmoid_loss(x, y, s[0], b[0], axis_name="data", interpret=pltpu.InterpretParams()),
-        mesh=mesh, in_specs=P("data"), out_specs=P())
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )
     loss, (dscale, dbias) = jax.jit(jax.value_and_grad(f, (2, 3)))(x, y, jnp.full(2, 7.0), jnp.full(2, -4.0))
     ref_loss, (ref_dscale, ref_dbias) = jax.value_and_grad(sigmoid_loss_reference, (2, 3))(x, y, 7.0, -4.0)
     assert_close("loss", loss, ref_loss, 1e-5)
@@ -159,8 +169,7 @@ def test_ring_gradient_memory_does_not_grow_with_devices():
 
     def temp_chunks(devices, loss):
         mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-        f = jax.shard_map(loss, mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=P(),
-                          check_vma=False)
+        f = jax.shard_map(loss, mesh=mesh, in_specs=(P("data"), P("data"), P(), P()), out_specs=P(), check_vma=False)
         x = jax.ShapeDtypeStruct((devices * n, d), jnp.float32)
         s = jax.ShapeDtypeStruct((), jnp.float32)
         compiled = jax.jit(jax.grad(f, ARGS)).lower(x, x, s, s).compile()
@@ -191,10 +200,18 @@ def test_compiles_for_tpu(generation, dtype):
 
     mesh = tpu_mesh(generation)
     size = mesh.devices.size
-    f = jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data", pass_rows=n // 2), mesh=mesh,
-                      in_specs=(P("data"), P("data"), P(), P()), out_specs=P())
-    args = (spec((size * n, d), dtype, P("data")), spec((size * n, d), dtype, P("data")),
-            spec((), jnp.float32, P()), spec((), jnp.float32, P()))
+    f = jax.shard_map(
+        lambda *a: sharded_sigmoid_loss(*a, axis_name="data", pass_rows=n // 2),
+        mesh=mesh,
+        in_specs=(P("data"), P("data"), P(), P()),
+        out_specs=P(),
+    )
+    args = (
+        spec((size * n, d), dtype, P("data")),
+        spec((size * n, d), dtype, P("data")),
+        spec((), jnp.float32, P()),
+        spec((), jnp.float32, P()),
+    )
     compiled = compile_for_tpu(jax.value_and_grad(f, ARGS), *args)
     # forward: own texts, loop body, last step; backward: the same three, two kernels each; all of it
     # once for the first pass and once in the loop over the other passes
@@ -210,8 +227,13 @@ def ring_temp_gib(topology, global_batch, d=1152):
     except Exception as e:
         pytest.skip(f"cannot describe TPU topology {topology}: {e}")
     mesh = Mesh(np.array(devices), ("data",))
-    f = jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data"), mesh=mesh,
-                      in_specs=(P("data"), P("data"), P(), P()), out_specs=P(), check_vma=False)
+    f = jax.shard_map(
+        lambda *a: sharded_sigmoid_loss(*a, axis_name="data"),
+        mesh=mesh,
+        in_specs=(P("data"), P("data"), P(), P()),
+        out_specs=P(),
+        check_vma=False,
+    )
     rows = jax.ShapeDtypeStruct((global_batch, d), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
     compiled = compile_for_tpu(jax.value_and_grad(f, ARGS), rows, rows, scalar, scalar)
@@ -223,8 +245,10 @@ def test_ring_memory_on_tpu_follows_the_local_batch():
     memory for the same local batch on 8 and on 256 chips."""
     at_128k = ring_temp_gib("v5p:2x2x2", 128 * 1024)
     local_4096 = ring_temp_gib("v5p:2x2x2", 32 * 1024), ring_temp_gib("v5p:4x8x8", 1024 * 1024)
-    print(f"ring temp memory per chip: 128k on 8 chips {at_128k:.4f} GiB; local batch 4096 on 8 and 256 chips "
-          f"{local_4096[0]:.4f} and {local_4096[1]:.4f} GiB")
+    print(
+        f"ring temp memory per chip: 128k on 8 chips {at_128k:.4f} GiB; local batch 4096 on 8 and 256 chips "
+        f"{local_4096[0]:.4f} and {local_4096[1]:.4f} GiB"
+    )
     assert at_128k < 0.1
     assert local_4096[0] == local_4096[1]
 
@@ -233,18 +257,21 @@ def test_ring_memory_on_tpu_follows_the_local_batch():
 # Bad input: an InputError naming it, never a silent wrong answer.
 
 
-@pytest.mark.parametrize("x,y,scale,bias,match", [
-    (np.ones((4, 8), np.float32), np.ones((4, 6), np.float32), 1.0, 0.0, "embedding size D, got 8 and 6"),
-    (np.ones((4, 8), np.float32), np.ones(8, np.float32), 1.0, 0.0, "must be 2-D"),
-    (np.ones((0, 8), np.float32), np.ones((4, 8), np.float32), 1.0, 0.0, "empty input"),
-    (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), np.ones(1), 0.0, "scale must be a scalar"),
-    (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), 1.0, np.zeros((2, 2)), "bias must be a scalar"),
-    (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), np.nan, 0.0, "scale must be finite"),
-    (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), 1.0, -np.inf, "bias must be finite"),
-    (np.ones((4, 8), np.float16), np.ones((4, 8), np.float16), 1.0, 0.0, "float32 or both bfloat16"),
-    (np.ones((4, 8), np.int32), np.ones((4, 8), np.int32), 1.0, 0.0, "float32 or both bfloat16"),
-    (np.ones((4, 8), np.float32), jnp.ones((4, 8), jnp.bfloat16), 1.0, 0.0, "float32 or both bfloat16"),
-])
+@pytest.mark.parametrize(
+    "x,y,scale,bias,match",
+    [
+        (np.ones((4, 8), np.float32), np.ones((4, 6), np.float32), 1.0, 0.0, "embedding size D, got 8 and 6"),
+        (np.ones((4, 8), np.float32), np.ones(8, np.float32), 1.0, 0.0, "must be 2-D"),
+        (np.ones((0, 8), np.float32), np.ones((4, 8), np.float32), 1.0, 0.0, "empty input"),
+        (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), np.ones(1), 0.0, "scale must be a scalar"),
+        (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), 1.0, np.zeros((2, 2)), "bias must be a scalar"),
+        (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), np.nan, 0.0, "scale must be finite"),
+        (np.ones((4, 8), np.float32), np.ones((4, 8), np.float32), 1.0, -np.inf, "bias must be finite"),
+        (np.ones((4, 8), np.float16), np.ones((4, 8), np.float16), 1.0, 0.0, "float32 or both bfloat16"),
+        (np.ones((4, 8), np.int32), np.ones((4, 8), np.int32), 1.0, 0.0, "float32 or both bfloat16"),
+        (np.ones((4, 8), np.float32), jnp.ones((4, 8), jnp.bfloat16), 1.0, 0.0, "float32 or both bfloat16"),
+    ],
+)
 def test_bad_input_raises(x, y, scale, bias, match):
     with pytest.raises(InputError, match=match):
         sigmoid_loss(x, y, scale, bias, interpret=True)
@@ -252,8 +279,13 @@ def test_bad_input_raises(x, y, scale, bias, match):
 
 def test_ring_needs_as_many_texts_as_images():
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-    f = jax.shard_map(lambda *a: sharded_sigmoid_loss(*a, axis_name="data", interpret=True), mesh=mesh,
-                      in_specs=(P("data"), P("data"), P(), P()), out_specs=P(), check_vma=False)
+    f = jax.shard_map(
+        lambda *a: sharded_sigmoid_loss(*a, axis_name="data", interpret=True),
+        mesh=mesh,
+        in_specs=(P("data"), P("data"), P(), P()),
+        out_specs=P(),
+        check_vma=False,
+    )
     with pytest.raises(ValueError, match="as many texts as images"):
         f(jnp.ones((8, 64)), jnp.ones((6, 64)), 1.0, 0.0)
 

@@ -54,16 +54,19 @@ def check_against_reference(loss_and_grads, x, y, scale):
         assert_close(name, grad, ref, x.dtype)
 
 
-@pytest.mark.parametrize("n, d, dtype, scale, noise", [
-    (1, 64, jnp.float32, 10.0, None),
-    (100, 200, jnp.float32, 20.0, None),
-    (300, 1152, jnp.float32, 20.0, 1.0),
-    (300, 64, jnp.float32, 100.0, None),
-    (200, 1536, jnp.float32, 20.0, None),
-    (100, 200, jnp.bfloat16, 20.0, None),
-    (300, 1152, jnp.bfloat16, 20.0, 1.0),
-    (600, 64, jnp.bfloat16, 50.0, None),
-])
+@pytest.mark.parametrize(
+    "n, d, dtype, scale, noise",
+    [
+        (1, 64, jnp.float32, 10.0, None),
+        (100, 200, jnp.float32, 20.0, None),
+        (300, 1152, jnp.float32, 20.0, 1.0),
+        (300, 64, jnp.float32, 100.0, None),
+        (200, 1536, jnp.float32, 20.0, None),
+        (100, 200, jnp.bfloat16, 20.0, None),
+        (300, 1152, jnp.bfloat16, 20.0, 1.0),
+        (600, 64, jnp.bfloat16, 50.0, None),
+    ],
+)
 def test_matches_reference(n, d, dtype, scale, noise):
     x, y = embeddings(n, d, dtype, noise=noise)
     loss_fn = functools.partial(softmax_loss, interpret=True)
@@ -83,8 +86,7 @@ def test_sharded_matches_reference(n, d, dtype):
     x, y = embeddings(8 * n, d, dtype, noise=2.0, seed=1)
     scale = jnp.float32(30.0)
     # jax's Pallas interpreter needs check_vma=False (compiled kernels do not: see the TPU tests)
-    loss_fn = sharded(functools.partial(sharded_softmax_loss, axis_name="data", interpret=True), mesh,
-                      check_vma=False)
+    loss_fn = sharded(functools.partial(sharded_softmax_loss, axis_name="data", interpret=True), mesh, check_vma=False)
     print(f"\nsharded_softmax_loss 8 devices x n={n}, D={d} {jnp.dtype(dtype).name}")
     check_against_reference(jax.jit(jax.value_and_grad(loss_fn, ARGS))(x, y, scale), x, y, scale)
 
@@ -104,38 +106,50 @@ def test_compiles_for_tpu(generation):
         mesh = tpu_mesh(generation, devices=1)
         replicated = NamedSharding(mesh, P())
         compiled = compile_for_tpu(
-            jax.value_and_grad(softmax_loss, ARGS), jax.ShapeDtypeStruct((n, d), dtype, sharding=replicated),
+            jax.value_and_grad(softmax_loss, ARGS),
             jax.ShapeDtypeStruct((n, d), dtype, sharding=replicated),
-            jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated))
+            jax.ShapeDtypeStruct((n, d), dtype, sharding=replicated),
+            jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
+        )
         single = mosaic_kernels(compiled)
 
         mesh = tpu_mesh(generation)
         batch = jax.ShapeDtypeStruct((n * mesh.size, d), dtype, sharding=NamedSharding(mesh, P("data")))
         loss_fn = sharded(functools.partial(sharded_softmax_loss, axis_name="data"), mesh)
-        compiled = compile_for_tpu(jax.value_and_grad(loss_fn, ARGS), batch, batch,
-                                   jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P())))
+        compiled = compile_for_tpu(
+            jax.value_and_grad(loss_fn, ARGS),
+            batch,
+            batch,
+            jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P())),
+        )
         multi = mosaic_kernels(compiled)
         print(f"\n{generation} {jnp.dtype(dtype).name}: {single} Mosaic kernels on 1 chip, {multi} on {mesh.size}")
         assert single > 0 and multi > 0
 
 
-@pytest.mark.parametrize("x_shape, y_shape, match", [
-    ((8, 64), (9, 64), "same shape"),
-    ((8, 64), (8, 32), "same shape"),
-    ((8,), (8,), "must be 2-D"),
-    ((0, 64), (0, 64), "empty input"),
-])
+@pytest.mark.parametrize(
+    "x_shape, y_shape, match",
+    [
+        ((8, 64), (9, 64), "same shape"),
+        ((8, 64), (8, 32), "same shape"),
+        ((8,), (8,), "must be 2-D"),
+        ((0, 64), (0, 64), "empty input"),
+    ],
+)
 def test_bad_shapes(x_shape, y_shape, match):
     with pytest.raises(InputError, match=match):
         softmax_loss(jnp.ones(x_shape), jnp.ones(y_shape), 1.0, interpret=True)
 
 
-@pytest.mark.parametrize("scale, error, match", [
-    (jnp.ones(1), InputError, "scalar"),
-    (float("nan"), InputError, "finite"),
-    (jnp.float32(-jnp.inf), InputError, "finite"),
-    (1j, InputError, "real"),
-])
+@pytest.mark.parametrize(
+    "scale, error, match",
+    [
+        (jnp.ones(1), InputError, "scalar"),
+        (float("nan"), InputError, "finite"),
+        (jnp.float32(-jnp.inf), InputError, "finite"),
+        (1j, InputError, "real"),
+    ],
+)
 def test_bad_scale(scale, error, match):
     x, y = embeddings(8, 64, jnp.float32)
     for loss_fn in (softmax_loss, functools.partial(sharded_softmax_loss, axis_name="data")):
@@ -151,8 +165,9 @@ def test_traced_non_finite_scale_is_not_silent():
     assert not jnp.isfinite(loss)
 
 
-@pytest.mark.parametrize("x_dtype, y_dtype", [
-    (jnp.float16, jnp.float16), (jnp.int32, jnp.int32), (jnp.float32, jnp.bfloat16)])
+@pytest.mark.parametrize(
+    "x_dtype, y_dtype", [(jnp.float16, jnp.float16), (jnp.int32, jnp.int32), (jnp.float32, jnp.bfloat16)]
+)
 def test_bad_dtypes(x_dtype, y_dtype):
     x, y = embeddings(8, 64, jnp.float32)
     with pytest.raises(InputError, match="float32 or both bfloat16"):

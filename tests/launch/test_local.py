@@ -11,18 +11,35 @@ import time
 from jaxvlm.cli import main
 from jaxvlm.launch import local
 from jaxvlm.train.metrics import read
-
 from tests.launch.conftest import REPO
 
 
 def test_demo_trains_on_two_processes_of_two_devices(digits_dir, tmp_path, capfd):
     """Both processes train the same run over 4 devices (parameters FSDP-split over all of them),
     checkpoint it and export the model; every line of output names its process."""
-    code = main(["launch", "local", "--processes", "2", "--devices", "2", "--config", str(REPO / "configs" / "demo.py"),
-                 "--workdir", str(tmp_path), f"--config.data.data_dir={digits_dir}", "--config.total_steps=4",
-                 "--config.global_batch_size=16", "--config.log_every=1", "--config.checkpoint.every=2",
-                 "--config.eval_specs=()", "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=0",
-                 "--config.optimizer.warmup_steps=1"])
+    code = main(
+        [
+            "launch",
+            "local",
+            "--processes",
+            "2",
+            "--devices",
+            "2",
+            "--config",
+            str(REPO / "configs" / "demo.py"),
+            "--workdir",
+            str(tmp_path),
+            f"--config.data.data_dir={digits_dir}",
+            "--config.total_steps=4",
+            "--config.global_batch_size=16",
+            "--config.log_every=1",
+            "--config.checkpoint.every=2",
+            "--config.eval_specs=()",
+            "--config.mesh.fsdp=4",
+            "--config.mesh.fsdp_min_size=0",
+            "--config.optimizer.warmup_steps=1",
+        ]
+    )
     out = capfd.readouterr().out
     assert code == 0, out[-3000:]
     lines = [line for line in out.splitlines() if line.strip()]
@@ -37,18 +54,21 @@ def test_a_failing_process_stops_the_others(tmp_path):
     """Process 1 fails at once; process 0 would run for a minute: the launcher stops it and
     returns process 1's exit code."""
     script = tmp_path / "entry.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, time
         index = int(sys.argv[sys.argv.index("--process-id") + 1])
         print(f"process {index} of", sys.argv[sys.argv.index("--num-processes") + 1], flush=True)
         if index == 1:
             sys.exit(3)
         time.sleep(60)
-    """))
+    """)
+    )
     out = io.StringIO()
     started = time.monotonic()
-    code = local.launch(["train"], processes=2, devices=2, entry_point=(sys.executable, str(script)), out=out,
-                        grace_seconds=5)
+    code = local.launch(
+        ["train"], processes=2, devices=2, entry_point=(sys.executable, str(script)), out=out, grace_seconds=5
+    )
     assert code == 3 and time.monotonic() - started < 30
     assert sorted(out.getvalue().splitlines()) == ["[0] process 0 of 2", "[1] process 1 of 2"]
 
@@ -60,8 +80,21 @@ def test_devices_per_process_replace_any_inherited_count():
 
 
 def test_bad_configs_fail_before_any_process_starts(tmp_path, capsys):
-    code = main(["launch", "local", "--processes", "2", "--devices", "2", "--config", str(REPO / "configs" / "demo.py"),
-                 "--workdir", str(tmp_path / "run"), "--config.global_batch_size=6"])
+    code = main(
+        [
+            "launch",
+            "local",
+            "--processes",
+            "2",
+            "--devices",
+            "2",
+            "--config",
+            str(REPO / "configs" / "demo.py"),
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.global_batch_size=6",
+        ]
+    )
     assert code == 2
     assert "global_batch_size 6 is not divisible by the 4 batch shards" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

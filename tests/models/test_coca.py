@@ -44,22 +44,29 @@ def test_cached_decoding_matches_uncached_forward_at_every_step(params, beams):
     model = CoCa(CFG)
     full = jax.jit(model.apply)({"params": params}, np.repeat(images, beams, axis=0), ids)[3]
     image_tokens = jax.jit(lambda p, x: model.apply(p, x, method=CoCa.image_tokens))({"params": params}, images)
-    decode = jax.jit(lambda cache, index, tokens: model.apply({"params": params}, ids, index, cache, tokens,
-                                                               method=CoCa.decode))
+    decode = jax.jit(
+        lambda cache, index, tokens: model.apply({"params": params}, ids, index, cache, tokens, method=CoCa.decode)
+    )
     cache = empty_cache(CFG, 2 * beams, length)
     errors, steps = [], []
     for index in range(length):
         logits, cache = decode(cache, index, image_tokens if index == 0 else None)
         errors.append(float(jnp.max(jnp.abs(logits - full[:, index]))))
         steps.append(logits)
-    print(f"\ncached vs uncached decoder logits, {beams} beam(s), max abs per step: "
-          + " ".join(f"{e:.1e}" for e in errors))
+    print(
+        f"\ncached vs uncached decoder logits, {beams} beam(s), max abs per step: "
+        + " ".join(f"{e:.1e}" for e in errors)
+    )
     # a logit ends a chain of float32 sums that the two passes group differently (other batch and sequence
     # shapes): about n = 4000 additions (vision tower and pooler ~1500, text layers ~650, decoder layers with
     # cross-attention over 255 image tokens ~1900), whose roundings add as a random walk: sqrt(n) * eps = 7.5e-6
     # of the logits' size (8e-5 at 10.7; it was 1e-4 absolute)
-    assert_close_to_scale(jnp.stack(steps, axis=1), full, rtol_of_scale=np.sqrt(4000) * FLOAT32_EPS,
-                          what=f"cached vs uncached decoder logits, {beams} beam(s)")
+    assert_close_to_scale(
+        jnp.stack(steps, axis=1),
+        full,
+        rtol_of_scale=np.sqrt(4000) * FLOAT32_EPS,
+        what=f"cached vs uncached decoder logits, {beams} beam(s)",
+    )
 
 
 def test_shifted_pad_mask_is_open_clips():
@@ -74,15 +81,18 @@ def test_shifted_pad_mask_is_open_clips():
     assert key_mask(ids, dataclasses.replace(cfg, pad_mask="none", append_cls=False)) is None
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c.replace(decoder=dataclasses.replace(c.decoder, width=48)), "decoder.width"),
-    (lambda c: c.replace(decoder=dataclasses.replace(c.decoder, eot_id=49408)), "eot_id"),
-    (lambda c: c.replace(decoder=dataclasses.replace(c.decoder, context_length=77)), "context_length"),
-    (lambda c: c.replace(text=dataclasses.replace(c.text, pool="argmax")), "append_cls"),
-    (lambda c: c.replace(text=dataclasses.replace(c.text, append_cls=False, pool="argmax")), "shifted"),
-    (lambda c: c.replace(text=dataclasses.replace(c.text, pad_mask="left")), "pad_mask"),
-    (lambda c: c.replace(vision=dataclasses.replace(c.vision, attn_pool_heads=3)), "attn_pool_heads"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.replace(decoder=dataclasses.replace(c.decoder, width=48)), "decoder.width"),
+        (lambda c: c.replace(decoder=dataclasses.replace(c.decoder, eot_id=49408)), "eot_id"),
+        (lambda c: c.replace(decoder=dataclasses.replace(c.decoder, context_length=77)), "context_length"),
+        (lambda c: c.replace(text=dataclasses.replace(c.text, pool="argmax")), "append_cls"),
+        (lambda c: c.replace(text=dataclasses.replace(c.text, append_cls=False, pool="argmax")), "shifted"),
+        (lambda c: c.replace(text=dataclasses.replace(c.text, pad_mask="left")), "pad_mask"),
+        (lambda c: c.replace(vision=dataclasses.replace(c.vision, attn_pool_heads=3)), "attn_pool_heads"),
+    ],
+)
 def test_bad_coca_configs_are_refused(change, message):
     with pytest.raises(InputError, match=message):
         ModelConfig.from_dict(change(CFG).to_dict())

@@ -35,10 +35,11 @@ def test_gradients_equal_lax_in_float32(lhs_shape, rhs_shape, dims):
     assert np.array_equal(dot_general(x, y, dims), jax.lax.dot_general(x, y, dims))
     # an entry of one operand's gradient sums over the other operand's free axes, n terms (18 at most
     # here), which another contraction may add in another order: up to about n * eps of the gradients' size
-    n = max(int(np.prod([size for i, size in enumerate(shape) if i not in contracted]))
-            for shape, contracted in zip((lhs_shape, rhs_shape), dims[0]))
-    assert_close_to_scale(got, expected, rtol_of_scale=n * FLOAT32_EPS,
-                          what=f"{lhs_shape} x {rhs_shape}: gradients")
+    n = max(
+        int(np.prod([size for i, size in enumerate(shape) if i not in contracted]))
+        for shape, contracted in zip((lhs_shape, rhs_shape), dims[0])
+    )
+    assert_close_to_scale(got, expected, rtol_of_scale=n * FLOAT32_EPS, what=f"{lhs_shape} x {rhs_shape}: gradients")
 
 
 @pytest.mark.parametrize("lhs_shape, rhs_shape, dims", CASES)
@@ -92,7 +93,11 @@ def test_remat_policies_see_the_products(remat):
     names = re.findall(r'loc\("([^"]*)"', grad.lower(params).as_text(debug_info=True))
     recomputed = {n.split("/")[-2] for n in names if "rematted_computation" in n and "dot_general" in n}
     # dots_no_batch recomputes the attention's batched products (scores and weighted values)
-    expected = {"none": set(), "dots": set(), "dots_no_batch": {"bhtd,bhsd->bhts", "bhts,bhsd->bhtd"},
-                # full: every product whose output the backward pass needs (fc2's output it does not)
-                "full": {"query", "key", "value", "out", "fc1", "bhtd,bhsd->bhts", "bhts,bhsd->bhtd"}}[remat]
+    expected = {
+        "none": set(),
+        "dots": set(),
+        "dots_no_batch": {"bhtd,bhsd->bhts", "bhts,bhsd->bhtd"},
+        # full: every product whose output the backward pass needs (fc2's output it does not)
+        "full": {"query", "key", "value", "out", "fc1", "bhtd,bhsd->bhts", "bhts,bhsd->bhtd"},
+    }[remat]
     assert recomputed == expected

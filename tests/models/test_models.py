@@ -75,6 +75,7 @@ def test_remat_changes_memory_not_numbers(policy):
         def f(p):
             zi, zt, logits = TwoTower(cfg).apply({"params": p}, images, ids)
             return jnp.sum(logits**2)
+
         return jax.value_and_grad(f)(params)
 
     (l0, g0), (l1, g1) = loss(base), loss(base.replace(remat=policy))
@@ -96,8 +97,15 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert error < 5e-2
 
 
-@pytest.mark.parametrize("vision", [dict(pool="gap"), dict(pool="map"), dict(pos_embed="sincos2d"),
-                                    dict(pre_norm=False, class_token=False, pool="gap")])
+@pytest.mark.parametrize(
+    "vision",
+    [
+        dict(pool="gap"),
+        dict(pool="map"),
+        dict(pos_embed="sincos2d"),
+        dict(pre_norm=False, class_token=False, pool="gap"),
+    ],
+)
 def test_vision_variants_run(vision):
     cfg = variant("tiny-clip", vision)
     params = init(cfg)
@@ -141,8 +149,10 @@ def test_config_round_trips_through_json():
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("change", [{"colour": 1}, {"loss": "hinge"}, {"dtype": "float16"},
-                                    {"vision": {"depth": 2}}, {"text": {"pool": "mean"}}])
+@pytest.mark.parametrize(
+    "change",
+    [{"colour": 1}, {"loss": "hinge"}, {"dtype": "float16"}, {"vision": {"depth": 2}}, {"text": {"pool": "mean"}}],
+)
 def test_bad_config_is_one_clear_error(change):
     d = get_architecture("tiny-clip").model.to_dict()
     for key, value in change.items():
@@ -168,8 +178,7 @@ def test_attention_switch():
     params = init(base)
     images, ids = inputs(base)
     models = [TwoTower(base.replace(attention=name)) for name in ("xla", "pallas")]
-    loops = [jax.jit(m.apply).lower({"params": params}, images, ids).as_text().count("stablehlo.while")
-             for m in models]
+    loops = [jax.jit(m.apply).lower({"params": params}, images, ids).as_text().count("stablehlo.while") for m in models]
     assert loops[1] > loops[0]  # the interpreted kernels' grid loops, besides the scans over layers
     xla, pallas = (jax.jit(m.apply)({"params": params}, images, ids) for m in models)
     for name, a, b in zip(("image", "text"), xla[:2], pallas[:2]):

@@ -51,7 +51,7 @@ def standin_iterator(config, records: int = 256):
     pipeline (get_state / set_state included)."""
     spec = model_spec(config.model).config
     make = lambda i: example(i, spec.vision.image_size, spec.text.context_length, 1000)
-    ds = grain.MapDataset.range(records)[jax.process_index()::jax.process_count()]
+    ds = grain.MapDataset.range(records)[jax.process_index() :: jax.process_count()]
     ds = ds.shuffle(seed=config.seed).repeat().map(make)
     return iter(ds.batch(config.global_batch_size // jax.process_count()).to_iter_dataset())
 
@@ -60,9 +60,20 @@ def batches(config, count: int, seed: int = 0) -> list[dict]:
     """``count`` host batches of the global batch size."""
     spec = model_spec(config.model).config
     first = seed * 10_000
-    return [{k: np.stack([example(first + i * config.global_batch_size + j, spec.vision.image_size,
-                                  spec.text.context_length, 1000)[k] for j in range(config.global_batch_size)])
-             for k in ("image", "text")} for i in range(count)]
+    return [
+        {
+            k: np.stack(
+                [
+                    example(
+                        first + i * config.global_batch_size + j, spec.vision.image_size, spec.text.context_length, 1000
+                    )[k]
+                    for j in range(config.global_batch_size)
+                ]
+            )
+            for k in ("image", "text")
+        }
+        for i in range(count)
+    ]
 
 
 def on_mesh(batch: dict, mesh) -> dict:
@@ -70,21 +81,33 @@ def on_mesh(batch: dict, mesh) -> dict:
 
 
 def mesh_of(sizes: tuple[int, int, int], devices: int | None = None):
-    return parallel.create_mesh(dict(zip(parallel.MESH_AXES, sizes)),
-                                devices=jax.devices()[:devices or int(np.prod(sizes))])
+    return parallel.create_mesh(
+        dict(zip(parallel.MESH_AXES, sizes)), devices=jax.devices()[: devices or int(np.prod(sizes))]
+    )
 
 
 def run_cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jaxvlm.cli", *args], env=cli_env(env), cwd=REPO,
-                          capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxvlm.cli", *args],
+        env=cli_env(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
 
 
 def cli_env(extra: dict | None = None, devices: int = 8) -> dict:
     """A subprocess environment: CPU devices, and a compilation cache shared by the test runs."""
     env = dict(os.environ)
-    env.update({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-                "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation-cache"),
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+    env.update(
+        {
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COMPILATION_CACHE_DIR": str(REPO / ".pytest_cache" / "jax-compilation-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
+    )
     env.update(extra or {})
     return env
 

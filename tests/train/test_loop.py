@@ -20,7 +20,6 @@ from safetensors.numpy import load_file
 import jaxvlm
 from jaxvlm.cli import PREEMPTED_EXIT_CODE, main
 from jaxvlm.train.metrics import read
-
 from tests.train.conftest import REPO, cli_env, run_cli
 
 STEPS = 12
@@ -28,16 +27,33 @@ STEPS = 12
 
 def train_args(workdir: Path, digits_dir: Path, *extra: str) -> list[str]:
     """A tiny run of the demo config: batch 32, a checkpoint every 3 steps, every step logged."""
-    return ["train", "--config", str(REPO / "configs" / "demo.py"), "--workdir", str(workdir),
-            f"--config.data.data_dir={digits_dir}", f"--config.total_steps={STEPS}", "--config.global_batch_size=32",
-            "--config.log_every=1", "--config.checkpoint.every=3", "--config.optimizer.warmup_steps=4",
-            "--config.optimizer.lr=1e-3",
-            "--config.eval_every=0", *extra]
+    return [
+        "train",
+        "--config",
+        str(REPO / "configs" / "demo.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={digits_dir}",
+        f"--config.total_steps={STEPS}",
+        "--config.global_batch_size=32",
+        "--config.log_every=1",
+        "--config.checkpoint.every=3",
+        "--config.optimizer.warmup_steps=4",
+        "--config.optimizer.lr=1e-3",
+        "--config.eval_every=0",
+        *extra,
+    ]
 
 
 def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jaxvlm.cli", *args], env=env or cli_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxvlm.cli", *args],
+        env=env or cli_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_step(workdir: Path, process: subprocess.Popen, step: int, timeout: float = 300) -> int:
@@ -78,8 +94,24 @@ def test_run_writes_everything_and_reports_the_eval_number(reference, digits_dir
     assert f"jaxvlm_digits/acc1 {trained['acc1']:.4f}" in stdout
     model = jaxvlm.load(workdir / "model")
     assert model.encode_image(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 32)
-    assert main(["eval", str(workdir / "model"), "--task", "zeroshot", "--dataset", "tfds:jaxvlm_digits",
-                 "--data-dir", str(digits_dir), "--batch-size", "128", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(workdir / "model"),
+                "--task",
+                "zeroshot",
+                "--dataset",
+                "tfds:jaxvlm_digits",
+                "--data-dir",
+                str(digits_dir),
+                "--batch-size",
+                "128",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads(capsys.readouterr().out)["metrics"]
     print(f"zero-shot after {STEPS} steps: training loop {trained}, jaxvlm eval {evaluated}")
     assert trained["mean_per_class_recall"] > 0.12  # above chance (0.1): not one class for every image
@@ -108,8 +140,10 @@ def test_exact_resume_after_sigterm_and_kill_9(reference, digits_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     expected, got = weights(reference[0]), weights(tmp_path)
     differing = [name for name in expected if not np.array_equal(expected[name], got[name])]
-    print(f"SIGTERM after step {at} (checkpoint {saved[-1]}), kill -9 after step {killed_at}: "
-          f"{len(differing)} of {len(expected)} tensors differ")
+    print(
+        f"SIGTERM after step {at} (checkpoint {saved[-1]}), kill -9 after step {killed_at}: "
+        f"{len(differing)} of {len(expected)} tensors differ"
+    )
     assert sorted(got) == sorted(expected) and not differing
     logged = [line["step"] for line in read(tmp_path / "metrics.jsonl") if "loss" in line]
     assert logged == list(range(1, STEPS + 1))  # redone steps replace the interrupted run's lines
@@ -128,17 +162,29 @@ def test_two_processes_train_checkpoint_and_resume(digits_dir, tmp_path):
 
     def run(steps: int) -> list[subprocess.CompletedProcess]:
         port = free_port()
-        args = train_args(tmp_path, digits_dir, "--config.mesh.fsdp=2", "--config.mesh.dcn.data=2",
-                          f"--config.total_steps={steps}", "--config.eval_specs=()", "--config.model.dtype=bfloat16",
-                          "--config.model.remat=full")
-        procs = [start([*args, "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
-                        "--process-id", str(i)], env=cli_env(devices=4)) for i in range(2)]
+        args = train_args(
+            tmp_path,
+            digits_dir,
+            "--config.mesh.fsdp=2",
+            "--config.mesh.dcn.data=2",
+            f"--config.total_steps={steps}",
+            "--config.eval_specs=()",
+            "--config.model.dtype=bfloat16",
+            "--config.model.remat=full",
+        )
+        procs = [
+            start(
+                [*args, "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                env=cli_env(devices=4),
+            )
+            for i in range(2)
+        ]
         return [(p, *p.communicate(timeout=600)) for p in procs]
 
-    for p, out, err in run(4):
+    for p, _, err in run(4):
         assert p.returncode == 0, err
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3, 4]
-    for p, out, err in run(6):
+    for p, _, err in run(6):
         assert p.returncode == 0, err
     logged = [line["step"] for line in read(tmp_path / "metrics.jsonl") if "loss" in line]
     assert logged == [1, 2, 3, 4, 5, 6]  # the second run started at step 5
@@ -152,11 +198,11 @@ def test_hooks_run_and_the_nan_guard_stops_the_run(tmp_path):
 
     from jaxvlm.train import TrainingError
     from jaxvlm.train.loop import train
-
     from tests.train.conftest import standin_iterator, tiny_config
 
-    config = tiny_config(changes={"total_steps": 10, "eval_every": 2, "max_nan_steps": 2, "log_every": 1,
-                                  "checkpoint.every": 100})
+    config = tiny_config(
+        changes={"total_steps": 10, "eval_every": 2, "max_nan_steps": 2, "log_every": 1, "checkpoint.every": 100}
+    )
     calls = []
 
     def hook(step, params):
@@ -183,21 +229,42 @@ def test_a_fine_tuned_model_records_what_it_started_from(digits_dir, tmp_path, c
     the config's default model.name) and keeps its provenance, and `jaxvlm eval` reports that name."""
     from jaxvlm import model_dir
     from jaxvlm.train.loop import train
-
     from tests.train.conftest import standin_iterator, tiny_config
     from tests.train.model_dirs import write_model
 
     converted = {"source": "open_clip", "model": "tiny-clip-quickgelu", "weights": "open_clip_model.safetensors"}
     write_model(tmp_path / "converted", 0, "tiny-clip-quickgelu", provenance=converted)
-    config = tiny_config(changes={"model.init_from": str(tmp_path / "converted"), "total_steps": 2,
-                                  "checkpoint.every": 100})
+    config = tiny_config(
+        changes={"model.init_from": str(tmp_path / "converted"), "total_steps": 2, "checkpoint.every": 100}
+    )
     assert config.model.name == "tiny-clip"
     result = train(config, tmp_path / "run", iterator=standin_iterator(config))
     provenance = model_dir.load(result.model_dir, weights=False).provenance
     assert {k: provenance.get(k) for k in ("source", "model", "init_from", "init_from_provenance")} == {
-        "source": "jaxvlm train", "model": "tiny-clip-quickgelu", "init_from": str(tmp_path / "converted"),
-        "init_from_provenance": converted}
+        "source": "jaxvlm train",
+        "model": "tiny-clip-quickgelu",
+        "init_from": str(tmp_path / "converted"),
+        "init_from_provenance": converted,
+    }
     capsys.readouterr()  # the run's progress
-    assert main(["eval", str(result.model_dir), "--task", "zeroshot", "--dataset", "tfds:jaxvlm_digits", "--split",
-                 "test[:32]", "--data-dir", str(digits_dir), "--batch-size", "32", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(result.model_dir),
+                "--task",
+                "zeroshot",
+                "--dataset",
+                "tfds:jaxvlm_digits",
+                "--split",
+                "test[:32]",
+                "--data-dir",
+                str(digits_dir),
+                "--batch-size",
+                "32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["model"] == "tiny-clip-quickgelu"

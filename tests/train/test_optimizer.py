@@ -10,18 +10,22 @@ import pytest
 
 from jaxvlm.errors import InputError
 from jaxvlm.train import optimizer as optim
-
 from tests.train.conftest import tiny_config
 
 
 def params():
     """A tree shaped like a two-tower model's: a stacked encoder, embeddings, norms, t."""
+
     def tower(depth):
         return {
             "patch_embed": {"kernel": jnp.ones((4, 8))},
             "pos_embed": jnp.ones((1, 5, 8)),
-            "encoder": {"blocks": {"mlp": {"fc1": {"kernel": jnp.ones((depth, 8, 16)), "bias": jnp.ones((depth, 16))}},
-                                   "norm1": {"scale": jnp.ones((depth, 8))}}},
+            "encoder": {
+                "blocks": {
+                    "mlp": {"fc1": {"kernel": jnp.ones((depth, 8, 16)), "bias": jnp.ones((depth, 16))}},
+                    "norm1": {"scale": jnp.ones((depth, 8))},
+                }
+            },
             "final_norm": {"scale": jnp.ones((8,)), "bias": jnp.ones((8,))},
             "proj": {"kernel": jnp.ones((8, 4))},
         }
@@ -61,7 +65,8 @@ def test_weight_decay_only_on_weight_matrices():
     p, updates, _ = one_update(cfg, grads_value=0.0)
     decayed = {n for n, u in zip(jax.tree.leaves(optim.param_names(p)), jax.tree.leaves(updates)) if np.any(u)}
     assert decayed == {f"{t}/{layer}/kernel" for t in ("img", "txt") for layer in ("patch_embed", "proj")} | {
-        f"{t}/encoder/blocks/mlp/fc1/kernel" for t in ("img", "txt")}
+        f"{t}/encoder/blocks/mlp/fc1/kernel" for t in ("img", "txt")
+    }
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
@@ -84,7 +89,7 @@ def test_lr_rules_and_layer_decay_multiply():
     assert mult["t"] == 1.0
     # img: depth 3; the embedding layer is layer 0 (0.5 ** 4), block i is layer i + 1 (0.5 ** (3 - i)),
     # the rest of the tower layer 4 (factor 1)
-    assert mult["img"]["patch_embed"]["kernel"] == 0.5 ** 4
+    assert mult["img"]["patch_embed"]["kernel"] == 0.5**4
     blocks = mult["img"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]
     assert blocks.shape == (3, 1, 1) and blocks.ravel().tolist() == [0.125, 0.25, 0.5]
     text_blocks = mult["txt"]["encoder"]["blocks"]["norm1"]["scale"]
@@ -94,15 +99,18 @@ def test_lr_rules_and_layer_decay_multiply():
     assert fc1[0, 0, 0] == pytest.approx(fc1[2, 0, 0] / 4)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"freeze": "image/.*"}, "optimizer.freeze 'image/.*' matches no parameter"),
-    ({"freeze": "img/(("}, "bad regex"),
-    ({"lr_rules": (("img/.*",),)}, r"lr_rules\[0\] must be \(regex, multiplier\)"),
-    ({"name": "sgd"}, "optimizer.name is 'sgd'"),
-    ({"schedule": "linear"}, "optimizer.schedule is 'linear'"),
-    ({"warmup_steps": 1000}, "warmup_steps"),
-    ({"layer_decay": 0.0}, "layer_decay"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"freeze": "image/.*"}, "optimizer.freeze 'image/.*' matches no parameter"),
+        ({"freeze": "img/(("}, "bad regex"),
+        ({"lr_rules": (("img/.*",),)}, r"lr_rules\[0\] must be \(regex, multiplier\)"),
+        ({"name": "sgd"}, "optimizer.name is 'sgd'"),
+        ({"schedule": "linear"}, "optimizer.schedule is 'linear'"),
+        ({"warmup_steps": 1000}, "warmup_steps"),
+        ({"layer_decay": 0.0}, "layer_decay"),
+    ],
+)
 def test_bad_optimizer_configs(changes, message):
     with pytest.raises(InputError, match=message):
         optim.build(opt_config(**changes), params(), total_steps=100)

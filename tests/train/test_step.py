@@ -16,7 +16,6 @@ from jaxvlm.train import program as program_module
 from jaxvlm.train.checkpoint import export
 from jaxvlm.train.program import ModelSpec, build, model_spec
 from jaxvlm.train.step import Objective, make_gradients
-
 from tests.tolerances import FLOAT32_EPS, assert_close_to_scale
 from tests.train.conftest import batches, mesh_of, on_mesh, tiny_config
 
@@ -61,11 +60,14 @@ def test_the_step_lowers_from_shapes_alone(programs):
     assert "sharding" in text and "tensor<64x32x32x3xui8>" in text
 
 
-@pytest.mark.parametrize("sizes, most", [
-    pytest.param((8, 1, 1), 1.0, marks=pytest.mark.latest),  # data parallel: every device holds all parameters
-    ((1, 8, 1), 0.14),  # FSDP: each device about 1/8
-    ((4, 1, 2), 0.55),  # data x tensor: the vocabulary, heads and MLP split in two
-])
+@pytest.mark.parametrize(
+    "sizes, most",
+    [
+        pytest.param((8, 1, 1), 1.0, marks=pytest.mark.latest),  # data parallel: every device holds all parameters
+        ((1, 8, 1), 0.14),  # FSDP: each device about 1/8
+        ((4, 1, 2), 0.55),  # data x tensor: the vocabulary, heads and MLP split in two
+    ],
+)
 def test_meshes_give_the_single_device_loss_curve(programs, curve, sizes, most):
     _, get = programs
     host_batches, _, reference = curve
@@ -75,8 +77,12 @@ def test_meshes_give_the_single_device_loss_curve(programs, curve, sizes, most):
     # each step's gradients are sums over 16 examples x 77 text positions, reduced in the mesh's order:
     # sqrt(n) * eps of rounding each, carried into the parameters and adding up as a random walk over the
     # steps: sqrt(STEPS * 16 * 77) * eps = 1.9e-5 of the losses' size (8e-5 at their 4.25; it was 1e-4 absolute)
-    assert_close_to_scale(losses, reference, rtol_of_scale=np.sqrt(STEPS * 16 * 77) * FLOAT32_EPS,
-                          what=f"mesh {sizes}: loss curve over {STEPS} steps")
+    assert_close_to_scale(
+        losses,
+        reference,
+        rtol_of_scale=np.sqrt(STEPS * 16 * 77) * FLOAT32_EPS,
+        what=f"mesh {sizes}: loss curve over {STEPS} steps",
+    )
     total = sum(x.nbytes for x in jax.tree.leaves(state.params))
     held = parallel.per_device_bytes(state.params)
     assert len(held) == 8
@@ -105,16 +111,18 @@ def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
     program = build(config, mesh)
     params = program.init().params
     spec = program.spec.config
-    objective = Objective(spec.loss, caption=spec.decoder is not None, pad_id=program.spec.tokenizer.pad_id,
-                          implementation="xla")
+    objective = Objective(
+        spec.loss, caption=spec.decoder is not None, pad_id=program.spec.tokenizer.pad_id, implementation="xla"
+    )
     pixels = batches(config, 1, seed=3)[0]
     pixels["image"] = np.random.default_rng(3).integers(0, 256, pixels["image"].shape, np.uint8)
     normalized = {**pixels, "image": normalize(pixels["image"], program.spec.preprocess)}
     rng = jax.random.key(0)
     results = {}
     for k, batch in [(1, normalized), (1, pixels), (4, pixels)]:
-        gradients = jax.jit(make_gradients(program.module, objective, mesh=mesh, preprocess=program.spec.preprocess,
-                                           microbatches=k))
+        gradients = jax.jit(
+            make_gradients(program.module, objective, mesh=mesh, preprocess=program.spec.preprocess, microbatches=k)
+        )
         with parallel.activate(mesh):
             loss, terms, *_, grads = gradients(params, on_mesh(batch, mesh), rng)
         results[k, batch["image"].dtype.name] = (float(loss), {k: float(v) for k, v in terms.items()}, grads)
@@ -127,8 +135,9 @@ def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
         loss_k, terms_k, grads_k = results[key]
         what = f"{name}, {key[0]} micro-batches of {key[1]} pixels vs 1 of host-normalised"
         print(f"{what}: loss {loss:.6f} vs {loss_k:.6f} ({terms})")
-        assert_close_to_scale({"loss": loss_k, **terms_k}, {"loss": loss, **terms}, rtol_of_scale=rtol,
-                              what=f"{what}, loss")
+        assert_close_to_scale(
+            {"loss": loss_k, **terms_k}, {"loss": loss, **terms}, rtol_of_scale=rtol, what=f"{what}, loss"
+        )
         assert_close_to_scale(grads_k, grads, rtol_of_scale=rtol, what=f"{what}, gradients")
 
 
@@ -138,8 +147,14 @@ def test_lit_keeps_the_frozen_tower_bitwise(programs, curve, tmp_path):
     _, get = programs
     _, trained_state, _ = curve
     export(tmp_path / "donor", get((1, 1, 1)).spec, trained_state.params, {"source": "test"})
-    config = tiny_config(changes={"model.init_from": str(tmp_path / "donor"), "model.init_params": "img/.*",
-                                  "optimizer.freeze": "img/.*", "loss.logit_scale_max": 2.0})
+    config = tiny_config(
+        changes={
+            "model.init_from": str(tmp_path / "donor"),
+            "model.init_params": "img/.*",
+            "optimizer.freeze": "img/.*",
+            "loss.logit_scale_max": 2.0,
+        }
+    )
     state, _ = run(build(config, mesh_of((2, 4, 1))), batches(config, 3))
     pretrained = flax.traverse_util.flatten_dict(model_dir.load(tmp_path / "donor").params, sep="/")
     trained = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
@@ -181,6 +196,8 @@ def test_the_step_compiles_ahead_of_time_for_a_tpu_slice():
     compiled = program.lower(64).compile()
     assert compiled.as_text().count(f'custom_call_target="{MOSAIC_CALL}"') > 0
     memory = compiled.memory_analysis()
-    print(f"tiny-siglip on v5e:2x2: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB, "
-          f"temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB per chip")
+    print(
+        f"tiny-siglip on v5e:2x2: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB, "
+        f"temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB per chip"
+    )
     assert memory.argument_size_in_bytes > 0

@@ -8,7 +8,6 @@ import pytest
 
 from jaxvlm import model_dir
 from jaxvlm.cli import main
-
 from tests.train.model_dirs import write_model
 
 
@@ -40,12 +39,21 @@ def test_bad_inputs(pair, tmp_path, capsys):
     other = tmp_path / "other"
     write_model(other, 2, "tiny-clip-quickgelu")
     args = lambda alpha, b=root / "fine_tuned", out=tmp_path / "out": [
-        "wise-ft", str(root / "zero_shot"), str(b), "--alpha", str(alpha), str(out)]
+        "wise-ft",
+        str(root / "zero_shot"),
+        str(b),
+        "--alpha",
+        str(alpha),
+        str(out),
+    ]
     assert main(args(1.5)) == 2 and "--alpha must be in [0, 1]" in capsys.readouterr().err
     assert main(args(0.5, other)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "differ in their config (model.text.act: 'gelu' vs 'quick_gelu'; " \
-                                     "model.vision.act: 'gelu' vs 'quick_gelu')" in err, err
+    assert (
+        err.count("\n") == 1
+        and "differ in their config (model.text.act: 'gelu' vs 'quick_gelu'; model.vision.act: 'gelu' vs 'quick_gelu')"
+        in err
+    ), err
     assert main(args(0.5, out=root / "zero_shot")) == 2 and "output exists" in capsys.readouterr().err
     assert main(args(0.5, tmp_path / "missing")) == 2 and "not a jaxvlm model directory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -57,8 +65,9 @@ def test_how_a_model_runs_does_not_count(pair, tmp_path, capsys):
     root, a, _ = pair
     b = write_model(tmp_path / "bf16", 3, dtype="bfloat16", remat="full", attention="xla")
     out = tmp_path / "mixed"
-    assert main(["wise-ft", str(root / "zero_shot"), str(tmp_path / "bf16"), "--alpha", "0.5", str(out)]) == 0, \
+    assert main(["wise-ft", str(root / "zero_shot"), str(tmp_path / "bf16"), "--alpha", "0.5", str(out)]) == 0, (
         capsys.readouterr().err
+    )
     mixed = model_dir.load(out)
     assert mixed.config.dtype == "bfloat16"
     got = flax.traverse_util.flatten_dict(mixed.params, sep="/")

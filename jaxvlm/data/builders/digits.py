@@ -41,11 +41,13 @@ class JaxvlmDigits(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=NAMES),
-                "captions": tfds.features.Sequence(tfds.features.Text()),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=NAMES),
+                    "captions": tfds.features.Sequence(tfds.features.Text()),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -63,11 +65,14 @@ class JaxvlmDigits(tfds.core.GeneratorBasedBuilder):
             templates = rng.choice(len(TEMPLATES), CAPTIONS_PER_IMAGE, replace=False)
             if (i % TEST_EVERY == 0) != (split == "test"):
                 continue
-            yield f"{i:04d}", {
-                "image": _png(pixels),
-                "label": int(label),
-                "captions": [TEMPLATES[t].format(name=NAMES[label], digit=label) for t in templates],
-            }
+            yield (
+                f"{i:04d}",
+                {
+                    "image": _png(pixels),
+                    "label": int(label),
+                    "captions": [TEMPLATES[t].format(name=NAMES[label], digit=label) for t in templates],
+                },
+            )
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -10,8 +10,9 @@ from jaxvlm.data.builders.digits import CAPTIONS_PER_IMAGE, IMAGE_SIZE, NAMES, T
 
 
 def _read(digits_dir, split):
-    source = tfds.data_source("jaxvlm_digits", split=split, data_dir=str(digits_dir),
-                              decoders={"image": tfds.decode.SkipDecoding()})
+    source = tfds.data_source(
+        "jaxvlm_digits", split=split, data_dir=str(digits_dir), decoders={"image": tfds.decode.SkipDecoding()}
+    )
     return [source[i] for i in range(len(source))]
 
 
