@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # pyproject.toml keeps the ranges users install from.
 LOCK := requirements-lock.txt
 
-.PHONY: test test-faults test-latest lint lock demo clean
+.PHONY: test test-slow test-faults test-latest lint lock demo clean
 
 $(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ endef
 # fixtures are built once; TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not slow"
+
+# The heavy cases (marked slow): full-size models, doc blocks that train, the notebooks, multi-process
+# runs, ahead-of-time TPU compiles. CI runs them next to `make test`.
+test-slow: $(INSTALLED)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m slow
 
 # ruff's lint rules and formatting (pyproject.toml's [tool.ruff]); `ruff format .` fixes the formatting
 lint: $(INSTALLED)

@@ -500,6 +500,7 @@ def documents_with_code() -> list[Path]:
     return [d for d in DOCUMENTS if any(b.language in CODE for b in read_blocks(d))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("document", documents_with_code(), ids=doc_id)
 def test_document_runs(document, world, tmp_path):
     blocks = [b for b in read_blocks(document) if b.language in CODE and b.how in HOW]

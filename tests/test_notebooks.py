@@ -89,6 +89,7 @@ def outputs(nb, kind: str):
                 yield output["text"]
 
 
+@pytest.mark.slow
 # `make test-latest` runs one notebook against the newest releases
 @pytest.mark.parametrize(
     "path",

@@ -146,6 +146,7 @@ def tpu_args(mesh, t, s, spec=None):
     return [jax.ShapeDtypeStruct((2 * mesh.size, n, 4, 64), jnp.bfloat16, sharding=sharding) for n in (t, s, s)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "t, s, causal, kernels", [(197, 197, False, True), (77, 77, True, False), (1, 197, True, False)]
 )

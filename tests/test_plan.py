@@ -92,6 +92,7 @@ def tiny_config(batch: int):
     return c
 
 
+@pytest.mark.slow
 def test_per_chip_memory_agrees_with_a_one_chip_compile():
     """Data parallel over 4 chips, each chip holds the whole state and a quarter of the batch:
     the plan's per-chip memory is that of the same program compiled for one chip with that
@@ -143,6 +144,7 @@ def test_the_search_steps_in_whole_micro_batches_per_shard(monkeypatch):
     assert p.largest_batch == (5000, 5008)
 
 
+@pytest.mark.slow
 def test_cli_plans_two_slices_and_writes_json(tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert (

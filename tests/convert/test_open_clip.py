@@ -52,7 +52,11 @@ def photos():
 
 @pytest.fixture(
     scope="module",
-    params=[("ViT-B-32", ".safetensors"), ("ViT-B-32-quickgelu", ".bin"), ("ViT-B-16-SigLIP", ".safetensors")],
+    params=[  # full-size models: one in `make test`, the others in `make test-slow`
+        ("ViT-B-32", ".safetensors"),
+        pytest.param(("ViT-B-32-quickgelu", ".bin"), marks=pytest.mark.slow),
+        pytest.param(("ViT-B-16-SigLIP", ".safetensors"), marks=pytest.mark.slow),
+    ],
     ids=lambda p: p[0],
 )
 def converted(request, tmp_path_factory, spm_model_file):

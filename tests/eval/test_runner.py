@@ -175,6 +175,7 @@ def test_cli_json_equals_the_training_hook_and_imports_no_torch(tiny_clip_dir, d
     assert hook(200, jax.tree.map(lambda x: x * 1.5, loaded.params)).keys() == names.keys()
 
 
+@pytest.mark.slow
 def test_the_hook_evaluates_parameters_sharded_over_two_processes(tiny_clip_dir, digits_dir):
     """Each process gathers the parameters, evaluates the whole split on its own devices, and
     reports what one process reports."""

@@ -88,11 +88,13 @@ def test_matches_reference(backend, t, s, d, causal, key_mask):
     check(backend, t, s, d, causal, key_mask, jnp.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, t, s, d, causal, key_mask", supported(BFLOAT16))
 def test_matches_reference_bfloat16(backend, t, s, d, causal, key_mask):
     check(backend, t, s, d, causal, key_mask, jnp.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, t, s, d, causal, key_mask", supported(FORWARD_ONLY))
 def test_long_sequences_forward(backend, t, s, d, causal, key_mask):
     check(backend, t, s, d, causal, key_mask, jnp.float32, grads=False)
@@ -144,6 +146,7 @@ def forward_and_backward(causal):
     return forward, backward
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generation", sorted(TOPOLOGIES))
 @pytest.mark.parametrize("case", sorted(LOWERED))
 def test_tpu_kernel_lowers_on_one_chip(generation, case):
@@ -154,6 +157,7 @@ def test_tpu_kernel_lowers_on_one_chip(generation, case):
     assert counts[0] > 0 and counts[1] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generation", sorted(TOPOLOGIES))
 def test_tpu_kernel_lowers_sharded_over_the_batch(generation):
     t, s, d, causal, key_mask = LOWERED["text"]

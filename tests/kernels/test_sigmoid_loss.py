@@ -188,6 +188,7 @@ def test_ring_gradient_memory_does_not_grow_with_devices():
 # Ahead-of-time compilation for real TPUs (Mosaic lowers every kernel).
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
 @pytest.mark.parametrize("generation", sorted(TOPOLOGIES))
 def test_compiles_for_tpu(generation, dtype):
@@ -240,6 +241,7 @@ def ring_temp_gib(topology, global_batch, d=1152):
     return compiled.memory_analysis().temp_size_in_bytes / 2**30
 
 
+@pytest.mark.slow
 def test_ring_memory_on_tpu_follows_the_local_batch():
     """The issue's target: below 0.1 GiB per chip at 128k on 8 chips (D = 1152, bf16), and the same
     memory for the same local batch on 8 and on 256 chips."""

@@ -99,6 +99,7 @@ def test_sharded_interpret_with_check_vma_says_what_to_do():
         loss_fn(x, y, jnp.float32(10.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generation", sorted(TOPOLOGIES))
 def test_compiles_for_tpu(generation):
     n, d = 1000, 1152  # rows per chip: not whole blocks, so the masking compiles too

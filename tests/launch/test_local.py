@@ -8,12 +8,15 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from jaxvlm.cli import main
 from jaxvlm.launch import local
 from jaxvlm.train.metrics import read
 from tests.launch.conftest import REPO
 
 
+@pytest.mark.slow
 def test_demo_trains_on_two_processes_of_two_devices(digits_dir, tmp_path, capfd):
     """Both processes train the same run over 4 devices (parameters FSDP-split over all of them),
     checkpoint it and export the model; every line of output names its process."""

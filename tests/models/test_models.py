@@ -65,6 +65,7 @@ def test_blocks_are_scanned():
     assert params["img"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].shape == (2, 64, 256)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_changes_memory_not_numbers(policy):
     base = get_architecture("tiny-clip").model

@@ -155,6 +155,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume(digits_dir, tmp_path):
     """2 processes x 4 CPU devices (gloo), the parameters FSDP-split across both, each process a
     slice of a multi-slice mesh, bfloat16 compute with rematerialisation; both resume from the

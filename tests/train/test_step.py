@@ -186,6 +186,7 @@ def test_nan_guard_skips_the_update(programs, curve):
     assert not np.array_equal(before["txt"]["proj"]["kernel"], state.params["txt"]["proj"]["kernel"])
 
 
+@pytest.mark.slow
 def test_the_step_compiles_ahead_of_time_for_a_tpu_slice():
     """A SigLIP step (bf16, 2 micro-batches, data 2 x fsdp 2) compiled on this CPU for a v5e 2x2
     slice, with the fused Mosaic loss kernels in it: what `jaxvlm plan` builds on."""
