@@ -90,7 +90,6 @@ def _train(config, workdir: Path, hooks, iterator) -> Result:
             f"{spec.tokenizer_dir}: set model.tokenizer_dir"
         )
     tokenizer = build_tokenizer(spec.tokenizer, spec.tokenizer_dir)
-    train_config.check_eval_specs(config)
     if iterator is None:
         iterator = data.train_iterator(
             config.data,
@@ -99,6 +98,7 @@ def _train(config, workdir: Path, hooks, iterator) -> Result:
             global_batch_size=config.global_batch_size,
             seed=config.seed,
         )
+    train_config.check_eval_specs(config)  # the training data first, then every evaluation's
     hooks = list(hooks) + _eval_hooks(config, program, tokenizer)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
