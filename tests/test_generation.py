@@ -106,6 +106,7 @@ def test_beam_search_scores(coca, length_penalty):
     np.testing.assert_allclose(np.concatenate([greedy_scores, scores], axis=1), rescored, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sampling(coca):
     _, model, pixels = coca
     greedy, _ = run(model, pixels, method="greedy")

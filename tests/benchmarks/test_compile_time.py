@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from jaxvlm.models import build_model
 from jaxvlm.models.registry import get_architecture
@@ -14,6 +15,7 @@ from jaxvlm.train.state import abstract_params
 from tests.benchmarks.conftest import BENCHMARKS_DIR
 
 
+@pytest.mark.slow
 def test_smoke_run_compiles_from_shapes_and_writes_a_complete_results_file(tmp_path):
     out = tmp_path / "compile_time.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -10,6 +10,7 @@ from tests.benchmarks.conftest import run_smoke
 pytest.importorskip("open_clip")
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_complete_results_file(tmp_path):
     result = run_smoke("inference_cpu", tmp_path / "inference_cpu.json")
     assert result["benchmark"] == "inference_cpu"

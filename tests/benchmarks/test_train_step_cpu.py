@@ -13,6 +13,7 @@ from tests.tolerances import FLOAT32_EPS
 pytest.importorskip("open_clip")
 
 
+@pytest.mark.slow
 def test_smoke_run_agrees_with_open_clip_and_writes_a_complete_results_file(tmp_path):
     result = run_smoke("train_step_cpu", tmp_path / "train_step_cpu.json")
     assert result["benchmark"] == "train_step_cpu"

@@ -10,6 +10,7 @@ from tests.benchmarks.conftest import run_smoke
 pytest.importorskip("open_clip")
 
 
+@pytest.mark.slow
 def test_smoke_run_agrees_with_open_clip_amp_and_writes_a_complete_results_file(tmp_path):
     result = run_smoke("train_step_gpu", tmp_path / "train_step_gpu.json")
     assert result["benchmark"] == "train_step_gpu"

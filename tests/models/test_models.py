@@ -48,6 +48,7 @@ def test_every_named_architecture_builds(name):
     assert ("b" in shapes) == (cfg.loss == "sigmoid")
 
 
+@pytest.mark.slow
 def test_every_parameter_has_logical_axes():
     cfg = get_architecture("tiny-siglip").model
     boxed = TwoTower(cfg).init(jax.random.key(0), *inputs(cfg))["params"]

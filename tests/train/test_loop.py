@@ -120,6 +120,7 @@ def test_run_writes_everything_and_reports_the_eval_number(reference, digits_dir
     assert steps == [9, 12]  # keep_last 2 of the demo config
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigterm_and_kill_9(reference, digits_dir, tmp_path):
     """SIGTERM at a random step (a checkpoint of that step, exit 143), then kill -9 at a later
     random step: the run resumed from its newest checkpoint ends bitwise where the uninterrupted one did."""
@@ -225,6 +226,7 @@ def test_hooks_run_and_the_nan_guard_stops_the_run(tmp_path):
     assert (tmp_path / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_model_records_what_it_started_from(digits_dir, tmp_path, capsys):
     """init_from a converted checkpoint: the model directory's provenance names that checkpoint's architecture (not
     the config's default model.name) and keeps its provenance, and `jaxvlm eval` reports that name."""

@@ -64,8 +64,10 @@ def test_the_step_lowers_from_shapes_alone(programs):
     "sizes, most",
     [
         pytest.param((8, 1, 1), 1.0, marks=pytest.mark.latest),  # data parallel: every device holds all parameters
-        ((1, 8, 1), 0.14),  # FSDP: each device about 1/8
-        ((4, 1, 2), 0.55),  # data x tensor: the vocabulary, heads and MLP split in two
+        pytest.param((1, 8, 1), 0.14, marks=pytest.mark.slow),  # FSDP: each device about 1/8
+        pytest.param(
+            (4, 1, 2), 0.55, marks=pytest.mark.slow
+        ),  # data x tensor: the vocabulary, heads and MLP split in two
     ],
 )
 def test_meshes_give_the_single_device_loss_curve(programs, curve, sizes, most):
@@ -101,7 +103,14 @@ def small_vocabulary(spec: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, config=cfg)
 
 
-@pytest.mark.parametrize("name", ["tiny-clip", "tiny-siglip", "tiny-coca"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny-clip",
+        pytest.param("tiny-siglip", marks=pytest.mark.slow),
+        pytest.param("tiny-coca", marks=pytest.mark.slow),
+    ],
+)
 def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
     """Also: uint8 pixels normalised on the device give what the same pixels normalised on the
     host give (the input pipeline sends uint8)."""
