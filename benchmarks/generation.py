@@ -35,7 +35,7 @@ from harness import import_open_clip, metric, time_interleaved, write_results
 
 from jaxvlm.convert.open_clip import convert
 from jaxvlm.generation import GenerationConfig, generator
-from jaxvlm.models import CoCa, build_model
+from jaxvlm.models import CoCa, build_model, example_inputs
 from jaxvlm.models.registry import get_architecture
 
 ARCH = "coca_ViT-B-32"
@@ -47,15 +47,12 @@ def uncached_generator(module: CoCa, tokens: int, pad_id: int):
     decoder over the whole fixed-length buffer for each new token."""
     dec = module.cfg.decoder
 
-    def caption_logits(m, ids, image_tokens):
-        return m.dec(m.txt(ids)[1], image_tokens)[0]
-
     def run(params, pixels):
         image_tokens = module.apply({"params": params}, pixels, method=CoCa.image_tokens)
         ids = jnp.full((pixels.shape[0], tokens + 1), pad_id, jnp.int32).at[:, 0].set(dec.sot_id)
 
         def step(i, ids):
-            logits = module.apply({"params": params}, ids, image_tokens, method=caption_logits)[:, i]
+            logits = module.apply({"params": params}, ids, image_tokens, method=CoCa.caption_logits)[:, i]
             logits = logits.at[:, dec.eot_id].set(-jnp.inf)  # min_len = max_len: no end token
             return ids.at[:, i + 1].set(jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
@@ -96,8 +93,7 @@ def main() -> None:
     methods = {}
     if reference is None:
         print("open_clip / torch not importable: skipping the open_clip reference")
-        ids = jnp.zeros((1, cfg.text.context_length), jnp.int32)
-        params = meta.unbox(module.init(jax.random.key(0), jnp.asarray(pixels[:1]), ids))["params"]
+        params = meta.unbox(module.init(jax.random.key(0), *example_inputs(cfg)))["params"]
     else:
         torch, open_clip = reference
         torch.manual_seed(0)

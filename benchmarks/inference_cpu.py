@@ -5,7 +5,7 @@ For ViT-B-32 and ViT-B-16-SigLIP it times ``encode_image`` (images/s) and ``enco
 
   jaxvlm     the two-tower model's encoders, each jitted whole as `jaxvlm.Model` runs them
              (`TwoTower.encode_image` / `encode_text`: L2-normalised float32 embeddings), numpy in
-             and out; bfloat16 is ``ModelConfig.dtype`` (bf16 compute, float32 parameters).
+             and out; bfloat16 is ``Runtime.dtype`` (bf16 compute, float32 parameters).
   open_clip  ``model.encode_image`` / ``encode_text(normalize=True)`` under torch.inference_mode,
              on its own NCHW tensors, numpy out; bfloat16 is the model cast with
              ``.to(torch.bfloat16)``, torch's fastest bf16 path on CPU (autocast is slower than
@@ -42,7 +42,7 @@ import numpy as np
 from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
 
 from jaxvlm.convert.open_clip import convert_state_dict
-from jaxvlm.models import build_model
+from jaxvlm.models import Runtime, build_model
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.models.two_tower import TwoTower
 
@@ -69,7 +69,7 @@ def open_clip_model(open_clip, torch, name: str):
 
 def jaxvlm_encoders(name: str, params: dict, dtype: str, inputs: dict) -> dict:
     """{tower: fn() -> float32 numpy embeddings of ``inputs[tower]``}: numpy in and out."""
-    module = build_model(get_architecture(name).model.replace(dtype=dtype))
+    module = build_model(get_architecture(name).model, Runtime(dtype=dtype))
     image = jax.jit(lambda p, x: module.apply({"params": p}, x, method=TwoTower.encode_image))
     text = jax.jit(lambda p, x: module.apply({"params": p}, x, method=TwoTower.encode_text))
     return {
@@ -187,7 +187,7 @@ def main() -> None:
                 "threads": {"torch": torch.get_num_threads(), "xla": threads},
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
                 "weights": "open_clip random init, perturbed, converted by jaxvlm",
-                "bfloat16": "jaxvlm: ModelConfig.dtype, float32 params; open_clip: model.to(bfloat16)",
+                "bfloat16": "jaxvlm: Runtime.dtype, float32 params; open_clip: model.to(bfloat16)",
             },
             "results": results,
             "seconds": time.perf_counter() - started,

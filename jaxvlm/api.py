@@ -6,6 +6,7 @@ import copy
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxvlm import model_dir
 from jaxvlm.errors import InputError
 from jaxvlm.generation import GenerationConfig, generator
-from jaxvlm.models import ModelConfig, build_model
+from jaxvlm.models import ModelConfig, Runtime, build_model
 from jaxvlm.models.two_tower import TwoTower, contrastive_logits
 from jaxvlm.preprocess import PreprocessConfig, load_image, preprocess
 from jaxvlm.tokenizers import Tokenizer, build_tokenizer
@@ -34,26 +35,28 @@ class Model:
 
     `jaxvlm.load` builds one from a model directory; the constructor takes the parts in memory
     (a training loop evaluating its current parameters), and `with_params` swaps parameters
-    while keeping the compiled programs.
+    while keeping the compiled programs. ``runtime`` says how it computes (dtype, attention).
     """
 
     def __init__(
         self,
         config: ModelConfig,
-        params,
+        params: Any,
         preprocess_config: PreprocessConfig,
         tokenizer: Tokenizer,
         *,
+        runtime: Runtime = Runtime(),
         provenance: dict | None = None,
-        directory=None,
+        directory: str | Path | None = None,
         batch_size: int = 32,
-        devices=None,
+        devices: Sequence[jax.Device] | None = None,
     ):
         self.directory = Path(directory) if directory is not None else None
         self.config = config
         self.preprocess_config = preprocess_config
         self.provenance = provenance or {}
-        self.module = build_model(config)
+        self.runtime = runtime
+        self.module = build_model(config, runtime)
         self.batch_size = batch_size
         self.mesh = Mesh(np.asarray(devices if devices is not None else default_devices()), ("data",))
         self.params = self._replicated(params)
@@ -63,7 +66,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.directory}, provenance={self.provenance})"
 
-    def with_params(self, params) -> Model:
+    def with_params(self, params: Any) -> Model:
         """The same model with other parameters (same tree and shapes): no recompilation."""
         other = copy.copy(self)
         other.params = self._replicated(params)
@@ -83,10 +86,10 @@ class Model:
             images = [images]
         return preprocess([load_image(x) if isinstance(x, (str, Path)) else x for x in images], self.preprocess_config)
 
-    def encode_image(self, pixels) -> np.ndarray:
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._chunked(self._image_fn, self._checked_pixels(pixels, "encode_image"))
 
-    def encode_text(self, ids) -> np.ndarray:
+    def encode_text(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
         text = self.config.text
         if ids.ndim != 2 or not len(ids) or not 0 < ids.shape[1] <= text.context_length:
@@ -95,12 +98,12 @@ class Model:
             raise InputError(f"token ids must be integers in [0, {text.vocab_size})")
         return self._chunked(self._text_fn, ids.astype(np.int32))
 
-    def logits(self, image_embeds, text_embeds) -> np.ndarray:
+    def logits(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
         """[N, M] = exp(t) * image_embeds @ text_embeds.T (+ b for SigLIP)."""
         b = self.params.get("b")
         return np.asarray(contrastive_logits(jnp.asarray(image_embeds), jnp.asarray(text_embeds), self.params["t"], b))
 
-    def generate(self, pixels, **options) -> list[str]:
+    def generate(self, pixels: np.ndarray, **options: Any) -> list[str]:
         """Captions from a CoCa model, one per image (for beam search, the best beam).
 
         Options are `jaxvlm.generation.GenerationConfig`'s: method ("greedy", "beam", "sample"),
@@ -172,8 +175,17 @@ def default_devices() -> list:
     return devices[:1] if devices[0].platform == "cpu" else devices
 
 
-def load(directory, batch_size: int = 32, devices=None) -> Model:
-    """Loads a converted or trained model directory (no network, no torch)."""
+def load(
+    directory: str | Path,
+    batch_size: int = 32,
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    dtype: str = "float32",
+    attention: str = "auto",
+) -> Model:
+    """Loads a converted or trained model directory (no network, no torch) to compute in ``dtype``
+    (parameters stay float32) with the ``attention`` implementation (`jaxvlm.ops.attention`)."""
+    runtime = Runtime(dtype=dtype, attention=attention)
     directory = Path(directory)
     loaded = model_dir.load(directory)
     return Model(
@@ -181,6 +193,7 @@ def load(directory, batch_size: int = 32, devices=None) -> Model:
         loaded.params,
         loaded.preprocess,
         build_tokenizer(loaded.tokenizer, directory),
+        runtime=runtime,
         provenance=loaded.provenance,
         directory=directory,
         batch_size=batch_size,

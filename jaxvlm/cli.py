@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, NoReturn
 
 from jaxvlm.errors import InputError
 from jaxvlm.train import PREEMPTED_EXIT_CODE, TrainingError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + error; we print one line
+    def error(self, message: str) -> NoReturn:  # argparse prints usage + error; we print one line
         raise InputError(f"{self.prog}: {message}")
 
 
-def cmd_list(args) -> None:
+def cmd_list(args: argparse.Namespace) -> None:
     from jaxvlm.models.registry import list_models
 
     print("\n".join(list_models()))
 
 
-def cmd_convert(args) -> None:
+def cmd_convert(args: argparse.Namespace) -> None:
     from jaxvlm.convert import convert
 
     convert(args.source, args.src, args.out, model_name=args.model, tokenizer=args.tokenizer)
     print(f"wrote {args.out}")
 
 
-def cmd_embed(args) -> None:
+def cmd_embed(args: argparse.Namespace) -> None:
     if args.images is None and args.texts is None:
         raise InputError("embed needs --images and/or --texts")
     if args.images is not None and not args.images:
@@ -41,7 +45,7 @@ def cmd_embed(args) -> None:
         raise InputError(f"--out must name a .npz file, got {args.out}")
     import jaxvlm
 
-    model = jaxvlm.load(args.model_dir)
+    model = jaxvlm.load(args.model_dir, dtype=args.dtype, attention=args.attention)
     arrays = {}
     if args.images is not None:
         arrays["image_embeds"] = model.encode_image(model.preprocess(args.images))
@@ -55,20 +59,21 @@ def cmd_embed(args) -> None:
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
-def cmd_caption(args) -> None:
+def cmd_caption(args: argparse.Namespace) -> None:
     if not args.images:
         raise InputError("caption needs at least one image after --images")
     import jaxvlm
     from jaxvlm.generation import GenerationConfig
 
-    options = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
-    model = jaxvlm.load(args.model_dir)
-    GenerationConfig(**options).validate(model.config)  # bad options fail before the images are read
+    options = _generation_options(args)
+    config = GenerationConfig.from_dict(options, "generation options")  # bad options fail before the model loads
+    model = jaxvlm.load(args.model_dir, dtype=args.dtype, attention=args.attention)
+    config.validate(model.config)  # and those out of the model's range before the images are read
     for path, caption in zip(args.images, model.generate(model.preprocess(args.images), **options)):
         print(f"{path}\t{caption}")
 
 
-def cmd_eval(args) -> None:
+def cmd_eval(args: argparse.Namespace) -> None:
     if args.out is not None and args.out.suffix != ".json":
         raise InputError(f"--out must name a .json file, got {args.out}")
     if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
@@ -76,7 +81,7 @@ def cmd_eval(args) -> None:
     import jaxvlm
     from jaxvlm.eval.runner import EvalSpec, evaluate, model_name, picture_path, result_json, result_record
 
-    generation = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+    generation = _generation_options(args)
     spec = EvalSpec(
         task=args.task,
         dataset=args.dataset,
@@ -89,7 +94,7 @@ def cmd_eval(args) -> None:
         val_split=args.val_split,
         generation=generation,
     )
-    model = jaxvlm.load(args.model_dir, batch_size=args.batch_size)
+    model = jaxvlm.load(args.model_dir, batch_size=args.batch_size, dtype=args.dtype, attention=args.attention)
     metrics = evaluate(model, spec, progress=not args.quiet, plots_dir=args.plots)
     text = result_json(result_record(spec, metrics, model=model_name(model), pretrained=str(args.model_dir)))
     if args.out is not None:
@@ -99,7 +104,7 @@ def cmd_eval(args) -> None:
         print(f"wrote {picture_path(args.plots, spec)}", file=sys.stderr)
 
 
-def cmd_data_build(args) -> None:
+def cmd_data_build(args: argparse.Namespace) -> None:
     from jaxvlm.data.build import build, summary
 
     metadata = build(
@@ -118,7 +123,7 @@ def cmd_data_build(args) -> None:
     print(summary(metadata, args.out))
 
 
-def cmd_train(args) -> int | None:
+def cmd_train(args: argparse.Namespace) -> int | None:
     if args.coordinator_address or args.multihost:
         _start_distributed(args)
     from jaxvlm.train import config as train_config
@@ -149,7 +154,7 @@ def cmd_train(args) -> int | None:
         print(f"{name} {value:.4f}")
 
 
-def _start_distributed(args) -> None:
+def _start_distributed(args: argparse.Namespace) -> None:
     """jax.distributed for multi-host runs: explicit coordinator settings (local rehearsals use
     127.0.0.1 and CPU devices, whose collectives then go over gloo) or the cluster's own."""
     import jax
@@ -170,7 +175,7 @@ def _start_distributed(args) -> None:
     )
 
 
-def cmd_plan(args) -> None:
+def cmd_plan(args: argparse.Namespace) -> None:
     if args.json is not None and args.json.suffix != ".json":
         raise InputError(f"--json must name a .json file, got {args.json}")
     from jaxvlm import plan
@@ -185,7 +190,7 @@ def cmd_plan(args) -> None:
         _write_atomically(args.json, lambda f: f.write(plan.to_json(result).encode()))
 
 
-def cmd_launch_local(args) -> int:
+def cmd_launch_local(args: argparse.Namespace) -> int:
     from jaxvlm.launch import local
     from jaxvlm.train import config as train_config
 
@@ -202,7 +207,7 @@ def cmd_launch_local(args) -> int:
     return local.launch(train_args, processes=args.processes, devices=args.devices)
 
 
-def cmd_launch_tpu(args) -> None:
+def cmd_launch_tpu(args: argparse.Namespace) -> None:
     from jaxvlm import plan
     from jaxvlm.launch import tpu
     from jaxvlm.launch.gcloud import Slices
@@ -241,29 +246,54 @@ def cmd_launch_tpu(args) -> None:
         tpu.delete(runner, slices)
 
 
-def cmd_wise_ft(args) -> None:
+def cmd_wise_ft(args: argparse.Namespace) -> None:
     from jaxvlm.train.wise_ft import interpolate
 
     interpolate(args.zero_shot, args.fine_tuned, args.alpha, args.out)
     print(f"wrote {args.out}")
 
 
-# GenerationConfig's fields (its defaults apply to those not given)
-GENERATION_OPTIONS = {
-    "method": (str, "greedy, beam or sample"),
-    "num_beams": (int, "beams for beam search"),
-    "max_len": (int, "most tokens to generate, end token included"),
-    "min_len": (int, "fewest tokens before the end token"),
-    "temperature": (float, "sampling temperature"),
-    "top_k": (int, "sample from the k most likely tokens"),
-    "top_p": (float, "sample from the smallest set of tokens with this much probability"),
-    "repetition_penalty": (float, "> 1 discourages repeated tokens"),
-    "length_penalty": (float, "beam scores are divided by length ** this"),
-    "seed": (int, "random seed for sampling"),
-}
+def _add_generation_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """One flag per GenerationConfig field (--num-beams for num_beams), typed and described by the field;
+    the config's defaults apply to the flags not given."""
+    from jaxvlm.generation import GenerationConfig
+
+    hints = typing.get_type_hints(GenerationConfig)
+    for field in dataclasses.fields(GenerationConfig):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            type=hints[field.name],
+            help=f"{prefix}{field.metadata['help']} (default: {field.default})",
+        )
 
 
-def _write_atomically(path: Path, write) -> None:
+def _generation_options(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The GenerationConfig fields given on the command line."""
+    from jaxvlm.generation import GenerationConfig
+
+    names = (field.name for field in dataclasses.fields(GenerationConfig))
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """How the loaded model runs: `jaxvlm.load`'s dtype and attention."""
+    from jaxvlm.models.runtime import DTYPES
+    from jaxvlm.ops import IMPLEMENTATIONS
+
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="compute dtype; parameters stay float32 (default: float32)"
+    )
+    parser.add_argument(
+        "--attention",
+        choices=IMPLEMENTATIONS,
+        default="auto",
+        help="attention: xla, pallas (the flash attention kernel of TPU / CUDA) or auto (pallas on long sequences "
+        "on TPU and CUDA, else xla; the default)",
+    )
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Calls ``write(binary_file)`` on a hidden sibling of ``path``, then renames it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -296,13 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="*", type=Path)
     p.add_argument("--texts", nargs="*")
     p.add_argument("--out", type=Path, required=True, help=".npz with image_embeds, text_embeds, logits")
+    _add_runtime_flags(p)
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("caption", help="caption images with a CoCa model directory")
     p.add_argument("model_dir", type=Path)
     p.add_argument("--images", nargs="+", type=Path, required=True)
-    for name, (kind, text) in GENERATION_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    _add_generation_flags(p)
+    _add_runtime_flags(p)
     p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("eval", help="evaluate a model directory: zero-shot, retrieval, linear probe, captioning")
@@ -323,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-split",
         help="linear probe: split to choose the regularisation on (default: a held-out part of --train-split)",
     )
-    for name, (kind, text) in GENERATION_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"captioning: {text}")
+    _add_generation_flags(p, prefix="captioning: ")
+    _add_runtime_flags(p)
     p.add_argument("--out", type=Path, help="also write the result JSON (CLIP_benchmark's schema) here")
     p.add_argument(
         "--plots",

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm.config_base import Config, check_choice, check_int
 from jaxvlm.errors import InputError
 from jaxvlm.models.coca import CoCa, empty_cache, reorder_cache
 from jaxvlm.models.config import ModelConfig
@@ -28,30 +30,44 @@ METHODS = ("greedy", "beam", "sample")
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-    method: str = "beam"  # greedy | beam | sample
-    num_beams: int = 4  # beam search only
-    max_len: int = 30  # most tokens generated after the start token, end token included
-    min_len: int = 5  # fewest tokens generated before the end token may come
-    temperature: float = 1.0  # sampling only, as are top_k and top_p
-    top_k: int = 0  # keep the k most likely tokens; 0 keeps all
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence (CTRL / HF rule)
-    length_penalty: float = 1.0
-    seed: int = 0
+class GenerationConfig(Config):
+    """Decoding options. Each field's ``help`` metadata is also the help of its `jaxvlm caption` and
+    `jaxvlm eval` flag. The checks that need no model run on construction, the rest in `validate`."""
 
-    def validate(self, model: ModelConfig) -> GenerationConfig:
-        """Raises InputError for options out of range, before anything is compiled."""
-        if model.decoder is None:
-            raise InputError("generation needs a CoCa model (this model has no caption decoder)")
-        if self.method not in METHODS:
-            raise InputError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        positions = min(model.decoder.context_length, model.text.context_length)
-        _check_int("max_len", self.max_len, 1, positions)
-        _check_int("min_len", self.min_len, 0, self.max_len)
-        _check_int("num_beams", self.num_beams, 1, model.decoder.vocab_size // 2)
-        _check_int("top_k", self.top_k, 0, model.decoder.vocab_size)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
+    name: ClassVar[str] = "generation config"
+
+    method: str = dataclasses.field(default="beam", metadata={"help": "greedy, beam or sample"})
+    num_beams: int = dataclasses.field(default=4, metadata={"help": "beams for beam search"})
+    max_len: int = dataclasses.field(
+        default=30, metadata={"help": "most tokens generated after the start token, end token included"}
+    )
+    min_len: int = dataclasses.field(default=5, metadata={"help": "fewest tokens generated before the end token"})
+    temperature: float = dataclasses.field(default=1.0, metadata={"help": "sampling temperature"})
+    top_k: int = dataclasses.field(
+        default=0, metadata={"help": "sampling: keep the k most likely tokens (0 keeps all)"}
+    )
+    top_p: float = dataclasses.field(
+        default=1.0, metadata={"help": "sampling: keep the smallest set of tokens with this much probability"}
+    )
+    repetition_penalty: float = dataclasses.field(
+        default=1.0, metadata={"help": "> 1 discourages tokens already in the sequence (CTRL / HF rule)"}
+    )
+    length_penalty: float = dataclasses.field(
+        default=1.0, metadata={"help": "sequence scores are divided by length ** this"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "random seed for sampling"})
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_int("max_len", self.max_len, 1)
+        check_int("min_len", self.min_len, 0, self.max_len)
+        check_int("num_beams", self.num_beams, 1)
+        check_int("top_k", self.top_k, 0)
+        check_int("seed", self.seed, 0, 2**32 - 1)
+        for field in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise InputError(f"{field} must be a number, got {value!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if not self.temperature > 0.0:
@@ -60,6 +76,14 @@ class GenerationConfig:
             raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if not np.isfinite(self.length_penalty):
             raise InputError(f"length_penalty must be finite, got {self.length_penalty}")
+
+    def validate(self, model: ModelConfig) -> GenerationConfig:
+        """Raises InputError for options out of range for ``model``, before anything is compiled."""
+        if model.decoder is None:
+            raise InputError("generation needs a CoCa model (this model has no caption decoder)")
+        check_int("max_len", self.max_len, 1, min(model.decoder.context_length, model.text.context_length))
+        check_int("num_beams", self.num_beams, 1, model.decoder.vocab_size // 2)
+        check_int("top_k", self.top_k, 0, model.decoder.vocab_size)
         return self
 
     @property
@@ -67,12 +91,7 @@ class GenerationConfig:
         return self.num_beams if self.method == "beam" else 1
 
 
-def _check_int(name: str, value, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def generator(module: CoCa, cfg: GenerationConfig, pad_id: int):
+def generator(module: CoCa, cfg: GenerationConfig, pad_id: int) -> Callable[[Any, jax.Array, jax.Array], tuple]:
     """A jitted fn(params, pixels [B, H, W, 3], rng) -> (ids [B, R, max_len] int32, scores [B, R]).
 
     ids are the generated tokens after the start token, ``pad_id`` after the end token; R is
@@ -137,9 +156,10 @@ class _Beams(NamedTuple):
     finished: jax.Array  # [B, k] normalised scores of the finished sequences, best first (-inf: none)
 
 
-def _start(model: ModelConfig, rows: int, length: int, pad_id: int):
+def _start(model: ModelConfig, rows: int, length: int, pad_id: int, dtype: jnp.dtype):
+    """The start tokens and empty caches (in the compute ``dtype``, that of the image tokens)."""
     ids = jnp.full((rows, length), pad_id, jnp.int32).at[:, 0].set(model.decoder.sot_id)
-    return ids, empty_cache(model, rows, length, jnp.dtype(model.dtype))
+    return ids, empty_cache(model, rows, length, dtype)
 
 
 def _decode_loop(decode, state, logits, choose, running):
@@ -156,7 +176,7 @@ def _sample(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens, pad
     """Greedy (argmax) or sampled decoding, one sequence per image."""
     eot = model.decoder.eot_id
     rows = image_tokens.shape[0]
-    ids, cache = _start(model, rows, cfg.max_len + 1, pad_id)
+    ids, cache = _start(model, rows, cfg.max_len + 1, pad_id, image_tokens.dtype)
     logits, cache = decode(ids, 0, cache, image_tokens)
 
     def choose(state: _Sampling, logits) -> _Sampling:
@@ -195,7 +215,7 @@ def _beam_search(decode, model: ModelConfig, cfg: GenerationConfig, image_tokens
     eot, k = model.decoder.eot_id, cfg.num_beams
     batch = image_tokens.shape[0]
     length = cfg.max_len + 1
-    ids, cache = _start(model, batch * k, length, pad_id)
+    ids, cache = _start(model, batch * k, length, pad_id, image_tokens.dtype)
     logits, cache = decode(ids, 0, cache, image_tokens)
 
     def choose(state: _Beams, logits) -> _Beams:

@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxvlm.kernels import contrastive_gpu as cg
 from jaxvlm.kernels import flash_attention as fa
@@ -35,7 +36,7 @@ def attention(
     v: jax.Array,
     *,
     causal: bool = False,
-    q_offset=None,
+    q_offset: int | jax.Array | None = None,
     key_mask: jax.Array | None = None,
     implementation: str = "auto",
 ) -> jax.Array:
@@ -126,7 +127,12 @@ def _mesh_axes(entry, size: int, mesh, free: set) -> tuple | None:
 
 
 def softmax_contrastive_loss(
-    x: jax.Array, y: jax.Array, scale, *, axis_name=None, implementation: str = "auto"
+    x: jax.Array,
+    y: jax.Array,
+    scale: ArrayLike,
+    *,
+    axis_name: str | tuple[str, ...] | None = None,
+    implementation: str = "auto",
 ) -> jax.Array:
     """CLIP's loss: (CE over rows + CE over columns) / 2 of S = scale * x @ y.T, positives on the
     diagonal. x, y [N, D]; ``scale`` is exp(t).
@@ -150,7 +156,13 @@ def softmax_contrastive_loss(
 
 
 def sigmoid_contrastive_loss(
-    x: jax.Array, y: jax.Array, scale, bias, *, axis_name=None, implementation: str = "auto"
+    x: jax.Array,
+    y: jax.Array,
+    scale: ArrayLike,
+    bias: ArrayLike,
+    *,
+    axis_name: str | tuple[str, ...] | None = None,
+    implementation: str = "auto",
 ) -> jax.Array:
     """SigLIP's loss: mean over images of sum_j -log sigmoid(z_ij (scale * x_i . y_j + bias)),
     z = +1 on the diagonal, -1 elsewhere. x [N, D], y [M, D].

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxvlm.errors import InputError
+
+if TYPE_CHECKING:
+    from flax.linen.spmd import LogicalRules
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -86,14 +89,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 @contextlib.contextmanager
-def activate(mesh: Mesh, rules=LOGICAL_RULES) -> Iterator[None]:
+def activate(mesh: Mesh, rules: LogicalRules = LOGICAL_RULES) -> Iterator[None]:
     """Mesh and logical rules for tracing: the models' activation constraints take effect."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 
 def spec_for(
-    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, *, fsdp_min_size: int = 0, rules=LOGICAL_RULES
+    names: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    *,
+    fsdp_min_size: int = 0,
+    rules: LogicalRules = LOGICAL_RULES,
 ) -> P:
     """The mesh PartitionSpec of an array with logical axis ``names``: mesh axes that do not
     divide their dimension (or have size 1) are dropped, and so is fsdp for arrays under
@@ -110,7 +118,7 @@ def spec_for(
     return P(*entries)
 
 
-def param_shardings(boxed: Any, mesh: Mesh, *, fsdp_min_size: int = 0, rules=LOGICAL_RULES) -> Any:
+def param_shardings(boxed: Any, mesh: Mesh, *, fsdp_min_size: int = 0, rules: LogicalRules = LOGICAL_RULES) -> Any:
     """NamedShardings for a parameter tree whose leaves may be flax ``Partitioned`` boxes (as
     `jax.eval_shape` of ``module.init`` gives them); unnamed leaves are replicated."""
 

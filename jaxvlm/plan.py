@@ -27,8 +27,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from jaxvlm.errors import InputError
+
+if TYPE_CHECKING:  # jax is imported only where a plan is compiled
+    import jax
+    import ml_collections
 
 GIB = 2**30
 
@@ -125,7 +131,7 @@ def default_shape(chips: int, dims: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def topology_devices(tpu: TpuSlice, num_slices: int = 1) -> list:
+def topology_devices(tpu: TpuSlice, num_slices: int = 1) -> list[jax.Device]:
     """The devices of ``num_slices`` slices of ``tpu``, one per chip, as libtpu describes them
     (no hardware needed). v4 and v5p chips hold two TensorCores driven as one device
     ("megacore"), as JAX runs them."""
@@ -237,13 +243,13 @@ class _Step:
 
 
 def plan(
-    config,
+    config: ml_collections.ConfigDict,
     tpu: TpuSlice,
     *,
     num_slices: int = 1,
     search: bool = False,
     tolerance: float = 1 / 16,
-    log=lambda message: None,
+    log: Callable[[str], object] = lambda message: None,
 ) -> Plan:
     """Plans ``config`` (a training config) on ``num_slices`` slices of ``tpu``: checks it,
     compiles its train step at ``config.global_batch_size`` and, with ``search``, finds the
@@ -319,7 +325,9 @@ def _model_name(config) -> str:
     return config.model.init_from or config.model.name
 
 
-def largest_fitting(fits, start: int, tolerance: float, *, known: bool | None = None) -> tuple[int, int]:
+def largest_fitting(
+    fits: Callable[[int], bool], start: int, tolerance: float, *, known: bool | None = None
+) -> tuple[int, int]:
     """(lo, hi): ``fits(lo)`` and not ``fits(hi)``, for a ``fits`` that holds up to some n >= 1 and
     fails above it (lo 0: nothing fits). Doubling or halving from ``start`` brackets n, bisection
     narrows the bracket until hi - lo == 1 or hi <= lo * (1 + tolerance). ``known``: ``fits(start)``."""

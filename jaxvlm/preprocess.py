@@ -20,11 +20,16 @@ import math
 import numbers
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from PIL import Image
 
+from jaxvlm.config_base import Config, check_choice, check_int
 from jaxvlm.errors import InputError
+
+if TYPE_CHECKING:
+    import jax
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,7 +44,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "JPEG2000",
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-def _triple(name, value, positive):
+def _triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
     try:
         values = tuple(value) if not isinstance(value, (str, bytes)) else ()
     except TypeError:
@@ -57,49 +62,26 @@ def _triple(name, value, positive):
 
 
 @dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Config):
+    name: ClassVar[str] = "preprocess config"
+
     image_size: int
     resize_mode: str = "shortest"  # "shortest" (resize short side, centre crop) | "squash"
     interpolation: str = "bicubic"  # "bicubic" | "bilinear"
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
 
-    def __post_init__(self):
-        size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0:
-            raise InputError(f"preprocess image_size must be a positive integer, got {size!r}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise InputError(f"preprocess resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if self.interpolation not in _FILTERS:
-            raise InputError(f"preprocess interpolation must be one of {tuple(_FILTERS)}, got {self.interpolation!r}")
+    def __post_init__(self) -> None:
+        check_int("preprocess image_size", self.image_size, 1)
+        check_choice("preprocess resize_mode", self.resize_mode, RESIZE_MODES)
+        check_choice("preprocess interpolation", self.interpolation, tuple(_FILTERS))
         # Normalised so that configs read back from JSON (lists) compare equal to the originals.
-        object.__setattr__(self, "image_size", int(size))
+        object.__setattr__(self, "image_size", int(self.image_size))
         object.__setattr__(self, "mean", _triple("mean", self.mean, positive=False))
         object.__setattr__(self, "std", _triple("std", self.std, positive=True))
 
-    def to_dict(self) -> dict:
-        return {
-            "image_size": self.image_size,
-            "resize_mode": self.resize_mode,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PreprocessConfig:
-        if not isinstance(d, dict):
-            raise InputError(f"preprocess config must be a mapping, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known), key=str)
-        if unknown:
-            raise InputError(f"unknown preprocess config keys {unknown} (known: {known})")
-        if "image_size" not in d:
-            raise InputError("preprocess config is missing 'image_size'")
-        return cls(**d)
-
-
-def load_image(path) -> Image.Image:
+def load_image(path: str | os.PathLike) -> Image.Image:
     """Opens and fully decodes an image file, in its own mode (preprocess converts to RGB)."""
     path = os.fspath(path)
     try:
@@ -160,7 +142,7 @@ def pixels(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
     return out
 
 
-def normalize(pixels, cfg: PreprocessConfig):
+def normalize(pixels: np.ndarray | jax.Array, cfg: PreprocessConfig) -> np.ndarray | jax.Array:
     """uint8 pixels [..., 3] -> float32 ``(pixels / 255 - mean) / std``, for numpy and JAX arrays alike
     (the train step normalises on the accelerator what the input pipeline sends as uint8)."""
     scaled = pixels.astype(np.float32) / np.float32(255)

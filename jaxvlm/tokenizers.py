@@ -15,13 +15,16 @@ import functools
 import gzip
 import heapq
 import html
+import os
 import pathlib
 import re
 import string
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
+from jaxvlm.config_base import Config, check_choice, check_int
 from jaxvlm.errors import InputError
 
 CLIP_BPE_FILE = pathlib.Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
@@ -31,7 +34,9 @@ CLEANS = ("lower", "canonicalize", "whitespace", "none")
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(Config):
+    name: ClassVar[str] = "tokenizer config"
+
     kind: str  # one of KINDS
     file: str  # file name inside the model directory
     context_length: int
@@ -39,32 +44,14 @@ class TokenizerConfig:
     pad_id: int = 0
     eos_id: int | None = None  # sentencepiece: appended to every text, kept on truncation
 
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise InputError(f"tokenizer kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.clean not in CLEANS:
-            raise InputError(f"tokenizer clean {self.clean!r} is not one of {', '.join(CLEANS)}")
-        if not isinstance(self.context_length, int) or self.context_length < 2:
-            raise InputError(f"tokenizer context_length must be an int >= 2, got {self.context_length!r}")
+    def __post_init__(self) -> None:
+        check_choice("tokenizer kind", self.kind, KINDS)
+        check_choice("tokenizer clean", self.clean, CLEANS)
+        check_int("tokenizer context_length", self.context_length, 2)
+        object.__setattr__(self, "context_length", int(self.context_length))  # a numpy integer is written as JSON
         if not isinstance(self.file, str) or self.file in ("", "..") or pathlib.PurePath(self.file).name != self.file:
             # a path would read (or, when a model directory is written, write) outside the directory
             raise InputError(f"tokenizer file must be a plain file name, got {self.file!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TokenizerConfig:
-        if not isinstance(d, dict):
-            raise InputError(f"tokenizer config must be a mapping, got {type(d).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise InputError(f"tokenizer config: unknown keys: {', '.join(map(str, unknown))}")
-        missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in d]
-        if missing:
-            raise InputError(f"tokenizer config: missing keys: {', '.join(missing)}")
-        return cls(**d)
 
 
 # --- text cleaning (the options of open_clip's tokenizers) ------------------------------------
@@ -185,7 +172,7 @@ class ClipBpeTokenizer(Tokenizer):
     NUM_MERGES = 49152 - 256 - 2  # the merges CLIP uses: vocab 49408 = 2*256 bytes + merges + 2 specials
     SOT, EOT = "<start_of_text>", "<end_of_text>"
 
-    def __init__(self, path, context_length: int = 77, clean: str = "lower", pad_id: int = 0):
+    def __init__(self, path: str | os.PathLike, context_length: int = 77, clean: str = "lower", pad_id: int = 0):
         self.context_length, self.clean, self.pad_id = context_length, clean, pad_id
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -214,12 +201,12 @@ class ClipBpeTokenizer(Tokenizer):
         self._word_ids = functools.lru_cache(maxsize=1 << 17)(self._word_ids_uncached)
 
     # Pickled into Grain's worker processes: the word cache is per process, so it is rebuilt there.
-    def __getstate__(self):
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["_word_ids"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._word_ids = functools.lru_cache(maxsize=1 << 17)(self._word_ids_uncached)
 
@@ -300,7 +287,12 @@ class SentencePieceTokenizer(Tokenizer):
     """
 
     def __init__(
-        self, path, context_length: int = 64, clean: str = "canonicalize", pad_id: int = 0, eos_id: int | None = None
+        self,
+        path: str | os.PathLike,
+        context_length: int = 64,
+        clean: str = "canonicalize",
+        pad_id: int = 0,
+        eos_id: int | None = None,
     ):
         import sentencepiece as spm
 
@@ -361,7 +353,7 @@ class SentencePieceTokenizer(Tokenizer):
 class HfJsonTokenizer(Tokenizer):
     """A HF `tokenizer.json`: its own normaliser, pre-tokenizer and special tokens."""
 
-    def __init__(self, path, context_length: int = 77, clean: str = "none", pad_id: int = 0):
+    def __init__(self, path: str | os.PathLike, context_length: int = 77, clean: str = "none", pad_id: int = 0):
         from tokenizers import Tokenizer as _Backend
 
         try:
@@ -386,7 +378,7 @@ class HfJsonTokenizer(Tokenizer):
         return text.replace(self._word_end, " ") if self._word_end else text
 
 
-def build_tokenizer(cfg: TokenizerConfig, directory) -> Tokenizer:
+def build_tokenizer(cfg: TokenizerConfig, directory: str | os.PathLike) -> Tokenizer:
     """The tokenizer `cfg` describes, reading `cfg.file` from `directory`."""
     path = pathlib.Path(directory) / cfg.file
     if not path.is_file():

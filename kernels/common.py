@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 
@@ -17,12 +18,14 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def varying(*arrays) -> frozenset:
+def varying(*arrays: jax.Array) -> frozenset:
     """The shard_map axes along which any of the arrays varies (empty outside, or with check_vma off)."""
     return frozenset().union(*(jax.typeof(a).mat.varying for a in arrays))
 
 
-def check_loss_inputs(name: str, x, y, scale, bias=None, *, same_shape: bool) -> tuple[jax.Array, ...]:
+def check_loss_inputs(
+    name: str, x: ArrayLike, y: ArrayLike, scale: ArrayLike, bias: ArrayLike | None = None, *, same_shape: bool
+) -> tuple[jax.Array, ...]:
     """The contrastive losses' arguments checked: (x, y, scale) as arrays, scale in float32, and bias
     too when given. x [N, D] and y [M, D] (M == N where ``same_shape``) share one dtype the kernels
     compute in; scale and bias are real scalars."""

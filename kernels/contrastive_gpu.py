@@ -30,6 +30,8 @@ Block sizes are not tuned on hardware (no GPU was available when this was writte
 `benchmarks/kernels_gpu.py` times the kernels on a GPU.
 """
 
+from __future__ import annotations
+
 import functools
 
 import jax
@@ -38,6 +40,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from jax.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 from jaxvlm.kernels.common import check_loss_inputs, varying
@@ -54,7 +57,7 @@ _ACCUMULATOR_BYTES = 128 * 1024
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
 
 
-def softmax_loss_gpu(x, y, scale, *, interpret=False):
+def softmax_loss_gpu(x: jax.Array, y: jax.Array, scale: ArrayLike, *, interpret: bool = False) -> jax.Array:
     """The loss of `softmax_loss_reference` on one device, by the Triton kernels.
 
     x, y: [N, D], both float32 or both bfloat16; scale: a scalar (already exponentiated).
@@ -67,7 +70,9 @@ def softmax_loss_gpu(x, y, scale, *, interpret=False):
     return _softmax(x, y, _varying_like(scale, x, y), interpret)
 
 
-def sigmoid_loss_gpu(x, y, scale, bias, *, interpret=False):
+def sigmoid_loss_gpu(
+    x: jax.Array, y: jax.Array, scale: ArrayLike, bias: ArrayLike, *, interpret: bool = False
+) -> jax.Array:
     """The loss of `sigmoid_loss_reference` (f32 scalar) of images x [N, D] against texts y [M, D]
     on one device, by the Triton kernels.
 

@@ -38,7 +38,7 @@ BACKENDS = ("tpu", "gpu")
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def check_inputs(q, k, v, key_mask=None) -> None:
+def check_inputs(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> None:
     """Raises InputError naming the problem when the arrays do not make one attention call."""
     if not (q.ndim == k.ndim == v.ndim == 4):
         raise InputError(
@@ -54,7 +54,9 @@ def check_inputs(q, k, v, key_mask=None) -> None:
         raise InputError(f"attention: key_mask must be bool {k.shape[:2]}; got {key_mask.dtype} {key_mask.shape}")
 
 
-def attention_mask(t: int, s: int, *, causal: bool = False, q_offset=None, key_mask=None) -> jax.Array | None:
+def attention_mask(
+    t: int, s: int, *, causal: bool = False, q_offset: int | jax.Array | None = None, key_mask: jax.Array | None = None
+) -> jax.Array | None:
     """Which (query, key) pairs attention may use: bool broadcastable to [B, H, T, S], or None for all.
 
     causal: query t sits at position ``q_offset + t`` (default S - T: the queries are the last T
@@ -71,7 +73,15 @@ def attention_mask(t: int, s: int, *, causal: bool = False, q_offset=None, key_m
     return allowed
 
 
-def attention_reference(q, k, v, *, causal=False, q_offset=None, key_mask=None) -> jax.Array:
+def attention_reference(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = False,
+    q_offset: int | jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+) -> jax.Array:
     """Scaled dot-product attention in plain jnp (scores and softmax in float32), the reference the
     kernels and `jaxvlm.ops.attention` are tested against. Arguments as in `attention_mask`."""
     scale = q.shape[-1] ** -0.5
@@ -97,7 +107,16 @@ def unsupported(backend: str, t: int, s: int, *, causal: bool = False, key_mask:
     return None
 
 
-def flash_attention(q, k, v, *, causal: bool = False, key_mask=None, backend: str, interpret: bool = False):
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = False,
+    key_mask: jax.Array | None = None,
+    backend: str,
+    interpret: bool = False,
+) -> jax.Array:
     """Attention by ``backend``'s ("tpu" or "gpu") Pallas kernels, forward and backward.
 
     q [B, T, H, D], k and v [B, S, H, D] -> [B, T, H, D]; see the module docstring. ``interpret``

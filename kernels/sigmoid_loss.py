@@ -12,6 +12,8 @@ the same kernels around a ring of devices (inside ``shard_map``) so that no devi
 than its own text chunk and the one passing through.
 """
 
+from __future__ import annotations
+
 import functools
 
 import jax
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 from jaxvlm.kernels.common import LANES, check_loss_inputs, round_up, varying
@@ -30,7 +33,7 @@ _TILES = (512, 256, 128)  # candidate tile heights (rows of X or Y per block), l
 _VMEM_BUDGET = 12 * 2**20
 
 
-def sigmoid_loss_reference(x, y, scale, bias):
+def sigmoid_loss_reference(x: jax.Array, y: jax.Array, scale: ArrayLike, bias: ArrayLike) -> jax.Array:
     """The loss in plain jnp (materialises the [N, M] logits): f32 scalar."""
     logits = scale * jnp.dot(x.astype(jnp.float32), y.astype(jnp.float32).T, precision=lax.Precision.HIGHEST) + bias
     z = 2.0 * jnp.eye(x.shape[0], y.shape[0], dtype=jnp.float32) - 1.0
@@ -264,7 +267,9 @@ def _pad(v, rows):
 # Single device.
 
 
-def sigmoid_loss(x, y, scale, bias, *, interpret=False):
+def sigmoid_loss(
+    x: jax.Array, y: jax.Array, scale: ArrayLike, bias: ArrayLike, *, interpret: bool | pltpu.InterpretParams = False
+) -> jax.Array:
     """The loss of images x [N, D] against texts y [M, D] (f32 scalar) on one device.
 
     x and y: both float32 or both bfloat16; scale, bias: scalars (any float dtype). Differentiable
@@ -333,7 +338,16 @@ _single.defvjp(_single_fwd, _single_bwd)
 # (mod P) and passes it on to k + 1; step 0 (its own texts) is the only one with positives.
 
 
-def sharded_sigmoid_loss(x, y, scale, bias, *, axis_name, pass_rows=512, interpret=False):
+def sharded_sigmoid_loss(
+    x: jax.Array,
+    y: jax.Array,
+    scale: ArrayLike,
+    bias: ArrayLike,
+    *,
+    axis_name: str | tuple[str, ...],
+    pass_rows: int = 512,
+    interpret: bool | pltpu.InterpretParams = False,
+) -> jax.Array:
     """The global loss (f32 scalar, the same on every device), called inside `shard_map` over
     `axis_name` with this device's images x [n, D] and texts y [n, D] (global N = n * axis size).
 

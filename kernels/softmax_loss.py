@@ -22,6 +22,8 @@ Rows and columns are padded to whole blocks in the wrappers and masked in the ke
 entries add nothing to any statistic or gradient. D is taken whole in every tile.
 """
 
+from __future__ import annotations
+
 import functools
 
 import jax
@@ -30,6 +32,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 from jaxvlm.kernels.common import LANES, check_loss_inputs
@@ -46,7 +49,7 @@ _MAX_SLAB = 1152 * 1024
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
 
 
-def softmax_loss_reference(x, y, scale):
+def softmax_loss_reference(x: jax.Array, y: jax.Array, scale: ArrayLike) -> jax.Array:
     """The loss in plain jnp: materialises the N x N logits (O(N^2) memory). Float32 logits."""
     scale = jnp.asarray(scale, jnp.float32)
     logits = scale * jnp.einsum("nd,md->nm", x, y, preferred_element_type=jnp.float32, precision=lax.Precision.HIGHEST)
@@ -56,7 +59,7 @@ def softmax_loss_reference(x, y, scale):
     return (image_to_text.mean() + text_to_image.mean()) / 2
 
 
-def softmax_loss(x, y, scale, *, interpret=False):
+def softmax_loss(x: jax.Array, y: jax.Array, scale: ArrayLike, *, interpret: bool = False) -> jax.Array:
     """The loss of ``softmax_loss_reference`` on one device, by the Pallas kernels.
 
     x, y: [N, D], both float32 or both bfloat16; scale: a scalar. Differentiable in x, y and scale
@@ -70,7 +73,9 @@ def softmax_loss(x, y, scale, *, interpret=False):
     return _loss(x, y, scale, interpret)
 
 
-def sharded_softmax_loss(x, y, scale, *, axis_name, interpret=False):
+def sharded_softmax_loss(
+    x: jax.Array, y: jax.Array, scale: ArrayLike, *, axis_name: str | tuple[str, ...], interpret: bool = False
+) -> jax.Array:
     """The global loss, called inside ``shard_map`` over the data axis ``axis_name``.
 
     x, y: this device's shards [n, D] of the global [N, D] batch (N = n * axis size; global

@@ -38,7 +38,7 @@ import random  # noqa: E402
 
 import pytest  # noqa: E402
 
-SYLLABLES = "ka to ri mo su ne pa lu shi ve an or ing the cat dog sky red blu ph x qu zz".split()
+from tests.reference_models import TINY_COCA, initialise_decoder_head  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +46,11 @@ def spm_model_file(tmp_path_factory):
     """A small SentencePiece model trained here, laid out like SigLIP's (pad 0, eos 1, unk 2)."""
     import sentencepiece as spm
 
+    syllables = "ka to ri mo su ne pa lu shi ve an or ing the cat dog sky red blu ph x qu zz".split()
     rng = random.Random(0)
     directory = tmp_path_factory.mktemp("spm")
     corpus = directory / "corpus.txt"
-    words = ["".join(rng.choices(SYLLABLES, k=rng.randint(1, 4))) for _ in range(2000)]
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(2000)]
     corpus.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(3000)))
     spm.SentencePieceTrainer.train(
         input=str(corpus),
@@ -63,26 +64,6 @@ def spm_model_file(tmp_path_factory):
         minloglevel=2,
     )
     return directory / "spm.model"
-
-
-def initialise_decoder_head(model):
-    """open_clip allocates CoCa's vocabulary head with torch.empty and never initialises it (its
-    MultimodalTransformer.init_parameters is not called): give it values, not leftover memory."""
-    import torch
-
-    head = model.text_decoder.text_projection
-    torch.nn.init.normal_(head.data, std=head.shape[0] ** -0.5)
-    return model
-
-
-TINY_COCA = dict(  # open_clip CoCa arguments with the sizes of jaxvlm's "tiny-coca"
-    embed_dim=32,
-    multimodal_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2),
-    text_cfg=dict(context_length=76, vocab_size=49408, width=32, heads=2, layers=2, embed_cls=True, output_tokens=True),
-    vision_cfg=dict(
-        image_size=32, patch_size=8, width=64, layers=2, attentional_pool=True, attn_pooler_heads=2, output_tokens=True
-    ),
-)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def open_clip_coca_state(seed: int = 0) -> dict:
     import open_clip
     import torch
 
-    from tests.conftest import TINY_COCA, initialise_decoder_head
+    from tests.reference_models import TINY_COCA, initialise_decoder_head
 
     torch.manual_seed(seed)
     model = initialise_decoder_head(open_clip.CoCa(**TINY_COCA).eval())

@@ -1,5 +1,6 @@
 """The command line on good and bad input: one error line, exit code 2, nothing left behind."""
 
+import dataclasses
 import os
 import pickle
 
@@ -10,7 +11,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import jaxvlm
-from jaxvlm.cli import main
+from jaxvlm.cli import build_parser, main
+from jaxvlm.errors import InputError
+from jaxvlm.generation import GenerationConfig
+from jaxvlm.models.runtime import DTYPES
+from jaxvlm.ops import IMPLEMENTATIONS
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -213,3 +218,56 @@ def test_caption_bad_options(tiny_coca, image_file, options, words, capsys):
 def test_caption_needs_a_coca_model(model_dir, image_file, capsys):
     assert main(["caption", str(model_dir), "--images", str(image_file)]) == 2
     assert_one_error_line(capsys, "CoCa")
+
+
+# each command's required arguments, for parsing without running
+COMMANDS = {
+    "embed": ["m", "--texts", "a", "--out", "e.npz"],
+    "caption": ["m", "--images", "a.png"],
+    "eval": ["m", "--task", "captioning", "--dataset", "tfds:x"],
+}
+
+
+@pytest.mark.parametrize("command", ["caption", "eval"])
+def test_every_generation_option_is_a_flag(command, capsys):
+    fields = dataclasses.fields(GenerationConfig)
+    argv = [command, *COMMANDS[command]]
+    for field in fields:
+        argv += [f"--{field.name.replace('_', '-')}", str(field.default)]
+    args = build_parser().parse_args(argv)
+    for field in fields:  # typed as the field is
+        value = getattr(args, field.name)
+        assert value == field.default and type(value) is type(field.default), field.name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    for field in fields:
+        assert f"--{field.name.replace('_', '-')}" in usage and " ".join(field.metadata["help"].split()) in usage
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_dtype_and_attention_choices(command, capsys):
+    for dtype in DTYPES:
+        for attention in IMPLEMENTATIONS:
+            args = build_parser().parse_args([command, *COMMANDS[command], "--dtype", dtype, "--attention", attention])
+            assert (args.dtype, args.attention) == (dtype, attention)
+    assert main([command, *COMMANDS[command], "--dtype", "float16"]) == 2
+    assert_one_error_line(capsys, "--dtype", "float16")
+    assert main([command, *COMMANDS[command], "--attention", "flash"]) == 2
+    assert_one_error_line(capsys, "--attention", "flash")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_dtype_and_attention_reach_load(command, monkeypatch, capsys):
+    calls = []
+
+    def load(directory, **kwargs):
+        calls.append(kwargs)
+        raise InputError("loaded")
+
+    monkeypatch.setattr(jaxvlm, "load", load)
+    assert main([command, *COMMANDS[command], "--dtype", "bfloat16", "--attention", "xla"]) == 2
+    assert_one_error_line(capsys, "loaded")
+    assert main([command, *COMMANDS[command]]) == 2
+    assert_one_error_line(capsys, "loaded")
+    assert [(c["dtype"], c["attention"]) for c in calls] == [("bfloat16", "xla"), ("float32", "auto")]

@@ -1,6 +1,8 @@
 """CoCa generation against open_clip's decoder run step by step, and the beam search and
 sampling invariants, on the tiny converted CoCa of the `tiny_coca` fixture."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -56,7 +58,7 @@ def teacher_forced_score(model, pixels, sequences, length_penalty):
     """Sum of the log-probabilities (min-length rule applied) of each sequence [N, MAX_LEN] up to
     its end token, divided by its length ** length_penalty, from one uncached forward pass."""
     ids = np.concatenate([np.full((len(sequences), 1), SOT), sequences], axis=1).astype(np.int32)
-    logits = jax.jit(model.module.apply)({"params": model.params}, pixels, ids)[3][:, :-1]
+    logits = jax.jit(model.module.apply)({"params": model.params}, pixels, ids).caption_logits[:, :-1]
     logprobs = np.array(jax.nn.log_softmax(logits.at[:, :MIN_LEN, EOT].set(-np.inf), axis=-1))
     scores = []
     for row, rows_logprobs in zip(sequences, logprobs):
@@ -206,3 +208,34 @@ def test_generate_needs_a_coca_model(tmp_path):
     model = jaxvlm.load(tmp_path / "m")
     with pytest.raises(InputError, match="CoCa"):
         model.generate(np.zeros((1, 32, 32, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"method": "nucleus"}, "method is 'nucleus'; expected one of greedy, beam, sample"),
+        ({"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),
+        ({"max_len": 0}, "max_len must be an integer >= 1, got 0"),
+        ({"max_len": 4, "min_len": 6}, r"min_len must be an integer \[0, 4\], got 6"),
+        ({"top_k": -1}, "top_k must be an integer >= 0"),
+        ({"seed": 2**32}, "seed must be an integer"),
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"temperature": -1.0}, "temperature must be > 0"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        ({"length_penalty": float("inf")}, "length_penalty must be finite"),
+        ({"top_p": "high"}, "top_p must be a number"),
+    ],
+)
+def test_generation_config_checks_what_needs_no_model(options, message):
+    with pytest.raises(InputError, match=message):
+        GenerationConfig(**options)
+
+
+def test_generation_config_from_dict_and_help():
+    cfg = GenerationConfig.from_dict({"method": "sample", "top_k": np.int64(5), "seed": 3})
+    assert cfg == GenerationConfig(method="sample", top_k=5, seed=3)
+    assert GenerationConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="generation config: unknown keys: beams"):
+        GenerationConfig.from_dict({"beams": 3})
+    for field in dataclasses.fields(GenerationConfig):  # the CLI's flags take their help from here
+        assert field.metadata["help"], field.name

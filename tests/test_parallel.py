@@ -12,9 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxvlm import parallel
 from jaxvlm.errors import InputError
-from jaxvlm.models import build_model
+from jaxvlm.models import abstract_params
 from jaxvlm.models.registry import get_architecture
-from jaxvlm.train.state import abstract_params
 
 
 def sizes(data, fsdp, tensor):
@@ -71,7 +70,7 @@ def test_rules_put_parameters_and_activations_on_different_axes():
 def test_param_and_optimizer_shardings_of_a_model():
     mesh = parallel.create_mesh(sizes(2, 4, 1))
     arch = get_architecture("tiny-clip")
-    boxed = abstract_params(build_model(arch.model), arch.model)
+    boxed = abstract_params(arch.model)
     shardings = parallel.param_shardings(boxed, mesh, fsdp_min_size=1000)
     assert shardings["txt"]["token_embed"]["embedding"].spec == P(None, "fsdp")
     assert shardings["img"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].spec == P(None, "fsdp", None)

@@ -106,6 +106,7 @@ def test_crop_padding_matches_torchvision():
 def test_config_round_trip_and_validation():
     cfg = PreprocessConfig(256, "squash", "bilinear", INCEPTION_MEAN, INCEPTION_STD)
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["mean"] == [0.5, 0.5, 0.5] and cfg.to_dict()["std"] == [0.5, 0.5, 0.5]  # JSON lists
     assert PreprocessConfig.from_dict({"image_size": 224}) == PreprocessConfig(224)
     with pytest.raises(InputError, match="colour_space"):
         PreprocessConfig.from_dict({"image_size": 224, "colour_space": "rgb"})

@@ -496,3 +496,8 @@ def test_config_round_trip_and_unknown_keys():
         TokenizerConfig("wordpiece", "vocab.txt", 77)
     with pytest.raises(InputError, match="clean"):
         TokenizerConfig("clip_bpe", "x", 77, clean="upper")
+    with pytest.raises(InputError, match="tokenizer context_length must be an integer >= 2, got 1"):
+        TokenizerConfig("clip_bpe", "x", 1)
+    with pytest.raises(InputError, match="tokenizer config must be a mapping"):
+        TokenizerConfig.from_dict(["clip_bpe"])
+    assert type(TokenizerConfig("clip_bpe", "x", np.int64(77)).to_dict()["context_length"]) is int

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvlm.convert.common import Converted, SourceKeys, check_params, read_weights, stack_layers
+from jaxvlm.convert.common import Converted, SourceKeys, check_params, converter_for, read_weights, stack_layers
 from jaxvlm.errors import InputError
-from jaxvlm.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import SIGLIP_TOKENIZER_FILE, get_architecture
+from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
@@ -167,7 +168,7 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
     if len(pos) != 3 or pos[0] != 1 or grid * grid != pos[1]:
         raise InputError(f"{what}: 'img/pos_embedding' has shape {pos}; expected [1, grid*grid, width]")
     img_out = _shape(weights, "img/head/kernel", what)[-1] if "img/head/kernel" in weights else None
-    vision = VisionConfig(
+    vision = ViTConfig(
         image_size=grid * p,
         patch_size=p,
         width=width,
@@ -188,7 +189,7 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
     if len(txt_pos) != 3 or txt_pos[0] != 1:
         raise InputError(f"{what}: 'txt/pos_embedding' has shape {txt_pos}; expected [1, context_length, width]")
     txt_out = _shape(weights, "txt/head/kernel", what)[-1] if "txt/head/kernel" in weights else None
-    text = TextConfig(
+    text = TransformerTextConfig(
         vocab_size=vocab,
         context_length=txt_pos[1],
         width=text_width,
@@ -212,7 +213,7 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
         loss="sigmoid" if sigmoid else "softmax",
         logit_scale_init=math.log(10.0),
         logit_bias_init=-10.0 if sigmoid else None,
-    ).validate()
+    )
 
 
 def named_config(model_name: str) -> ModelConfig:
@@ -278,8 +279,7 @@ def _scalar(src: SourceKeys, key: str, what: str) -> np.ndarray:
     return value.reshape(())
 
 
-def _vision(src: SourceKeys, cfg: ModelConfig, layout: str) -> dict[str, np.ndarray]:
-    v = cfg.vision
+def _vit(src: SourceKeys, v: ViTConfig, layout: str) -> dict[str, np.ndarray]:
     params = {"img/patch_embed/kernel": src.take("img/embedding/kernel")}
     if v.patch_bias:
         params["img/patch_embed/bias"] = src.take("img/embedding/bias")
@@ -292,8 +292,7 @@ def _vision(src: SourceKeys, cfg: ModelConfig, layout: str) -> dict[str, np.ndar
     return params
 
 
-def _text(src: SourceKeys, cfg: ModelConfig, layout: str) -> dict[str, np.ndarray]:
-    t = cfg.text
+def _text(src: SourceKeys, t: TransformerTextConfig, layout: str) -> dict[str, np.ndarray]:
     pos = src.take("txt/pos_embedding")
     if TXT_EXTRA_POSEMB in src:  # early checkpoints added a second posemb inside the encoder
         pos = pos + src.take(TXT_EXTRA_POSEMB)
@@ -303,6 +302,11 @@ def _text(src: SourceKeys, cfg: ModelConfig, layout: str) -> dict[str, np.ndarra
     if t.proj:
         params.update(_dense(src, "txt/head", "txt/proj", t.proj_bias))
     return params
+
+
+# tower kind -> the converter of its big_vision weights ("img/..." / "txt/...")
+IMAGE_TOWERS = {"vit": _vit}
+TEXT_TOWERS = {"transformer": _text}
 
 
 def _tokenizer(tokenizer_path: Path | None, cfg: ModelConfig) -> TokenizerConfig:
@@ -354,7 +358,9 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
     tokenizer = _tokenizer(tokenizer_path, cfg)
     layouts = {"img": _layout(weights, IMG_ENCODER), "txt": _layout(weights, TXT_ENCODER)}
     src = SourceKeys(weights, what)
-    flat = {**_vision(src, cfg, layouts["img"]), **_text(src, cfg, layouts["txt"]), "t": _scalar(src, "t", what)}
+    vision = converter_for(IMAGE_TOWERS, cfg.vision, "big_vision")(src, cfg.vision, layouts["img"])
+    text = converter_for(TEXT_TOWERS, cfg.text, "big_vision")(src, cfg.text, layouts["txt"])
+    flat = {**vision, **text, "t": _scalar(src, "t", what)}
     if cfg.logit_bias_init is not None:
         flat["b"] = _scalar(src, "b", what)
     src.check_all_used()

@@ -7,15 +7,15 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import flax
-import jax
 import numpy as np
 
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
+from jaxvlm.models.towers.base import TowerConfig
 from jaxvlm.preprocess import PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
@@ -145,9 +145,9 @@ class SourceKeys:
 
 def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> dict:
     """Compares converted params with the model's own tree; returns the nested tree."""
-    from jaxvlm.models import build_model
+    from jaxvlm.models import param_shapes
 
-    expected = abstract_params(build_model(cfg), cfg)
+    expected = param_shapes(cfg)
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     if missing or extra:
@@ -163,13 +163,13 @@ def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> di
     return flax.traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep="/")
 
 
-def abstract_params(module, cfg: ModelConfig) -> dict[str, tuple]:
-    v, t = cfg.vision, cfg.text
-    images = jax.ShapeDtypeStruct((1, v.image_size, v.image_size, 3), np.float32)
-    ids = jax.ShapeDtypeStruct((1, t.context_length), np.int32)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), images, ids)["params"]
-    shapes = flax.linen.meta.unbox(shapes)
-    return {k: tuple(s.shape) for k, s in flax.traverse_util.flatten_dict(shapes, sep="/").items()}
+def converter_for(table: Mapping[str, Callable], tower: TowerConfig, source: str) -> Callable:
+    """The entry of a converter's table (tower kind -> converter) for ``tower``."""
+    if tower.kind not in table:
+        raise InputError(
+            f"{source} weights of {tower.kind!r} towers cannot be converted (known kinds: {', '.join(table)})"
+        )
+    return table[tower.kind]
 
 
 # ---------------------------------------------------------------- PyTorch -> flax layouts
@@ -195,7 +195,9 @@ def heads_out(w: np.ndarray, heads: int) -> np.ndarray:
     return w.T.reshape(heads, -1, w.shape[0])
 
 
-def attention_params(prefix: str, q, k, v, out_w, out_b, heads: int) -> dict[str, np.ndarray]:
+def attention_params(
+    prefix: str, q: tuple, k: tuple, v: tuple, out_w: np.ndarray, out_b: np.ndarray, heads: int
+) -> dict[str, np.ndarray]:
     """q/k/v/out as (weight, bias) pairs in torch layout -> flax Attention params."""
     params = {}
     for name, (w, b) in (("query", q), ("key", k), ("value", v)):
@@ -206,7 +208,9 @@ def attention_params(prefix: str, q, k, v, out_w, out_b, heads: int) -> dict[str
     return params
 
 
-def layer_norm(src: SourceKeys, name: str, prefix: str, weight="weight", bias="bias") -> dict[str, np.ndarray]:
+def layer_norm(
+    src: SourceKeys, name: str, prefix: str, weight: str = "weight", bias: str = "bias"
+) -> dict[str, np.ndarray]:
     return {f"{prefix}/scale": src.take(f"{name}.{weight}"), f"{prefix}/bias": src.take(f"{name}.{bias}")}
 
 

@@ -38,8 +38,9 @@ from jaxvlm.convert.common import (
     stack_layers,
 )
 from jaxvlm.errors import InputError
-from jaxvlm.models.config import ModelConfig, TextConfig, VisionConfig
+from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import CLIP_TOKENIZER, SIGLIP_TOKENIZER_FILE, get_architecture
+from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 
@@ -137,8 +138,6 @@ _NUMERIC_FIELDS = {
     "text.eos_id",
     "logit_scale_init",
     "logit_bias_init",
-    "dtype",
-    "remat",
 }
 
 
@@ -245,10 +244,10 @@ def _clip_config(config: dict, where: str) -> ModelConfig:
     scale = top.get("logit_scale_init_value")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise InputError(f"{where}.logit_scale_init_value must be a number, got {scale!r}")
-    vision = VisionConfig(
+    vision = ViTConfig(
         **_vision_common(v), patch_bias=False, class_token=True, pre_norm=True, pool="cls", proj=True, proj_bias=False
     )
-    text = TextConfig(**_text_common(t), causal=True, **pool, proj=True, proj_bias=False)
+    text = TransformerTextConfig(**_text_common(t), causal=True, **pool, proj=True, proj_bias=False)
     return ModelConfig(
         embed_dim=top.int("projection_dim"), vision=vision, text=text, loss="softmax", logit_scale_init=float(scale)
     )
@@ -260,9 +259,7 @@ def _siglip_config(config: dict, where: str) -> ModelConfig:
     t = _sub_config(config, "text_config", d["text_config"], where)
     if v.get("vision_use_head") is not True:
         raise InputError(f"{v.where}.vision_use_head is off: the model has no pooled image embedding")
-    vision = VisionConfig(
-        **_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False
-    )
+    vision = ViTConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False)
     embed_dim = vision.width
     projection = t.get("projection_size")
     projection = t.int("hidden_size") if projection is None else t.int("projection_size")
@@ -271,7 +268,7 @@ def _siglip_config(config: dict, where: str) -> ModelConfig:
             f"{t.where}.projection_size {projection} differs from the image width {embed_dim}: "
             "the two embeddings cannot be compared"
         )
-    text = TextConfig(**_text_common(t), causal=False, pool="last", proj=True, proj_bias=True)
+    text = TransformerTextConfig(**_text_common(t), causal=False, pool="last", proj=True, proj_bias=True)
     # HF's config holds no init values for t and b; these are the SigLIP paper's (big_vision's).
     return ModelConfig(
         embed_dim=embed_dim,
@@ -296,9 +293,8 @@ def model_config(config: dict, where: str) -> tuple[str, ModelConfig]:
         raise InputError(
             f"{where}: architectures is {architectures}; expected {MODEL_CLASSES[model_type]} (both towers)"
         )
-    cfg = _clip_config(config, where) if model_type == "clip" else _siglip_config(config, where)
     try:
-        return model_type, cfg.validate()
+        return model_type, (_clip_config if model_type == "clip" else _siglip_config)(config, where)
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
 
@@ -437,7 +433,7 @@ def _siglip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
     }
 
 
-def _text_params(src: SourceKeys, t: TextConfig) -> dict[str, np.ndarray]:
+def _text_params(src: SourceKeys, t: TransformerTextConfig) -> dict[str, np.ndarray]:
     return {
         "txt/token_embed/embedding": src.take("text_model.embeddings.token_embedding.weight"),
         "txt/pos_embed": src.take("text_model.embeddings.position_embedding.weight")[None],

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from jaxvlm.convert.common import (
     attention_params,
     check_params,
     conv,
+    converter_for,
     dense,
     layer_norm,
     read_weights,
@@ -24,6 +26,7 @@ from jaxvlm.convert.common import (
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import get_architecture
+from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE
 
 # Buffers that are not parameters: older checkpoints (and OpenAI's own) carry them.
@@ -35,7 +38,7 @@ OPENAI_BLOCK = ("ln_1", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_pr
 TIMM_BLOCK = ("norm1", "attn.qkv.weight", "attn.qkv.bias", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
 
 
-def _blocks(src: SourceKeys, name: str, heads: int, names: tuple):
+def _blocks(src: SourceKeys, name: str, heads: int, names: tuple) -> Callable[[int], dict[str, np.ndarray]]:
     """One open_clip ResidualAttentionBlock or timm Block (both pre-LN, packed qkv) -> one jaxvlm Block."""
     norm1, qkv_weight, qkv_bias, out, norm2, fc1, fc2 = names
 
@@ -56,8 +59,12 @@ def _blocks(src: SourceKeys, name: str, heads: int, names: tuple):
     return one
 
 
-def _openai_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
-    v = cfg.vision
+def _vit(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
+    """open_clip's own VisionTransformer, or (MAP-pooled SigLIP) a timm ViT trunk."""
+    return _timm_vision(src, v) if v.pool == "map" else _openai_vision(src, v)
+
+
+def _openai_vision(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
     pooler = _attention_pooler(src, "visual.attn_pool", v.attn_pool_heads) if v.pool == "attn_pool" else {}
     return {
         **pooler,
@@ -95,8 +102,7 @@ def _attention_pooler(src: SourceKeys, name: str, heads: int) -> dict[str, np.nd
     }
 
 
-def _timm_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
-    v = cfg.vision
+def _timm_vision(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
     q_w, q_b = src.take("visual.trunk.attn_pool.q.weight"), src.take("visual.trunk.attn_pool.q.bias")
     k_w, v_w = np.split(src.take("visual.trunk.attn_pool.kv.weight"), 2)
     k_b, v_b = np.split(src.take("visual.trunk.attn_pool.kv.bias"), 2)
@@ -122,8 +128,7 @@ def _timm_vision(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     }
 
 
-def _text(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
-    t = cfg.text
+def _text(src: SourceKeys, t: TransformerTextConfig) -> dict[str, np.ndarray]:
     p = "text." if "text.token_embedding.weight" in src else ""  # CustomTextCLIP nests the tower
     params = {
         "txt/token_embed/embedding": src.take(f"{p}token_embedding.weight"),
@@ -140,7 +145,7 @@ def _text(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     return params
 
 
-def _decoder(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
+def _decoder(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """CoCa's MultimodalTransformer: per layer resblocks.i (self) and cross_attn.i (cross, with ln_1_kv)."""
     d = cfg.decoder
     self_block = _blocks(src, "text_decoder.resblocks", d.heads, OPENAI_BLOCK)
@@ -160,14 +165,20 @@ def _decoder(src: SourceKeys, cfg) -> dict[str, np.ndarray]:
     }
 
 
+# tower kind -> the converter of its open_clip weights ("visual.*" / "text.*" or top-level text keys)
+IMAGE_TOWERS = {"vit": _vit}
+TEXT_TOWERS = {"transformer": _text}
+
+
 def convert_state_dict(weights: dict[str, np.ndarray], model: str | ModelConfig, what: str = "state dict") -> dict:
     """An open_clip state dict (numpy arrays) -> the jaxvlm parameter tree of ``model`` (an
     architecture name, or the config of an open_clip model built from its own arguments), every
     source key used and every parameter's shape checked."""
     cfg = model if isinstance(model, ModelConfig) else get_architecture(model).model
     src = SourceKeys(strip_prefix(weights, "module."), what, ignore=NON_PARAMETERS)
-    vision = _timm_vision if cfg.vision.pool == "map" else _openai_vision
-    flat = {**vision(src, cfg), **_text(src, cfg), "t": src.take("logit_scale").reshape(())}
+    vision = converter_for(IMAGE_TOWERS, cfg.vision, "open_clip")
+    text = converter_for(TEXT_TOWERS, cfg.text, "open_clip")
+    flat = {**vision(src, cfg.vision), **text(src, cfg.text), "t": src.take("logit_scale").reshape(())}
     if cfg.decoder is not None:
         flat.update(_decoder(src, cfg))
     if cfg.logit_bias_init is not None:

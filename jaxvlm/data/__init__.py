@@ -1,5 +1,7 @@
 """Grain input pipelines for image-text data (see docs/data.md)."""
 
+from __future__ import annotations
+
 from jaxvlm.data.checkpoint import iterator_restore_args, iterator_save_args
 from jaxvlm.data.config import default_config
 from jaxvlm.data.multihost import global_batch

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import grain
@@ -46,7 +47,7 @@ def decode_record(data: bytes, shard: str) -> Record:
     )
 
 
-def write_shard(path, records) -> int:
+def write_shard(path: str | os.PathLike[str], records: Iterable[Record]) -> int:
     """Writes `records` (an iterable of Record) as one ArrayRecord file; returns how many."""
     writer = ArrayRecordWriter(os.fspath(path), WRITER_OPTIONS)
     count = 0

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from jaxvlm.data.arrayrecord import FORMAT, METADATA_FILE, write_shard
@@ -56,14 +57,14 @@ def _write_shard(path: str, start: int, stop: int) -> tuple[int, dict, list]:
 
 def build(
     spec: str,
-    out_dir,
+    out_dir: str | os.PathLike[str],
     *,
     split: str = "train",
-    data_dir=None,
+    data_dir: str | os.PathLike[str] | None = None,
     image_key: str = "image",
     text_key: str = "captions",
     label_key: str = "label",
-    text_templates=(),
+    text_templates: Iterable[str] = (),
     records_per_shard: int = 10_000,
     workers: int | None = None,
     max_image_pixels: int = 40_000_000,
@@ -158,7 +159,7 @@ def _run(source, tmp: Path, names, total, records_per_shard, workers, max_image_
             return [f.result() for f in futures]
 
 
-def summary(metadata: dict, out_dir) -> str:
+def summary(metadata: dict, out_dir: str | os.PathLike[str]) -> str:
     """The lines `jaxvlm data build` prints: what was written, what was skipped and why."""
     lines = [f"wrote {metadata['records']} records in {len(metadata['shards'])} shards to {out_dir}"]
     skipped = metadata["skipped"]

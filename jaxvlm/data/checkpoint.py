@@ -13,11 +13,11 @@ from __future__ import annotations
 import grain
 
 
-def iterator_save_args(iterator: grain.DatasetIterator):
+def iterator_save_args(iterator: grain.DatasetIterator) -> grain.checkpoint.CheckpointSave:
     """orbax args that save `iterator`'s current state."""
     return grain.checkpoint.CheckpointSave(iterator)
 
 
-def iterator_restore_args(iterator: grain.DatasetIterator):
+def iterator_restore_args(iterator: grain.DatasetIterator) -> grain.checkpoint.CheckpointRestore:
     """orbax args that restore a saved state into `iterator` (built with the same config)."""
     return grain.checkpoint.CheckpointRestore(iterator)

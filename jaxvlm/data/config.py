@@ -60,7 +60,7 @@ def _check_range(config, field, low, high):
         _fail(field, f"must be two numbers with {low} < first <= second <= {high}, got {value!r}")
 
 
-def check_config(config) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises InputError naming the first bad field of a `data` config."""
     known = set(default_config())
     unknown = sorted(set(config) - known)

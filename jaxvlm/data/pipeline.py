@@ -20,9 +20,10 @@ import collections
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grain
+import ml_collections
 import numpy as np
 
 from jaxvlm.data.config import check_config
@@ -118,7 +119,12 @@ def _sources(config, *, need_texts: bool) -> list[tuple[str, object, float]]:
 
 
 def train_iterator(
-    config, *, preprocess: PreprocessConfig, tokenizer: Tokenizer | None, global_batch_size: int, seed: int
+    config: ml_collections.ConfigDict,
+    *,
+    preprocess: PreprocessConfig,
+    tokenizer: Tokenizer | None,
+    global_batch_size: int,
+    seed: int,
 ) -> TrainIterator:
     """An infinite iterator over this process's batches of `config.source` (or `config.mixture`).
 
@@ -219,11 +225,11 @@ def eval_batches(
     preprocess: PreprocessConfig,
     tokenizer: Tokenizer | None = None,
     batch_size: int,
-    data_dir=None,
+    data_dir: str | os.PathLike[str] | None = None,
     image_key: str = "image",
     text_key: str = "captions",
     label_key: str = "label",
-    text_templates=(),
+    text_templates: Sequence[str] = (),
     shard_index: int = 0,
     num_shards: int = 1,
     worker_count: int = 0,
@@ -266,7 +272,9 @@ def eval_batches(
     return EvalBatches(iter(ds), count)
 
 
-def class_names(source: str, *, split: str = "train", data_dir=None, label_key: str = "label") -> list[str]:
+def class_names(
+    source: str, *, split: str = "train", data_dir: str | os.PathLike[str] | None = None, label_key: str = "label"
+) -> list[str]:
     """The class names of a source's labels (a TFDS ClassLabel, or those `jaxvlm data build` kept),
     read from ``split`` (some datasets have no "train" split)."""
     names = open_source(source, split=split, data_dir=data_dir, label_key=label_key).class_names

@@ -15,9 +15,18 @@ it is built, so a missing or unreadable shard fails at start-up.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from jaxvlm.errors import InputError
+
+if TYPE_CHECKING:  # the sources are imported when a spec names them (grain, array_record, tfds are heavy)
+    from jaxvlm.data.arrayrecord import ArrayRecordSource
+    from jaxvlm.data.folder import FolderSource
+    from jaxvlm.data.tar import TarSource
+    from jaxvlm.data.tfds_source import TfdsSource
 
 KINDS = ("tfds", "arrayrecord", "tar", "folder")
 
@@ -43,12 +52,12 @@ def open_source(
     spec: str,
     *,
     split: str = "train",
-    data_dir=None,
+    data_dir: str | os.PathLike[str] | None = None,
     image_key: str = "image",
     text_key: str = "captions",
     label_key: str = "label",
-    text_templates=(),
-):
+    text_templates: Sequence[str] = (),
+) -> TfdsSource | ArrayRecordSource | TarSource | FolderSource:
     """The source a spec names. The TFDS keyword arguments are defaults its spec options override."""
     kind, location, options = parse_spec(spec)
     known = {

@@ -14,6 +14,7 @@ import os
 import re
 import tarfile
 import threading
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -128,7 +129,7 @@ class TarSource:
         self._lock = threading.Lock()
 
 
-def write_tar_shard(path, records) -> None:
+def write_tar_shard(path: str | os.PathLike[str], records: Iterable[Mapping[str, str | bytes]]) -> None:
     """Writes `records` ({"key", extension: bytes, ...}) as a WebDataset-style tar shard."""
     with tarfile.open(path, "w") as tar:
         for record in records:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 from jaxvlm.data.records import Record
 from jaxvlm.errors import InputError
 
@@ -47,11 +50,11 @@ class TfdsSource:
         name: str,
         *,
         split: str,
-        data_dir=None,
+        data_dir: str | os.PathLike[str] | None = None,
         image_key: str = "image",
         text_key: str = "captions",
         label_key: str = "label",
-        text_templates=(),
+        text_templates: Sequence[str] = (),
     ):
         import tensorflow_datasets as tfds
 

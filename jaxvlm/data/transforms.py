@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -84,7 +85,7 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def captions(texts) -> list[str]:
+def captions(texts: Sequence[str | bytes]) -> list[str]:
     """The record's captions as text; a missing, empty or non-UTF-8 caption rejects the record."""
     if not texts:
         raise _Rejected("no caption")

@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 
@@ -26,7 +27,7 @@ def _counts(scores, labels, k):
     return hits[:, 0].sum(), hits.any(axis=1).sum(), per_class_correct, per_class_count
 
 
-def classification_metrics(scores, labels) -> dict[str, float]:
+def classification_metrics(scores: ArrayLike, labels: ArrayLike) -> dict[str, float]:
     """scores [N, C] (any monotone score: logits, similarities), labels [N] in [0, C).
 
     acc1, acc5 (only with at least 5 classes) and mean_per_class_recall: the mean over the

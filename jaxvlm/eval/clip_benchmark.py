@@ -17,20 +17,29 @@ importing this module never imports it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from PIL import Image
 
 import jaxvlm
 
+if TYPE_CHECKING:
+    import torch
 
-def _is_torch(x) -> bool:
+    Array = np.ndarray | torch.Tensor  # what CLIP_benchmark hands in and gets back
+
+
+def _is_torch(x: object) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def _numpy(x) -> np.ndarray:
+def _numpy(x: Array) -> np.ndarray:
     return x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x)
 
 
-def _like(array: np.ndarray, reference):
+def _like(array: np.ndarray, reference: Array) -> Array:
     """``array`` as a torch tensor on ``reference``'s device when ``reference`` is one."""
     if not _is_torch(reference):
         return array
@@ -45,23 +54,23 @@ class ClipBenchmarkModel:
     def __init__(self, model: jaxvlm.Model):
         self.model = model
 
-    def encode_image(self, images, normalize: bool = True):
+    def encode_image(self, images: Array, normalize: bool = True) -> Array:
         """[N, 3, H, W] pixels from `transform` -> [N, D] (always L2-normalised)."""
         pixels = np.transpose(_numpy(images).astype(np.float32), (0, 2, 3, 1))
         return _like(self.model.encode_image(pixels), images)
 
-    def encode_text(self, ids, normalize: bool = True):
+    def encode_text(self, ids: Array, normalize: bool = True) -> Array:
         return _like(self.model.encode_text(_numpy(ids)), ids)
 
-    def generate(self, images, **options):
+    def generate(self, images: Array, **options: Any) -> Array:
         """CoCa captions as token ids (CLIP_benchmark decodes them with open_clip's tokenizer)."""
         pixels = np.transpose(_numpy(images).astype(np.float32), (0, 2, 3, 1))
         return _like(self.model.tokenize(self.model.generate(pixels, **options)), images)
 
-    def eval(self):  # the torch calls CLIP_benchmark makes on a model; nothing to do here
+    def eval(self) -> ClipBenchmarkModel:  # the torch calls CLIP_benchmark makes on a model; nothing to do here
         return self
 
-    def to(self, device):
+    def to(self, device: object) -> ClipBenchmarkModel:
         return self
 
 
@@ -71,7 +80,7 @@ class ClipBenchmarkTokenizer:
     def __init__(self, model: jaxvlm.Model):
         self.model = model
 
-    def __call__(self, texts):
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
         import torch
 
         return torch.from_numpy(
@@ -85,11 +94,13 @@ class ClipBenchmarkTransform:
     def __init__(self, model: jaxvlm.Model):
         self.model = model
 
-    def __call__(self, image) -> np.ndarray:
+    def __call__(self, image: Image.Image) -> np.ndarray:
         return np.transpose(self.model.preprocess([image])[0], (2, 0, 1))
 
 
-def load_clip_benchmark(model_name: str, pretrained: str, cache_dir=None, device="cpu", batch_size: int = 256):
+def load_clip_benchmark(
+    model_name: str, pretrained: str, cache_dir: str | None = None, device: object = "cpu", batch_size: int = 256
+) -> tuple[ClipBenchmarkModel, ClipBenchmarkTransform, ClipBenchmarkTokenizer]:
     """CLIP_benchmark's loader signature: ``pretrained`` is the jaxvlm model directory; the model
     runs on JAX's devices whatever ``device`` says."""
     model = jaxvlm.load(pretrained, batch_size=batch_size)

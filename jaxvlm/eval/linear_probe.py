@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
+from jaxvlm.config_base import Config, check_int
 from jaxvlm.errors import InputError
 from jaxvlm.eval.classification import classification_metrics
 
+# (features [N, D], labels [N]) of one split
+Split = tuple[ArrayLike, ArrayLike]
+
 
 @dataclasses.dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(Config):
+    name: ClassVar[str] = "probe config"
+
     l2_min: float = 1e-6
     l2_max: float = 1e2
     grid: int = 97  # log-spaced values between l2_min and l2_max
@@ -32,6 +42,22 @@ class ProbeConfig:
     tol: float = 1e-5  # stop when the gradient's norm is below this
     val_fraction: float = 0.2  # held out of the training split when there is no validation split
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in ("l2_min", "l2_max", "tol", "val_fraction"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InputError(f"probe {field} must be a finite number, got {value!r}")
+        if not 0 < self.l2_min <= self.l2_max:
+            raise InputError(f"probe l2_min, l2_max must be 0 < l2_min <= l2_max, got {self.l2_min}, {self.l2_max}")
+        check_int("probe grid", self.grid, 1)
+        check_int("probe coarse", self.coarse, 1)
+        check_int("probe max_iter", self.max_iter, 1)
+        check_int("probe seed", self.seed, 0)
+        if self.tol < 0:
+            raise InputError(f"probe tol must be >= 0, got {self.tol}")
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"probe val_fraction must be in (0, 1), got {self.val_fraction}")
 
     def l2_values(self) -> np.ndarray:
         return np.logspace(np.log10(self.l2_min), np.log10(self.l2_max), self.grid)
@@ -63,7 +89,9 @@ def _fit(x, y, l2, tol, *, num_classes, max_iter):
     return jax.lax.while_loop(running, step, (params, opt.init(params)))[0]
 
 
-def fit_logistic_regression(features, labels, num_classes: int, l2: float, config: ProbeConfig = ProbeConfig()):
+def fit_logistic_regression(
+    features: ArrayLike, labels: ArrayLike, num_classes: int, l2: float, config: ProbeConfig = ProbeConfig()
+) -> dict[str, jax.Array]:
     """{"w": [D, C], "b": [C]} minimising mean cross-entropy + l2 / 2 * |w|^2."""
     return _fit(
         jnp.asarray(features, jnp.float32),
@@ -75,11 +103,11 @@ def fit_logistic_regression(features, labels, num_classes: int, l2: float, confi
     )
 
 
-def predict(params, features) -> np.ndarray:
+def predict(params: dict[str, jax.Array], features: ArrayLike) -> np.ndarray:
     return np.asarray(jnp.asarray(features, jnp.float32) @ params["w"] + params["b"])
 
 
-def choose_l2(train, val, num_classes: int, config: ProbeConfig = ProbeConfig()) -> float:
+def choose_l2(train: Split, val: Split, num_classes: int, config: ProbeConfig = ProbeConfig()) -> float:
     """The grid value whose fit on ``train`` (features, labels) scores the best top-1 on ``val``;
     ties go to the stronger regularisation."""
     values = config.l2_values()
@@ -100,7 +128,9 @@ def choose_l2(train, val, num_classes: int, config: ProbeConfig = ProbeConfig())
     return float(values[best])
 
 
-def split_validation(features, labels, config: ProbeConfig = ProbeConfig()):
+def split_validation(
+    features: np.ndarray, labels: np.ndarray, config: ProbeConfig = ProbeConfig()
+) -> tuple[Split, Split]:
     """(train, val) pairs of (features, labels): a seeded random ``val_fraction`` held out."""
     n = len(labels)
     n_val = int(round(n * config.val_fraction))
@@ -111,7 +141,9 @@ def split_validation(features, labels, config: ProbeConfig = ProbeConfig()):
     return (features[train], labels[train]), (features[val], labels[val])
 
 
-def linear_probe(train, test, val=None, config: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+def linear_probe(
+    train: Split, test: Split, val: Split | None = None, config: ProbeConfig = ProbeConfig()
+) -> dict[str, float]:
     """Fits on ``train`` (features [N, D], labels [N]), choosing l2 on ``val`` (held out of train when
     None), refits on train + val and reports CLIP_benchmark's lp_* metrics on ``test``."""
     train = (np.asarray(train[0], np.float32), np.asarray(train[1]))

@@ -8,11 +8,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 from jaxvlm.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Up to this many classes the matrix is drawn with class names, and up to ANNOTATED_CLASSES
 # with the count in every cell; above, a heat map of rows normalised to per-class recall.
@@ -20,7 +25,7 @@ NAMED_CLASSES = 40
 ANNOTATED_CLASSES = 15
 
 
-def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+def confusion_matrix(labels: ArrayLike, predictions: ArrayLike, num_classes: int) -> np.ndarray:
     """int64 [C, C]: entry (i, j) counts examples of class i predicted as class j."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if labels.shape != predictions.shape or labels.ndim != 1:
@@ -38,7 +43,7 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     )
 
 
-def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
+def confusion_figure(matrix: ArrayLike, class_names: Sequence[str], title: str = "") -> Figure:
     """Rows are true classes, columns predictions; colour is each row's fraction (recall on the
     diagonal), so rare and common classes read alike."""
     from matplotlib.figure import Figure
@@ -81,8 +86,8 @@ def retrieval_figure(
     queries: Sequence[str],
     images: Sequence[Sequence[np.ndarray]],
     correct: Sequence[Sequence[bool]] | None = None,
-    scores=None,
-):
+    scores: Sequence[Sequence[float]] | np.ndarray | None = None,
+) -> Figure:
     """One row per text query: its caption, then its top-k images, best first. ``images[q][r]`` is
     an HxWx3 uint8 (or [0, 1] float) array; a ``correct`` hit is framed in green, a wrong one in
     red; ``scores[q][r]`` is printed under each image."""
@@ -123,7 +128,7 @@ def _wrapped(text: str, width: int) -> str:
     return "\n".join(lines[:5]) + (" …" if len(lines) > 5 else "")
 
 
-def viewable(pixels, preprocess: PreprocessConfig) -> np.ndarray:
+def viewable(pixels: ArrayLike, preprocess: PreprocessConfig) -> np.ndarray:
     """Normalised model inputs [..., H, W, 3] back to uint8 images (undoing mean / std)."""
     pixels = np.asarray(pixels, np.float32) * np.asarray(preprocess.std, np.float32) + np.asarray(
         preprocess.mean, np.float32
@@ -131,7 +136,7 @@ def viewable(pixels, preprocess: PreprocessConfig) -> np.ndarray:
     return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
-def save(fig, path) -> Path:
+def save(fig: Figure, path: str | os.PathLike) -> Path:
     """Writes ``fig`` as a PNG at ``path`` through a hidden sibling renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from jaxvlm.errors import InputError
@@ -28,7 +29,7 @@ class PromptSet:
     datasets: tuple[str, ...] = ()
     source: dict = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
             raise InputError(f"prompt set {self.name!r}: classes must be a non-empty list of names")
         if not self.templates or not all(isinstance(t, str) and t.count("{}") == 1 for t in self.templates):
@@ -61,7 +62,7 @@ class PromptSet:
         )
 
 
-def from_class_names(names) -> PromptSet:
+def from_class_names(names: Sequence[str]) -> PromptSet:
     """The fallback for datasets without a shipped set: their label names, one CLIP template."""
     return PromptSet(
         name="class_names",

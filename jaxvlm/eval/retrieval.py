@@ -11,18 +11,20 @@ a query scores 1 when any of its correct items is among its top k.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 
 from jaxvlm.errors import InputError
 
 DEFAULT_KS = (1, 5, 10)
 
 
-def local_mesh(devices=None) -> Mesh:
+def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D ("data",) mesh over the given devices (all local devices by default)."""
     return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ("data",))
 
@@ -62,7 +64,9 @@ def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(x, ((0, -len(x) % multiple), (0, 0)))
 
 
-def top_k_indices(queries, candidates, k: int, *, block_size: int = 4096, mesh: Mesh | None = None) -> np.ndarray:
+def top_k_indices(
+    queries: ArrayLike, candidates: ArrayLike, k: int, *, block_size: int = 4096, mesh: Mesh | None = None
+) -> np.ndarray:
     """int32 [Q, min(k, M)]: each query's highest-scoring candidates (dot product), best first."""
     queries, candidates = np.asarray(queries, np.float32), np.asarray(candidates, np.float32)
     mesh = mesh or local_mesh()
@@ -86,7 +90,13 @@ def top_k_indices(queries, candidates, k: int, *, block_size: int = 4096, mesh: 
 
 
 def retrieval_metrics(
-    image_embeds, text_embeds, text_image, ks=DEFAULT_KS, *, block_size: int = 4096, mesh: Mesh | None = None
+    image_embeds: ArrayLike,
+    text_embeds: ArrayLike,
+    text_image: ArrayLike,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    block_size: int = 4096,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Recall@k both ways. ``text_image[j]`` is the index of the image text ``j`` describes."""
     image_embeds, text_embeds = np.asarray(image_embeds), np.asarray(text_embeds)

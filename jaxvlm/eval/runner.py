@@ -14,9 +14,11 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jaxvlm.config_base import Config, check_int
 from jaxvlm.errors import InputError
 from jaxvlm.eval import plots
 from jaxvlm.eval.captioning import captioning_metrics
@@ -26,6 +28,14 @@ from jaxvlm.eval.prompts import PromptSet, dataset_name, find_prompt_set, from_c
 from jaxvlm.eval.retrieval import DEFAULT_KS, retrieval_metrics, top_k_indices
 from jaxvlm.eval.zeroshot import zeroshot_classifier, zeroshot_scores
 from jaxvlm.generation import GenerationConfig
+
+if TYPE_CHECKING:
+    import jax
+
+    from jaxvlm.api import Model
+    from jaxvlm.models import ModelConfig
+    from jaxvlm.preprocess import PreprocessConfig
+    from jaxvlm.tokenizers import Tokenizer
 
 # jaxvlm's task names -> CLIP_benchmark's, which the result files carry
 TASKS = {
@@ -37,7 +47,7 @@ TASKS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(Config):
     task: str  # one of TASKS
     dataset: str  # a data source spec, e.g. "tfds:cifar10"
     split: str = "test"
@@ -51,28 +61,24 @@ class EvalSpec:
     probe: ProbeConfig = ProbeConfig()
     generation: Mapping = dataclasses.field(default_factory=dict)  # captioning: GenerationConfig options
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InputError(f"unknown task {self.task!r}: one of {', '.join(TASKS)}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"eval batch_size must be a positive integer, got {self.batch_size!r}")
+        check_int("eval batch_size", self.batch_size, 1)
         object.__setattr__(self, "recall_k", tuple(self.recall_k))
-        if not self.recall_k or not all(isinstance(k, int) and k >= 1 for k in self.recall_k):
+        if not self.recall_k or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.recall_k
+        ):
             raise InputError(f"recall_k must be positive integers, got {list(self.recall_k)}")
+        if not isinstance(self.probe, ProbeConfig):
+            raise InputError(f"eval spec probe must be a ProbeConfig, got {type(self.probe).__name__}")
+        # the options' own checks; those that need the model (lengths, vocabulary) come when it is known
+        GenerationConfig.from_dict(self.generation, "captioning generation options")
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> EvalSpec:
+    def from_dict(cls, d: Mapping, where: str | None = None) -> EvalSpec:
         """From a mapping (e.g. an ml_collections ConfigDict's to_dict()); unknown keys are errors."""
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise InputError(f"eval spec: unknown keys: {', '.join(unknown)}")
-        try:
-            if isinstance(d.get("probe"), Mapping):
-                d["probe"] = ProbeConfig(**d["probe"])
-            return cls(**d)
-        except TypeError as e:
-            raise InputError(f"eval spec: {e}") from None
+        return super().from_dict(d, where or "eval spec")  # the field `name` shadows Config.name
 
     @property
     def metric_prefix(self) -> str:
@@ -85,7 +91,9 @@ RETRIEVAL_QUERIES = 6  # text queries in the retrieval picture, spread over the 
 RETRIEVAL_HITS = 5  # images shown per query
 
 
-def evaluate(model, spec: EvalSpec, *, progress: bool = False, plots_dir: Path | str | None = None) -> dict[str, float]:
+def evaluate(
+    model: Model, spec: EvalSpec, *, progress: bool = False, plots_dir: Path | str | None = None
+) -> dict[str, float]:
     """The metrics of one task on one split. Bad input (dataset, split, labels or captions missing,
     prompt set, model) fails before the first batch is encoded. With ``plots_dir``,
     zero-shot also draws its confusion matrix and retrieval a grid of top-k hits, as PNGs at
@@ -104,7 +112,7 @@ def picture_path(plots_dir: Path | str, spec: EvalSpec) -> Path:
     return Path(plots_dir) / f"{dataset_name(spec.dataset)}_{split}_{PICTURES[spec.task]}.png"
 
 
-def _zeroshot(model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
+def _zeroshot(model: Model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
     prompts = _prompt_set(spec)
     classifier = zeroshot_classifier(model, prompts)
     embeds, labels = _image_features(model, spec, spec.split, progress)
@@ -142,7 +150,7 @@ def _class_names(spec: EvalSpec) -> list[str]:
     return class_names(spec.dataset, split=spec.split, data_dir=spec.data_dir)
 
 
-def _retrieval(model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
+def _retrieval(model: Model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
     images, texts, text_image = [], [], []
     for batch, valid in _batches(model, spec, spec.split, "texts", progress):
         first_image = sum(len(x) for x in images)
@@ -159,7 +167,15 @@ def _retrieval(model, spec: EvalSpec, progress: bool, picture: Path | None = Non
     return retrieval_metrics(images, text_embeds, text_image, spec.recall_k, mesh=model.mesh)
 
 
-def _draw_retrieval(model, spec: EvalSpec, image_embeds, texts, text_embeds, text_image, picture: Path) -> None:
+def _draw_retrieval(
+    model: Model,
+    spec: EvalSpec,
+    image_embeds: np.ndarray,
+    texts: Sequence[str],
+    text_embeds: np.ndarray,
+    text_image: np.ndarray,
+    picture: Path,
+) -> None:
     """The top images of a few captions spread over the split; a hit is correct when it is the
     caption's own image. The shown images are read again from the split (up to the last one)."""
     queries = _spread_queries(texts, RETRIEVAL_QUERIES)
@@ -181,7 +197,7 @@ def _spread_queries(texts: Sequence[str], count: int) -> np.ndarray:
     return firsts[np.unique(np.linspace(0, len(firsts) - 1, count).round().astype(int))]
 
 
-def _images_at(model, spec: EvalSpec, indices: set[int]) -> dict[int, np.ndarray]:
+def _images_at(model: Model, spec: EvalSpec, indices: set[int]) -> dict[int, np.ndarray]:
     """{index: uint8 image} of the split's images at ``indices``, as the model saw them."""
     found, start = {}, 0
     for batch, valid in _batches(model, spec, spec.split, "texts", progress=False):
@@ -194,18 +210,15 @@ def _images_at(model, spec: EvalSpec, indices: set[int]) -> dict[int, np.ndarray
     return found
 
 
-def _linear_probe(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+def _linear_probe(model: Model, spec: EvalSpec, progress: bool) -> dict[str, float]:
     train = _image_features(model, spec, spec.train_split, progress)
     val = _image_features(model, spec, spec.val_split, progress) if spec.val_split else None
     test = _image_features(model, spec, spec.split, progress)
     return linear_probe(train, test, val, spec.probe)
 
 
-def _captioning(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
-    try:
-        GenerationConfig(**spec.generation).validate(model.config)
-    except TypeError as e:
-        raise InputError(f"captioning generation options: {e}") from None
+def _captioning(model: Model, spec: EvalSpec, progress: bool) -> dict[str, float]:
+    GenerationConfig.from_dict(spec.generation, "captioning generation options").validate(model.config)
     candidates, references = [], []
     for batch, valid in _batches(model, spec, spec.split, "texts", progress):
         candidates.extend(_kept(model.generate(batch["image"], **spec.generation), valid))
@@ -213,7 +226,7 @@ def _captioning(model, spec: EvalSpec, progress: bool) -> dict[str, float]:
     return captioning_metrics(candidates, references)
 
 
-def _image_features(model, spec: EvalSpec, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _image_features(model: Model, spec: EvalSpec, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     embeds, labels = [], []
     for batch, valid in _batches(model, spec, split, "label", progress):
         embeds.append(model.encode_image(batch["image"])[valid])
@@ -221,7 +234,7 @@ def _image_features(model, spec: EvalSpec, split: str, progress: bool) -> tuple[
     return np.concatenate(embeds), np.concatenate(labels)
 
 
-def _batches(model, spec: EvalSpec, split: str, needs: str, progress: bool) -> Iterator[tuple[dict, np.ndarray]]:
+def _batches(model: Model, spec: EvalSpec, split: str, needs: str, progress: bool) -> Iterator[tuple[dict, np.ndarray]]:
     """(batch, valid mask) for every batch of the split. Batches keep their padding, so every one
     has the same shape (one compiled program); callers drop the padding's outputs with the mask.
     The first batch is read before the progress bar starts, so that a dataset lacking ``needs``
@@ -272,7 +285,7 @@ def check_data(spec: EvalSpec) -> None:
         _prompt_set(spec)
 
 
-def _chain(first, rest):
+def _chain(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
     yield first
     yield from rest
 
@@ -309,14 +322,14 @@ def result_json(record: Mapping) -> str:
 
 
 def training_hook(
-    config,
-    preprocess_config,
-    tokenizer,
+    config: ModelConfig,
+    preprocess_config: PreprocessConfig,
+    tokenizer: Tokenizer,
     specs: Sequence[EvalSpec | Mapping],
     *,
     batch_size: int | None = None,
-    devices=None,
-) -> Callable[[int, object], dict[str, float]]:
+    devices: Sequence[jax.Device] | None = None,
+) -> Callable[[int, Any], dict[str, float]]:
     """A ``hook(step, params) -> {"<prefix>/<metric>": value}`` running every spec's evaluation on
     the given parameters; the training loop decides how often to call it. The model's compiled
     encoders are built on the first call and reused (`Model.with_params`)."""
@@ -328,7 +341,7 @@ def training_hook(
     batch_size = batch_size or max(s.batch_size for s in specs)
     model = None
 
-    def hook(step: int, params) -> dict[str, float]:
+    def hook(step: int, params: Any) -> dict[str, float]:
         nonlocal model
         if model is None:
             model = Model(config, params, preprocess_config, tokenizer, batch_size=batch_size, devices=devices)
@@ -342,6 +355,6 @@ def training_hook(
     return hook
 
 
-def model_name(model) -> str:
+def model_name(model: Model) -> str:
     """The architecture a model directory came from, as its provenance names it."""
     return model.provenance.get("model") or (Path(model.directory).name if model.directory else "jaxvlm")

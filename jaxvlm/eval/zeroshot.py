@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxvlm.eval.classification import classification_metrics
 from jaxvlm.eval.prompts import PromptSet
 from jaxvlm.models.two_tower import l2_normalize
 
+if TYPE_CHECKING:
+    from jaxvlm.api import Model
 
-def zeroshot_classifier(model, prompts: PromptSet) -> np.ndarray:
+
+def zeroshot_classifier(model: Model, prompts: PromptSet) -> np.ndarray:
     """[C, D] class embeddings: each class's prompts embedded and L2-normalised (the model's
     encoders normalise), averaged over templates, and normalised again, as CLIP does."""
     embeds = model.encode_text(model.tokenize(prompts.texts()))
@@ -18,11 +24,11 @@ def zeroshot_classifier(model, prompts: PromptSet) -> np.ndarray:
     return np.asarray(l2_normalize(per_class.mean(axis=1)))
 
 
-def zeroshot_scores(image_embeds, classifier) -> np.ndarray:
+def zeroshot_scores(image_embeds: ArrayLike, classifier: ArrayLike) -> np.ndarray:
     """[N, C] similarities of images [N, D] to class embeddings [C, D]."""
     return np.asarray(jnp.asarray(image_embeds) @ jnp.asarray(classifier).T)
 
 
-def zeroshot_metrics(image_embeds, labels, classifier) -> dict[str, float]:
+def zeroshot_metrics(image_embeds: ArrayLike, labels: ArrayLike, classifier: ArrayLike) -> dict[str, float]:
     """acc1 / acc5 / mean_per_class_recall of images [N, D] against class embeddings [C, D]."""
     return classification_metrics(zeroshot_scores(image_embeds, classifier), labels)

@@ -1,13 +1,55 @@
-"""Model definitions: configs, layers, towers, the two-tower model and CoCa."""
+"""Models: architecture configs, runtime options, tower kinds, the two-tower model and CoCa."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
 
 from jaxvlm.models.coca import CoCa
-from jaxvlm.models.config import DecoderConfig, ModelConfig, TextConfig, VisionConfig
-from jaxvlm.models.two_tower import TwoTower
+from jaxvlm.models.config import DecoderConfig, ModelConfig
+from jaxvlm.models.runtime import Runtime
+from jaxvlm.models.two_tower import Embeddings, TwoTower
 
 
-def build_model(cfg: ModelConfig) -> TwoTower:
+def build_model(config: ModelConfig, runtime: Runtime = Runtime()) -> TwoTower:
     """The flax module for a config: CoCa when it has a caption decoder, else the two towers."""
-    return CoCa(cfg) if cfg.decoder is not None else TwoTower(cfg)
+    return (CoCa if config.decoder is not None else TwoTower)(config, runtime)
 
 
-__all__ = ["CoCa", "DecoderConfig", "ModelConfig", "TextConfig", "TwoTower", "VisionConfig", "build_model"]
+def example_inputs(config: ModelConfig, batch: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Zero images and token ids of the shapes the model takes."""
+    return config.vision.example_input(batch), config.text.example_input(batch)
+
+
+def abstract_params(config: ModelConfig, runtime: Runtime = Runtime()) -> Any:
+    """The parameter tree as ShapeDtypeStructs in flax ``Partitioned`` boxes (their logical axis names)."""
+    module = build_model(config, runtime)
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(config))["params"])
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape, by its '/'-joined name."""
+    flat = flax.traverse_util.flatten_dict(flax.linen.unbox(abstract_params(config)), sep="/")
+    return {name: tuple(leaf.shape) for name, leaf in flat.items()}
+
+
+def param_count(config: ModelConfig) -> int:
+    return sum(math.prod(shape) for shape in param_shapes(config).values())
+
+
+__all__ = [
+    "CoCa",
+    "DecoderConfig",
+    "Embeddings",
+    "ModelConfig",
+    "Runtime",
+    "TwoTower",
+    "abstract_params",
+    "build_model",
+    "example_inputs",
+    "param_count",
+    "param_shapes",
+]

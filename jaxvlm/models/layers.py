@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,14 +42,21 @@ REMAT_POLICIES = {
 }
 
 
-def param_with_axes(init, *axes):
+def param_with_axes(init: Callable[..., jax.Array], *axes: str | None) -> Callable[..., nn.Partitioned]:
     """``init`` whose output carries logical axis names. rules=() keeps flax from constraining the
     initialiser's output under a mesh: DenseGeneral initialises a flattened kernel and would
     constrain it by the unflattened names (google/flax#3676); shardings come from the names."""
     return nn.with_logical_partitioning(init, axes, rules=())
 
 
-def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+def dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: tuple,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
     """The product of a Dense layer (no batch axes): `lax.dot_general` accumulating in float32 and
     rounding the result once to the inputs' dtype; its derivative's products the same.
 
@@ -104,7 +112,9 @@ def _to_order(x, axes):
 _rounded_dot.defvjp(_rounded_dot_forward, _rounded_dot_backward)
 
 
-def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float32, name: str):
+def dense(
+    features: int, axes: tuple, *, use_bias: bool = True, dtype: jnp.dtype = jnp.float32, name: str | None
+) -> nn.Dense:
     return nn.Dense(
         features,
         use_bias=use_bias,
@@ -116,7 +126,7 @@ def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float3
     )
 
 
-def layer_norm(eps: float, dtype, name: str) -> nn.LayerNorm:
+def layer_norm(eps: float, dtype: jnp.dtype, name: str | None) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=eps,
         dtype=dtype,
@@ -136,7 +146,7 @@ class Mlp(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         x = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
         # in float32 whatever the compute dtype, rounded once (as torch does): XLA:CPU would round
@@ -155,16 +165,24 @@ class Attention(nn.Module):
         keys/values are written at ``index`` and the queries sit at positions index, index+1, ...
       - cross-attention gets ``x_kv=None`` and attends over the cached ``cache`` as it is.
     A key/value set may serve several consecutive query sequences (the beams of one image).
-    ``implementation`` is `jaxvlm.ops.attention`'s: "auto", "xla" or "pallas".
+    ``attention`` is the implementation `jaxvlm.ops.attention` takes: "auto", "xla" or "pallas".
     """
 
     heads: int
     causal: bool = False
     dtype: jnp.dtype = jnp.float32
-    implementation: str = "auto"
+    attention: str = "auto"  # the implementation (`jaxvlm.ops.attention`)
 
     @nn.compact
-    def __call__(self, x_q, x_kv, *, key_mask=None, cache=None, index=None):
+    def __call__(
+        self,
+        x_q: jax.Array,
+        x_kv: jax.Array | None,
+        *,
+        key_mask: jax.Array | None = None,
+        cache: tuple | None = None,
+        index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple | None]:
         width = x_q.shape[-1]
         head_dim = width // self.heads
 
@@ -187,12 +205,12 @@ class Attention(nn.Module):
                 k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
                 v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
         if q.shape[0] != k.shape[0]:  # several query sequences share each key/value set: fold them together
-            y = ops.attention(
-                q.reshape(k.shape[0], -1, *q.shape[2:]), k, v, implementation=self.implementation
-            ).reshape(q.shape)
+            y = ops.attention(q.reshape(k.shape[0], -1, *q.shape[2:]), k, v, implementation=self.attention).reshape(
+                q.shape
+            )
         else:
             y = ops.attention(
-                q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask, implementation=self.implementation
+                q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask, implementation=self.attention
             )
         out = nn.DenseGeneral(
             width,
@@ -224,7 +242,14 @@ class Block(nn.Module):
     attention: str = "auto"  # the attention implementation (`jaxvlm.ops.attention`)
 
     @nn.compact
-    def __call__(self, x, cache=None, key_mask=None, index=None, x_kv=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        cache: tuple | None = None,
+        key_mask: jax.Array | None = None,
+        index: jax.Array | None = None,
+        x_kv: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple | None]:
         y = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
         if self.cross:
             source = None if x_kv is None else layer_norm(self.ln_eps, self.dtype, "norm_kv")(x_kv)
@@ -239,7 +264,7 @@ class Block(nn.Module):
         return x, (None if index is None else kv)
 
 
-def scan_layers(layer: type[nn.Module], depth: int, remat: str, in_axes: tuple):
+def scan_layers(layer: type[nn.Module], depth: int, remat: str, in_axes: tuple) -> type[nn.Module]:
     """``depth`` copies of ``layer`` as one scanned module, parameters stacked on a "layers" axis.
 
     The layer is called as layer(carry, *args) -> (carry, output); ``in_axes`` says for each arg
@@ -271,7 +296,13 @@ class Encoder(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, x, cache=None, key_mask=None, index=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        cache: tuple | None = None,
+        key_mask: jax.Array | None = None,
+        index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple | None]:
         blocks = scan_layers(Block, self.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
             self.heads,
             self.mlp_dim,
@@ -296,12 +327,12 @@ class MapHead(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         probe = self.param(
             "probe", param_with_axes(nn.initializers.xavier_uniform(), None, None, "embed"), (1, 1, x.shape[-1])
         )
         probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x, _ = Attention(self.heads, dtype=self.dtype, implementation=self.attention, name="attn")(probe, x)
+        x, _ = Attention(self.heads, dtype=self.dtype, attention=self.attention, name="attn")(probe, x)
         y = layer_norm(self.ln_eps, self.dtype, "norm")(x)
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y)
         return x[:, 0]
@@ -319,12 +350,12 @@ class AttentionPool(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         queries = self.param(
             "queries", param_with_axes(nn.initializers.normal(1.0), None, "embed"), (self.queries, self.width)
         )
         queries = layer_norm(self.ln_eps, self.dtype, "norm_q")(queries.astype(self.dtype))
         x = layer_norm(self.ln_eps, self.dtype, "norm_kv")(x)
         queries = jnp.broadcast_to(queries, (x.shape[0], *queries.shape))
-        y, _ = Attention(self.heads, dtype=self.dtype, implementation=self.attention, name="attn")(queries, x)
+        y, _ = Attention(self.heads, dtype=self.dtype, attention=self.attention, name="attn")(queries, x)
         return y

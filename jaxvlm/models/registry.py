@@ -11,7 +11,8 @@ import dataclasses
 import math
 
 from jaxvlm.errors import InputError
-from jaxvlm.models.config import DecoderConfig, ModelConfig, TextConfig, VisionConfig
+from jaxvlm.models.config import DecoderConfig, ModelConfig
+from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
@@ -27,50 +28,35 @@ CLIP_TOKENIZER = TokenizerConfig(kind="clip_bpe", file="bpe_simple_vocab_16e6.tx
 SIGLIP_TOKENIZER_FILE = "tokenizer.model"
 
 
-def clip(image_size, patch, width, depth, text_width, text_depth, embed_dim, act="gelu", vocab=49408, context=77):
-    vision = VisionConfig(
-        image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64, mlp_dim=4 * width, act=act
-    )
-    text = TextConfig(
-        vocab_size=vocab,
-        context_length=context,
-        width=text_width,
-        depth=text_depth,
-        heads=text_width // 64,
-        mlp_dim=4 * text_width,
+def clip(*, embed_dim: int, vision: dict, text: dict, act: str = "gelu") -> Architecture:
+    """open_clip's CLIP ViTs: 64-wide heads, 4x MLPs, the CLIP BPE vocabulary and 77 positions."""
+    context = text.get("context_length", 77)
+    vision = ViTConfig(heads=vision["width"] // 64, mlp_dim=4 * vision["width"], act=act, **vision)
+    text = TransformerTextConfig(
+        **{"vocab_size": 49408, "context_length": context, **text},
+        heads=text["width"] // 64,
+        mlp_dim=4 * text["width"],
         act=act,
     )
     return Architecture(
         ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
-        PreprocessConfig(image_size=image_size),
+        PreprocessConfig(image_size=vision.image_size),
         dataclasses.replace(CLIP_TOKENIZER, context_length=context),
     )
 
 
-def siglip(image_size, patch, width, depth, heads, mlp_dim, text_depth=None, context=64, vocab=32000, act="gelu"):
+def siglip(*, vision: dict, text: dict, act: str = "gelu") -> Architecture:
+    """SigLIP: MAP-pooled ViT without class token or pre-LN, bidirectional text tower pooled at the
+    last position, both as wide as the embedding; sigmoid loss with scale 10 and bias -10."""
     eps = 1e-6
-    vision = VisionConfig(
-        image_size=image_size,
-        patch_size=patch,
-        width=width,
-        depth=depth,
-        heads=heads,
-        mlp_dim=mlp_dim,
-        act=act,
-        ln_eps=eps,
-        patch_bias=True,
-        class_token=False,
-        pre_norm=False,
-        pool="map",
-        proj=False,
+    vision = ViTConfig(
+        **vision, act=act, ln_eps=eps, patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False
     )
-    text = TextConfig(
-        vocab_size=vocab,
-        context_length=context,
-        width=width,
-        depth=text_depth or depth,
-        heads=heads,
-        mlp_dim=mlp_dim,
+    text = TransformerTextConfig(
+        **{"vocab_size": 32000, "context_length": 64, "depth": vision.depth, **text},
+        width=vision.width,
+        heads=vision.heads,
+        mlp_dim=vision.mlp_dim,
         act=act,
         ln_eps=eps,
         causal=False,
@@ -79,7 +65,7 @@ def siglip(image_size, patch, width, depth, heads, mlp_dim, text_depth=None, con
         proj_bias=True,
     )
     model = ModelConfig(
-        embed_dim=width,
+        embed_dim=vision.width,
         vision=vision,
         text=text,
         loss="sigmoid",
@@ -89,88 +75,128 @@ def siglip(image_size, patch, width, depth, heads, mlp_dim, text_depth=None, con
     tokenizer = TokenizerConfig(
         kind="sentencepiece",
         file=SIGLIP_TOKENIZER_FILE,
-        context_length=context,
+        context_length=text.context_length,
         clean="canonicalize",
         pad_id=1,
         eos_id=1,
     )
     return Architecture(
         model,
-        PreprocessConfig(image_size=image_size, resize_mode="squash", mean=INCEPTION_MEAN, std=INCEPTION_STD),
+        PreprocessConfig(image_size=vision.image_size, resize_mode="squash", mean=INCEPTION_MEAN, std=INCEPTION_STD),
         tokenizer,
     )
 
 
-def coca(image_size, patch, width, depth, text_width, text_depth, text_heads, embed_dim, vocab=49408, pool_heads=None):
-    """open_clip's CoCa: with ``pool_heads`` the ViT's tokens go through the 256-query attentional
-    pooler (its first query is the contrastive one), otherwise the class token is pooled and the
-    patch tokens feed the decoder."""
+def coca(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
+    """open_clip's CoCa: with ``attn_pool_heads`` the ViT's tokens go through the 256-query
+    attentional pooler (its first query is the contrastive one), otherwise the class token is
+    pooled and the patch tokens feed the decoder. The decoder mirrors the text tower."""
     context = 76  # text positions; the appended cls token takes the 77th
-    pool = {"pool": "attn_pool", "attn_pool_heads": pool_heads} if pool_heads else {}
-    vision = VisionConfig(
-        image_size=image_size, patch_size=patch, width=width, depth=depth, heads=width // 64, mlp_dim=4 * width, **pool
+    vision = ViTConfig(
+        **{"pool": "attn_pool" if "attn_pool_heads" in vision else "cls", **vision},
+        heads=vision["width"] // 64,
+        mlp_dim=4 * vision["width"],
     )
-    text = TextConfig(
-        vocab_size=vocab,
+    text = TransformerTextConfig(
+        **{"vocab_size": 49408, **text},
         context_length=context,
-        width=text_width,
-        depth=text_depth,
-        heads=text_heads,
-        mlp_dim=4 * text_width,
+        mlp_dim=4 * text["width"],
         pool="last",
         append_cls=True,
         pad_mask="shifted",
     )
     decoder = DecoderConfig(
-        vocab_size=vocab,
+        vocab_size=text.vocab_size,
         context_length=context,
-        width=text_width,
+        width=text.width,
         depth=text.depth,
-        heads=text_heads,
-        mlp_dim=4 * text_width,
+        heads=text.heads,
+        mlp_dim=text.mlp_dim,
     )
     return Architecture(
         ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax", decoder=decoder),
-        PreprocessConfig(image_size=image_size),
+        PreprocessConfig(image_size=vision.image_size),
         dataclasses.replace(CLIP_TOKENIZER, context_length=context),
     )
 
 
-def _coca_family() -> dict[str, Architecture]:
-    return {
-        "coca_ViT-B-32": coca(224, 32, 768, 12, 512, 12, 8, 512, pool_heads=8),
-        "coca_ViT-L-14": coca(224, 14, 1024, 24, 768, 12, 12, 768, pool_heads=8),
-        "coca_base": coca(288, 18, 768, 12, 768, 12, 12, 512, vocab=64000),
-        "tiny-coca": coca(32, 8, 64, 2, 32, 2, 2, 32, pool_heads=2),
-    }
-
-
 def _clip_family() -> dict[str, Architecture]:
     sizes = {
-        "ViT-B-32": (224, 32, 768, 12, 512, 12, 512),
-        "ViT-B-16": (224, 16, 768, 12, 512, 12, 512),
-        "ViT-L-14": (224, 14, 1024, 24, 768, 12, 768),
-        "ViT-L-14-336": (336, 14, 1024, 24, 768, 12, 768),
-        "tiny-clip": (32, 8, 64, 2, 64, 2, 32),
+        "ViT-B-32": {
+            "embed_dim": 512,
+            "vision": {"image_size": 224, "patch_size": 32, "width": 768, "depth": 12},
+            "text": {"width": 512, "depth": 12},
+        },
+        "ViT-B-16": {
+            "embed_dim": 512,
+            "vision": {"image_size": 224, "patch_size": 16, "width": 768, "depth": 12},
+            "text": {"width": 512, "depth": 12},
+        },
+        "ViT-L-14": {
+            "embed_dim": 768,
+            "vision": {"image_size": 224, "patch_size": 14, "width": 1024, "depth": 24},
+            "text": {"width": 768, "depth": 12},
+        },
+        "ViT-L-14-336": {
+            "embed_dim": 768,
+            "vision": {"image_size": 336, "patch_size": 14, "width": 1024, "depth": 24},
+            "text": {"width": 768, "depth": 12},
+        },
+        "tiny-clip": {
+            "embed_dim": 32,
+            "vision": {"image_size": 32, "patch_size": 8, "width": 64, "depth": 2},
+            "text": {"width": 64, "depth": 2},
+        },
     }
     archs = {}
-    for name, args in sizes.items():
-        archs[name] = clip(*args)
-        archs[f"{name}-quickgelu"] = clip(*args, act="quick_gelu")
+    for name, fields in sizes.items():
+        archs[name] = clip(**fields)
+        archs[f"{name}-quickgelu"] = clip(**fields, act="quick_gelu")
     return archs
 
 
 def _siglip_family() -> dict[str, Architecture]:
-    b16 = (16, 768, 12, 12, 3072)
-    so400m = (14, 1152, 27, 16, 4304)
+    b16 = {"patch_size": 16, "width": 768, "depth": 12, "heads": 12, "mlp_dim": 3072}
+    so400m = {"patch_size": 14, "width": 1152, "depth": 27, "heads": 16, "mlp_dim": 4304}
     return {
-        "ViT-B-16-SigLIP": siglip(224, *b16),
-        "ViT-B-16-SigLIP-256": siglip(256, *b16),
-        "ViT-B-16-SigLIP-384": siglip(384, *b16),
-        "ViT-L-16-SigLIP-256": siglip(256, 16, 1024, 24, 16, 4096),
-        "ViT-SO400M-14-SigLIP": siglip(224, *so400m, context=16),
-        "ViT-SO400M-14-SigLIP-384": siglip(384, *so400m),
-        "tiny-siglip": siglip(32, 8, 64, 2, 4, 256, context=16),
+        "ViT-B-16-SigLIP": siglip(vision={"image_size": 224, **b16}, text={}),
+        "ViT-B-16-SigLIP-256": siglip(vision={"image_size": 256, **b16}, text={}),
+        "ViT-B-16-SigLIP-384": siglip(vision={"image_size": 384, **b16}, text={}),
+        "ViT-L-16-SigLIP-256": siglip(
+            vision={"image_size": 256, "patch_size": 16, "width": 1024, "depth": 24, "heads": 16, "mlp_dim": 4096},
+            text={},
+        ),
+        "ViT-SO400M-14-SigLIP": siglip(vision={"image_size": 224, **so400m}, text={"context_length": 16}),
+        "ViT-SO400M-14-SigLIP-384": siglip(vision={"image_size": 384, **so400m}, text={}),
+        "tiny-siglip": siglip(
+            vision={"image_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 256},
+            text={"context_length": 16},
+        ),
+    }
+
+
+def _coca_family() -> dict[str, Architecture]:
+    return {
+        "coca_ViT-B-32": coca(
+            embed_dim=512,
+            vision={"image_size": 224, "patch_size": 32, "width": 768, "depth": 12, "attn_pool_heads": 8},
+            text={"width": 512, "depth": 12, "heads": 8},
+        ),
+        "coca_ViT-L-14": coca(
+            embed_dim=768,
+            vision={"image_size": 224, "patch_size": 14, "width": 1024, "depth": 24, "attn_pool_heads": 8},
+            text={"width": 768, "depth": 12, "heads": 12},
+        ),
+        "coca_base": coca(
+            embed_dim=512,
+            vision={"image_size": 288, "patch_size": 18, "width": 768, "depth": 12},
+            text={"width": 768, "depth": 12, "heads": 12, "vocab_size": 64000},
+        ),
+        "tiny-coca": coca(
+            embed_dim=32,
+            vision={"image_size": 32, "patch_size": 8, "width": 64, "depth": 2, "attn_pool_heads": 2},
+            text={"width": 32, "depth": 2, "heads": 2},
+        ),
     }
 
 

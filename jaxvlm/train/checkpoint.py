@@ -17,14 +17,20 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxvlm import data, model_dir
 from jaxvlm.train import TrainingError
 from jaxvlm.train.state import TrainState
+
+if TYPE_CHECKING:  # program.py pulls in the models and the train step; only its type is needed here
+    from jaxvlm.train.program import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class CheckpointWriteError(TrainingError):
 
 
 class Checkpoints:
-    def __init__(self, directory: Path, cfg):
+    def __init__(self, directory: Path, cfg: ml_collections.ConfigDict):
         keep = [policies.LatestN(cfg.keep_last)] + ([policies.EveryNSteps(cfg.keep_every)] if cfg.keep_every else [])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
@@ -51,7 +57,7 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._writing: int | None = None  # the step whose asynchronous write is not known to have succeeded
 
-    def save(self, step: int, state: TrainState, iterator) -> None:
+    def save(self, step: int, state: TrainState, iterator: grain.DatasetIterator) -> None:
         """Starts saving ``state`` (taken after ``step`` batches) and ``iterator``'s position. Returns
         once both are copied off the devices / out of the iterator; writing goes on in the background.
         Raises `CheckpointWriteError` for the previous save if that one failed (this one is then not
@@ -79,7 +85,7 @@ class Checkpoints:
             self._discard(step)
             raise CheckpointWriteError(step, describe(e)) from None
 
-    def restore(self, abstract: TrainState, iterator) -> TrainState | None:
+    def restore(self, abstract: TrainState, iterator: grain.DatasetIterator) -> TrainState | None:
         """The newest readable checkpoint's state, laid out as ``abstract`` says (any mesh), with
         ``iterator`` moved to its position; None when there is no checkpoint. Newer steps that cannot
         be read are set aside (renamed ``<step>.unreadable``)."""
@@ -172,7 +178,7 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def export(out: Path, spec, params, provenance: dict) -> None:
+def export(out: Path, spec: ModelSpec, params: Any, provenance: dict) -> None:
     """Writes ``params`` as a model directory that `jaxvlm.load` opens (process 0 writes; every
     process must call this, since gathering sharded parameters is collective)."""
     from jax.experimental import multihost_utils

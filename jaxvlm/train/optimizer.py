@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -54,13 +55,13 @@ def _matching(pattern: re.Pattern, names: list[str], what: str) -> set[str]:
     return matched
 
 
-def frozen_names(cfg, names: list[str]) -> set[str]:
+def frozen_names(cfg: ml_collections.ConfigDict, names: list[str]) -> set[str]:
     if not cfg.freeze:
         return set()
     return _matching(compile_regex(cfg.freeze, "optimizer.freeze"), names, "optimizer.freeze")
 
 
-def lr_multipliers(cfg, params: Any) -> Any:
+def lr_multipliers(cfg: ml_collections.ConfigDict, params: Any) -> Any:
     """Per-parameter learning-rate multipliers: the first matching ``lr_rules`` entry (regex,
     multiplier) times the layer-wise decay factor. A stacked (scanned) parameter gets an array
     that scales each layer's slice by its own factor."""
@@ -105,7 +106,7 @@ def _layer_decay(name: str, shape: tuple, depths: dict[str, int], decay: float):
     return 1.0
 
 
-def schedule(cfg, total_steps: int) -> optax.Schedule:
+def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to ``lr``, then cosine (to ``lr * min_lr_ratio``), rsqrt or constant,
     with an optional linear cooldown to 0 over the last ``cooldown_steps``."""
     warmup = cfg.warmup_steps
@@ -138,7 +139,7 @@ def _scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build(cfg, params: Any, total_steps: int) -> Optimizer:
+def build(cfg: ml_collections.ConfigDict, params: Any, total_steps: int) -> Optimizer:
     """The optimizer for a parameter tree (arrays or shapes), checked against it.
 
     Frozen parameters get zero updates and no optimizer state; clipping, weight decay and the
@@ -164,7 +165,7 @@ def build(cfg, params: Any, total_steps: int) -> Optimizer:
     return Optimizer(tx, lr, jax.tree.map(lambda label: label == "train", labels))
 
 
-def check(cfg, total_steps: int) -> None:
+def check(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
     """Config values that cannot work, as one-line errors before anything is built."""
     if cfg.name not in OPTIMIZERS:
         raise InputError(f"optimizer.name is {cfg.name!r}; expected one of {', '.join(OPTIMIZERS)}")

@@ -16,13 +16,12 @@ from jax.sharding import Mesh
 
 from jaxvlm import model_dir, parallel
 from jaxvlm.errors import InputError
-from jaxvlm.models import build_model
-from jaxvlm.models.config import ModelConfig
+from jaxvlm.models import ModelConfig, Runtime, abstract_params, build_model, example_inputs
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.preprocess import PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 from jaxvlm.train import optimizer as optim
-from jaxvlm.train.state import StateLayout, TrainState, abstract_params, layout, place
+from jaxvlm.train.state import StateLayout, TrainState, layout, place
 from jaxvlm.train.step import Objective, make_train_step
 
 
@@ -32,6 +31,7 @@ class ModelSpec:
     is), and the pretrained parameters it starts from, if any."""
 
     config: ModelConfig
+    runtime: Runtime
     preprocess: PreprocessConfig
     tokenizer: TokenizerConfig
     tokenizer_dir: Path
@@ -44,7 +44,10 @@ class ModelSpec:
 def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> ModelSpec:
     """``pretrained`` False: an ``init_from`` directory's architecture without its weights
     (ahead-of-time planning needs shapes only)."""
-    overrides = {"dtype": cfg.dtype, "remat": cfg.remat, "attention": cfg.attention}
+    try:
+        runtime = Runtime(dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention)
+    except InputError as e:  # named as the training config names it
+        raise InputError(f"model.{e}") from None
     if cfg.init_from:
         source = Path(cfg.init_from)
         loaded = model_dir.load(source, weights=pretrained)
@@ -55,7 +58,8 @@ def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> Mo
             "init_from_provenance": loaded.provenance,
         }
         return ModelSpec(
-            loaded.config.replace(**overrides).validate(),
+            loaded.config,
+            runtime,
             loaded.preprocess,
             loaded.tokenizer,
             Path(cfg.tokenizer_dir or cfg.init_from),
@@ -64,14 +68,7 @@ def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> Mo
         )
     arch = get_architecture(cfg.name)
     tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else CLIP_BPE_FILE.parent
-    return ModelSpec(
-        arch.model.replace(**overrides).validate(),
-        arch.preprocess,
-        arch.tokenizer,
-        tokenizer_dir,
-        None,
-        {"model": cfg.name},
-    )
+    return ModelSpec(arch.model, runtime, arch.preprocess, arch.tokenizer, tokenizer_dir, None, {"model": cfg.name})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +84,10 @@ class TrainProgram:
     def abstract_batch(self, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The batch the input pipeline delivers: uint8 pixels and int32 token ids."""
         sharding = parallel.batch_sharding(self.mesh)
-        size, context = self.spec.config.vision.image_size, self.spec.config.text.context_length
+        images, ids = jax.eval_shape(lambda: example_inputs(self.spec.config, global_batch_size))
         return {
-            "image": jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.uint8, sharding=sharding),
-            "text": jax.ShapeDtypeStruct((global_batch_size, context), jnp.int32, sharding=sharding),
+            "image": jax.ShapeDtypeStruct(images.shape, jnp.uint8, sharding=sharding),
+            "text": jax.ShapeDtypeStruct(ids.shape, ids.dtype, sharding=sharding),
         }
 
     def lower(self, global_batch_size: int) -> jax.stages.Lowered:
@@ -117,11 +114,17 @@ class TrainProgram:
 def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = True) -> TrainProgram:
     """``pretrained`` False: shapes only, for lowering (`init` then starts from scratch)."""
     spec = model_spec(config.model, pretrained=pretrained)
-    module = build_model(spec.config)
-    boxed = abstract_params(module, spec.config)
+    module = build_model(spec.config, spec.runtime)
+    boxed = abstract_params(spec.config, spec.runtime)
     optimizer = optim.build(config.optimizer, flax.linen.unbox(boxed), config.total_steps)
     state = layout(
-        module, spec.config, boxed, optimizer.tx, mesh, seed=config.seed, fsdp_min_size=config.mesh.fsdp_min_size
+        module,
+        example_inputs(spec.config),
+        boxed,
+        optimizer.tx,
+        mesh,
+        seed=config.seed,
+        fsdp_min_size=config.mesh.fsdp_min_size,
     )
     objective = Objective(
         loss=spec.config.loss,

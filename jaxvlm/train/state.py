@@ -17,7 +17,6 @@ import optax
 from jax.sharding import Mesh
 
 from jaxvlm import parallel
-from jaxvlm.models.config import ModelConfig
 
 
 @flax.struct.dataclass
@@ -30,11 +29,6 @@ class TrainState:
     nan_streak: jax.Array  # int32: ... in a row, up to this step
 
 
-def example_inputs(cfg: ModelConfig, batch: int = 1) -> tuple[jax.Array, jax.Array]:
-    size = cfg.vision.image_size
-    return jnp.zeros((batch, size, size, 3), jnp.float32), jnp.zeros((batch, cfg.text.context_length), jnp.int32)
-
-
 @dataclasses.dataclass(frozen=True)
 class StateLayout:
     """Shapes and shardings of a train state, and the jitted function that creates it."""
@@ -44,14 +38,9 @@ class StateLayout:
     init: Callable[[], TrainState]
 
 
-def abstract_params(module: nn.Module, cfg: ModelConfig) -> Any:
-    """The parameter tree as ShapeDtypeStructs wrapped in flax ``Partitioned`` boxes (logical names)."""
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(cfg))["params"])
-
-
 def layout(
     module: nn.Module,
-    cfg: ModelConfig,
+    inputs: tuple[jax.Array, ...],
     boxed: Any,
     tx: optax.GradientTransformation,
     mesh: Mesh,
@@ -59,12 +48,13 @@ def layout(
     seed: int,
     fsdp_min_size: int,
 ) -> StateLayout:
-    """``boxed``: `abstract_params`' tree, whose logical names give the parameters' shardings."""
+    """``inputs``: example inputs of ``module`` (`jaxvlm.models.example_inputs`); ``boxed``:
+    `jaxvlm.models.abstract_params`' tree, whose logical names give the parameters' shardings."""
     param_shardings = parallel.param_shardings(boxed, mesh, fsdp_min_size=fsdp_min_size)
 
     def init() -> TrainState:
         init_key, state_key = jax.random.split(jax.random.key(seed))
-        params = nn.unbox(module.init(init_key, *example_inputs(cfg))["params"])
+        params = nn.unbox(module.init(init_key, *inputs)["params"])
         zero = jnp.zeros((), jnp.int32)
         return TrainState(
             step=zero,

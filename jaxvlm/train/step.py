@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxvlm import losses, parallel
-from jaxvlm.models.two_tower import l2_normalize
+from jaxvlm.models import Embeddings
 from jaxvlm.preprocess import PreprocessConfig, normalize
 from jaxvlm.train.state import TrainState
 
@@ -39,20 +39,15 @@ class Objective:
     batch_accuracy: bool = True  # log in-batch image->text top-1 accuracy (gathers the texts)
 
 
-def embed(module: nn.Module, params, batch: dict, rng, caption: bool, preprocess: PreprocessConfig):
-    """(image embeddings, text embeddings, caption logits or None); embeddings L2-normalised.
-    uint8 images are pixels, normalised here per `preprocess`; float images are taken as normalised."""
+def embed(
+    module: nn.Module, params: Any, batch: dict, rng: jax.Array, caption: bool, preprocess: PreprocessConfig
+) -> Embeddings:
+    """The model's `embed` of a batch (caption logits only with ``caption``). uint8 images are
+    pixels, normalised here per `preprocess`; float images are taken as normalised."""
     images = batch["image"]
     if images.dtype == jnp.uint8:
         images = normalize(images, preprocess)
-
-    def fn(model, images, ids):
-        pooled_image, image_tokens = model.img(images)
-        pooled_text, text_tokens = model.txt(ids)
-        caption_logits = model.dec(text_tokens, image_tokens)[0] if caption else None
-        return l2_normalize(pooled_image), l2_normalize(pooled_text), caption_logits
-
-    return module.apply({"params": params}, images, batch["text"], method=fn, rngs={"dropout": rng})
+    return module.apply({"params": params}, images, batch["text"], caption, method="embed", rngs={"dropout": rng})
 
 
 def make_gradients(

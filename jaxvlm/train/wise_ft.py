@@ -11,11 +11,6 @@ import numpy as np
 from jaxvlm import model_dir
 from jaxvlm.errors import InputError
 
-# Model config fields that say how a model runs, not what it is: a fine-tuning run records its own
-# (e.g. bfloat16) in the model directory it writes, so two copies of one model may differ in them.
-# They are to leave ModelConfig; until then WiSE-FT ignores them.
-RUNTIME_FIELDS = ("dtype", "remat", "attention")
-
 
 def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> None:
     """Writes the model directory ``out``: architecture, preprocessing and tokenizer of the two
@@ -59,12 +54,15 @@ def interpolate(zero_shot: Path, fine_tuned: Path, alpha: float, out: Path) -> N
 
 
 def _described(model: model_dir.ModelDir) -> dict:
-    """What a model is, keyed as in config.json: architecture (less `RUNTIME_FIELDS`), preprocessing, tokenizer."""
-    architecture = {k: v for k, v in model.config.to_dict().items() if k not in RUNTIME_FIELDS}
-    return {"model": architecture, "preprocess": model.preprocess.to_dict(), "tokenizer": model.tokenizer.to_dict()}
+    """What a model is, keyed as in config.json: architecture, preprocessing, tokenizer."""
+    return {
+        "model": model.config.to_dict(),
+        "preprocess": model.preprocess.to_dict(),
+        "tokenizer": model.tokenizer.to_dict(),
+    }
 
 
-def _differences(a, b, key: str) -> list[str]:
+def _differences(a: object, b: object, key: str) -> list[str]:
     """'key: a vs b' for every dotted key whose values differ between two nested dicts."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(a.keys() | b.keys()) for d in _differences(a.get(k), b.get(k), f"{key}{k}.")]

@@ -1,27 +1,8 @@
 """The benchmark scripts import each other as top-level modules (`python benchmarks/x.py` puts
 their directory first on sys.path); the tests import them the same way."""
 
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.smoke import BENCHMARKS_DIR
+
 sys.path.insert(0, str(BENCHMARKS_DIR))
-
-
-def run_smoke(script: str, out: Path) -> dict:
-    """Runs ``benchmarks/<script>.py --smoke`` as its users do (one CPU device: no simulated
-    devices from the test set-up), prints its output and returns the results file it wrote."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS_DIR / f"{script}.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
-    return json.loads(out.read_text())

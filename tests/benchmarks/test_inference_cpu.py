@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.benchmarks.conftest import run_smoke
+from tests.benchmarks.smoke import run_smoke
 
 pytest.importorskip("open_clip")
 

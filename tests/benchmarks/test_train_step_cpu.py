@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.benchmarks.conftest import run_smoke
+from tests.benchmarks.smoke import run_smoke
 from tests.tolerances import FLOAT32_EPS
 
 pytest.importorskip("open_clip")

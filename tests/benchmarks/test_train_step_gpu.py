@@ -5,7 +5,7 @@ no peak to take an MFU against."""
 
 import pytest
 
-from tests.benchmarks.conftest import run_smoke
+from tests.benchmarks.smoke import run_smoke
 
 pytest.importorskip("open_clip")
 

@@ -17,7 +17,7 @@ import jaxvlm
 from jaxvlm.cli import main
 from jaxvlm.convert import big_vision
 from jaxvlm.errors import InputError
-from jaxvlm.models.two_tower import TwoTower
+from jaxvlm.models.two_tower import TwoTower, contrastive_logits
 from tests.tolerances import assert_close_to_scale
 
 torch = pytest.importorskip("torch")
@@ -207,9 +207,10 @@ def ours(converted, pixels, ids):
     module, variables = TwoTower(converted.config), {"params": converted.params}
     zi = jax.jit(lambda v, x: module.apply(v, x, method=TwoTower.encode_image))(variables, pixels)
     zt = jax.jit(lambda v, x: module.apply(v, x, method=TwoTower.encode_text))(variables, ids)
-    zi2, zt2, logits = jax.jit(module.apply)(variables, pixels, ids)
+    zi2, zt2, _ = jax.jit(module.apply)(variables, pixels, ids)
     np.testing.assert_allclose(zi2, zi, atol=1e-6)
     np.testing.assert_allclose(zt2, zt, atol=1e-6)
+    logits = contrastive_logits(zi, zt, converted.params["t"], converted.params.get("b"))
     return np.asarray(zi), np.asarray(zt), np.asarray(logits)
 
 

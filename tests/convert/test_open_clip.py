@@ -10,7 +10,7 @@ from skimage import data
 
 import jaxvlm
 from jaxvlm.cli import main
-from tests.conftest import initialise_decoder_head
+from tests.reference_models import initialise_decoder_head
 from tests.tolerances import assert_close_to_scale
 
 open_clip = pytest.importorskip("open_clip")
@@ -150,7 +150,7 @@ def test_coca_embeddings_and_decoder_logits_match(converted_coca):
     ids = model.tokenize(CAPTIONS[:3])
     zi, zt = model.encode_image(pixels), model.encode_text(ids)
     logits = model.logits(zi, zt)
-    caption_logits = jax.jit(model.module.apply)({"params": model.params}, pixels, ids)[3]
+    caption_logits = jax.jit(model.module.apply)({"params": model.params}, pixels, ids).caption_logits
     with torch.no_grad():
         out = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(ids).long(), output_labels=False)
     errors = {"image": max_abs(zi, out["image_features"]), "text": max_abs(zt, out["text_features"])}

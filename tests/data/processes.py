@@ -10,7 +10,8 @@ import json
 import os
 import sys
 
-from tests.data.conftest import PREPROCESS, batch_digest, example_digests
+from tests.data.digests import batch_digest, example_digests
+from tests.data.records import PREPROCESS
 
 RESUMED_BATCHES = 100
 GLOBAL_BATCH = 8

@@ -7,7 +7,7 @@ from jaxvlm.data.arrayrecord import METADATA_FILE, decode_record, encode_record,
 from jaxvlm.data.records import Record
 from jaxvlm.data.sources import open_source
 from jaxvlm.errors import InputError
-from tests.data.conftest import encoded, photo
+from tests.data.records import encoded, photo
 
 RECORDS = [
     Record(key=f"k{i}", shard="", image=encoded(photo(i), "PNG"), texts=(f"cap {i}", "ünïcode ✓"), label=i % 3)

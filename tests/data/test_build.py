@@ -8,7 +8,7 @@ import jaxvlm.data
 from jaxvlm.cli import main
 from jaxvlm.data.sources import open_source
 from jaxvlm.data.tar import write_tar_shard
-from tests.data.conftest import PREPROCESS, SPOIL_REASONS, spoil, tar_records
+from tests.data.records import PREPROCESS, SPOIL_REASONS, spoil, tar_records
 
 
 def test_build_from_tar_skips_and_reports_bad_records(tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_build_from_tfds_keeps_class_names_and_records(digits_dir, tmp_path):
 
 
 def test_build_from_a_folder(tmp_path, capsys):
-    from tests.data.conftest import encoded, photo
+    from tests.data.records import encoded, photo
 
     (tmp_path / "img").mkdir()
     for i in range(4):

@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxvlm.data
-from tests.data.conftest import batch_digest
+from tests.data.digests import batch_digest
 from tests.data.processes import RESUMED_BATCHES, make_train_iterator, resume_config
 
 REPO = Path(__file__).resolve().parents[2]

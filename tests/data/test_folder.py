@@ -5,7 +5,7 @@ import pytest
 from jaxvlm.data.records import BadRecord
 from jaxvlm.data.sources import open_source
 from jaxvlm.errors import InputError
-from tests.data.conftest import encoded, photo
+from tests.data.records import encoded, photo
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_two_processes_read_disjoint_shards_covering_the_data(digits_dir):
         batch_size=360,
         data_dir=digits_dir,
     )
-    from tests.data.conftest import example_digests
+    from tests.data.digests import example_digests
 
     # (a few digits images are identical, so records are counted: together, each one exactly once)
     assert first + second == collections.Counter(example_digests(next(direct)))

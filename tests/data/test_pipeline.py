@@ -10,7 +10,8 @@ from PIL import Image
 import jaxvlm.data
 from jaxvlm.errors import InputError
 from jaxvlm.preprocess import normalize, preprocess
-from tests.data.conftest import PREPROCESS, SPOIL_REASONS, SPOILS, batch_digest, example_digests, spoil, tar_records
+from tests.data.digests import batch_digest, example_digests
+from tests.data.records import PREPROCESS, SPOIL_REASONS, SPOILS, spoil, tar_records
 
 
 def _direct_test_split(digits_dir):

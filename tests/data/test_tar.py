@@ -6,7 +6,7 @@ from jaxvlm.data.records import BadRecord
 from jaxvlm.data.sources import open_source
 from jaxvlm.data.tar import expand_pattern, write_tar_shard
 from jaxvlm.errors import InputError
-from tests.data.conftest import tar_records
+from tests.data.records import tar_records
 
 
 def _direct(path):

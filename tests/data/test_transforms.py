@@ -10,7 +10,7 @@ from jaxvlm.data.records import BadRecord, Record
 from jaxvlm.data.transforms import ExampleTransform, random_resized_crop_box
 from jaxvlm.errors import InputError
 from jaxvlm.preprocess import PreprocessConfig, preprocess
-from tests.data.conftest import PREPROCESS, encoded, photo
+from tests.data.records import PREPROCESS, encoded, photo
 
 
 def _photo(size=(96, 64)) -> Image.Image:

@@ -68,3 +68,25 @@ def test_the_search_picks_the_best_grid_value_on_validation(digits):
 def test_too_few_examples_to_hold_out():
     with pytest.raises(InputError, match="validation"):
         split_validation(np.zeros((2, 3), np.float32), np.zeros(2, int))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"l2_min": 0.0}, "l2_min"),
+        ({"l2_min": 1.0, "l2_max": 0.5}, "l2_max"),
+        ({"grid": 0}, "probe grid must be an integer >= 1"),
+        ({"coarse": 1.5}, "probe coarse"),
+        ({"max_iter": 0}, "probe max_iter"),
+        ({"tol": -1.0}, "probe tol"),
+        ({"val_fraction": 1.0}, r"probe val_fraction must be in \(0, 1\)"),
+        ({"seed": -1}, "probe seed"),
+        ({"l2_max": "big"}, "probe l2_max must be a finite number"),
+    ],
+)
+def test_probe_config_is_checked(options, message):
+    with pytest.raises(InputError, match=message):
+        ProbeConfig(**options)
+    with pytest.raises(InputError, match="probe config: unknown keys: lr"):
+        ProbeConfig.from_dict({"lr": 0.1})
+    assert ProbeConfig.from_dict(ProbeConfig(grid=9).to_dict()) == ProbeConfig(grid=9)

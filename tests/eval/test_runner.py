@@ -3,6 +3,7 @@ metric, the CLI's JSON, the training hook, and bad input."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 
 import jaxvlm
 from jaxvlm.cli import main
-from jaxvlm.eval import EvalSpec, captioning_metrics, evaluate, training_hook
+from jaxvlm.errors import InputError
+from jaxvlm.eval import EvalSpec, ProbeConfig, captioning_metrics, evaluate, training_hook
 from jaxvlm.eval.runner import _image_features
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.tokenizers import CLIP_BPE_FILE, build_tokenizer
@@ -237,3 +239,25 @@ def test_the_progress_bar_knows_its_total(tiny_clip_dir, digits_dir, capsys):
 def test_bad_input_is_one_error_line(argv, words, tiny_clip_dir, digits_dir, capsys):
     assert main(["eval", str(tiny_clip_dir), "--data-dir", digits_dir, *argv]) == 2
     assert_one_error_line(capsys, *words)
+
+
+def test_eval_spec_from_dict():
+    d = {"task": "linear_probe", "dataset": DIGITS, "recall_k": [1, 2], "probe": {"grid": 5, "coarse": 3}}
+    got = EvalSpec.from_dict(d)
+    assert got.recall_k == (1, 2) and got.probe == ProbeConfig(grid=5, coarse=3)
+    assert EvalSpec.from_dict(got.to_dict()) == got
+    assert got.to_dict()["probe"]["grid"] == 5 and got.to_dict()["recall_k"] == [1, 2]
+    for bad, words in [
+        ({"task": "zeroshot"}, "eval spec: missing keys: dataset"),
+        ({**d, "colour": 1, "bogus": 2}, "eval spec: unknown keys: bogus, colour"),
+        ({**d, "probe": {"l2": 1.0}}, "eval spec.probe: unknown keys: l2"),
+        ({**d, "probe": 3}, "eval spec.probe must be a mapping, got int"),
+        ({**d, "batch_size": 0}, "eval batch_size must be an integer >= 1, got 0"),
+        ({**d, "recall_k": [0]}, "recall_k must be positive integers"),
+        ({**d, "task": "clustering"}, "unknown task 'clustering'"),
+        # generation options are checked as far as they can be without a model
+        ({**d, "generation": {"beams": 2}}, "captioning generation options: unknown keys: beams"),
+        ({**d, "generation": {"num_beams": 0}}, "num_beams must be an integer >= 1"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(words)):
+            EvalSpec.from_dict(bad)

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "docs" / "reliability.json"
-TABLE = REPO / "docs" / "reliability.md"
+from tests.faults.reliability import AREAS, RESULTS, TABLE, render
+
 HERE = Path(__file__).resolve().parent
 SLOW = "faults_slow"
-AREAS = ("Faults", "Bad inputs", "Security")
 
 _rows: dict[str, list[dict]] = {}  # nodeid -> rows recorded in this run
 _status: dict[str, str] = {}  # nodeid -> passed / failed / skipped
@@ -94,43 +92,6 @@ def pytest_sessionfinish(session, exitstatus):
         results[nodeid] = {"status": status, "date": today, "rows": _rows.get(nodeid, [])}
     RESULTS.write_text(json.dumps(dict(sorted(results.items())), indent=1, ensure_ascii=False) + "\n")
     TABLE.write_text(render(results))
-
-
-def render(results: dict) -> str:
-    lines = [
-        "# Reliability",
-        "",
-        "Produced by the fault and bad-input suite (`tests/faults/`): `make test` runs the quick cases,",
-        "`make test-faults` the slow ones (20 kill points, the fuzzers at full length, disk full, a lost",
-        "process). Every row is written by the case that measured it (`record(...)` in the tests),",
-        "merged over runs in `docs/reliability.json`; **holds** is whether that case passed.",
-        "",
-    ]
-    by_area = {area: [] for area in AREAS}
-    for nodeid, entry in results.items():
-        name = nodeid.split("::", 1)[1]
-        holds = "yes" if entry["status"] == "passed" else entry["status"].upper()
-        for row in entry["rows"] or [{"area": "Faults", "case": name, "tried": "", "outcome": "(no record)"}]:
-            by_area[row["area"]].append((row, holds, entry["date"], name))
-    for area, rows in by_area.items():
-        if not rows:
-            continue
-        lines += [
-            f"## {area}",
-            "",
-            "| fault / input | tried | outcome | holds | case (run on) |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {_cell(row['case'])} | {_cell(row['tried'])} | {_cell(row['outcome'])} | {holds} | `{name}` ({date}) |"
-            for row, holds, date, name in rows
-        ]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from safetensors.numpy import load_file
 from jaxvlm.data.build import build
 from jaxvlm.data.tar import write_tar_shard
 from jaxvlm.train.metrics import read
-from tests.train.conftest import REPO, cli_env
+from tests.paths import REPO
+from tests.train.cli_runs import cli_env
 
 SLOW_SAVE = Path(__file__).with_name("slow_save.py")
 STEPS = 12  # of the runs the fault cases interrupt

@@ -17,7 +17,7 @@ from jaxvlm import parallel
 from jaxvlm.train import TrainingError
 from jaxvlm.train.checkpoint import UNREADABLE_SUFFIX, Checkpoints
 from jaxvlm.train.program import build
-from tests.train.conftest import standin_iterator, tiny_config
+from tests.train.runs import standin_iterator, tiny_config
 
 STEPS = 8
 DAMAGES = {

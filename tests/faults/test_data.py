@@ -26,7 +26,7 @@ from jaxvlm.data.sources import open_source
 from jaxvlm.data.tar import write_tar_shard
 from jaxvlm.data.transforms import ExampleTransform, checked_record
 from jaxvlm.errors import InputError
-from tests.data.conftest import PREPROCESS, encoded, photo, tar_records
+from tests.data.records import PREPROCESS, encoded, photo, tar_records
 
 MAX_PIXELS = 4_000_000
 EXOTIC = {  # (PIL mode, format): images that decode but are not plain RGB

@@ -13,7 +13,7 @@ import pytest
 from jaxvlm.train import TrainingError
 from jaxvlm.train.checkpoint import Checkpoints
 from jaxvlm.train.metrics import read
-from tests.train.conftest import standin_iterator, tiny_config
+from tests.train.runs import standin_iterator, tiny_config
 
 STEPS = 8
 MAX_NAN_STEPS = 3

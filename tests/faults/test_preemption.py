@@ -18,7 +18,7 @@ import pytest
 from jaxvlm.train import PREEMPTED_EXIT_CODE
 from jaxvlm.train.checkpoint import Checkpoints
 from tests.faults import runs
-from tests.train.conftest import standin_iterator, tiny_config
+from tests.train.runs import standin_iterator, tiny_config
 
 STEPS = 8
 ENOUGH_GRACE = 60.0  # seconds: ample for a slowed checkpoint write, even on a loaded machine

@@ -1,12 +1,10 @@
-"""Launcher test helpers: the repository root and the jaxvlm_digits dataset, built once."""
+"""Launcher test fixtures: the jaxvlm_digits dataset, built once."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 from jaxvlm.cli import main
 from jaxvlm.launch import local
 from jaxvlm.train.metrics import read
-from tests.launch.conftest import REPO
+from tests.paths import REPO
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 from jaxvlm.cli import main
 from jaxvlm.launch import tpu
-from tests.launch.conftest import REPO
+from tests.paths import REPO
 
 TMP = tempfile.gettempdir()
 INSTALL = (

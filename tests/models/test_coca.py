@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from jaxvlm.errors import InputError
-from jaxvlm.models import CoCa, ModelConfig, build_model
+from jaxvlm.models import CoCa, ModelConfig, build_model, example_inputs
 from jaxvlm.models.coca import empty_cache
 from jaxvlm.models.registry import get_architecture
-from jaxvlm.models.text import key_mask
+from jaxvlm.models.towers.text_transformer import key_mask
 from tests.tolerances import FLOAT32_EPS, assert_close_to_scale
 
 CFG = get_architecture("tiny-coca").model
@@ -21,8 +21,7 @@ CFG = get_architecture("tiny-coca").model
 
 @pytest.fixture(scope="module")
 def params():
-    images, ids = jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 76), jnp.int32)
-    params = flax.linen.meta.unbox(jax.jit(build_model(CFG).init)(jax.random.key(0), images, ids)["params"])
+    params = flax.linen.meta.unbox(jax.jit(build_model(CFG).init)(jax.random.key(0), *example_inputs(CFG))["params"])
 
     @jax.jit
     def perturb(params):  # move every tensor off its initial value
@@ -42,7 +41,7 @@ def test_cached_decoding_matches_uncached_forward_at_every_step(params, beams):
     ids[0, 4] = 0  # a pad token mid-sequence: its key is masked (one position late, as open_clip does)
     ids[-1, 6:] = 0
     model = CoCa(CFG)
-    full = jax.jit(model.apply)({"params": params}, np.repeat(images, beams, axis=0), ids)[3]
+    full = jax.jit(model.apply)({"params": params}, np.repeat(images, beams, axis=0), ids).caption_logits
     image_tokens = jax.jit(lambda p, x: model.apply(p, x, method=CoCa.image_tokens))({"params": params}, images)
     decode = jax.jit(
         lambda cache, index, tokens: model.apply({"params": params}, ids, index, cache, tokens, method=CoCa.decode)

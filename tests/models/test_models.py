@@ -1,5 +1,6 @@
 """Model definitions: every named architecture builds, parameters carry logical axes, and the
-config switches (pooling, position embedding, remat, dtype) do what they say."""
+config switches (pooling, position embedding) and runtime options (remat, dtype, attention) do
+what they say."""
 
 import dataclasses
 import json
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 
 from jaxvlm.errors import InputError
-from jaxvlm.models.config import ModelConfig
+from jaxvlm.models import ModelConfig, Runtime, TwoTower, param_shapes
 from jaxvlm.models.registry import get_architecture, list_models
-from jaxvlm.models.text import pool_tokens
-from jaxvlm.models.two_tower import TwoTower
-from jaxvlm.models.vit import sincos_2d
+from jaxvlm.models.towers.text_transformer import pool_tokens
+from jaxvlm.models.towers.vit import sincos_2d
+from jaxvlm.models.two_tower import contrastive_logits
 
 
 def inputs(cfg: ModelConfig, n=2, m=3, seed=0):
@@ -33,19 +34,15 @@ def variant(name, vision=None, **model):
     cfg = get_architecture(name).model
     if vision:
         cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, **vision))
-    return cfg.replace(**model).validate()
+    return cfg.replace(**model)
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_named_architecture_builds(name):
-    cfg = get_architecture(name).model.validate()
-    images = jax.ShapeDtypeStruct((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
-    ids = jax.ShapeDtypeStruct((1, cfg.text.context_length), jnp.int32)
-    shapes = jax.eval_shape(TwoTower(cfg).init, jax.random.key(0), images, ids)["params"]
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(flax.linen.meta.unbox(shapes)))
-    print(f"{name}: {count / 1e6:.2f}M parameters")
-    assert count > 0
-    assert ("b" in shapes) == (cfg.loss == "sigmoid")
+    cfg = get_architecture(name).model
+    shapes = param_shapes(cfg)
+    print(f"{name}: {len(shapes)} parameter arrays")
+    assert ("b" in shapes) == (cfg.loss == "sigmoid") and ("dec/head/kernel" in shapes) == (cfg.decoder is not None)
 
 
 @pytest.mark.slow
@@ -73,14 +70,15 @@ def test_remat_changes_memory_not_numbers(policy):
     params = init(base)
     images, ids = inputs(base)
 
-    def loss(cfg):
+    def loss(runtime):
         def f(p):
-            zi, zt, logits = TwoTower(cfg).apply({"params": p}, images, ids)
-            return jnp.sum(logits**2)
+            module = TwoTower(base, runtime)
+            zi, zt, _ = module.apply({"params": p}, images, ids)
+            return jnp.sum(contrastive_logits(zi, zt, p["t"]) ** 2)
 
         return jax.value_and_grad(f)(params)
 
-    (l0, g0), (l1, g1) = loss(base), loss(base.replace(remat=policy))
+    (l0, g0), (l1, g1) = loss(Runtime()), loss(Runtime(remat=policy))
     assert np.allclose(l0, l1, atol=1e-5)
     # recomputation may reorder float sums: compare relative to the largest gradient
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g0))
@@ -92,7 +90,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     params = init(cfg)
     images, ids = inputs(cfg)
     f32 = TwoTower(cfg).apply({"params": params}, images, method=TwoTower.encode_image)
-    bf16 = TwoTower(cfg.replace(dtype="bfloat16")).apply({"params": params}, images, method=TwoTower.encode_image)
+    bf16 = TwoTower(cfg, Runtime(dtype="bfloat16")).apply({"params": params}, images, method=TwoTower.encode_image)
     assert bf16.dtype == jnp.float32  # embeddings are normalised in float32
     error = float(jnp.max(jnp.abs(f32 - bf16)))
     print(f"bf16 vs f32 image embedding max abs error: {error:.3e}")
@@ -153,12 +151,19 @@ def test_config_round_trips_through_json():
 
 @pytest.mark.parametrize(
     "change",
-    [{"colour": 1}, {"loss": "hinge"}, {"dtype": "float16"}, {"vision": {"depth": 2}}, {"text": {"pool": "mean"}}],
+    [
+        {"colour": 1},
+        {"loss": "hinge"},
+        {"vision": {"depth": 2}},
+        {"text": {"pool": "mean"}},
+        {"text": {"kind": "bert"}},
+        {"decoder": {"depth": 2}},
+    ],
 )
 def test_bad_config_is_one_clear_error(change):
     d = get_architecture("tiny-clip").model.to_dict()
     for key, value in change.items():
-        if isinstance(value, dict) and key in d:
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
             d[key] = {**d[key], **value} if key != "vision" else value
         else:
             d[key] = value
@@ -166,20 +171,31 @@ def test_bad_config_is_one_clear_error(change):
         ModelConfig.from_dict(d)
 
 
-def test_attention_switch():
-    """config.attention reaches every attention layer: "pallas" (on CPU, the Triton kernel in
-    interpret mode) gives the embeddings "xla" gives. Configs saved before the switch load as "auto"."""
-    base = get_architecture("tiny-clip").model
-    saved = base.to_dict()
-    del saved["attention"]
-    assert ModelConfig.from_dict(saved) == base and base.attention == "auto"
-    assert ModelConfig.from_dict(base.replace(attention="pallas").to_dict()).attention == "pallas"
-    with pytest.raises(InputError, match="attention"):
-        ModelConfig.from_dict({**saved, "attention": "flash"})
+def test_config_holds_the_architecture_only():
+    """How a model runs is not part of its config; configs written with those fields still load."""
+    cfg = get_architecture("tiny-coca").model
+    written = cfg.to_dict()
+    assert not {"dtype", "remat", "attention"} & set(written)
+    assert (written["vision"]["kind"], written["text"]["kind"]) == ("vit", "transformer")
+    old = {**written, "dtype": "bfloat16", "remat": "full", "attention": "xla"}
+    for tower in ("vision", "text"):
+        old[tower] = {k: v for k, v in written[tower].items() if k != "kind"}  # written before kinds
+    assert ModelConfig.from_dict(old) == cfg
 
+
+@pytest.mark.parametrize("change", [{"dtype": "float16"}, {"remat": "some"}, {"attention": "flash"}, {"colour": 1}])
+def test_bad_runtime_options_are_one_clear_error(change):
+    with pytest.raises(InputError, match=next(iter(change))):
+        Runtime.from_dict(change)
+
+
+def test_attention_switch():
+    """Runtime.attention reaches every attention layer: "pallas" (on CPU, the Triton kernel in
+    interpret mode) gives the embeddings "xla" gives."""
+    base = get_architecture("tiny-clip").model
     params = init(base)
     images, ids = inputs(base)
-    models = [TwoTower(base.replace(attention=name)) for name in ("xla", "pallas")]
+    models = [TwoTower(base, Runtime(attention=name)) for name in ("xla", "pallas")]
     loops = [jax.jit(m.apply).lower({"params": params}, images, ids).as_text().count("stablehlo.while") for m in models]
     assert loops[1] > loops[0]  # the interpreted kernels' grid loops, besides the scans over layers
     xla, pallas = (jax.jit(m.apply)({"params": params}, images, ids) for m in models)

@@ -17,13 +17,12 @@ def write_model(
     config fields replaced by ``changes``; provenance {"seed": seed} unless given."""
     import jax
 
-    from jaxvlm.models import build_model
-    from jaxvlm.train.state import abstract_params
+    from jaxvlm.models import abstract_params
 
     arch = get_architecture(name)
     config = arch.model.replace(**changes)
     rng = np.random.default_rng(seed)
-    shapes = flax.linen.unbox(abstract_params(build_model(config), config))
+    shapes = flax.linen.unbox(abstract_params(config))
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
     model_dir.save(
         path,

@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxvlm.train.checkpoint import Checkpoints
 from jaxvlm.train.program import build
-from tests.train.conftest import mesh_of, standin_iterator, tiny_config
+from tests.train.runs import mesh_of, standin_iterator, tiny_config
 
 
 def checkpoint_config(**changes):

@@ -7,7 +7,7 @@ import pytest
 from jaxvlm.cli import main
 from jaxvlm.errors import InputError
 from jaxvlm.train import config as train_config
-from tests.train.conftest import REPO
+from tests.paths import REPO
 from tests.train.model_dirs import write_model
 
 DEMO = REPO / "configs" / "demo.py"

@@ -20,7 +20,8 @@ from safetensors.numpy import load_file
 import jaxvlm
 from jaxvlm.cli import PREEMPTED_EXIT_CODE, main
 from jaxvlm.train.metrics import read
-from tests.train.conftest import REPO, cli_env, run_cli
+from tests.paths import REPO
+from tests.train.cli_runs import cli_env, run_cli
 
 STEPS = 12
 
@@ -200,7 +201,7 @@ def test_hooks_run_and_the_nan_guard_stops_the_run(tmp_path):
 
     from jaxvlm.train import TrainingError
     from jaxvlm.train.loop import train
-    from tests.train.conftest import standin_iterator, tiny_config
+    from tests.train.runs import standin_iterator, tiny_config
 
     config = tiny_config(
         changes={"total_steps": 10, "eval_every": 2, "max_nan_steps": 2, "log_every": 1, "checkpoint.every": 100}
@@ -232,8 +233,8 @@ def test_a_fine_tuned_model_records_what_it_started_from(digits_dir, tmp_path, c
     the config's default model.name) and keeps its provenance, and `jaxvlm eval` reports that name."""
     from jaxvlm import model_dir
     from jaxvlm.train.loop import train
-    from tests.train.conftest import standin_iterator, tiny_config
     from tests.train.model_dirs import write_model
+    from tests.train.runs import standin_iterator, tiny_config
 
     converted = {"source": "open_clip", "model": "tiny-clip-quickgelu", "weights": "open_clip_model.safetensors"}
     write_model(tmp_path / "converted", 0, "tiny-clip-quickgelu", provenance=converted)

@@ -10,7 +10,7 @@ import pytest
 
 from jaxvlm.errors import InputError
 from jaxvlm.train import optimizer as optim
-from tests.train.conftest import tiny_config
+from tests.train.runs import tiny_config
 
 
 def params():

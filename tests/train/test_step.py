@@ -17,7 +17,7 @@ from jaxvlm.train.checkpoint import export
 from jaxvlm.train.program import ModelSpec, build, model_spec
 from jaxvlm.train.step import Objective, make_gradients
 from tests.tolerances import FLOAT32_EPS, assert_close_to_scale
-from tests.train.conftest import batches, mesh_of, on_mesh, tiny_config
+from tests.train.runs import batches, mesh_of, on_mesh, tiny_config
 
 STEPS = 20
 

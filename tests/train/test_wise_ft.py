@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import flax
 import numpy as np
 import pytest
@@ -60,15 +62,19 @@ def test_bad_inputs(pair, tmp_path, capsys):
 
 
 def test_how_a_model_runs_does_not_count(pair, tmp_path, capsys):
-    """A model fine-tuned in bfloat16 with remat and XLA attention (configs/finetune.py records its dtype) is
-    still a copy of the zero-shot model; the mix is the fine-tuned one's config."""
+    """A model fine-tuned in bfloat16 with remat and XLA attention by a release whose config.json recorded those
+    (as configs/finetune.py's runs did) is still a copy of the zero-shot model; the mix records none of them."""
     root, a, _ = pair
-    b = write_model(tmp_path / "bf16", 3, dtype="bfloat16", remat="full", attention="xla")
+    b = write_model(tmp_path / "bf16", 3)
+    config_path = tmp_path / "bf16" / model_dir.CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["model"].update(dtype="bfloat16", remat="full", attention="xla")
+    config_path.write_text(json.dumps(config))
     out = tmp_path / "mixed"
     assert main(["wise-ft", str(root / "zero_shot"), str(tmp_path / "bf16"), "--alpha", "0.5", str(out)]) == 0, (
         capsys.readouterr().err
     )
     mixed = model_dir.load(out)
-    assert mixed.config.dtype == "bfloat16"
+    assert "dtype" not in json.loads((out / model_dir.CONFIG_FILE).read_text())["model"]
     got = flax.traverse_util.flatten_dict(mixed.params, sep="/")
     assert all(np.array_equal(got[k], (0.5 * a[k].astype(np.float64) + 0.5 * b[k]).astype(np.float32)) for k in a)

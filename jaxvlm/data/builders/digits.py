@@ -11,6 +11,7 @@ no TensorFlow; TFDS writes them with its own serializer, so building needs no Te
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -83,6 +84,6 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def build_digits(data_dir) -> None:
+def build_digits(data_dir: str | os.PathLike[str]) -> None:
     """Builds `jaxvlm_digits` under `data_dir` (ArrayRecord files); does nothing if it is built."""
     JaxvlmDigits(data_dir=str(data_dir), file_format="array_record").download_and_prepare()

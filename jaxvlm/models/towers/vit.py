@@ -1,14 +1,20 @@
-"""ViT image tower: patch embedding, position embedding, optional class token and pre-LN,
-scanned encoder, pooling (class token, mean, MAP head, or CoCa's attentional pooler), final LN,
-optional projection. Returns the pooled feature and the image tokens a caption decoder reads."""
+"""ViT image tower (kind "vit"): patch embedding, position embedding, optional class token and
+pre-LN, scanned encoder, pooling (class token, mean, MAP head, or CoCa's attentional pooler),
+final LN, optional projection. Returns the pooled feature and the image tokens a caption decoder
+reads."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm.models.config import VisionConfig
+from jaxvlm.config_base import check_choice
+from jaxvlm.errors import InputError
 from jaxvlm.models.layers import (
     AttentionPool,
     Encoder,
@@ -19,6 +25,62 @@ from jaxvlm.models.layers import (
     layer_norm,
     param_with_axes,
 )
+from jaxvlm.models.runtime import Runtime
+from jaxvlm.models.towers.base import ImageTowerConfig
+from jaxvlm.models.towers.common import check_encoder, check_projection
+
+POOLS = ("cls", "gap", "map", "attn_pool")
+POS_EMBEDS = ("learned", "sincos2d")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(ImageTowerConfig):
+    kind: ClassVar[str] = "vit"
+
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    act: str = "gelu"
+    ln_eps: float = 1e-5
+    patch_bias: bool = False
+    class_token: bool = True
+    pos_embed: str = "learned"
+    pre_norm: bool = True
+    pool: str = "cls"  # attn_pool: CoCa's learned queries; the first one's output is the pooled feature
+    proj: bool = True  # linear projection to the joint embedding (off when width == embed_dim)
+    proj_bias: bool = False
+    attn_pool_queries: int = 256
+    attn_pool_heads: int = 8
+
+    def __post_init__(self) -> None:
+        check_encoder("vision", self)
+        check_choice("vision.pool", self.pool, POOLS)
+        check_choice("vision.pos_embed", self.pos_embed, POS_EMBEDS)
+        if self.image_size < self.patch_size:  # a remainder is dropped (So400m/14 at 384 px: 27 x 27 patches)
+            raise InputError(f"vision.image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+        if self.pool == "cls" and not self.class_token:
+            raise InputError("vision.pool 'cls' needs vision.class_token")
+        if self.pool == "attn_pool" and self.attn_pool_queries < 2:
+            raise InputError("vision.attn_pool_queries must be >= 2 (one pooled, the rest image tokens)")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2 + int(self.class_token)
+
+    def check(self, embed_dim: int) -> None:
+        check_projection("vision", self, embed_dim)
+        if self.pool == "attn_pool" and embed_dim % self.attn_pool_heads:
+            raise InputError(f"embed_dim {embed_dim} is not divisible by vision.attn_pool_heads {self.attn_pool_heads}")
+
+    def token_width(self, embed_dim: int) -> int:
+        return embed_dim if self.pool == "attn_pool" else self.width
 
 
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -45,7 +107,7 @@ class PatchEmbed(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images: jax.Array) -> jax.Array:
         p, (b, h, w, c) = self.patch_size, images.shape
         kernel = self.param(
             "kernel", param_with_axes(nn.initializers.lecun_normal(), None, None, None, "embed"), (p, p, c, self.width)
@@ -64,22 +126,20 @@ class PatchEmbed(nn.Module):
         return x
 
 
-class VisionTower(nn.Module):
-    cfg: VisionConfig
+class ViT(nn.Module):
+    cfg: ViTConfig
     embed_dim: int
-    dtype: jnp.dtype = jnp.float32
-    remat: str = "none"
-    attention: str = "auto"  # the attention implementation (`jaxvlm.ops.attention`)
+    runtime: Runtime = Runtime()
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images float [B, H, W, 3] -> (pooled (projected) features [B, embed_dim], tokens [B, N, C]).
 
         tokens are the normalised sequence without the token that was pooled (class token or first
         query); for "map" pooling, all of it.
         """
-        cfg = self.cfg
-        x = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, self.dtype, name="patch_embed")(images)
+        cfg, dtype, attention = self.cfg, self.runtime.compute_dtype, self.runtime.attention
+        x = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, dtype, name="patch_embed")(images)
         if cfg.class_token:
             cls = self.param("cls", param_with_axes(nn.initializers.zeros, None, None, "embed"), (1, 1, cfg.width))
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.width)), x], axis=1)
@@ -94,16 +154,16 @@ class VisionTower(nn.Module):
             pos = np.concatenate([np.zeros((int(cfg.class_token), cfg.width), np.float32), table])[None]
         x = activations_with_axes(x + pos.astype(x.dtype))
         if cfg.pre_norm:
-            x = layer_norm(cfg.ln_eps, self.dtype, "pre_norm")(x)
+            x = layer_norm(cfg.ln_eps, dtype, "pre_norm")(x)
         x, _ = Encoder(
             cfg.depth,
             cfg.heads,
             cfg.mlp_dim,
             cfg.act,
             cfg.ln_eps,
-            remat=self.remat,
-            dtype=self.dtype,
-            attention=self.attention,
+            remat=self.runtime.remat,
+            dtype=dtype,
+            attention=attention,
             name="encoder",
         )(x)
         if cfg.pool == "attn_pool":  # open_clip's CoCa: pool first, then normalise all query outputs
@@ -112,11 +172,11 @@ class VisionTower(nn.Module):
                 self.embed_dim,
                 cfg.attn_pool_heads,
                 cfg.ln_eps,
-                self.dtype,
-                self.attention,
+                dtype,
+                attention,
                 name="attn_pool",
             )(x)
-        x = layer_norm(cfg.ln_eps, self.dtype, "final_norm")(x)
+        x = layer_norm(cfg.ln_eps, dtype, "final_norm")(x)
         if cfg.pool in ("cls", "attn_pool"):
             pooled, tokens = x[:, 0], x[:, 1:]
         elif cfg.pool == "gap":
@@ -124,11 +184,9 @@ class VisionTower(nn.Module):
             pooled = tokens.mean(axis=1)
         else:
             pooled, tokens = (
-                MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, self.dtype, self.attention, name="map_head")(x),
+                MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, dtype, attention, name="map_head")(x),
                 x,
             )
         if cfg.proj:
-            pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=self.dtype, name="proj")(
-                pooled
-            )
+            pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=dtype, name="proj")(pooled)
         return pooled, tokens

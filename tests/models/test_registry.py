@@ -1,0 +1,61 @@
+"""The named architectures: each one's parameter count is pinned to open_clip's count of the same
+architecture (its `create_model(name)` on the meta device, counted 2026-12-07 with open_clip 3.3.0),
+and checked against open_clip itself by a slow test. The tiny ones are jaxvlm's own test sizes."""
+
+import pytest
+
+from jaxvlm.models import param_count
+from jaxvlm.models.registry import get_architecture, list_models
+
+OPEN_CLIP_PARAMETERS = {
+    "ViT-B-16": 149_620_737,
+    "ViT-B-16-quickgelu": 149_620_737,
+    "ViT-B-32": 151_277_313,
+    "ViT-B-32-quickgelu": 151_277_313,
+    "ViT-L-14": 427_616_513,
+    "ViT-L-14-quickgelu": 427_616_513,
+    "ViT-L-14-336": 427_944_193,
+    "ViT-L-14-336-quickgelu": 427_944_193,
+    "ViT-B-16-SigLIP": 203_155_970,
+    "ViT-B-16-SigLIP-256": 203_202_050,
+    "ViT-B-16-SigLIP-384": 203_447_810,
+    "ViT-L-16-SigLIP-256": 652_150_786,
+    "ViT-SO400M-14-SigLIP": 877_360_306,
+    "ViT-SO400M-14-SigLIP-384": 877_960_498,
+    "coca_ViT-B-32": 253_560_065,
+    "coca_ViT-L-14": 638_450_177,
+    "coca_base": 440_337_409,
+}
+TINY_PARAMETERS = {
+    "tiny-clip": 3_384_897,
+    "tiny-clip-quickgelu": 3_384_897,
+    "tiny-siglip": 2_316_674,
+    "tiny-coca": 3_371_393,
+}
+
+
+def test_every_architecture_has_a_pinned_count():
+    assert sorted({**OPEN_CLIP_PARAMETERS, **TINY_PARAMETERS}) == list_models()
+
+
+@pytest.mark.parametrize("name", sorted(TINY_PARAMETERS))
+def test_tiny_parameter_counts(name):
+    assert param_count(get_architecture(name).model) == TINY_PARAMETERS[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(OPEN_CLIP_PARAMETERS))
+def test_parameter_counts_are_open_clips(name):
+    count = param_count(get_architecture(name).model)
+    print(f"{name}: {count:,} parameters")
+    assert count == OPEN_CLIP_PARAMETERS[name]
+
+
+@pytest.mark.slow
+def test_pinned_counts_are_what_open_clip_builds():
+    open_clip = pytest.importorskip("open_clip")
+    torch = pytest.importorskip("torch")
+    for name, pinned in OPEN_CLIP_PARAMETERS.items():
+        with torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+        assert sum(p.numel() for p in model.parameters()) == pinned, name
