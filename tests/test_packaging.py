@@ -105,6 +105,9 @@ def test_wheel_holds_the_folders_inside_jaxvlm(wheel):
     for folder in OURS:
         sources = {f"jaxvlm/{folder}/{p.name}" for p in (REPO / folder).glob("*.py")}
         assert sources and sources <= names, sources - names
+    # every module of the package itself (a sub-package missing from pyproject's list is left out silently)
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "jaxvlm").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
 
 
 def test_from_the_wheel(wheel, tmp_path):

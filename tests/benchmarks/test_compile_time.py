@@ -1,32 +1,16 @@
 """The compile-time benchmark, run as a script at tiny-clip size (--smoke): it compiles the train
 step from shapes and writes a complete results file. The times are not checked."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from jaxvlm.models import param_count
 from jaxvlm.models.registry import get_architecture
-from tests.benchmarks.smoke import BENCHMARKS_DIR
+from tests.benchmarks.smoke import run_smoke
 
 
 @pytest.mark.slow
 def test_smoke_run_compiles_from_shapes_and_writes_a_complete_results_file(tmp_path):
-    out = tmp_path / "compile_time.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS_DIR / "compile_time.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
-    result = json.loads(out.read_text())
+    result = run_smoke("compile_time", tmp_path / "compile_time.json")
     assert result["benchmark"] == "compile_time"
     assert result["settings"] == {
         "model": "tiny-clip",

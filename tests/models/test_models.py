@@ -85,6 +85,7 @@ def test_remat_changes_memory_not_numbers(policy):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale), g0, g1)
 
 
+@pytest.mark.slow  # make test checks bfloat16 on a smaller model (tests/test_model_dir.py)
 def test_bfloat16_compute_stays_close_to_float32():
     cfg = get_architecture("tiny-siglip").model
     params = init(cfg)
