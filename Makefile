@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # pyproject.toml keeps the ranges users install from.
 LOCK := requirements-lock.txt
 
-.PHONY: test test-slow test-faults test-latest lint lock demo clean
+.PHONY: test test-slow test-faults test-latest lint lock pretrained-table demo clean
 
 $(INSTALLED): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test-latest:
 	$(call fresh_venv,.venv-latest,".[test]")
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|grain|torch|open.clip.torch|timm|transformers|kernels|huggingface.hub|tokenizers) '
 	.venv-latest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m latest
+
+# Rewrites jaxvlm/assets/open_clip_pretrained.json from the installed open_clip (tests/test_pretrained.py
+# fails when an open_clip release changes its table of published checkpoints)
+pretrained-table: $(INSTALLED)
+	$(PY) -c "import tests.conftest, runpy; runpy.run_module('jaxvlm.pretrained', run_name='__main__')"
 
 # Rewrites $(LOCK) with the newest releases; then `make test` installs them into .venv and runs the
 # suite: commit the lock once it passes.

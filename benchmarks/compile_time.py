@@ -26,7 +26,7 @@ import jax
 from harness import RESULTS_DIR, metric, write_results
 
 from jaxvlm import parallel
-from jaxvlm.models.config import REMAT_POLICIES
+from jaxvlm.models.runtime import REMAT_POLICIES
 from jaxvlm.train.config import base_config
 from jaxvlm.train.program import build
 

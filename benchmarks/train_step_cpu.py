@@ -51,8 +51,8 @@ from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, spe
 
 from jaxvlm import model_dir, parallel
 from jaxvlm.convert.open_clip import convert_state_dict
-from jaxvlm.models.config import REMAT_POLICIES
 from jaxvlm.models.registry import clip
+from jaxvlm.models.runtime import REMAT_POLICIES
 from jaxvlm.tokenizers import CLIP_BPE_FILE
 from jaxvlm.train.config import base_config
 from jaxvlm.train.program import build
@@ -86,7 +86,8 @@ def jaxvlm_architecture(kwargs: dict):
     """jaxvlm's architecture of the open_clip model built from ``kwargs`` (exact GELU, class token,
     argmax pooling, 64-wide heads: 6 at width 384)."""
     v, t = kwargs["vision_cfg"], kwargs["text_cfg"]
-    return clip(v["image_size"], v["patch_size"], v["width"], v["layers"], t["width"], t["layers"], kwargs["embed_dim"])
+    vision = {"image_size": v["image_size"], "patch_size": v["patch_size"], "width": v["width"], "depth": v["layers"]}
+    return clip(embed_dim=kwargs["embed_dim"], vision=vision, text={"width": t["width"], "depth": t["layers"]})
 
 
 def train_config(init_from: Path, batch: int, dtype: str, remat: str):

@@ -38,8 +38,8 @@ from train_step_cpu import HYPER, MODELS, jaxvlm_architecture, jaxvlm_program, j
 from jaxvlm import parallel
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.flops import per_device_flops
-from jaxvlm.models.config import REMAT_POLICIES
 from jaxvlm.models.registry import get_architecture
+from jaxvlm.models.runtime import REMAT_POLICIES
 
 REQUIRES = ("gpu",)
 TARGETS = {"speed-up": 1.2, "MFU": 45.0}

@@ -3,6 +3,7 @@
 from jaxvlm.api import Model, load
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import list_models
+from jaxvlm.pretrained import list_pretrained
 
-__all__ = ["InputError", "Model", "list_models", "load"]
+__all__ = ["InputError", "Model", "list_models", "list_pretrained", "load"]
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxvlm import model_dir
+from jaxvlm import hub, model_dir
 from jaxvlm.errors import InputError
 from jaxvlm.generation import GenerationConfig, generator
 from jaxvlm.models import ModelConfig, Runtime, build_model
@@ -176,17 +176,22 @@ def default_devices() -> list:
 
 
 def load(
-    directory: str | Path,
+    name: str | Path,
     batch_size: int = 32,
     devices: Sequence[jax.Device] | None = None,
     *,
+    pretrained: str | None = None,
     dtype: str = "float32",
     attention: str = "auto",
 ) -> Model:
-    """Loads a converted or trained model directory (no network, no torch) to compute in ``dtype``
-    (parameters stay float32) with the ``attention`` implementation (`jaxvlm.ops.attention`)."""
+    """Loads a model to compute in ``dtype`` (parameters stay float32) with the ``attention``
+    implementation (`jaxvlm.ops.attention`). ``name``: a model directory (no network, no torch), a
+    transformers or open_clip checkpoint folder, ``hf-hub:ORG/NAME[@REVISION]``, or with
+    ``pretrained`` an open_clip architecture whose tag names published weights
+    (`jaxvlm.list_pretrained`). What is not a model directory is converted once into the conversion
+    cache (`jaxvlm.hub`)."""
     runtime = Runtime(dtype=dtype, attention=attention)
-    directory = Path(directory)
+    directory = hub.pretrained_directory(str(name), pretrained) if pretrained else hub.model_directory(name)
     loaded = model_dir.load(directory)
     return Model(
         loaded.config,

@@ -28,9 +28,18 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    from jaxvlm import hub
     from jaxvlm.convert import convert
 
-    convert(args.source, args.src, args.out, model_name=args.model, tokenizer=args.tokenizer)
+    src, source = args.src, args.source
+    if str(src).startswith(hub.HUB_PREFIX):  # downloaded; its layout says how to convert it
+        src = hub.download(*hub.parse_hub_name(str(src)))
+        source = source or hub.layout(src)
+        if source in (None, "jaxvlm"):
+            raise InputError(f"{args.src} is {'already a jaxvlm model' if source else 'not a checkpoint jaxvlm reads'}")
+    elif source is None:
+        raise InputError("convert needs --from (open_clip, hf or big_vision) unless SRC is hf-hub:ORG/NAME")
+    convert(source, src, args.out, model_name=args.model, tokenizer=args.tokenizer)
     print(f"wrote {args.out}")
 
 
@@ -314,10 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_list)
 
     p = sub.add_parser("convert", help="convert an open_clip / HF / big_vision checkpoint into a model directory")
-    p.add_argument("--from", dest="source", required=True, choices=("open_clip", "hf", "big_vision"))
-    p.add_argument("src", type=Path, help="weights file (.safetensors/.bin/.pt/.npz) or HF model directory")
+    p.add_argument(
+        "--from", dest="source", choices=("open_clip", "hf", "big_vision"), help="the source (hf-hub: SRC: its layout)"
+    )
+    p.add_argument(
+        "src",
+        type=Path,
+        help="weights file (.safetensors/.bin/.pt/.npz), HF or open_clip repo folder, or hf-hub:ORG/NAME[@REV]",
+    )
     p.add_argument("out", type=Path, help="model directory to create (must not exist, or be empty)")
-    p.add_argument("--model", help="architecture name (required for open_clip; optional check for the others)")
+    p.add_argument("--model", help="architecture name (required for an open_clip weights file; for the others a check)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer file when the source does not carry one")
     p.set_defaults(run=cmd_convert)
 

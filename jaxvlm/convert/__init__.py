@@ -11,7 +11,8 @@ SOURCES = ("open_clip", "hf", "big_vision")
 
 
 def convert(source: str, src: Path, out: Path, model_name: str | None = None, tokenizer: Path | None = None) -> None:
-    """Converts ``src`` (a weights file or, for hf, a directory) into the model directory ``out``.
+    """Converts ``src`` (a weights file, or a directory: hf's, or an open_clip hub repo) into the model
+    directory ``out``.
 
     Everything is converted and checked in memory first; ``out`` appears only when complete.
     """

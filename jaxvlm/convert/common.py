@@ -5,10 +5,12 @@ transforms from PyTorch layouts, and the check of a finished parameter tree agai
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import flax
 import numpy as np
@@ -73,6 +75,20 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    from jaxvlm.convert import torchscript
+
+    if torchscript.is_torchscript_archive(path):  # e.g. OpenAI's CLIP .pt files: read, never run, no torch needed
+        return torchscript.read_torchscript_weights(path)
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if is_zip and not zipfile.is_zipfile(path):
+        raise InputError(
+            f"cannot read {path}: a zip archive (torch.save or TorchScript) whose directory at the end is missing "
+            "— is the file truncated?"
+        )
     try:
         import torch
     except ImportError:
@@ -170,6 +186,30 @@ def converter_for(table: Mapping[str, Callable], tower: TowerConfig, source: str
             f"{source} weights of {tower.kind!r} towers cannot be converted (known kinds: {', '.join(table)})"
         )
     return table[tower.kind]
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; anything else is one clear error naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} does not hold a JSON object")
+    return data
+
+
+def flat_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """The config's fields as dotted names ("vision.width"), to compare two configs field by field."""
+    out = {}
+    for key, value in cfg.to_dict().items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 # ---------------------------------------------------------------- PyTorch -> flax layouts

@@ -19,7 +19,6 @@ needs neither transformers nor network access.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ from jaxvlm.convert.common import (
     check_params,
     conv,
     dense,
+    flat_fields,
     layer_norm,
+    read_json,
     read_weights,
     stack_layers,
 )
@@ -142,18 +143,6 @@ _NUMERIC_FIELDS = {
 
 
 # ---------------------------------------------------------------- config.json
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} does not hold a JSON object")
-    return data
 
 
 class _Fields:
@@ -299,19 +288,9 @@ def model_config(config: dict, where: str) -> tuple[str, ModelConfig]:
         raise InputError(f"{where}: {e}") from None
 
 
-def _flat_fields(cfg: ModelConfig) -> dict[str, Any]:
-    out = {}
-    for key, value in cfg.to_dict().items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
 def _check_model_name(model_name: str, cfg: ModelConfig, where: str) -> None:
-    named = _flat_fields(get_architecture(model_name).model)
-    mine = _flat_fields(cfg)
+    named = flat_fields(get_architecture(model_name).model)
+    mine = flat_fields(cfg)
     keys = [*mine, *(k for k in named if k not in mine)]  # a CoCa has decoder fields, a two-tower not
     diffs = [
         f"{k} {mine.get(k)} vs {named.get(k)}" for k in keys if k not in _NUMERIC_FIELDS and mine.get(k) != named.get(k)
@@ -327,7 +306,7 @@ def _check_model_name(model_name: str, cfg: ModelConfig, where: str) -> None:
 
 
 def _read_sharded(index: Path) -> dict[str, np.ndarray]:
-    weight_map = _read_json(index).get("weight_map")
+    weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise InputError(f"{index} has no 'weight_map'")
     weights: dict[str, np.ndarray] = {}
@@ -461,7 +440,7 @@ def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> Prepro
     """
     defaults = PROCESSOR_DEFAULTS[model_type]
     path = src_dir / "preprocessor_config.json"
-    p = _Fields(_read_json(path) if path.is_file() else {}, defaults, str(path))
+    p = _Fields(read_json(path) if path.is_file() else {}, defaults, str(path))
     resample = p.get("resample")
     if resample not in RESAMPLE:
         raise InputError(f"{path}: resample {resample!r} is not supported (2 bilinear, 3 bicubic)")
@@ -512,7 +491,7 @@ def _special_token(src_dir: Path, name: str, default: str) -> str:
     for file in ("tokenizer_config.json", "special_tokens_map.json"):
         path = src_dir / file
         if path.is_file():
-            value = _read_json(path).get(name)
+            value = read_json(path).get(name)
             if isinstance(value, dict):
                 value = value.get("content")
             if isinstance(value, str) and value:
@@ -618,7 +597,7 @@ def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None =
     config_path = src_dir / "config.json"
     if not config_path.is_file():
         raise InputError(f"{src_dir} has no config.json: is it a HF transformers model directory?")
-    hf_config = _read_json(config_path)
+    hf_config = read_json(config_path)
     model_type, cfg = model_config(hf_config, str(config_path))
     if model_name:
         _check_model_name(model_name, cfg, str(config_path))

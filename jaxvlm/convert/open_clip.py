@@ -1,6 +1,8 @@
-"""open_clip state dicts -> jaxvlm: the OpenAI-style CLIP ViTs, the timm-based SigLIP models and CoCa.
+"""open_clip checkpoints -> jaxvlm: the OpenAI-style CLIP ViTs, the timm-based SigLIP models and CoCa.
 
-`model_name` is the open_clip architecture name (the same names as `jaxvlm list`).
+Two sources: a weights file, whose architecture ``model_name`` names (open_clip's names, as
+`jaxvlm list` shows them), or an open_clip hub repo directory, which carries its own config
+(`jaxvlm.convert.open_clip_repo`).
 """
 
 from __future__ import annotations
@@ -188,8 +190,18 @@ def convert_state_dict(weights: dict[str, np.ndarray], model: str | ModelConfig,
 
 
 def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
+    """A weights file of the open_clip architecture ``model_name``, or a hub repo directory (`convert_repo`)."""
+    if Path(src_path).is_dir():
+        from jaxvlm.convert.open_clip_repo import convert_repo
+
+        return convert_repo(Path(src_path), model_name, tokenizer_path)
+    if not Path(src_path).exists():
+        raise InputError(f"no such file or directory: {src_path}")
     if not model_name:
-        raise InputError("converting an open_clip checkpoint needs --model (the open_clip architecture name)")
+        raise InputError(
+            "converting an open_clip weights file needs --model (the open_clip architecture name); "
+            "a hub repo directory with open_clip_config.json does not"
+        )
     arch = get_architecture(model_name)
     params = convert_state_dict(read_weights(src_path), model_name, f"{src_path} as open_clip {model_name}")
     tokenizer_source = tokenizer_path or (CLIP_BPE_FILE if arch.tokenizer.kind == "clip_bpe" else None)

@@ -5,49 +5,20 @@ import jax
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from skimage import data
 
 import jaxvlm
 from jaxvlm.cli import main
-from tests.reference_models import initialise_decoder_head
+from tests.convert.open_clip_models import (
+    CAPTIONS,
+    TOLERANCE,
+    load_on_one_device,
+    max_abs,
+    perturbed_open_clip_model,
+    photos,
+)
 from tests.tolerances import assert_close_to_scale
 
 open_clip = pytest.importorskip("open_clip")
-
-CAPTIONS = [
-    "a photo of a cat",
-    "an astronaut in a white suit",
-    "a cup of coffee",
-    "",
-    "a rocket on the launch pad " * 20,
-]
-# max abs error of the unit-norm embeddings; the logits (exp(t) * cosine + b) carry the same relative accuracy,
-# so theirs is TOLERANCE times exp(t) + |b|, the largest a logit can be (an absolute 1e-5 would fail a trained
-# CLIP's exp(t) = 100 on rounding alone); the decoder's vocabulary logits TOLERANCE times their largest
-TOLERANCE = 1e-5
-
-
-def perturbed_open_clip_model(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None).eval()
-    if hasattr(model, "text_decoder"):
-        initialise_decoder_head(model)
-    with torch.no_grad():  # every tensor moves off its initial value, so swapped or missed ones show
-        for key, value in model.state_dict().items():
-            if key != "logit_scale" and value.is_floating_point():
-                value.add_(0.02 * torch.randn_like(value))
-    return model
-
-
-def load_on_one_device(directory):
-    """Replicated over the suite's 8 simulated CPU devices, a full-size model would be held 8 times
-    (a peak of 16 GB for these tests)."""
-    return jaxvlm.load(directory, devices=jax.local_devices()[:1])
-
-
-def photos():
-    return [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
 
 
 @pytest.fixture(
@@ -76,10 +47,6 @@ def converted(request, tmp_path_factory, spm_model_file):
         args += ["--tokenizer", str(spm_model_file)]
     assert main(args) == 0
     return name, reference, load_on_one_device(directory / "model")
-
-
-def max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 @pytest.mark.latest
@@ -142,8 +109,8 @@ def converted_coca(tmp_path_factory):
     return reference, load_on_one_device(directory / "model")
 
 
+@pytest.mark.slow  # full-size coca_ViT-B-32; make test runs tiny-coca against open_clip (tests/test_generation.py)
 def test_coca_embeddings_and_decoder_logits_match(converted_coca):
-    import jax
 
     reference, model = converted_coca
     pixels = model.preprocess(photos())
@@ -188,6 +155,5 @@ def test_coca_converters_account_for_every_key(name):
 
 
 def jax_leaves(tree):
-    import jax
 
     return jax.tree.leaves(tree)

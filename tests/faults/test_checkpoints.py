@@ -71,7 +71,11 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.parametrize(
-    "cases", [pytest.param(12, id="sample"), pytest.param(None, id="every", marks=pytest.mark.faults_slow)]
+    "cases",
+    [
+        pytest.param(12, id="sample", marks=pytest.mark.slow),
+        pytest.param(None, id="every", marks=pytest.mark.faults_slow),
+    ],
 )
 def test_files_of_the_newest_checkpoint_damaged(cases, reference, restore, tmp_path, caplog, record):
     """Files of the newest step truncated or deleted (a random sample, or each file in turn with

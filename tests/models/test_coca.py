@@ -32,7 +32,7 @@ def params():
     return perturb(params)
 
 
-@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("beams", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_cached_decoding_matches_uncached_forward_at_every_step(params, beams):
     rng = np.random.default_rng(0)
     images = rng.random((2, 32, 32, 3), dtype=np.float32)

@@ -9,6 +9,7 @@ import shutil
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from jaxvlm.train.checkpoint import Checkpoints
 from jaxvlm.train.program import build
@@ -21,6 +22,7 @@ def checkpoint_config(**changes):
     return c
 
 
+@pytest.mark.slow
 def test_restore_onto_a_smaller_mesh(tmp_path):
     """Saved FSDP-split over 8 devices, restored over 4 (data 2 x fsdp 2)."""
     config = tiny_config()

@@ -98,7 +98,7 @@ def test_meshes_give_the_single_device_loss_curve(programs, curve, sizes, most):
 def small_vocabulary(spec: ModelSpec) -> ModelSpec:
     """The same model with a 1000-token vocabulary (CoCa's caption logits stay small on CPU)."""
     cfg = spec.config
-    decoder = cfg.decoder and dataclasses.replace(cfg.decoder, vocab_size=1000)
+    decoder = cfg.decoder and dataclasses.replace(cfg.decoder, vocab_size=1000, sot_id=998, eot_id=999)
     cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=1000), decoder=decoder)
     return dataclasses.replace(spec, config=cfg)
 
@@ -106,7 +106,7 @@ def small_vocabulary(spec: ModelSpec) -> ModelSpec:
 @pytest.mark.parametrize(
     "name",
     [
-        "tiny-clip",
+        pytest.param("tiny-clip", marks=pytest.mark.slow),
         pytest.param("tiny-siglip", marks=pytest.mark.slow),
         pytest.param("tiny-coca", marks=pytest.mark.slow),
     ],
@@ -150,6 +150,7 @@ def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
         assert_close_to_scale(grads_k, grads, rtol_of_scale=rtol, what=f"{what}, gradients")
 
 
+@pytest.mark.slow
 def test_lit_keeps_the_frozen_tower_bitwise(programs, curve, tmp_path):
     """LiT: the image tower comes from a model directory (here: the trained curve's) and is
     frozen; the text tower is new."""

@@ -1,0 +1,171 @@
+"""From a name to a model directory: ``hf-hub:ORG/NAME[@REVISION]`` is downloaded with
+huggingface_hub (which honours HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE), and a
+transformers or open_clip checkpoint (downloaded, or a local folder) is converted once into the
+conversion cache, ``$JAXVLM_CACHE`` (default ``~/.cache/jaxvlm``).
+
+A cached conversion is keyed by what it was made from (the hub repo and commit, or the contents of
+a local folder) and by the model-directory format, so a second load converts nothing and needs no
+network. Conversions are written whole or not at all (`jaxvlm.model_dir.save`), under a file lock:
+processes loading one name at once (the hosts of one job) convert it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from jaxvlm import model_dir
+from jaxvlm.errors import InputError
+from jaxvlm.pretrained import get_pretrained
+
+HUB_PREFIX = "hf-hub:"
+HUB_NAME = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
+LAYOUTS = ("jaxvlm", "hf", "open_clip")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("JAXVLM_CACHE") or Path.home() / ".cache" / "jaxvlm").expanduser()
+
+
+def model_directory(name: str | os.PathLike) -> Path:
+    """The jaxvlm model directory that ``name`` (a model directory, a transformers or open_clip
+    checkpoint folder, or ``hf-hub:ORG/NAME[@REVISION]``) stands for, converted if need be."""
+    text = os.fspath(name)
+    if text.startswith(HUB_PREFIX):
+        repo, revision = parse_hub_name(text)
+        snapshot = download(repo, revision)
+        key = f"hub/{repo.replace('/', '--')}/{snapshot.name}"  # snapshot folders are named by commit
+        return converted(snapshot, key, f"{text} (commit {snapshot.name})")
+    directory = Path(text)
+    if not directory.is_dir() or layout(directory) in (None, "jaxvlm"):
+        return directory  # model_dir.load names what is wrong with it
+    return converted(directory, f"local/{_digest(directory)}", str(directory))
+
+
+def parse_hub_name(name: str) -> tuple[str, str | None]:
+    match = HUB_NAME.fullmatch(name[len(HUB_PREFIX) :])
+    if not match:
+        raise InputError(f"{name!r} is not a hub name: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+    return match["repo"], match["revision"]
+
+
+def pretrained_directory(arch: str, tag: str) -> Path:
+    """The model directory of open_clip's pretrained pair (`jaxvlm.pretrained`), converted once."""
+    from jaxvlm.convert import convert
+    from jaxvlm.models.registry import ARCHITECTURES
+
+    entry = get_pretrained(arch, tag)
+    snapshot = download(entry.hub_repo, None, [entry.hub_file] if entry.hub_file else [])
+    key = f"hub/{entry.hub_repo.replace('/', '--')}/{snapshot.name}"
+    what = f"{arch} / {tag} ({entry.hub_name}, commit {snapshot.name})"
+    if layout(snapshot) is not None:
+        return converted(snapshot, key, what)
+    # weights alone: open_clip builds them as its architecture `arch` (with quick GELU where trained so)
+    name = f"{arch}-quickgelu" if entry.quick_gelu and not arch.endswith("-quickgelu") else arch
+    if name not in ARCHITECTURES:
+        raise InputError(
+            f"{what}: jaxvlm does not build the architecture {name} yet (`jaxvlm list` shows those it does)"
+        )
+    files = [entry.hub_file] if entry.hub_file else [n for n in OPEN_CLIP_WEIGHTS if (snapshot / n).is_file()]
+    if not files:
+        raise InputError(f"{what} holds no open_clip weights ({', '.join(OPEN_CLIP_WEIGHTS)})")
+    convert_weights = lambda target: convert("open_clip", snapshot / files[0], target, model_name=name)
+    return _converted_once(f"{key}/{name}", convert_weights)  # the same weights may be built as another arch
+
+
+def download(repo: str, revision: str | None, extra_files: list[str] = ()) -> Path:
+    """The local snapshot of ``repo`` at ``revision`` (default: main), downloaded if not cached:
+    its configs and tokenizer files, the one weights file its layout converts from, and ``extra_files``."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        try:
+            patterns = [*wanted_files(huggingface_hub.list_repo_files(repo, revision=revision)), *extra_files]
+        except (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError):
+            patterns = None  # offline: whatever the cached snapshot holds
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except errors.RevisionNotFoundError:
+        raise InputError(f"hf-hub:{repo} has no revision {revision!r}") from None
+    except errors.RepositoryNotFoundError:
+        raise InputError(f"hf-hub:{repo} not found (or private: set HF_TOKEN)") from None
+    except errors.LocalEntryNotFoundError:
+        raise InputError(f"hf-hub:{repo} is not in the local cache and the hub cannot be reached") from None
+    except Exception as e:  # HTTP errors, and the transport's own (a dropped connection, a timeout)
+        raise InputError(f"downloading hf-hub:{repo} failed: {' '.join(str(e).split())[:200]}") from None
+
+
+# configs and tokenizers; the weights files of open_clip and of a transformers repo or jaxvlm model
+# directory, most preferred first (repos often hold several formats, and both layouts)
+SMALL_FILES = ["*.json", "*.txt", "*.txt.gz", "*.model"]
+OPEN_CLIP_WEIGHTS = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+MODEL_WEIGHTS = ["model.safetensors", "pytorch_model.bin"]
+
+
+def wanted_files(files: list[str]) -> list[str]:
+    """What to download of a repo holding ``files``: `SMALL_FILES` and the one weights file that
+    `layout` picks (open_clip's when the repo has open_clip's config, or no other config)."""
+    open_clip_first = "open_clip_config.json" in files or "config.json" not in files
+    order = OPEN_CLIP_WEIGHTS + MODEL_WEIGHTS if open_clip_first else MODEL_WEIGHTS + OPEN_CLIP_WEIGHTS
+    weights = next((name for name in order if name in files), None)
+    return [*SMALL_FILES, *([weights] if weights else [])]
+
+
+def layout(directory: Path) -> str | None:
+    """Which kind of checkpoint folder ``directory`` is (one of LAYOUTS), or None."""
+    if (directory / "open_clip_config.json").is_file():  # open_clip's hub repos often hold a transformers copy too
+        return "open_clip"
+    config = directory / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if isinstance(data, dict) and data.get("format") == model_dir.FORMAT:
+            return "jaxvlm"
+        if isinstance(data, dict) and "model_type" in data:
+            return "hf"
+    return None
+
+
+def converted(source: Path, key: str, what: str) -> Path:
+    """``source`` as a jaxvlm model directory: itself when it is one, else its cached conversion."""
+    from jaxvlm.convert import convert
+
+    kind = layout(source)
+    if kind == "jaxvlm":
+        return source
+    if kind is None:
+        files = ", ".join(sorted(p.name for p in source.iterdir())[:8])
+        raise InputError(
+            f"{what} is neither a jaxvlm model directory nor a transformers or open_clip checkpoint ({files})"
+        )
+    return _converted_once(key, lambda target: convert(kind, source, target))
+
+
+def _converted_once(key: str, convert: Callable[[Path], None]) -> Path:
+    """The cache entry ``key``, written by ``convert(target)`` unless another process or an earlier
+    load already did (a model directory appears complete or not at all: `jaxvlm.model_dir.save`)."""
+    from filelock import FileLock
+
+    target = cache_root() / f"v{model_dir.FORMAT_VERSION}" / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / model_dir.CONFIG_FILE).is_file():
+            convert(target)
+    return target
+
+
+def _digest(directory: Path) -> str:
+    """A hash of the folder's file names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:32]
