@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAVE_AT = 60  # the test split holds 45 batches of 8: the saved state is in the second epoch
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: Grain worker processes
 def test_restored_iterator_continues_exactly(digits_dir, tmp_path, workers):
     it = make_train_iterator(resume_config(str(digits_dir), workers))
     for _ in range(SAVE_AT):

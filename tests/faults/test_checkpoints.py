@@ -113,6 +113,7 @@ def test_files_of_the_newest_checkpoint_damaged(cases, reference, restore, tmp_p
     assert cases is not None or outcomes["fell back"] >= len(DAMAGES)
 
 
+@pytest.mark.slow  # builds the reference run; make test-slow and make test-faults cover this file
 def test_no_readable_checkpoint_is_one_clear_error(reference, restore, tmp_path, caplog, record):
     work = _copy(reference[0] / "checkpoints", tmp_path / "work")
     for step in complete_steps(reference[0]):

@@ -76,7 +76,8 @@ def equal_params(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])))
 
 
-@pytest.mark.parametrize("value", [np.nan, pytest.param(np.inf, marks=pytest.mark.slow)], ids=["nan", "inf"])
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.slow  # make test has the nan guard in tests/train (test_step, test_loop)
 def test_a_few_non_finite_steps_are_skipped(value, train_in_process, tmp_path, record):
     k = int(np.random.default_rng().integers(2, STEPS - MAX_NAN_STEPS + 2))
     bad = set(range(k, k + MAX_NAN_STEPS - 1))
