@@ -20,7 +20,7 @@ from pathlib import Path
 
 from jaxvlm import model_dir
 from jaxvlm.errors import InputError
-from jaxvlm.pretrained import get_pretrained
+from jaxvlm.pretrained import Pretrained, get_pretrained
 
 HUB_PREFIX = "hf-hub:"
 HUB_NAME = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
@@ -53,23 +53,43 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     return match["repo"], match["revision"]
 
 
+def check_repo_id(repo: str) -> None:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise InputError(f"{repo!r} is not a hub repo name: expected ORG/NAME")
+
+
+def upload(folder: Path, repo: str) -> str:
+    """Uploads ``folder`` to the hub model repo ``repo`` (created if missing) as one commit; returns
+    the commit's URL. Authenticates with HF_TOKEN or the stored login."""
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi()
+    try:
+        api.create_repo(repo, exist_ok=True)
+        info = api.upload_folder(repo_id=repo, folder_path=folder, commit_message=f"Upload {folder.name} from jaxvlm")
+    except Exception as e:  # HTTP errors (no token, no write access) and the transport's own
+        raise InputError(f"uploading {folder} to hf-hub:{repo} failed: {' '.join(str(e).split())[:200]}") from None
+    return info.commit_url
+
+
 def pretrained_directory(arch: str, tag: str) -> Path:
-    """The model directory of open_clip's pretrained pair (`jaxvlm.pretrained`), converted once."""
+    """The model directory of a pretrained pair (`jaxvlm.pretrained`), converted once."""
     from jaxvlm.convert import convert
-    from jaxvlm.models.registry import ARCHITECTURES
 
     entry = get_pretrained(arch, tag)
+    name = entry.architecture
+    if not entry.loads:
+        raise InputError(
+            f"{arch} / {tag}: jaxvlm does not build the architecture {name} yet (`jaxvlm list` shows those it does)"
+        )
+    if entry.weights_url:
+        return _converted_once(f"gcs/{entry.weights_url.removeprefix('gs://')}/{name}", lambda t: _big_vision(entry, t))
     snapshot = download(entry.hub_repo, None, [entry.hub_file] if entry.hub_file else [])
     key = f"hub/{entry.hub_repo.replace('/', '--')}/{snapshot.name}"
-    what = f"{arch} / {tag} ({entry.hub_name}, commit {snapshot.name})"
+    what = f"{arch} / {tag} ({entry.source}, commit {snapshot.name})"
     if layout(snapshot) is not None:
         return converted(snapshot, key, what)
-    # weights alone: open_clip builds them as its architecture `arch` (with quick GELU where trained so)
-    name = f"{arch}-quickgelu" if entry.quick_gelu and not arch.endswith("-quickgelu") else arch
-    if name not in ARCHITECTURES:
-        raise InputError(
-            f"{what}: jaxvlm does not build the architecture {name} yet (`jaxvlm list` shows those it does)"
-        )
+    # weights alone: open_clip builds them as its architecture (with quick GELU where trained so)
     files = [entry.hub_file] if entry.hub_file else [n for n in OPEN_CLIP_WEIGHTS if (snapshot / n).is_file()]
     if not files:
         raise InputError(f"{what} holds no open_clip weights ({', '.join(OPEN_CLIP_WEIGHTS)})")
@@ -77,17 +97,67 @@ def pretrained_directory(arch: str, tag: str) -> Path:
     return _converted_once(f"{key}/{name}", convert_weights)  # the same weights may be built as another arch
 
 
-def download(repo: str, revision: str | None, extra_files: list[str] = ()) -> Path:
+def _big_vision(entry: Pretrained, target: Path) -> None:
+    """Converts a big_vision checkpoint on GCS into ``target``: its weights and tokenizer are
+    downloaded next to the cache (and deleted once converted: the conversion is what is kept)."""
+    import tempfile
+
+    from jaxvlm.convert import convert
+
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as folder:
+        weights = fetch(entry.weights_url, Path(folder))
+        tokenizer = fetch(entry.tokenizer_url, Path(folder))
+        convert("big_vision", weights, target, model_name=entry.architecture, tokenizer=tokenizer)
+
+
+def gcs_endpoint() -> str:
+    return os.environ.get("JAXVLM_GCS_ENDPOINT", "https://storage.googleapis.com").rstrip("/")
+
+
+def fetch(url: str, folder: Path) -> Path:
+    """Downloads gs://BUCKET/PATH (over HTTPS from `gcs_endpoint`) into ``folder``, with a
+    progress bar; the file is there only once all of it arrived."""
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise InputError(f"{url} is not converted yet and HF_HUB_OFFLINE is set: load it once online")
+    address = f"{gcs_endpoint()}/{url.removeprefix('gs://')}"
+    path = folder / Path(url).name
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with urllib.request.urlopen(address, timeout=60) as response, open(partial, "wb") as f:
+            size = int(response.headers.get("Content-Length", 0)) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=path.name) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    bar.update(len(block))
+        if size is not None and partial.stat().st_size != size:
+            raise InputError(f"downloading {url} was cut short ({partial.stat().st_size} of {size} bytes)")
+    except urllib.error.HTTPError as e:
+        raise InputError(f"downloading {url} failed: HTTP {e.code} from {address}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise InputError(f"downloading {url} failed: {' '.join(str(e).split())[:200]}") from None
+    partial.rename(path)
+    return path
+
+
+def download(repo: str, revision: str | None, extra_files: list[str] = (), only: list[str] | None = None) -> Path:
     """The local snapshot of ``repo`` at ``revision`` (default: main), downloaded if not cached:
-    its configs and tokenizer files, the one weights file its layout converts from, and ``extra_files``."""
+    its configs and tokenizer files, the one weights file its layout converts from, and
+    ``extra_files``; or, with ``only``, the files matching those patterns alone."""
     import huggingface_hub
     from huggingface_hub import errors
 
     try:
-        try:
-            patterns = [*wanted_files(huggingface_hub.list_repo_files(repo, revision=revision)), *extra_files]
-        except (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError):
-            patterns = None  # offline: whatever the cached snapshot holds
+        patterns = only
+        if only is None:
+            try:
+                patterns = [*wanted_files(huggingface_hub.list_repo_files(repo, revision=revision)), *extra_files]
+            except (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError):
+                patterns = None  # offline: whatever the cached snapshot holds
         return Path(huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=patterns))
     except errors.RevisionNotFoundError:
         raise InputError(f"hf-hub:{repo} has no revision {revision!r}") from None

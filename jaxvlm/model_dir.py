@@ -7,10 +7,12 @@ place only once complete, so a failed write leaves no OUT behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import flax
@@ -41,15 +43,29 @@ def check_output_dir(out: Path) -> None:
         raise InputError(f"output exists and is not an empty directory: {out}")
 
 
-def save(out: Path, model: ModelDir, tokenizer_source: Path) -> None:
-    """Writes a complete model directory at ``out`` (which must not exist or be empty)."""
-    from safetensors.numpy import save_file
-
+@contextlib.contextmanager
+def written_whole(out: Path) -> Iterator[Path]:
+    """A staging folder (a hidden sibling of ``out``) to write into; renamed to ``out`` once the
+    block ends without an error, removed otherwise, so ``out`` appears complete or not at all."""
     out = Path(out)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def save(out: Path, model: ModelDir, tokenizer_source: Path) -> None:
+    """Writes a complete model directory at ``out`` (which must not exist or be empty)."""
+    from safetensors.numpy import save_file
+
+    with written_whole(out) as staging:
         try:
             shutil.copyfile(tokenizer_source, staging / model.tokenizer.file)
         except OSError as e:
@@ -71,12 +87,6 @@ def save(out: Path, model: ModelDir, tokenizer_source: Path) -> None:
             "provenance": model.provenance,
         }
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load(directory: Path, *, weights: bool = True) -> ModelDir:

@@ -1,10 +1,14 @@
-"""open_clip's table of published checkpoints, as (architecture, tag) pairs.
+"""Published checkpoints, as (architecture, tag) pairs.
 
-The table is `jaxvlm/assets/open_clip_pretrained.json`, written from the installed open_clip by
-``make pretrained-table`` (`table_from_open_clip`), and checked against it by the tests, so an
-open_clip release that adds checkpoints shows. Each pair resolves to a Hugging Face Hub repo (and,
-for a few, one weights file in it), the preprocessing open_clip applies, and whether the weights
-were trained with quick GELU.
+Two tables: open_clip's (`jaxvlm/assets/open_clip_pretrained.json`, written from the installed
+open_clip by ``make pretrained-table`` with `table_from_open_clip`, and checked against it by the
+tests, so an open_clip release that adds checkpoints shows), and the names jaxvlm adds
+(`jaxvlm/assets/more_pretrained.json`, written by hand): transformers repos on the Hugging Face Hub,
+tagged with their repo name, and big_vision's `.npz` files on Google Cloud Storage, tagged with
+their gs:// address. Each pair resolves to a hub repo (and, for a few, one weights file in it) or
+to a weights and a tokenizer file on GCS; the open_clip rows also say what preprocessing open_clip
+applies and whether the weights were trained with quick GELU. A pair loads when jaxvlm builds its
+architecture (`Pretrained.architecture` in `jaxvlm.models.registry`).
 """
 
 from __future__ import annotations
@@ -18,30 +22,46 @@ from typing import Any
 from jaxvlm.errors import InputError
 
 TABLE = Path(__file__).parent / "assets" / "open_clip_pretrained.json"
+MORE = Path(__file__).parent / "assets" / "more_pretrained.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
     arch: str  # open_clip's architecture name
     tag: str
-    hub_repo: str  # ORG/NAME on the Hugging Face Hub
+    hub_repo: str | None  # ORG/NAME on the Hugging Face Hub
     hub_file: str | None  # the weights file, for repos that do not follow open_clip's file names
     quick_gelu: bool
     preprocess: dict[str, Any]  # open_clip's mean, std, interpolation, resize_mode
+    weights_url: str | None = None  # gs://BUCKET/PATH of a big_vision checkpoint (no hub repo)
+    tokenizer_url: str | None = None  # gs://BUCKET/PATH of its SentencePiece model
 
     @property
-    def hub_name(self) -> str:
-        return f"hf-hub:{self.hub_repo}"
+    def source(self) -> str:
+        return f"hf-hub:{self.hub_repo}" if self.hub_repo else str(self.weights_url)
+
+    @property
+    def architecture(self) -> str:
+        """The architecture the weights are built as: open_clip's name, with quick GELU where trained so."""
+        quick = self.quick_gelu and not self.arch.endswith("-quickgelu")
+        return f"{self.arch}-quickgelu" if quick else self.arch
+
+    @property
+    def loads(self) -> bool:
+        """Whether jaxvlm builds the architecture today."""
+        from jaxvlm.models.registry import ARCHITECTURES
+
+        return self.architecture in ARCHITECTURES
 
 
 @cache
 def _table() -> dict[tuple[str, str], Pretrained]:
-    rows = json.loads(TABLE.read_text())
+    rows = [*json.loads(TABLE.read_text()), *json.loads(MORE.read_text())]
     return {(row["arch"], row["tag"]): Pretrained(**row) for row in rows}
 
 
 def list_pretrained() -> list[tuple[str, str]]:
-    """Every (architecture, tag) pair of open_clip's table, in its order."""
+    """Every (architecture, tag) pair: open_clip's table in its order, then the names jaxvlm adds."""
     return list(_table())
 
 
@@ -80,6 +100,38 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+README = Path(__file__).parent.parent / "README.md"
+README_MARKERS = ("<!-- pretrained-table: written by `make pretrained-table` -->", "<!-- /pretrained-table -->")
+
+
+def loading_table() -> str:
+    """The README's table of how many pretrained pairs load today, per source, from the tables and
+    the registry (`make pretrained-table` writes it into README.md; a test checks it is current)."""
+    open_clip = [(row["arch"], row["tag"]) for row in json.loads(TABLE.read_text())]
+    more = [get_pretrained(row["arch"], row["tag"]) for row in json.loads(MORE.read_text())]
+    hub_names = r"openai/clip-\*, laion/CLIP-\*, facebook/metaclip-\*, google/siglip\*, google/siglip2\*"
+    groups = {
+        "open_clip's pretrained table": [get_pretrained(*pair) for pair in open_clip],
+        f"transformers repos ({hub_names})": [e for e in more if e.hub_repo],
+        "big_vision SigLIP / SigLIP 2 `.npz` files (gs://big_vision/...)": [e for e in more if e.weights_url],
+    }
+    lines = ["| Published checkpoints | pairs | load today | their architectures |", "|---|---:|---:|---|"]
+    for what, entries in groups.items():
+        loading = [e for e in entries if e.loads]
+        names = ", ".join(sorted({e.architecture for e in loading})) or "-"
+        lines.append(f"| {what} | {len(entries)} | {len(loading)} | {names} |")
+    return "\n".join(lines)
+
+
+def readme_with_table(readme: str) -> str:
+    start, end = README_MARKERS
+    before, _, rest = readme.partition(start)
+    _, _, after = rest.partition(end)
+    return f"{before}{start}\n{loading_table()}\n{end}{after}"
+
+
 if __name__ == "__main__":  # make pretrained-table
     TABLE.write_text("[\n" + ",\n".join(json.dumps(row) for row in table_from_open_clip()) + "\n]\n")  # a row a line
-    print(f"wrote {TABLE}: {len(list_pretrained())} pairs")
+    _table.cache_clear()
+    README.write_text(readme_with_table(README.read_text()))
+    print(f"wrote {TABLE} ({len(json.loads(TABLE.read_text()))} open_clip pairs) and the table in {README}")

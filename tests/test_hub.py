@@ -263,3 +263,78 @@ def test_convert_takes_a_hub_name(hub, tmp_path):
         timeout=300,
     )
     assert done.returncode == 2 and "already a jaxvlm model" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_big_vision_pair_downloads_from_gcs_converts_once_and_reloads_offline(hub, tmp_path, spm_model_file):
+    """A pair whose weights and tokenizer are gs:// files (big_vision's): fetched over HTTPS from
+    $JAXVLM_GCS_ENDPOINT, converted as the pair's architecture, equal to the local conversion."""
+    from jaxvlm.convert import convert
+    from tests.convert.big_vision_models import TINY_SIGLIP, hf_siglip, to_big_vision, write_npz
+
+    npz = write_npz(
+        tmp_path / "tiny.npz", to_big_vision(hf_siglip(TINY_SIGLIP, seed=3), stacked=True, prefix="params/")
+    )
+    hub.server.static |= {"bucket/siglip/tiny.npz": npz, "vocabs/spm.model": spm_model_file}
+    url = "gs://bucket/siglip/tiny.npz"
+    row = {"arch": "tiny-siglip", "tag": url, "hub_repo": None, "hub_file": None, "quick_gelu": False}
+    row |= {"preprocess": {}, "weights_url": url, "tokenizer_url": "gs://vocabs/spm.model"}
+    env = hub_env(hub, tmp_path) | {"EXTRA_PRETRAINED": json.dumps([row]), "JAXVLM_GCS_ENDPOINT": hub.server.endpoint}
+    name = f"tiny-siglip pretrained={url}"
+    hub.server.truncate["bucket/siglip/tiny.npz"] = 1  # the first try is cut short, the second goes through
+    process = run_loader([name, name], env)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    failed, loaded = map(json.loads, out.splitlines())
+    print(f"cut short: {failed['error']}")
+    assert "cut short" in failed["error"] and "\n" not in failed["error"]
+    convert("big_vision", npz, tmp_path / "local-dir", model_name="tiny-siglip", tokenizer=spm_model_file)
+    error = max_abs(loaded, local(tmp_path / "local-dir", tmp_path / "local", pytest.MonkeyPatch()))
+    print(f"big_vision pair vs the local conversion of the same files, max abs: {error:.1e}")
+    assert error == 0.0
+    assert not [p for p in (tmp_path / "cache").rglob("*.npz*") if p.is_file()]  # downloads go once converted
+    offline = env | {"HF_HUB_OFFLINE": "1", "JAXVLM_GCS_ENDPOINT": "http://127.0.0.1:9"}
+    again = results(run_loader([name], offline))[name]
+    assert again["directory"] == loaded["directory"] and again["image"] == loaded["image"]
+
+
+@pytest.mark.slow
+def test_an_open_clip_repo_without_tokenizer_files_takes_hf_tokenizer_name_from_the_hub(hub, tmp_path):
+    """open_clip's hf_tokenizer_name, when the repo holds no tokenizer files, is fetched from the hub:
+    the conversion equals one given the same tokenizer file with --tokenizer."""
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<|endoftext|>", "a", "photo", "of", "cat", "dog"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer_repo = tmp_path / "tokenizer"
+    tokenizer_repo.mkdir()
+    tokenizer.save(str(tokenizer_repo / "tokenizer.json"))
+    hub.server.publish("someone/word-tokenizer", tokenizer_repo)
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 1, "layers": 1},
+    }
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_file(open_clip.CLIP(**model_cfg).state_dict(), str(repo / "open_clip_model.safetensors"))
+    model_cfg["text_cfg"]["hf_tokenizer_name"] = "someone/word-tokenizer"
+    (repo / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    command = [sys.executable, "-m", "jaxvlm.cli", "convert", "--from", "open_clip", str(repo)]
+    done = subprocess.run(
+        [*command, str(tmp_path / "fetched")], env=env | hub_env(hub, tmp_path), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    given = tmp_path / "given"
+    assert jaxvlm.cli.main([*command[3:], str(given), "--tokenizer", str(tokenizer_repo / "tokenizer.json")]) == 0
+    configs = [json.loads((tmp_path / d / "config.json").read_text())["tokenizer"] for d in ("fetched", "given")]
+    assert configs[0] == configs[1] and configs[0]["kind"] == "hf_json"
+    assert (tmp_path / "fetched" / "tokenizer.json").read_bytes() == (given / "tokenizer.json").read_bytes()
+    offline = subprocess.run(
+        [*command, str(tmp_path / "offline")], env=env | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
+    )
+    assert offline.returncode == 2 and "hf-hub:someone/word-tokenizer is not in the local cache" in offline.stderr

@@ -1,4 +1,5 @@
-"""open_clip's table of published checkpoints, as jaxvlm ships it."""
+"""The tables of published checkpoints, as jaxvlm ships them: open_clip's, and the transformers repos
+and big_vision files jaxvlm adds."""
 
 import pytest
 
@@ -10,15 +11,25 @@ from jaxvlm.errors import InputError
 def test_the_table_is_open_clips():
     pytest.importorskip("open_clip")
     rows = pretrained.table_from_open_clip()
-    shipped = [vars(pretrained.get_pretrained(arch, tag)) for arch, tag in jaxvlm.list_pretrained()]
-    assert shipped == rows, "open_clip's table changed: run `make pretrained-table`"
+    shipped = [vars(pretrained.get_pretrained(arch, tag)) for arch, tag in jaxvlm.list_pretrained()[: len(rows)]]
+    assert [{k: entry[k] for k in row} for entry, row in zip(shipped, rows)] == rows, (
+        "open_clip's table changed: run `make pretrained-table`"
+    )
 
 
-def test_every_pair_names_a_hub_repo():
+def test_every_pair_names_a_hub_repo_or_a_gcs_file():
     pairs = jaxvlm.list_pretrained()
-    assert len(pairs) == len(set(pairs)) == 196  # open_clip 3.3.0
+    entries = [pretrained.get_pretrained(*pair) for pair in pairs]
+    assert len(pairs) == len(set(pairs)) == 196 + 43 + 26  # open_clip 3.3.0's, then jaxvlm's
+    assert all((e.hub_repo is None) != (e.weights_url is None) for e in entries)
+    prefixes = ("openai/clip-", "laion/CLIP-", "facebook/metaclip-", "google/siglip-", "google/siglip2-")
+    added = entries[196:]
+    assert all(e.tag == e.hub_repo and e.hub_repo.startswith(prefixes) for e in added if e.hub_repo)
+    big_vision = [e for e in added if e.weights_url]
+    assert all(e.tag == e.weights_url and e.tag.startswith("gs://big_vision/siglip") for e in big_vision)
+    assert all(e.tokenizer_url.startswith("gs://") for e in big_vision)
     entry = pretrained.get_pretrained("ViT-B-32", "openai")
-    assert entry.hub_name == "hf-hub:timm/vit_base_patch32_clip_224.openai"
+    assert entry.source == "hf-hub:timm/vit_base_patch32_clip_224.openai"
     assert entry.hub_file is None and entry.quick_gelu
     vitamin = pretrained.get_pretrained("ViTamin-S", "datacomp1b")
     assert (vitamin.hub_repo, vitamin.hub_file) == ("jienengchen/ViTamin-S", "pytorch_model.bin")
@@ -31,3 +42,18 @@ def test_every_pair_names_a_hub_repo():
 def test_an_unknown_pair_is_one_clear_error(arch, tag, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         pretrained.get_pretrained(arch, tag)
+
+
+def test_the_readme_table_is_current():
+    readme = pretrained.README.read_text()
+    assert pretrained.loading_table() in readme, "the registry or the tables changed: run `make pretrained-table`"
+    assert "| open_clip's pretrained table | 196 |" in readme
+
+
+def test_an_architecture_jaxvlm_does_not_build_is_one_line_before_any_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXVLM_CACHE", str(tmp_path))
+    for arch, tag in [("ViT-H-14", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"), ("ViT-bigG-14", "laion2b_s39b_b160k")]:
+        with pytest.raises(InputError, match=f"does not build the architecture {arch} yet") as error:
+            jaxvlm.load(arch, pretrained=tag)
+        assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())

@@ -494,6 +494,7 @@ def preprocess_from_open_clip(preprocess_cfg: Mapping[str, Any], image_size: int
 OPEN_CLIP_CLEANS = ("lower", "whitespace", "canonicalize")
 # the tokenizer files transformers' AutoTokenizer reads from a directory, most preferred first
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model")
+TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")  # where the special tokens are named
 CLIP_VOCAB_SIZE = 49408  # the ids open_clip's SimpleTokenizer gives (CLIP's BPE)
 
 
@@ -502,7 +503,8 @@ def tokenizer_from_open_clip(
 ) -> tuple[TokenizerConfig, Path]:
     """The tokenizer open_clip runs for a repo directory (factory.get_tokenizer with ``local-dir:``),
     and the file to copy: with ``hf_tokenizer_name``, its HFTokenizer over the directory's own tokenizer
-    files (tokenizer.json, else a SentencePiece model); without, its SimpleTokenizer — CLIP's BPE, bundled
+    files (tokenizer.json, else a SentencePiece model), or, when it has none, those of the hub repo
+    ``hf_tokenizer_name`` (downloaded, as open_clip does); without, its SimpleTokenizer — CLIP's BPE, bundled
     with jaxvlm (a tokenizer.json next to it is not what open_clip runs). ``tokenizer_path`` (--tokenizer)
     replaces the files. The padding and end tokens come from the directory's tokenizer_config.json /
     special_tokens_map.json, as in the HF converter."""
@@ -519,13 +521,9 @@ def tokenizer_from_open_clip(
     if tokenizer_path is not None:
         path = Path(tokenizer_path)
     elif hf_name:
-        found = [src_dir / name for name in TOKENIZER_FILES if (src_dir / name).is_file()]
-        if not found:
-            raise InputError(
-                f"{src_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), and open_clip would take "
-                f"{hf_name!r}'s from the HF hub: pass its tokenizer.json (or SentencePiece model) with --tokenizer"
-            )
-        path = found[0]
+        if not any((src_dir / name).is_file() for name in TOKENIZER_FILES):
+            src_dir = _hub_tokenizer(hf_name, t.where)
+        path = next(src_dir / name for name in TOKENIZER_FILES if (src_dir / name).is_file())
     else:
         vocab = t["vocab_size"]
         if isinstance(vocab, int) and vocab < CLIP_VOCAB_SIZE:
@@ -543,6 +541,16 @@ def tokenizer_from_open_clip(
             f"'canonicalize' only: convert with the repo's tokenizer.json instead ({source})"
         )
     return tokenizer, Path(source)
+
+
+def _hub_tokenizer(repo: str, where: str) -> Path:
+    """The folder of the tokenizer files of hub repo ``repo`` (open_clip's ``hf_tokenizer_name``), downloaded."""
+    from jaxvlm import hub
+
+    snapshot = hub.download(repo, None, only=[*TOKENIZER_FILES, *TOKENIZER_CONFIGS])
+    if not any((snapshot / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"{where}.hf_tokenizer_name: hf-hub:{repo} holds no tokenizer ({', '.join(TOKENIZER_FILES)})")
+    return snapshot
 
 
 def _read_repo_config(src_dir: Path) -> tuple[Path, Mapping[str, Any], Mapping[str, Any]]:
