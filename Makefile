@@ -47,8 +47,9 @@ test-latest:
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|grain|torch|open.clip.torch|timm|transformers|kernels|huggingface.hub|tokenizers) '
 	.venv-latest/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m latest
 
-# Rewrites jaxvlm/assets/open_clip_pretrained.json from the installed open_clip (tests/test_pretrained.py
-# fails when an open_clip release changes its table of published checkpoints)
+# Rewrites jaxvlm/assets/open_clip_pretrained.json from the installed open_clip, and the README's table
+# of the pretrained pairs that load today (tests/test_pretrained.py fails when an open_clip release changes
+# its table of published checkpoints, or a registered architecture changes the count)
 pretrained-table: $(INSTALLED)
 	$(PY) -c "import tests.conftest, runpy; runpy.run_module('jaxvlm.pretrained', run_name='__main__')"
 

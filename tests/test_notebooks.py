@@ -63,13 +63,15 @@ def stand_ins(tmp_path_factory):
     return directory
 
 
-def kernel_env() -> dict:
+def kernel_env(cache: Path) -> dict:
     """The notebooks' kernel: smoke mode, one CPU device (not the suite's 8 simulated ones), the
-    virtual environment's `jaxvlm` command on PATH, and the suite's compilation cache."""
+    virtual environment's `jaxvlm` command on PATH, the suite's compilation cache, and ``cache`` as
+    the conversion cache."""
     env = dict(os.environ)
     env.update(
         {
             "JAXVLM_NOTEBOOK_SMOKE": "1",
+            "JAXVLM_CACHE": str(cache),
             "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": "",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -101,7 +103,7 @@ def test_runs_top_to_bottom(path, stand_ins, tmp_path):
     nb = load(path)
     start = time.perf_counter()
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute(
-        env=kernel_env()
+        env=kernel_env(tmp_path / "jaxvlm-cache")
     )  # raises CellExecutionError on the first error
     text = "".join(outputs(nb, "text"))
     print(f"\n{path.name}: {time.perf_counter() - start:.1f} s\n{text[-3000:]}")
