@@ -43,6 +43,13 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from jaxvlm.export import export
+
+    export(args.model_dir, args.out, args.to, push=args.push)
+    print(f"wrote {args.out}" + (f" and uploaded it to hf-hub:{args.push}" if args.push else ""))
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     if args.images is None and args.texts is None:
         raise InputError("embed needs --images and/or --texts")
@@ -335,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="architecture name (required for an open_clip weights file; for the others a check)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer file when the source does not carry one")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("export", help="write a model directory as a transformers or open_clip checkpoint")
+    p.add_argument("model_dir", help="model directory (or hf-hub:ORG/NAME) to export")
+    p.add_argument("out", type=Path, help="folder to create (must not exist, or be empty)")
+    p.add_argument("--to", required=True, choices=("hf", "open_clip"), help="the ecosystem to write for")
+    p.add_argument("--push", metavar="ORG/NAME", help="also upload the folder to this Hugging Face Hub repo")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("embed", help="embed images and/or texts with a model directory")
     p.add_argument("model_dir", type=Path)

@@ -3,10 +3,11 @@ huggingface_hub (which honours HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE
 transformers or open_clip checkpoint (downloaded, or a local folder) is converted once into the
 conversion cache, ``$JAXVLM_CACHE`` (default ``~/.cache/jaxvlm``).
 
-A cached conversion is keyed by what it was made from (the hub repo and commit, or the contents of
-a local folder) and by the model-directory format, so a second load converts nothing and needs no
-network. Conversions are written whole or not at all (`jaxvlm.model_dir.save`), under a file lock:
-processes loading one name at once (the hosts of one job) convert it once.
+A cached conversion is keyed by what it was made from (the hub repo and commit, or the file names,
+sizes and modification times of a local folder) and by the model-directory format, so a second
+load converts nothing and needs no network. Conversions are written whole or not at all
+(`jaxvlm.model_dir.save`), under a file lock: processes loading one name at once (the hosts of one
+job) convert it once.
 """
 
 from __future__ import annotations
@@ -231,11 +232,10 @@ def _converted_once(key: str, convert: Callable[[Path], None]) -> Path:
 
 
 def _digest(directory: Path) -> str:
-    """A hash of the folder's file names and contents."""
+    """A hash of the folder's file names, sizes and modification times: a file rewritten changes it,
+    and reading the (often gigabytes of) contents on every load is not needed to tell."""
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        stat = path.stat()
+        digest.update(f"{path.relative_to(directory)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return digest.hexdigest()[:32]

@@ -338,3 +338,19 @@ def test_an_open_clip_repo_without_tokenizer_files_takes_hf_tokenizer_name_from_
         [*command, str(tmp_path / "offline")], env=env | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
     )
     assert offline.returncode == 2 and "hf-hub:someone/word-tokenizer is not in the local cache" in offline.stderr
+
+
+def test_a_local_folder_converts_once_until_a_file_is_rewritten(tmp_path, monkeypatch):
+    from jaxvlm import hub
+
+    monkeypatch.setenv("JAXVLM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "clip"
+    hf_clip(0).save_pretrained(folder)
+    first = hub.model_directory(folder)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert hub.model_directory(folder) == first and (first / "config.json").stat().st_mtime_ns == stamp
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the same bytes, written again: converted again
+    second = hub.model_directory(folder)
+    assert second != first and second.parent == first.parent
+    assert (second / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
