@@ -37,7 +37,15 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 README = BENCHMARKS_DIR.parent / "README.md"
 NOT_BENCHMARKS = ("run_all", "harness")
 # The order to run them in: quick ones first; scripts not named here run after these, by name.
-ORDER = ("inference_cpu", "train_step_cpu", "generation", "compile_time", "pod_plan", "contrastive_memory")
+ORDER = (
+    "inference_cpu",
+    "first_embedding",
+    "train_step_cpu",
+    "generation",
+    "compile_time",
+    "pod_plan",
+    "contrastive_memory",
+)
 PLATFORMS = ("gpu", "tpu")
 TABLE_START, TABLE_END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 UNITS = {"x": "{:.2f}x", "GiB": "{:.3f} GiB", "s": "{:.1f} s", "%": "{:.1f}%"}
