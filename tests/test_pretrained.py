@@ -52,8 +52,11 @@ def test_the_readme_table_is_current():
 
 def test_an_architecture_jaxvlm_does_not_build_is_one_line_before_any_download(monkeypatch, tmp_path):
     monkeypatch.setenv("JAXVLM_CACHE", str(tmp_path))
-    for arch, tag in [("ViT-H-14", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"), ("ViT-bigG-14", "laion2b_s39b_b160k")]:
-        with pytest.raises(InputError, match=f"does not build the architecture {arch} yet") as error:
+    for arch, tag in [
+        ("ViT-H-14-worldwide", "metaclip2_worldwide"),
+        ("ViT-B-16-SigLIP2", "google/siglip2-base-patch16-224"),
+    ]:
+        with pytest.raises(InputError, match=f"does not build the architecture {arch}(-quickgelu)? yet") as error:
             jaxvlm.load(arch, pretrained=tag)
         assert "\n" not in str(error.value)
     assert not any(tmp_path.iterdir())

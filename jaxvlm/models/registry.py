@@ -29,9 +29,13 @@ SIGLIP_TOKENIZER_FILE = "tokenizer.model"
 
 
 def clip(*, embed_dim: int, vision: dict, text: dict, act: str = "gelu") -> Architecture:
-    """open_clip's CLIP ViTs: 64-wide heads, 4x MLPs, the CLIP BPE vocabulary and 77 positions."""
+    """open_clip's CLIP ViTs: the CLIP BPE vocabulary, 77 positions and 64-wide text heads with 4x MLPs.
+    The image tower's heads are ``head_width`` wide (64 unless given) and its MLP is
+    ``int(width * mlp_ratio)`` (4x unless given), as open_clip's vision_cfg says."""
     context = text.get("context_length", 77)
-    vision = ViTConfig(heads=vision["width"] // 64, mlp_dim=4 * vision["width"], act=act, **vision)
+    vision = dict(vision)
+    width, head_width, mlp_ratio = vision["width"], vision.pop("head_width", 64), vision.pop("mlp_ratio", 4.0)
+    vision = ViTConfig(heads=width // head_width, mlp_dim=int(width * mlp_ratio), act=act, **vision)
     text = TransformerTextConfig(
         **{"vocab_size": 49408, "context_length": context, **text},
         heads=text["width"] // 64,
@@ -142,16 +146,62 @@ def _clip_family() -> dict[str, Architecture]:
             "vision": {"image_size": 336, "patch_size": 14, "width": 1024, "depth": 24},
             "text": {"width": 768, "depth": 12},
         },
+        "ViT-B-32-256": {
+            "embed_dim": 512,
+            "vision": {"image_size": 256, "patch_size": 32, "width": 768, "depth": 12},
+            "text": {"width": 512, "depth": 12},
+        },
+        "ViT-B-16-plus-240": {
+            "embed_dim": 640,
+            "vision": {"image_size": 240, "patch_size": 16, "width": 896, "depth": 12},
+            "text": {"width": 640, "depth": 12},
+        },
+        "ViT-H-14": {
+            "embed_dim": 1024,
+            "vision": {"image_size": 224, "patch_size": 14, "width": 1280, "depth": 32, "head_width": 80},
+            "text": {"width": 1024, "depth": 24},
+        },
+        "ViT-H-14-378": {
+            "embed_dim": 1024,
+            "vision": {"image_size": 378, "patch_size": 14, "width": 1280, "depth": 32, "head_width": 80},
+            "text": {"width": 1024, "depth": 24},
+        },
+        "ViT-g-14": {
+            "embed_dim": 1024,
+            "vision": {
+                "image_size": 224,
+                "patch_size": 14,
+                "width": 1408,
+                "depth": 40,
+                "head_width": 88,
+                "mlp_ratio": 4.3637,
+            },
+            "text": {"width": 1024, "depth": 24},
+        },
+        "ViT-bigG-14": {
+            "embed_dim": 1280,
+            "vision": {
+                "image_size": 224,
+                "patch_size": 14,
+                "width": 1664,
+                "depth": 48,
+                "head_width": 104,
+                "mlp_ratio": 4.9231,
+            },
+            "text": {"width": 1280, "depth": 32},
+        },
         "tiny-clip": {
             "embed_dim": 32,
             "vision": {"image_size": 32, "patch_size": 8, "width": 64, "depth": 2},
             "text": {"width": 64, "depth": 2},
         },
     }
+    no_quickgelu = {"ViT-B-32-256", "ViT-B-16-plus-240", "ViT-g-14"}  # open_clip has no '-quickgelu' config of these
     archs = {}
     for name, fields in sizes.items():
         archs[name] = clip(**fields)
-        archs[f"{name}-quickgelu"] = clip(**fields, act="quick_gelu")
+        if name not in no_quickgelu:
+            archs[f"{name}-quickgelu"] = clip(**fields, act="quick_gelu")
     return archs
 
 

@@ -137,8 +137,18 @@ def test_coca_embeddings_and_decoder_logits_match(converted_coca):
     )
 
 
-@pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14", "coca_base"])
-def test_coca_converters_account_for_every_key(name):
+@pytest.mark.parametrize(
+    "name, dropped",
+    [
+        ("coca_ViT-B-32", "text.cls_emb"),
+        ("coca_ViT-L-14", "text.cls_emb"),
+        ("coca_base", "text.cls_emb"),
+        ("ViT-B-32-256", "text_projection"),
+        ("ViT-B-16-plus-240", "visual.proj"),
+        pytest.param("ViT-H-14-378", "visual.proj", marks=pytest.mark.slow),  # 4 GB of stacked float32 layers
+    ],
+)
+def test_converters_account_for_every_key(name, dropped):
     """At full size without real weights: open_clip's tensors on the meta device, converted from
     zero-stride arrays of their shapes, so every key and shape is checked in seconds."""
     from jaxvlm.convert.open_clip import convert_state_dict
@@ -149,8 +159,8 @@ def test_coca_converters_account_for_every_key(name):
     params = convert_state_dict(state, name)
     leaves = [np.shape(x) for x in jax_leaves(params)]
     assert sum(int(np.prod(s)) for s in leaves) == sum(v.numel() for v in reference.state_dict().values())
-    del state["text.cls_emb"]
-    with pytest.raises(jaxvlm.InputError, match="text.cls_emb"):
+    del state[dropped]
+    with pytest.raises(jaxvlm.InputError, match=dropped):
         convert_state_dict(state, name)
 
 
