@@ -226,7 +226,7 @@ def main() -> None:
     if args.smoke:
         args.model, args.runs = SMOKE_MODEL, 1
 
-    from harness import RESULTS_DIR, import_open_clip, metric, write_results
+    from harness import RESULTS_DIR, import_open_clip, metric, print_summary, write_results
 
     started = time.perf_counter()
     reference = import_open_clip()
@@ -294,9 +294,7 @@ def main() -> None:
             for case in ("jaxvlm", "open_clip")
         ),
     ]
-    for m in summary:
-        verdict = "" if m["target"] is None else f" (target >= {m['target']}x: {'holds' if m['holds'] else 'MISSED'})"
-        print(f"{m['name']}: {m['value']:.2f}{m['unit']}{verdict}")
+    print_summary(summary)
     write_results(
         "first_embedding",
         {

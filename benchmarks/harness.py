@@ -108,6 +108,16 @@ def metric(name: str, value: float, target: float | None = None, *, better: str 
     }
 
 
+def print_summary(summary: list[dict]) -> None:
+    """One line per metric of ``summary``: its value, and whether it meets its target where it has one."""
+    for m in summary:
+        verdict = ""
+        if m["target"] is not None:
+            sign = ">=" if m["better"] == "higher" else "<="
+            verdict = f" (target {sign} {m['target']}{m['unit']}: {'holds' if m['holds'] else 'MISSED'})"
+        print(f"{m['name']}: {m['value']:.2f}{m['unit']}{verdict}")
+
+
 def plan_row(recipe: str, chip: str, topology: str, per_chip_gib: float, mfu: float) -> dict:
     """One row of a pod plan (``jaxvlm plan``'s estimate for a recipe on a slice), in a summary
     next to the metrics: README's plan table shows it; ``mfu`` is a fraction (0.45 = 45%)."""

@@ -39,7 +39,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark: no accelerator
 
 import jax
 import numpy as np
-from harness import RESULTS_DIR, metric, open_clip_on_every_core, perturbed, speedup, time_interleaved, write_results
+from harness import (
+    RESULTS_DIR,
+    metric,
+    open_clip_on_every_core,
+    perturbed,
+    print_summary,
+    speedup,
+    time_interleaved,
+    write_results,
+)
 
 from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.models import Runtime, build_model
@@ -173,9 +182,7 @@ def main() -> None:
         for dtype, row in by_dtype.items()
         for tower in ("image", "text")
     ]
-    for m in summary:
-        verdict = "" if m["target"] is None else f" (target >= {m['target']}x: {'holds' if m['holds'] else 'MISSED'})"
-        print(f"{m['name']}: {m['value']:.2f}x{verdict}")
+    print_summary(summary)
     write_results(
         "inference_cpu",
         {

@@ -547,7 +547,10 @@ def _hub_tokenizer(repo: str, where: str) -> Path:
     """The folder of the tokenizer files of hub repo ``repo`` (open_clip's ``hf_tokenizer_name``), downloaded."""
     from jaxvlm import hub
 
-    snapshot = hub.download(repo, None, only=[*TOKENIZER_FILES, *TOKENIZER_CONFIGS])
+    try:
+        snapshot = hub.download(repo, None, only=[*TOKENIZER_FILES, *TOKENIZER_CONFIGS])
+    except InputError as e:
+        raise InputError(f"{where}.hf_tokenizer_name (the repo holds no tokenizer files): {e}") from None
     if not any((snapshot / name).is_file() for name in TOKENIZER_FILES):
         raise InputError(f"{where}.hf_tokenizer_name: hf-hub:{repo} holds no tokenizer ({', '.join(TOKENIZER_FILES)})")
     return snapshot

@@ -1,5 +1,13 @@
-"""What the open_clip converter tests share: captions, the parity tolerance, perturbed open_clip
-reference models, and loading a converted model on one device."""
+"""What the open_clip converter and exporter tests share: captions, the parity tolerance, perturbed open_clip
+reference models, tiny open_clip configs (a CLIP, and a SigLIP with a timm tower registered with timm here)
+saved as hub repos by open_clip's own `save_for_hf`, loading a converted model on one device, and the
+comparison of a jaxvlm model directory with what open_clip loads from a hub repo."""
+
+import contextlib
+import copy
+import json
+import shutil
+from unittest import mock
 
 import jax
 import numpy as np
@@ -8,7 +16,10 @@ from PIL import Image
 from skimage import data
 
 import jaxvlm
+from jaxvlm.convert import open_clip_repo as converter
+from jaxvlm.preprocess import OPENAI_MEAN, OPENAI_STD
 from tests.reference_models import initialise_decoder_head
+from tests.tolerances import assert_close_to_scale
 
 CAPTIONS = [
     "a photo of a cat",
@@ -30,11 +41,19 @@ def perturbed_open_clip_model(name: str, seed: int = 0):
     model = open_clip.create_model(name, pretrained=None).eval()
     if hasattr(model, "text_decoder"):
         initialise_decoder_head(model)
+    return perturbed(model, seed=None)
+
+
+def perturbed(model, seed: int | None = 1):
+    """``model`` in eval mode, every floating-point tensor but the logit scale moved by N(0, 0.02) noise
+    (drawn after seeding torch with ``seed``; with None, from torch's generator as it stands)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():  # every tensor moves off its initial value, so swapped or missed ones show
         for key, value in model.state_dict().items():
             if key != "logit_scale" and value.is_floating_point():
                 value.add_(0.02 * torch.randn_like(value))
-    return model
+    return model.eval()
 
 
 def load_on_one_device(directory):
@@ -49,3 +68,194 @@ def photos():
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+# ---------------------------------------------------------------- tiny open_clip hub repos
+
+# tiny-clip-quickgelu's sizes, so the converted directory records that registered name
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+CLIP_PREPROCESS = {
+    "mean": list(OPENAI_MEAN),
+    "std": list(OPENAI_STD),
+    "interpolation": "bilinear",
+    "resize_mode": "shortest",
+}
+
+# A SigLIP as open_clip builds ViT-B-16-SigLIP2, at tiny sizes: a timm SigLIP ViT (registered with timm
+# below, as timm defines its vit_*_siglip_* models) and open_clip's bidirectional text tower with tanh GELU,
+# narrower and deeper than the image tower so that swapped tensors show
+TINY_TIMM = "vit_jaxvlmtest_patch8_siglip_32"
+TINY_TIMM_VIT = converter.TimmViT(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=256, act="gelu")
+TINY_SIGLIP_CFG = {
+    "embed_dim": 64,
+    "init_logit_bias": -10,
+    "custom_text": True,
+    "vision_cfg": {
+        "image_size": 32,
+        "timm_model_name": TINY_TIMM,
+        "timm_model_pretrained": False,
+        "timm_pool": "map",
+        "timm_proj": "none",
+    },
+    "text_cfg": {
+        "context_length": 16,
+        "vocab_size": 256,
+        "hf_tokenizer_name": "timm/ViT-B-16-SigLIP",
+        "tokenizer_kwargs": {"clean": "canonicalize"},
+        "width": 48,
+        "heads": 3,
+        "layers": 3,
+        "no_causal_mask": True,
+        "proj_bias": True,
+        "pool_type": "last",
+        "norm_kwargs": {"eps": 1e-6},
+        "act_kwargs": {"approximate": "tanh"},
+    },
+}
+SIGLIP_PREPROCESS = {
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "interpolation": "bicubic",
+    "resize_mode": "squash",
+}
+
+
+def register_tiny_timm_siglip() -> None:
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import _create_vision_transformer
+
+    if timm.models.is_model(TINY_TIMM):
+        return
+    v = TINY_TIMM_VIT
+
+    def vit_jaxvlmtest_patch8_siglip_32(pretrained: bool = False, **kwargs):
+        args = dict(
+            img_size=v.image_size,
+            patch_size=v.patch_size,
+            embed_dim=v.width,
+            depth=v.depth,
+            num_heads=v.heads,
+            mlp_ratio=v.mlp_dim / v.width,
+            class_token=False,
+            global_pool="map",
+        )
+        return _create_vision_transformer(TINY_TIMM, pretrained=pretrained, **dict(args, **kwargs))
+
+    register_model(vit_jaxvlmtest_patch8_siglip_32)
+
+
+@contextlib.contextmanager
+def tiny_timm_known():
+    """The tests' tiny timm SigLIP ViT, registered with timm and known to jaxvlm by name (as timm's own are:
+    jaxvlm's table of them is checked against timm in tests/convert/test_open_clip_repo.py)."""
+    register_tiny_timm_siglip()
+    with mock.patch.dict(converter.TIMM_VITS, {TINY_TIMM: TINY_TIMM_VIT}):
+        yield
+
+
+class NoTokenizerFiles:
+    """What save_for_hf saves for open_clip's CLIP BPE (its SimpleTokenizer has no save_pretrained;
+    push_to_hf_hub would upload a transformers copy that open_clip never runs)."""
+
+    def save_pretrained(self, directory) -> None:
+        pass
+
+
+def save_repo(directory, model, tokenizer, model_cfg, preprocess_cfg, safe_serialization):
+    import open_clip
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    open_clip.set_model_preprocess_cfg(model, {**preprocess_cfg, "size": model_cfg["vision_cfg"]["image_size"]})
+    save_for_hf(model, tokenizer, copy.deepcopy(model_cfg), directory, safe_serialization=safe_serialization)
+    return directory
+
+
+def siglip_tokenizer(spm_model_file, directory, context_length):
+    """open_clip's HFTokenizer over a transformers T5 tokenizer of the test's SentencePiece model, padding
+    with the end token as SigLIP does: what open_clip's SigLipTokenizer makes, which transformers 5 no
+    longer builds from a bare .model file."""
+    from open_clip.tokenizer import HFTokenizer
+
+    directory.mkdir()
+    shutil.copy(spm_model_file, directory / "spiece.model")
+    settings = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "legacy": False, "pad_token": "</s>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    return HFTokenizer(str(directory), context_length=context_length, clean="canonicalize")
+
+
+def tiny_clip_repo(directory):
+    """A perturbed open_clip CLIP of TINY_CLIP_CFG saved at ``directory`` by save_for_hf (safetensors; no
+    tokenizer files: open_clip runs its CLIP BPE)."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = perturbed(open_clip.CLIP(**copy.deepcopy(TINY_CLIP_CFG)))
+    return save_repo(directory, model, NoTokenizerFiles(), TINY_CLIP_CFG, CLIP_PREPROCESS, safe_serialization=True)
+
+
+def tiny_siglip_repo(directory, spm_model_file, safe_serialization=True):
+    """A perturbed open_clip CustomTextCLIP of TINY_SIGLIP_CFG (the tiny timm tower) saved at ``directory`` by
+    save_for_hf with siglip_tokenizer's files (a tokenizer.json), that tokenizer's own folder next to it."""
+    import open_clip
+
+    register_tiny_timm_siglip()
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in copy.deepcopy(TINY_SIGLIP_CFG).items() if k != "custom_text"}
+    model = perturbed(open_clip.CustomTextCLIP(**cfg))
+    spm = directory.with_name(f"{directory.name}-spm")
+    tokenizer = siglip_tokenizer(spm_model_file, spm, TINY_SIGLIP_CFG["text_cfg"]["context_length"])
+    return save_repo(directory, model, tokenizer, TINY_SIGLIP_CFG, SIGLIP_PREPROCESS, safe_serialization)
+
+
+# ---------------------------------------------------------------- jaxvlm against open_clip
+
+
+def compare_with_open_clip(directory, repo, what, decoder=False):
+    """The jaxvlm model directory ``directory`` against what open_clip loads from the hub repo ``repo``
+    (`local-dir:`): pixels, token ids, embeddings and logits, and with ``decoder`` CoCa's caption logits.
+    Returns the jaxvlm model."""
+    import open_clip
+
+    model = load_on_one_device(directory)
+    reference, _, transform = open_clip.create_model_and_transforms(f"local-dir:{repo}")
+    reference.eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{repo}")
+
+    pixels = model.preprocess(photos())
+    ref_pixels = torch.stack([transform(p) for p in photos()]).permute(0, 2, 3, 1).numpy()
+    ids = model.tokenize(CAPTIONS)
+    ref_ids = tokenizer(CAPTIONS).numpy()
+    zi, zt = model.encode_image(pixels), model.encode_text(ids)
+    logits = model.logits(zi, zt)
+    with torch.no_grad():
+        ref_zi = reference.encode_image(torch.from_numpy(pixels).permute(0, 3, 1, 2), normalize=True)
+        ref_zt = reference.encode_text(torch.from_numpy(ids).long(), normalize=True)
+        scale = float(reference.logit_scale.exp())
+        ref_logits = scale * ref_zi @ ref_zt.T
+        if reference.logit_bias is not None:
+            ref_logits = ref_logits + reference.logit_bias
+            scale += abs(float(reference.logit_bias))
+    # open_clip's transform is torchvision's Resize / CenterCrop on the PIL image (Pillow's resampling), then
+    # ToTensor and Normalize: the operations jaxvlm's preprocessing repeats one for one, so equal to the bit
+    errors = {"pixels": max_abs(pixels, ref_pixels), "image": max_abs(zi, ref_zi), "text": max_abs(zt, ref_zt)}
+    if decoder:
+        pairs = ids[: len(pixels)]  # one caption per image
+        caption_logits = jax.jit(model.module.apply)({"params": model.params}, pixels, pairs).caption_logits
+        with torch.no_grad():
+            image, text = torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(pairs).long()
+            out = reference(image, text, output_labels=False)
+        assert_close_to_scale(
+            caption_logits, out["logits"].numpy(), rtol_of_scale=TOLERANCE, what=f"{what} decoder logits"
+        )
+    print(f"\n{what} vs open_clip max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    assert np.array_equal(ids, ref_ids), (ids, ref_ids)
+    assert errors["pixels"] == 0, errors
+    assert errors["image"] <= TOLERANCE and errors["text"] <= TOLERANCE, errors
+    assert_close_to_scale(logits, ref_logits.numpy(), rtol_of_scale=TOLERANCE, scale=scale, what=f"{what} logits")
+    return model

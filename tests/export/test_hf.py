@@ -6,20 +6,17 @@ the export converted back gives the same parameters; what transformers cannot ex
 import dataclasses
 import json
 
-import flax
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import jaxvlm
-from jaxvlm import model_dir
 from jaxvlm.cli import main
 from jaxvlm.convert import convert
 from jaxvlm.convert import hf as convert_hf
 from jaxvlm.errors import InputError
 from jaxvlm.export import export, hf
-from jaxvlm.models import param_shapes
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig, build_tokenizer
 from tests.convert.hf_models import (
@@ -34,6 +31,7 @@ from tests.convert.hf_models import (
     siglip_ids,
 )
 from tests.eval.model_dirs import random_model_dir
+from tests.export.round_trips import assert_reconverts_exactly
 from tests.tolerances import assert_close_to_scale
 
 transformers = pytest.importorskip("transformers")
@@ -126,21 +124,6 @@ def assert_same_outputs(directory, out, name, make_ids=None):
     return model, tokenizer
 
 
-def assert_reconverts_exactly(directory, out):
-    """The export converted back by jaxvlm's HF converter: the same architecture, preprocessing, tokenizer
-    and parameters (max abs 0)."""
-    before, after = model_dir.load(directory), convert_hf.convert(out, None)
-    assert after.config == before.config
-    assert after.preprocess == before.preprocess
-    assert dataclasses.replace(after.tokenizer, file=before.tokenizer.file) == before.tokenizer
-    a = flax.traverse_util.flatten_dict(before.params, sep="/")
-    b = flax.traverse_util.flatten_dict(after.params, sep="/")
-    assert a.keys() == b.keys()
-    worst = max(max_abs(a[k], b[k]) for k in a)
-    print(f"re-converted export: {len(a)} parameters, max abs difference {worst:.1e}")
-    assert worst == 0
-
-
 # ---------------------------------------------------------------- round trips from transformers
 
 CASES = {
@@ -182,9 +165,9 @@ def test_round_trip_outputs_match(round_trip):
     assert tokenizer.model_max_length == CONTEXT
 
 
-def test_round_trip_reconverts_exactly(round_trip):
+def test_round_trip_reconverts_exactly(round_trip, tmp_path):
     name, _, directory, out = round_trip
-    assert_reconverts_exactly(directory, out)
+    assert_reconverts_exactly(directory, "hf", out, tmp_path / "again")
     config = json.loads((out / "config.json").read_text())
     family = "clip" if name.startswith("clip") else "siglip"
     assert config["model_type"] == family and config["architectures"] == [hf.MODEL_CLASSES[family]]
@@ -203,21 +186,10 @@ def test_model_built_by_jaxvlm(tmp_path):
     directory = random_model_dir(tmp_path / "model", "tiny-clip")
     assert main(["export", str(directory), str(tmp_path / "export"), "--to", "hf"]) == 0
     assert_same_outputs(directory, tmp_path / "export", "tiny-clip (jaxvlm-built)")
-    assert_reconverts_exactly(directory, tmp_path / "export")
+    assert_reconverts_exactly(directory, "hf", tmp_path / "export", tmp_path / "again")
 
 
 # ---------------------------------------------------------------- refusals
-
-
-def zero_model_dir(path, cfg, tokenizer=None, tokenizer_source=CLIP_BPE_FILE, architecture="tiny-clip"):
-    """A model directory of ``cfg`` with zero parameters (only refused, never run)."""
-    arch = get_architecture(architecture)
-    params = flax.traverse_util.unflatten_dict(
-        {k: np.zeros(s, np.float32) for k, s in param_shapes(cfg).items()}, sep="/"
-    )
-    model = model_dir.ModelDir(cfg, arch.preprocess, tokenizer or arch.tokenizer, {}, params)
-    model_dir.save(path, model, tokenizer_source)
-    return path
 
 
 def replaced(architecture, **changes):
@@ -233,7 +205,7 @@ def replaced(architecture, **changes):
 
 CLIP_TOKENIZER = get_architecture("tiny-clip").tokenizer
 HF_JSON_TOKENIZER = TokenizerConfig(kind="hf_json", file="tokenizer.json", context_length=77, clean="none")
-REFUSED = {  # (model config, model_dir arguments, what the message names)
+REFUSED = {  # (model config, random_model_dir arguments, what the message names)
     "coca": (lambda: get_architecture("tiny-coca").model, {"architecture": "tiny-coca"}, "CoCa"),
     "gap pooling": (lambda: replaced("tiny-clip", vision_pool="gap"), {}, "vision.pool 'gap'"),
     "sincos positions": (lambda: replaced("tiny-clip", vision_pos_embed="sincos2d"), {}, "vision.pos_embed"),
@@ -270,7 +242,7 @@ REFUSED = {  # (model config, model_dir arguments, what the message names)
 def clip_tokenizer_json(tmp_path_factory):
     """transformers' CLIP tokenizer as a tokenizer.json, from an export of tiny-clip."""
     root = tmp_path_factory.mktemp("tokenizer-json")
-    export(zero_model_dir(root / "model", replaced("tiny-clip")), root / "export", "hf")
+    export(random_model_dir(root / "model", "tiny-clip"), root / "export", "hf")
     transformers.AutoTokenizer.from_pretrained(root / "export").backend_tokenizer.save(str(root / "tokenizer.json"))
     return root / "tokenizer.json"
 
@@ -279,8 +251,10 @@ def clip_tokenizer_json(tmp_path_factory):
 def test_inexpressible_models_are_refused(case, tmp_path, spm_model_file, clip_tokenizer_json):
     make_config, extra, message = REFUSED[case]
     sources = {"spm": spm_model_file, "json": clip_tokenizer_json}
-    extra = {k: sources.get(v, v) if k == "tokenizer_source" else v for k, v in extra.items()}
-    directory = zero_model_dir(tmp_path / "model", make_config(), **extra)
+    extra = {"architecture": "tiny-clip"} | {
+        k: sources.get(v, v) if k == "tokenizer_source" else v for k, v in extra.items()
+    }
+    directory = random_model_dir(tmp_path / "model", config=make_config(), **extra)
     with pytest.raises(InputError, match=message) as error:
         export(directory, tmp_path / "export", "hf")
     print(f"\n{case}: {error.value}")
@@ -289,7 +263,7 @@ def test_inexpressible_models_are_refused(case, tmp_path, spm_model_file, clip_t
 
 
 def test_cli_refusal_is_one_line_and_writes_nothing(tmp_path, capsys):
-    directory = zero_model_dir(tmp_path / "model", get_architecture("tiny-coca").model, architecture="tiny-coca")
+    directory = random_model_dir(tmp_path / "model", "tiny-coca")
     assert main(["export", str(directory), str(tmp_path / "export"), "--to", "hf"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "CoCa" in captured.err, captured.err
@@ -303,7 +277,9 @@ def test_tokenizer_json_ids_match(tmp_path, clip_tokenizer_json):
     """A model whose tokenizer is a tokenizer.json (as converted from a transformers repo that has one): written
     as is for PreTrainedTokenizerFast, padded with its own special token, the same ids."""
     tokenizer = dataclasses.replace(HF_JSON_TOKENIZER, pad_id=49407)
-    directory = zero_model_dir(tmp_path / "model", replaced("tiny-clip"), tokenizer, clip_tokenizer_json)
+    directory = random_model_dir(
+        tmp_path / "model", "tiny-clip", tokenizer=tokenizer, tokenizer_source=clip_tokenizer_json
+    )
     export(directory, tmp_path / "export", "hf")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
         "config.json",

@@ -3,22 +3,17 @@ itself: the exported folder loaded with `create_model_and_transforms("local-dir:
 `get_tokenizer("local-dir:OUT")` (offline) gives jaxvlm's pixels, token ids, embeddings and logits.
 
 Round trips start from perturbed tiny open_clip models saved as hub repos by open_clip's own `save_for_hf`
-(tests/convert/test_open_clip_repo.py), converted by jaxvlm, exported, and converted again: the second
+(tests/convert/open_clip_models.py), converted by jaxvlm, exported, and converted again: the second
 conversion gives the same parameters bit for bit. Models jaxvlm initialised itself (saved with
 `jaxvlm.model_dir.save`, as after training) export the same way; what open_clip cannot express is refused
 with one line and leaves no output.
 """
 
-import contextlib
 import copy
 import dataclasses
 import json
 
-import flax
-import jax
-import numpy as np
 import pytest
-import torch
 
 from jaxvlm import model_dir
 from jaxvlm.cli import main
@@ -27,117 +22,31 @@ from jaxvlm.convert import open_clip_repo as converter
 from jaxvlm.errors import InputError
 from jaxvlm.export import export
 from jaxvlm.export import open_clip as exporter
-from jaxvlm.models import param_shapes
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import ARCHITECTURES
 from jaxvlm.models.towers import ViTConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE
-from tests.convert.open_clip_models import CAPTIONS, TOLERANCE, load_on_one_device, max_abs, photos
-from tests.convert.test_open_clip_repo import (
+from tests.convert.open_clip_models import (
     CLIP_PREPROCESS,
-    SIGLIP_PREPROCESS,
     TINY_CLIP_CFG,
     TINY_SIGLIP_CFG,
     TINY_TIMM,
-    TINY_TIMM_VIT,
-    NoTokenizerFiles,
-    perturbed,
-    register_tiny_timm_siglip,
-    save_repo,
-    siglip_tokenizer,
+    compare_with_open_clip,
+    tiny_clip_repo,
+    tiny_siglip_repo,
+    tiny_timm_known,
 )
+from tests.eval.model_dirs import random_model_dir
+from tests.export.round_trips import assert_reconverts_exactly
 from tests.reference_models import TINY_COCA
-from tests.tolerances import assert_close_to_scale
 
 open_clip = pytest.importorskip("open_clip")
-
-
-@contextlib.contextmanager
-def tiny_timm_known():
-    """The tests' tiny timm SigLIP ViT, registered with timm and known to jaxvlm by name (as timm's own are)."""
-    register_tiny_timm_siglip()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(converter.TIMM_VITS, TINY_TIMM, TINY_TIMM_VIT)
-        yield
 
 
 @pytest.fixture
 def tiny_timm():
     with tiny_timm_known():
         yield
-
-
-def compare_with_open_clip(directory, repo, what, decoder=False):
-    """jaxvlm's model directory against open_clip's reading of the exported repo; returns the errors."""
-    model = load_on_one_device(directory)
-    reference, _, transform = open_clip.create_model_and_transforms(f"local-dir:{repo}")
-    reference.eval()
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{repo}")
-
-    pixels = model.preprocess(photos())
-    ref_pixels = torch.stack([transform(p) for p in photos()]).permute(0, 2, 3, 1).numpy()
-    ids = model.tokenize(CAPTIONS)
-    ref_ids = tokenizer(CAPTIONS).numpy()
-    zi, zt = model.encode_image(pixels), model.encode_text(ids)
-    logits = model.logits(zi, zt)
-    with torch.no_grad():
-        ref_zi = reference.encode_image(torch.from_numpy(pixels).permute(0, 3, 1, 2), normalize=True)
-        ref_zt = reference.encode_text(torch.from_numpy(ids).long(), normalize=True)
-        scale = float(reference.logit_scale.exp())
-        ref_logits = scale * ref_zi @ ref_zt.T
-        if reference.logit_bias is not None:
-            ref_logits = ref_logits + reference.logit_bias
-            scale += abs(float(reference.logit_bias))
-    # open_clip's transform is torchvision's Resize / CenterCrop on the PIL image (Pillow's resampling), then
-    # ToTensor and Normalize: the operations jaxvlm's preprocessing repeats one for one, so equal to the bit
-    errors = {"pixels": max_abs(pixels, ref_pixels), "image": max_abs(zi, ref_zi), "text": max_abs(zt, ref_zt)}
-    if decoder:
-        pairs = ids[: len(pixels)]  # one caption per image
-        caption_logits = jax.jit(model.module.apply)({"params": model.params}, pixels, pairs).caption_logits
-        with torch.no_grad():
-            image, text = torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(pairs).long()
-            out = reference(image, text, output_labels=False)
-        assert_close_to_scale(
-            caption_logits, out["logits"].numpy(), rtol_of_scale=TOLERANCE, what=f"{what} decoder logits"
-        )
-    print(f"\nexported {what} vs open_clip max abs error: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    assert np.array_equal(ids, ref_ids), (ids, ref_ids)
-    assert errors["pixels"] == 0, errors
-    assert errors["image"] <= TOLERANCE and errors["text"] <= TOLERANCE, errors
-    assert_close_to_scale(logits, ref_logits.numpy(), rtol_of_scale=TOLERANCE, scale=scale, what=f"{what} logits")
-    return errors
-
-
-def assert_reconverts_exactly(directory, repo, out):
-    """The export converted back: the same config, preprocessing, tokenizer and parameters (max abs 0)."""
-    convert("open_clip", repo, out)
-    before, after = model_dir.load(directory), model_dir.load(out)
-    assert after.config == before.config
-    assert after.preprocess == before.preprocess
-    assert dataclasses.replace(after.tokenizer, file=before.tokenizer.file) == before.tokenizer
-    a = flax.traverse_util.flatten_dict(before.params, sep="/")
-    b = flax.traverse_util.flatten_dict(after.params, sep="/")
-    assert a.keys() == b.keys()
-    worst = max(max_abs(a[k], b[k]) for k in a)
-    print(f"re-converted export: {len(a)} parameters, max abs difference {worst:.1e}")
-    assert worst == 0
-
-
-def random_model_dir(directory, arch, tokenizer_source, seed=0):
-    """A model jaxvlm built itself, saved as after training: N(0, 0.1) weights, LayerNorm scales near 1 (no
-    tensor at a constant that could hide a swapped one; shapes traced, as running `init` takes seconds)."""
-    rng = np.random.default_rng(seed)
-    params = {
-        k: (float(k.endswith("/scale")) + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        for k, shape in param_shapes(arch.model).items()
-    }
-    params["t"] = np.float32(arch.model.logit_scale_init + 0.1 * rng.standard_normal())  # a trained model's size
-    if "b" in params:
-        params["b"] = np.float32(arch.model.logit_bias_init + 0.1 * rng.standard_normal())
-    params = flax.traverse_util.unflatten_dict(params, sep="/")
-    model = model_dir.ModelDir(arch.model, arch.preprocess, arch.tokenizer, {"source": "jaxvlm"}, params)
-    model_dir.save(directory, model, tokenizer_source)
-    return directory
 
 
 def open_clip_config(repo) -> dict:
@@ -149,11 +58,8 @@ def open_clip_config(repo) -> dict:
 
 @pytest.fixture(scope="module")
 def clip_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = perturbed(open_clip.CLIP(**copy.deepcopy(TINY_CLIP_CFG)))
     root = tmp_path_factory.mktemp("clip")
-    repo = save_repo(root / "repo", model, NoTokenizerFiles(), TINY_CLIP_CFG, CLIP_PREPROCESS, safe_serialization=True)
-    convert("open_clip", repo, root / "model")
+    convert("open_clip", tiny_clip_repo(root / "repo"), root / "model")
     return root / "model"
 
 
@@ -162,19 +68,14 @@ def test_clip_round_trip(clip_model, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
     assert open_clip_config(out)["model_cfg"] == TINY_CLIP_CFG  # the model_cfg open_clip's own repo held
     assert open_clip_config(out)["preprocess_cfg"] == {**CLIP_PREPROCESS, "size": 32, "mode": "RGB"}
-    compare_with_open_clip(clip_model, out, "tiny CLIP quick_gelu")
-    assert_reconverts_exactly(clip_model, out, tmp_path / "again")
+    compare_with_open_clip(clip_model, out, "exported tiny CLIP quick_gelu")
+    assert_reconverts_exactly(clip_model, "open_clip", out, tmp_path / "again")
 
 
 @pytest.fixture(scope="module")
 def siglip_model(tmp_path_factory, spm_model_file):
-    torch.manual_seed(0)
-    register_tiny_timm_siglip()
-    cfg = {k: v for k, v in copy.deepcopy(TINY_SIGLIP_CFG).items() if k != "custom_text"}
-    model = perturbed(open_clip.CustomTextCLIP(**cfg))
     root = tmp_path_factory.mktemp("siglip")
-    tokenizer = siglip_tokenizer(spm_model_file, root / "spm", TINY_SIGLIP_CFG["text_cfg"]["context_length"])
-    repo = save_repo(root / "repo", model, tokenizer, TINY_SIGLIP_CFG, SIGLIP_PREPROCESS, safe_serialization=True)
+    repo = tiny_siglip_repo(root / "repo", spm_model_file)
     with tiny_timm_known():
         convert("open_clip", repo, root / "model")
     return root / "model"
@@ -190,8 +91,8 @@ def test_siglip_round_trip(siglip_model, tmp_path, tiny_timm):
     assert {k: v for k, v in model_cfg["text_cfg"].items() if k != "hf_tokenizer_name"} == {
         k: v for k, v in TINY_SIGLIP_CFG["text_cfg"].items() if k != "hf_tokenizer_name"
     }
-    compare_with_open_clip(siglip_model, out, "tiny SigLIP (timm tower, tokenizer.json)")
-    assert_reconverts_exactly(siglip_model, out, tmp_path / "again")
+    compare_with_open_clip(siglip_model, out, "exported tiny SigLIP (timm tower, tokenizer.json)")
+    assert_reconverts_exactly(siglip_model, "open_clip", out, tmp_path / "again")
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +107,12 @@ def test_coca_round_trip(coca_export, tmp_path):
     model_cfg = open_clip_config(out)["model_cfg"]
     assert {k: model_cfg[k] for k in TINY_COCA} == TINY_COCA  # the arguments the reference CoCa was built with
     open_clip.create_model_and_transforms(f"local-dir:{out}")  # loads the state dict strictly
-    assert_reconverts_exactly(directory, out, tmp_path / "again")
+    assert_reconverts_exactly(directory, "open_clip", out, tmp_path / "again")
 
 
 @pytest.mark.slow  # compiling jaxvlm's CoCa takes the time
 def test_coca_matches_open_clip(coca_export):
-    compare_with_open_clip(*coca_export, "tiny CoCa", decoder=True)
+    compare_with_open_clip(*coca_export, "exported tiny CoCa", decoder=True)
 
 
 def open_clip_arguments(model_cfg: dict) -> dict:
@@ -250,17 +151,17 @@ def test_registered_architectures_export_as_open_clips_own_configs():
 
 
 def test_jaxvlm_clip_exports(tmp_path):
-    directory = random_model_dir(tmp_path / "model", ARCHITECTURES["tiny-clip"], CLIP_BPE_FILE)
+    directory = random_model_dir(tmp_path / "model", "tiny-clip")
     out = export(directory, tmp_path / "export", "open_clip")
     assert "quick_gelu" not in open_clip_config(out)["model_cfg"]  # tiny-clip runs exact GELU
-    compare_with_open_clip(directory, out, "jaxvlm tiny-clip")
-    assert_reconverts_exactly(directory, out, tmp_path / "again")
+    compare_with_open_clip(directory, out, "exported jaxvlm tiny-clip")
+    assert_reconverts_exactly(directory, "open_clip", out, tmp_path / "again")
 
 
 @pytest.fixture(scope="module")
 def jaxvlm_siglip(tmp_path_factory, spm_model_file):
     """tiny-siglip (its ViT has the tiny timm model's shape) with a SentencePiece tokenizer, SigLIP's padding."""
-    return random_model_dir(tmp_path_factory.mktemp("siglip") / "model", ARCHITECTURES["tiny-siglip"], spm_model_file)
+    return random_model_dir(tmp_path_factory.mktemp("siglip") / "model", "tiny-siglip", tokenizer_source=spm_model_file)
 
 
 def test_jaxvlm_siglip_exports(jaxvlm_siglip, tmp_path, tiny_timm):
@@ -268,8 +169,8 @@ def test_jaxvlm_siglip_exports(jaxvlm_siglip, tmp_path, tiny_timm):
     assert (out / "spiece.model").is_file() and not (out / "tokenizer.json").exists()
     settings = json.loads((out / "tokenizer_config.json").read_text())
     assert settings["tokenizer_class"] == "SiglipTokenizer" and settings["pad_token"] == "</s>", settings
-    compare_with_open_clip(jaxvlm_siglip, out, "jaxvlm tiny-siglip (SentencePiece)")
-    assert_reconverts_exactly(jaxvlm_siglip, out, tmp_path / "again")
+    compare_with_open_clip(jaxvlm_siglip, out, "exported jaxvlm tiny-siglip (SentencePiece)")
+    assert_reconverts_exactly(jaxvlm_siglip, "open_clip", out, tmp_path / "again")
 
 
 def test_hub_repo_names_its_own_tokenizer(jaxvlm_siglip, tmp_path, tiny_timm):
