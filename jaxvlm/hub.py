@@ -76,26 +76,57 @@ def upload(folder: Path, repo: str) -> str:
 def pretrained_directory(arch: str, tag: str) -> Path:
     """The model directory of a pretrained pair (`jaxvlm.pretrained`), converted once."""
     from jaxvlm.convert import convert
+    from jaxvlm.models.registry import ARCHITECTURES
 
     entry = get_pretrained(arch, tag)
     name = entry.architecture
     if not entry.loads:
-        raise InputError(
-            f"{arch} / {tag}: jaxvlm does not build the architecture {name} yet (`jaxvlm list` shows those it does)"
-        )
+        missing = f"build the architecture {name}" if name not in ARCHITECTURES else f"convert big_vision's {name}"
+        raise InputError(f"{arch} / {tag}: jaxvlm does not {missing} yet (`jaxvlm list` shows what it builds)")
     if entry.weights_url:
         return _converted_once(f"gcs/{entry.weights_url.removeprefix('gs://')}/{name}", lambda t: _big_vision(entry, t))
     snapshot = download(entry.hub_repo, None, [entry.hub_file] if entry.hub_file else [])
     key = f"hub/{entry.hub_repo.replace('/', '--')}/{snapshot.name}"
     what = f"{arch} / {tag} ({entry.source}, commit {snapshot.name})"
     if layout(snapshot) is not None:
-        return converted(snapshot, key, what)
-    # weights alone: open_clip builds them as its architecture (with quick GELU where trained so)
-    files = [entry.hub_file] if entry.hub_file else [n for n in OPEN_CLIP_WEIGHTS if (snapshot / n).is_file()]
-    if not files:
-        raise InputError(f"{what} holds no open_clip weights ({', '.join(OPEN_CLIP_WEIGHTS)})")
-    convert_weights = lambda target: convert("open_clip", snapshot / files[0], target, model_name=name)
-    return _converted_once(f"{key}/{name}", convert_weights)  # the same weights may be built as another arch
+        directory = converted(snapshot, key, what)
+    else:  # weights alone: open_clip builds them as its architecture (with quick GELU where trained so)
+        files = [entry.hub_file] if entry.hub_file else [n for n in OPEN_CLIP_WEIGHTS if (snapshot / n).is_file()]
+        if not files:
+            raise InputError(f"{what} holds no open_clip weights ({', '.join(OPEN_CLIP_WEIGHTS)})")
+        convert_weights = lambda target: convert("open_clip", snapshot / files[0], target, model_name=name)
+        directory = _converted_once(f"{key}/{name}", convert_weights)  # the same weights may be another arch's
+    if not entry.from_open_clip:
+        return directory
+    return _as_open_clip_builds(directory, entry, f"{key}/pretrained/{name}", what)
+
+
+def _as_open_clip_builds(directory: Path, entry: Pretrained, key: str, what: str) -> Path:
+    """``directory``'s weights as open_clip builds the pair: its architecture (the repo's config may
+    differ, e.g. timm/ViT-SO400M-14-SigLIP-384 serves ViT-SO400M-14-SigLIP-378) and the pair's
+    preprocessing, with the converted tokenizer."""
+    from jaxvlm.convert.open_clip_repo import preprocess_from_open_clip
+    from jaxvlm.models import param_shapes
+    from jaxvlm.models.registry import get_architecture
+
+    arch = get_architecture(entry.architecture)
+    have = model_dir.load(directory, weights=False)
+    preprocess = preprocess_from_open_clip(entry.preprocess, arch.model.vision.image_size, f"{what} preprocess")
+    if (have.config, have.preprocess) == (arch.model, preprocess):
+        return directory
+
+    def rebuild(target: Path) -> None:
+        import flax
+
+        loaded = model_dir.load(directory)
+        shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(loaded.params, sep="/").items()}
+        if shapes != param_shapes(arch.model):
+            raise InputError(f"{what}: the repo's weights do not fit {entry.architecture}, which open_clip builds")
+        provenance = {**loaded.provenance, "model": entry.architecture, "pretrained": entry.tag}
+        rebuilt = model_dir.ModelDir(arch.model, preprocess, loaded.tokenizer, provenance, loaded.params)
+        model_dir.save(target, rebuilt, directory / loaded.tokenizer.file)
+
+    return _converted_once(key, rebuild)
 
 
 def _big_vision(entry: Pretrained, target: Path) -> None:

@@ -48,10 +48,22 @@ class Pretrained:
 
     @property
     def loads(self) -> bool:
-        """Whether jaxvlm builds the architecture today."""
+        """Whether jaxvlm builds the architecture today (and, for a big_vision file, converts its text
+        pre-processing: SigLIP 1's SentencePiece, not yet SigLIP 2's Gemma tokenizer)."""
         from jaxvlm.models.registry import ARCHITECTURES
 
-        return self.architecture in ARCHITECTURES
+        built = ARCHITECTURES.get(self.architecture)
+        return built is not None and (self.weights_url is None or built.tokenizer.kind == "sentencepiece")
+
+    @property
+    def from_open_clip(self) -> bool:
+        """A pair of open_clip's table: open_clip builds it as its architecture, whatever the repo's config."""
+        return (self.arch, self.tag) in _open_clip_pairs()
+
+
+@cache
+def _open_clip_pairs() -> set[tuple[str, str]]:
+    return {(row["arch"], row["tag"]) for row in json.loads(TABLE.read_text())}
 
 
 @cache

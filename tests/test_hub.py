@@ -26,7 +26,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "model_dir_265f16b"
 TEXTS = ["a photo of a cat", "a dog"]
 
 # Loads each name given ("ARCH pretrained=TAG" for a pretrained pair; the pairs in $EXTRA_PRETRAINED are added
-# to the table first), prints one JSON line per name: its directory and embeddings, or its error.
+# to the table first, as open_clip's unless they say "from_open_clip": false), prints one JSON line per name: its
+# directory and embeddings, or its error.
 LOADER = """
 import json, os, sys
 import numpy as np
@@ -34,6 +35,8 @@ import jaxvlm
 from jaxvlm import pretrained
 from jaxvlm.errors import InputError
 for row in json.loads(os.environ.get("EXTRA_PRETRAINED", "[]")):
+    if row.pop("from_open_clip", True):  # a stand-in for a pair of open_clip's table
+        pretrained._open_clip_pairs().add((row["arch"], row["tag"]))
     pretrained._table()[(row["arch"], row["tag"])] = pretrained.Pretrained(**row)
 for name in sys.argv[1:]:
     arch, _, tag = name.partition(" pretrained=")
@@ -206,12 +209,11 @@ def test_a_pretrained_pair_loads_as_open_clip_computes_it(hub, tmp_path):
     architecture, with quick GELU as the pair says."""
     open_clip = pytest.importorskip("open_clip")
     torch.manual_seed(0)
-    reference = open_clip.CLIP(
-        embed_dim=32,
-        vision_cfg={"image_size": 32, "patch_size": 8, "width": 64, "layers": 2},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
-        quick_gelu=True,
-    ).eval()
+    reference_cfg = {
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    }
+    reference = open_clip.CLIP(embed_dim=32, **reference_cfg, quick_gelu=True).eval()
     with torch.no_grad():
         for value in reference.state_dict().values():
             value.add_(0.02 * torch.randn_like(value))
@@ -219,10 +221,30 @@ def test_a_pretrained_pair_loads_as_open_clip_computes_it(hub, tmp_path):
     folder.mkdir()
     torch.save(reference.state_dict(), folder / "open_clip_pytorch_model.bin")
     hub.server.publish("laion-ish/tiny-clip", folder)
+    # the same weights as an open_clip repo whose config leaves out quick GELU: open_clip builds the pair's own
+    # architecture whatever the repo's config says, and so must jaxvlm
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_file(reference.state_dict(), str(repo / "open_clip_model.safetensors"))
+    model_cfg = {"embed_dim": 32, "vision_cfg": reference_cfg["vision_cfg"], "text_cfg": reference_cfg["text_cfg"]}
+    (repo / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    hub.server.publish("laion-ish/tiny-clip-repo", repo)
     row = {"arch": "tiny-clip", "tag": "stand-in", "hub_repo": "laion-ish/tiny-clip", "hub_file": None}
-    pairs = [row | {"quick_gelu": True, "preprocess": {}}, row | {"tag": "gelu", "quick_gelu": False, "preprocess": {}}]
+    pairs = [
+        row | {"quick_gelu": True, "preprocess": {}},
+        row | {"tag": "gelu", "quick_gelu": False, "preprocess": {}},
+        row | {"tag": "repo", "hub_repo": "laion-ish/tiny-clip-repo", "quick_gelu": True, "preprocess": {}},
+    ]
     env = hub_env(hub, tmp_path) | {"EXTRA_PRETRAINED": json.dumps(pairs)}
-    got = results(run_loader(["tiny-clip pretrained=stand-in", "tiny-clip pretrained=gelu", "RN50 pretrained=x"], env))
+    names = [
+        "tiny-clip pretrained=stand-in",
+        "tiny-clip pretrained=gelu",
+        "tiny-clip pretrained=repo",
+        "RN50 pretrained=x",
+    ]
+    got = results(run_loader(names, env))
     pixels = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     with torch.no_grad():
         expected = {
@@ -233,6 +255,9 @@ def test_a_pretrained_pair_loads_as_open_clip_computes_it(hub, tmp_path):
     print(f"pretrained pair vs open_clip on the same weights, max abs: {error:.1e}")
     assert error <= 1e-5  # unit vectors through two float32 implementations (tests/convert/test_open_clip.py)
     assert max_abs(got["tiny-clip pretrained=gelu"], expected) > 1e-3  # exact GELU on those weights: another model
+    error = max_abs(got["tiny-clip pretrained=repo"], expected)
+    print(f"pair from a repo whose config says exact GELU, built as open_clip builds the pair, max abs: {error:.1e}")
+    assert error <= 1e-5
     assert "no pretrained weights 'RN50' / 'x'; its tags: openai" in got["RN50 pretrained=x"]["error"]
 
 
@@ -278,7 +303,7 @@ def test_a_big_vision_pair_downloads_from_gcs_converts_once_and_reloads_offline(
     hub.server.static |= {"bucket/siglip/tiny.npz": npz, "vocabs/spm.model": spm_model_file}
     url = "gs://bucket/siglip/tiny.npz"
     row = {"arch": "tiny-siglip", "tag": url, "hub_repo": None, "hub_file": None, "quick_gelu": False}
-    row |= {"preprocess": {}, "weights_url": url, "tokenizer_url": "gs://vocabs/spm.model"}
+    row |= {"preprocess": {}, "weights_url": url, "tokenizer_url": "gs://vocabs/spm.model", "from_open_clip": False}
     env = hub_env(hub, tmp_path) | {"EXTRA_PRETRAINED": json.dumps([row]), "JAXVLM_GCS_ENDPOINT": hub.server.endpoint}
     name = f"tiny-siglip pretrained={url}"
     hub.server.truncate["bucket/siglip/tiny.npz"] = 1  # the first try is cut short, the second goes through

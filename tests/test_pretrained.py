@@ -54,7 +54,7 @@ def test_an_architecture_jaxvlm_does_not_build_is_one_line_before_any_download(m
     monkeypatch.setenv("JAXVLM_CACHE", str(tmp_path))
     for arch, tag in [
         ("ViT-H-14-worldwide", "metaclip2_worldwide"),
-        ("ViT-B-16-SigLIP2", "google/siglip2-base-patch16-224"),
+        ("ViT-B-16-SigLIP2-NaFlex", "google/siglip2-base-patch16-naflex"),
     ]:
         with pytest.raises(InputError, match=f"does not build the architecture {arch}(-quickgelu)? yet") as error:
             jaxvlm.load(arch, pretrained=tag)

@@ -353,8 +353,14 @@ def preprocess_config(image_size: int) -> PreprocessConfig:
 
 def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
     what = f"{src_path} as big_vision" + (f" {model_name}" if model_name else "")
+    named = named_config(model_name) if model_name else None
+    if named is not None and get_architecture(model_name).tokenizer.kind != "sentencepiece":
+        raise InputError(
+            f"{what}: {model_name} runs a {get_architecture(model_name).tokenizer.kind} tokenizer; this converter "
+            "writes big_vision's SigLIP 1 text pre-processing (SentencePiece, sticky EOS, pad 1) only"
+        )
     weights = _without_params_prefix(read_weights(src_path), what)
-    cfg = infer_config(weights, what) if not model_name else _check_named(named_config(model_name), weights, what)
+    cfg = infer_config(weights, what) if named is None else _check_named(named, weights, what)
     tokenizer = _tokenizer(tokenizer_path, cfg)
     layouts = {"img": _layout(weights, IMG_ENCODER), "txt": _layout(weights, TXT_ENCODER)}
     src = SourceKeys(weights, what)

@@ -1,8 +1,9 @@
 """Named architectures: the open_clip names, with each source's preprocessing and tokenizer.
 
 Architectures only: weights come from the converters. SigLIP entries follow open_clip's
-numerics (timm's exact GELU); the big_vision and HF converters switch `act` to tanh GELU,
-which is what those implementations compute.
+numerics (timm's GELU in the image tower, exact or tanh as timm builds each model; open_clip's in the
+text tower, tanh for SigLIP 2); the big_vision and HF converters switch `act` to tanh GELU, which is
+what those implementations compute.
 """
 
 from __future__ import annotations
@@ -49,24 +50,45 @@ def clip(*, embed_dim: int, vision: dict, text: dict, act: str = "gelu") -> Arch
     )
 
 
-def siglip(*, vision: dict, text: dict, act: str = "gelu") -> Architecture:
+SIGLIP_TOKENIZER = TokenizerConfig(
+    kind="sentencepiece", file=SIGLIP_TOKENIZER_FILE, context_length=64, clean="canonicalize", pad_id=1, eos_id=1
+)
+# SigLIP 2's Gemma tokenizer as open_clip runs it: its HFTokenizer over the repo's tokenizer.json (whose
+# post-processor appends <eos>, id 1; no <bos>), texts canonicalised, padded on the right with <pad> (id 0):
+# what `jaxvlm.convert.open_clip_repo` records for such a repo
+GEMMA_TOKENIZER = TokenizerConfig(
+    kind="hf_json", file="tokenizer.json", context_length=64, clean="canonicalize", pad_id=0
+)
+
+
+def siglip(
+    *, vision: dict, text: dict, act: str = "gelu", tokenizer: TokenizerConfig = SIGLIP_TOKENIZER
+) -> Architecture:
     """SigLIP: MAP-pooled ViT without class token or pre-LN, bidirectional text tower pooled at the
-    last position, both as wide as the embedding; sigmoid loss with scale 10 and bias -10."""
+    last position and projected (with bias) to the embedding, as wide as the image tower; sigmoid loss
+    with scale 10 and bias -10. Either tower's fields override these: its ``act`` (timm's image towers
+    and open_clip's text tower pick their GELU apart), and the text tower's width, heads and mlp_dim
+    (the image tower's unless given) and its projection (``proj`` False: none, open_clip's proj_type 'none')."""
     eps = 1e-6
     vision = ViTConfig(
-        **vision, act=act, ln_eps=eps, patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False
+        **{"act": act, **vision}, ln_eps=eps, patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False
     )
     text = TransformerTextConfig(
-        **{"vocab_size": 32000, "context_length": 64, "depth": vision.depth, **text},
-        width=vision.width,
-        heads=vision.heads,
-        mlp_dim=vision.mlp_dim,
-        act=act,
+        **{
+            "vocab_size": 32000,
+            "context_length": 64,
+            "depth": vision.depth,
+            "width": vision.width,
+            "heads": vision.heads,
+            "mlp_dim": vision.mlp_dim,
+            "act": act,
+            "proj": True,
+            "proj_bias": True,
+            **text,
+        },
         ln_eps=eps,
         causal=False,
         pool="last",
-        proj=True,
-        proj_bias=True,
     )
     model = ModelConfig(
         embed_dim=vision.width,
@@ -76,19 +98,17 @@ def siglip(*, vision: dict, text: dict, act: str = "gelu") -> Architecture:
         logit_scale_init=math.log(10.0),
         logit_bias_init=-10.0,
     )
-    tokenizer = TokenizerConfig(
-        kind="sentencepiece",
-        file=SIGLIP_TOKENIZER_FILE,
-        context_length=text.context_length,
-        clean="canonicalize",
-        pad_id=1,
-        eos_id=1,
-    )
     return Architecture(
         model,
         PreprocessConfig(image_size=vision.image_size, resize_mode="squash", mean=INCEPTION_MEAN, std=INCEPTION_STD),
-        tokenizer,
+        dataclasses.replace(tokenizer, context_length=text.context_length),
     )
+
+
+def siglip2(*, vision: dict, text: dict) -> Architecture:
+    """open_clip's SigLIP 2 at a fixed resolution: SigLIP with Gemma's 256k vocabulary and tanh GELU in
+    the text tower (its act_kwargs), the image tower's GELU being timm's for that model."""
+    return siglip(vision=vision, text={"vocab_size": 256000, "act": "gelu_tanh", **text}, tokenizer=GEMMA_TOKENIZER)
 
 
 def coca(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
@@ -206,18 +226,44 @@ def _clip_family() -> dict[str, Architecture]:
 
 
 def _siglip_family() -> dict[str, Architecture]:
+    # the image towers: timm's vit_{base,large,so400m,giantopt}_patch*_siglip_* (open_clip's timm_model_name),
+    # with timm's GELU for each (exact unless "gelu_tanh" is given)
     b16 = {"patch_size": 16, "width": 768, "depth": 12, "heads": 12, "mlp_dim": 3072}
+    b32 = {**b16, "patch_size": 32}
+    l16 = {"patch_size": 16, "width": 1024, "depth": 24, "heads": 16, "mlp_dim": 4096}
     so400m = {"patch_size": 14, "width": 1152, "depth": 27, "heads": 16, "mlp_dim": 4304}
+    so400m16 = {**so400m, "patch_size": 16}
+    gopt16 = {"patch_size": 16, "width": 1536, "depth": 40, "heads": 16, "mlp_dim": 6144}
+    tanh = {"act": "gelu_tanh"}
+    # ViT-gopt's text tower is SO400M's (1152 wide, mlp_ratio 3.7362), projected to the 1536-wide embedding
+    so400m_text = {"width": 1152, "depth": 27, "heads": 16, "mlp_dim": 4304}
     return {
         "ViT-B-16-SigLIP": siglip(vision={"image_size": 224, **b16}, text={}),
         "ViT-B-16-SigLIP-256": siglip(vision={"image_size": 256, **b16}, text={}),
         "ViT-B-16-SigLIP-384": siglip(vision={"image_size": 384, **b16}, text={}),
-        "ViT-L-16-SigLIP-256": siglip(
-            vision={"image_size": 256, "patch_size": 16, "width": 1024, "depth": 24, "heads": 16, "mlp_dim": 4096},
-            text={},
-        ),
+        "ViT-B-16-SigLIP-512": siglip(vision={"image_size": 512, **b16}, text={}),
+        "ViT-L-16-SigLIP-256": siglip(vision={"image_size": 256, **l16}, text={}),
+        "ViT-L-16-SigLIP-384": siglip(vision={"image_size": 384, **l16}, text={}),
         "ViT-SO400M-14-SigLIP": siglip(vision={"image_size": 224, **so400m}, text={"context_length": 16}),
+        "ViT-SO400M-14-SigLIP-378": siglip(vision={"image_size": 378, **so400m}, text={}),
         "ViT-SO400M-14-SigLIP-384": siglip(vision={"image_size": 384, **so400m}, text={}),
+        # multilingual: mT5's 250k SentencePiece vocabulary, laid out as T5's (pad 0, eos 1)
+        "ViT-B-16-SigLIP-i18n-256": siglip(vision={"image_size": 256, **b16}, text={"vocab_size": 250000}),
+        "ViT-B-32-SigLIP2-256": siglip2(vision={"image_size": 256, **b32, **tanh}, text={}),
+        "ViT-B-16-SigLIP2": siglip2(vision={"image_size": 224, **b16}, text={}),
+        "ViT-B-16-SigLIP2-256": siglip2(vision={"image_size": 256, **b16}, text={}),
+        "ViT-B-16-SigLIP2-384": siglip2(vision={"image_size": 384, **b16}, text={}),
+        "ViT-B-16-SigLIP2-512": siglip2(vision={"image_size": 512, **b16}, text={}),
+        "ViT-L-16-SigLIP2-256": siglip2(vision={"image_size": 256, **l16}, text={}),
+        "ViT-L-16-SigLIP2-384": siglip2(vision={"image_size": 384, **l16}, text={}),
+        "ViT-L-16-SigLIP2-512": siglip2(vision={"image_size": 512, **l16, **tanh}, text={}),
+        "ViT-SO400M-14-SigLIP2": siglip2(vision={"image_size": 224, **so400m}, text={}),
+        "ViT-SO400M-14-SigLIP2-378": siglip2(vision={"image_size": 378, **so400m}, text={}),
+        "ViT-SO400M-16-SigLIP2-256": siglip2(vision={"image_size": 256, **so400m16, **tanh}, text={}),
+        "ViT-SO400M-16-SigLIP2-384": siglip2(vision={"image_size": 384, **so400m16, **tanh}, text={}),
+        "ViT-SO400M-16-SigLIP2-512": siglip2(vision={"image_size": 512, **so400m16, **tanh}, text={}),
+        "ViT-gopt-16-SigLIP2-256": siglip2(vision={"image_size": 256, **gopt16, **tanh}, text=so400m_text),
+        "ViT-gopt-16-SigLIP2-384": siglip2(vision={"image_size": 384, **gopt16, **tanh}, text=so400m_text),
         "tiny-siglip": siglip(
             vision={"image_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 256},
             text={"context_length": 16},

@@ -1,7 +1,8 @@
 """What the open_clip converter and exporter tests share: captions, the parity tolerance, perturbed open_clip
-reference models, tiny open_clip configs (a CLIP, and a SigLIP with a timm tower registered with timm here)
-saved as hub repos by open_clip's own `save_for_hf`, loading a converted model on one device, and the
-comparison of a jaxvlm model directory with what open_clip loads from a hub repo."""
+reference models, tiny open_clip configs (a CLIP, and a SigLIP with a timm tower registered with timm here,
+with SigLIP's or SigLIP 2's tokenizer) saved as hub repos by open_clip's own `save_for_hf`, loading a
+converted model on one device, and the comparison of a jaxvlm model directory with what open_clip loads
+from a hub repo."""
 
 import contextlib
 import copy
@@ -117,6 +118,11 @@ TINY_SIGLIP_CFG = {
         "act_kwargs": {"approximate": "tanh"},
     },
 }
+# The same with SigLIP 2's text side: open_clip's HFTokenizer over a Gemma-style tokenizer.json (gemma_tokenizer)
+TINY_SIGLIP2_CFG = {
+    **TINY_SIGLIP_CFG,
+    "text_cfg": {**TINY_SIGLIP_CFG["text_cfg"], "vocab_size": 400, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP2"},
+}
 SIGLIP_PREPROCESS = {
     "mean": [0.5, 0.5, 0.5],
     "std": [0.5, 0.5, 0.5],
@@ -189,6 +195,44 @@ def siglip_tokenizer(spm_model_file, directory, context_length):
     return HFTokenizer(str(directory), context_length=context_length, clean="canonicalize")
 
 
+def gemma_tokenizer(directory, context_length, vocab_size=400):
+    """open_clip's HFTokenizer over a Gemma tokenizer built as open_clip's SigLipTokenizer('gemma') builds
+    SigLIP 2's (right padding with <pad> 0, no <bos>, <eos> 1 appended) and saved to ``directory`` (a
+    tokenizer.json), from a tiny SentencePiece BPE model trained here laid out as Gemma's (byte fallback,
+    no dummy prefix, ``vocab_size`` pieces)."""
+    import random
+
+    import sentencepiece as spm
+    from open_clip.tokenizer import HFTokenizer
+    from transformers import GemmaTokenizer
+
+    source = directory.with_name(f"{directory.name}-spm")
+    source.mkdir()
+    syllables = "ka to ri mo su ne pa lu shi ve an or ing the cat dog sky red blu ph x qu zz".split()
+    rng = random.Random(0)
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(2000)]
+    corpus = source / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(3000)))
+    pieces = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(source / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        user_defined_symbols=["<mask>"],
+        minloglevel=2,
+        **{f"{name}_id": i for name, i in pieces.items()},
+        **{f"{name}_piece": f"<{name}>" for name in pieces},
+    )
+    gemma = GemmaTokenizer.from_pretrained(source, padding_side="right", add_bos_token=False, add_eos_token=True)
+    gemma.pad_token_id, gemma.eos_token_id = 0, 1
+    gemma.save_pretrained(directory)
+    return HFTokenizer(str(directory), context_length=context_length, clean="canonicalize")
+
+
 def tiny_clip_repo(directory):
     """A perturbed open_clip CLIP of TINY_CLIP_CFG saved at ``directory`` by save_for_hf (safetensors; no
     tokenizer files: open_clip runs its CLIP BPE)."""
@@ -202,15 +246,27 @@ def tiny_clip_repo(directory):
 def tiny_siglip_repo(directory, spm_model_file, safe_serialization=True):
     """A perturbed open_clip CustomTextCLIP of TINY_SIGLIP_CFG (the tiny timm tower) saved at ``directory`` by
     save_for_hf with siglip_tokenizer's files (a tokenizer.json), that tokenizer's own folder next to it."""
+    spm = directory.with_name(f"{directory.name}-spm")
+    tokenizer = siglip_tokenizer(spm_model_file, spm, TINY_SIGLIP_CFG["text_cfg"]["context_length"])
+    return _tiny_timm_siglip_repo(directory, TINY_SIGLIP_CFG, tokenizer, safe_serialization)
+
+
+def tiny_siglip2_repo(directory):
+    """TINY_SIGLIP2_CFG as tiny_siglip_repo saves TINY_SIGLIP_CFG, with gemma_tokenizer's files (safetensors)."""
+    tokenizer = gemma_tokenizer(
+        directory.with_name(f"{directory.name}-gemma"), TINY_SIGLIP2_CFG["text_cfg"]["context_length"]
+    )
+    return _tiny_timm_siglip_repo(directory, TINY_SIGLIP2_CFG, tokenizer, safe_serialization=True)
+
+
+def _tiny_timm_siglip_repo(directory, model_cfg, tokenizer, safe_serialization):
     import open_clip
 
     register_tiny_timm_siglip()
     torch.manual_seed(0)
-    cfg = {k: v for k, v in copy.deepcopy(TINY_SIGLIP_CFG).items() if k != "custom_text"}
+    cfg = {k: v for k, v in copy.deepcopy(model_cfg).items() if k != "custom_text"}
     model = perturbed(open_clip.CustomTextCLIP(**cfg))
-    spm = directory.with_name(f"{directory.name}-spm")
-    tokenizer = siglip_tokenizer(spm_model_file, spm, TINY_SIGLIP_CFG["text_cfg"]["context_length"])
-    return save_repo(directory, model, tokenizer, TINY_SIGLIP_CFG, SIGLIP_PREPROCESS, safe_serialization)
+    return save_repo(directory, model, tokenizer, model_cfg, SIGLIP_PREPROCESS, safe_serialization)
 
 
 # ---------------------------------------------------------------- jaxvlm against open_clip

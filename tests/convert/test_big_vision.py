@@ -253,3 +253,10 @@ def test_tokenizer_is_required(small_arrays, tmp_path, spm_model_file):
         _convert(tmp_path, small_arrays, not_spm)
     with pytest.raises(InputError, match="no such tokenizer"):
         _convert(tmp_path, small_arrays, tmp_path / "absent.model")
+
+
+def test_siglip2_text_pre_processing_is_refused_by_name(tmp_path, spm_model_file):
+    """big_vision's SigLIP 2 checkpoints tokenize with Gemma's tokenizer, which this converter does not write yet."""
+    npz = write_npz(tmp_path / "x.npz", {"t": np.zeros(1, np.float32)})
+    with pytest.raises(InputError, match="ViT-B-16-SigLIP2 runs a hf_json tokenizer; .* SigLIP 1 text pre-processing"):
+        big_vision.convert(npz, "ViT-B-16-SigLIP2", spm_model_file)

@@ -146,6 +146,9 @@ def test_coca_embeddings_and_decoder_logits_match(converted_coca):
         ("ViT-B-32-256", "text_projection"),
         ("ViT-B-16-plus-240", "visual.proj"),
         pytest.param("ViT-H-14-378", "visual.proj", marks=pytest.mark.slow),  # 4 GB of stacked float32 layers
+        # the timm SigLIP tower and open_clip's text tower with a 250k / 256k vocabulary: 1.5 GB each
+        pytest.param("ViT-B-16-SigLIP-i18n-256", "visual.trunk.attn_pool.latent", marks=pytest.mark.slow),
+        pytest.param("ViT-B-16-SigLIP2", "text.text_projection.bias", marks=pytest.mark.slow),
     ],
 )
 def test_converters_account_for_every_key(name, dropped):

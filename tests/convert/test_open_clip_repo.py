@@ -23,6 +23,7 @@ from tests.convert.open_clip_models import (
     TINY_CLIP_CFG,
     compare_with_open_clip,
     tiny_clip_repo,
+    tiny_siglip2_repo,
     tiny_siglip_repo,
     tiny_timm_known,
 )
@@ -40,6 +41,11 @@ def clip_repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def siglip_repo(tmp_path_factory, spm_model_file):
     return tiny_siglip_repo(tmp_path_factory.mktemp("repos") / "tiny-siglip-repo", spm_model_file, False)
+
+
+@pytest.fixture(scope="module")
+def siglip2_repo(tmp_path_factory):
+    return tiny_siglip2_repo(tmp_path_factory.mktemp("repos") / "tiny-siglip2-repo")
 
 
 @pytest.fixture
@@ -73,6 +79,18 @@ def test_siglip_repo_converts_without_model(siglip_repo, tmp_path, tiny_timm):
     assert model.config.text.act == "gelu_tanh" and model.config.vision.act == "gelu"
     tokenizer = saved_tokenizer(tmp_path / "model")
     assert (tokenizer["kind"], tokenizer["clean"]) == ("hf_json", "canonicalize"), tokenizer
+
+
+def test_siglip2_repo_converts_without_model(siglip2_repo, tmp_path, tiny_timm):
+    """SigLIP 2's text side: Gemma's tokenizer.json (BPE with byte fallback, <eos> appended, <pad> 0), which
+    jaxvlm records as the registry's SigLIP 2 architectures do."""
+    model = convert_and_compare(siglip2_repo, tmp_path / "model", "tiny SigLIP 2 (Gemma tokenizer.json)")
+    assert model.config.text.act == "gelu_tanh" and model.config.text.width < model.config.vision.width
+    context = model.config.text.context_length
+    registered = ARCHITECTURES["ViT-B-16-SigLIP2"].tokenizer.replace(context_length=context)
+    assert saved_tokenizer(tmp_path / "model") == registered.to_dict()
+    ids = model.tokenize(["a photo of a cat"])[0]
+    assert 1 in ids and ids[-1] == 0 and 2 not in ids  # <eos>, padded with <pad>, no <bos>
 
 
 def test_model_flag_with_a_repo_is_checked(clip_repo, tmp_path, capsys):
