@@ -138,9 +138,10 @@ def _text(src: SourceKeys, t: TransformerTextConfig) -> dict[str, np.ndarray]:
         **stack_layers(t.depth, _blocks(src, f"{p}transformer.resblocks", t.heads, OPENAI_BLOCK), "txt/encoder/blocks"),
         **layer_norm(src, f"{p}ln_final", "txt/final_norm"),
     }
-    if f"{p}text_projection.weight" in src:  # nn.Linear (SigLIP) rather than a bare matrix
+    # open_clip's proj_type 'none' holds no text_projection (a state dict with one has an unused key)
+    if t.proj and f"{p}text_projection.weight" in src:  # nn.Linear (SigLIP) rather than a bare matrix
         params.update(dense(src, f"{p}text_projection", "txt/proj", bias=t.proj_bias))
-    else:
+    elif t.proj:
         params["txt/proj/kernel"] = src.take(f"{p}text_projection")
     if t.append_cls:
         params["txt/cls"] = src.take(f"{p}cls_emb").reshape(1, 1, -1)

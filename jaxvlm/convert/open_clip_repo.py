@@ -355,8 +355,7 @@ def _text_config(t: _Fields, quick_gelu: bool, custom_text: bool) -> Transformer
             "convert yet"
         )
     _check_plain_blocks(t)
-    if t["proj_type"] == "none":
-        t.only("proj_type")
+    proj = t.only("proj_type", "linear", "none") == "linear"  # 'none': the pooled features are the embedding
     width = t.int("width")
     common = dict(
         vocab_size=t.int("vocab_size"),
@@ -368,8 +367,8 @@ def _text_config(t: _Fields, quick_gelu: bool, custom_text: bool) -> Transformer
         act=_act(t, quick_gelu),
         ln_eps=_ln_eps(t),
         causal=not t.flag("no_causal_mask"),
-        proj=True,
-        proj_bias=t.flag("proj_bias"),
+        proj=proj,
+        proj_bias=proj and t.flag("proj_bias"),
     )
     if t.flag("embed_cls"):  # CoCa: the appended class token is pooled, with open_clip's shifted padding mask
         if not custom_text:

@@ -214,7 +214,9 @@ def _text_cfg(cfg: ModelConfig, coca: bool) -> dict[str, Any]:
     fields.update(_block_fields(t))
     if not t.causal:
         fields["no_causal_mask"] = True
-    if t.proj_bias:
+    if not t.proj:
+        fields["proj_type"] = "none"
+    elif t.proj_bias:
         fields["proj_bias"] = True
     if t.append_cls:  # CoCa's appended class token, pooled last with the shifted padding mask
         fields["embed_cls"] = True
@@ -579,9 +581,10 @@ def state_dict(params: Mapping[str, Any], cfg: ModelConfig, custom: bool) -> dic
     state.update(_blocks(p, TEXT_BLOCKS, text))
     if cfg.text.append_cls:
         state.update(_mapped(p, (("token", "txt/cls", "cls_emb"),), text))
-    if cfg.text.proj_bias:  # nn.Linear
+    # proj_type 'none' (text.proj False) holds no text_projection
+    if cfg.text.proj and cfg.text.proj_bias:  # nn.Linear
         state.update(_dense(p, "txt/proj", f"{text}text_projection"))
-    else:  # a bare [width, embed_dim] matrix, applied as x @ text_projection
+    elif cfg.text.proj:  # a bare [width, embed_dim] matrix, applied as x @ text_projection
         state[f"{text}text_projection"] = p.take("txt/proj/kernel")
     if cfg.decoder is not None:
         state.update(_decoder(p))

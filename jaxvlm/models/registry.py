@@ -249,6 +249,11 @@ def _siglip_family() -> dict[str, Architecture]:
         "ViT-SO400M-14-SigLIP-384": siglip(vision={"image_size": 384, **so400m}, text={}),
         # multilingual: mT5's 250k SentencePiece vocabulary, laid out as T5's (pad 0, eos 1)
         "ViT-B-16-SigLIP-i18n-256": siglip(vision={"image_size": 256, **b16}, text={"vocab_size": 250000}),
+        # its text tower is as wide as the embedding and unprojected (open_clip's proj_type 'none')
+        "ViT-SO400M-16-SigLIP-i18n-256": siglip(
+            vision={"image_size": 256, **so400m16, **tanh},
+            text={"vocab_size": 250000, "proj": False, "proj_bias": False},
+        ),
         "ViT-B-32-SigLIP2-256": siglip2(vision={"image_size": 256, **b32, **tanh}, text={}),
         "ViT-B-16-SigLIP2": siglip2(vision={"image_size": 224, **b16}, text={}),
         "ViT-B-16-SigLIP2-256": siglip2(vision={"image_size": 256, **b16}, text={}),

@@ -118,6 +118,17 @@ TINY_SIGLIP_CFG = {
         "act_kwargs": {"approximate": "tanh"},
     },
 }
+# The same with a text tower as wide as the embedding and no text_projection (open_clip's proj_type 'none'),
+# as ViT-SO400M-16-SigLIP-i18n-256's
+TINY_SIGLIP_UNPROJECTED_CFG = {
+    **TINY_SIGLIP_CFG,
+    "text_cfg": {
+        **{k: v for k, v in TINY_SIGLIP_CFG["text_cfg"].items() if k != "proj_bias"},
+        "width": 64,
+        "heads": 4,
+        "proj_type": "none",
+    },
+}
 # The same with SigLIP 2's text side: open_clip's HFTokenizer over a Gemma-style tokenizer.json (gemma_tokenizer)
 TINY_SIGLIP2_CFG = {
     **TINY_SIGLIP_CFG,
@@ -243,12 +254,13 @@ def tiny_clip_repo(directory):
     return save_repo(directory, model, NoTokenizerFiles(), TINY_CLIP_CFG, CLIP_PREPROCESS, safe_serialization=True)
 
 
-def tiny_siglip_repo(directory, spm_model_file, safe_serialization=True):
-    """A perturbed open_clip CustomTextCLIP of TINY_SIGLIP_CFG (the tiny timm tower) saved at ``directory`` by
-    save_for_hf with siglip_tokenizer's files (a tokenizer.json), that tokenizer's own folder next to it."""
+def tiny_siglip_repo(directory, spm_model_file, safe_serialization=True, model_cfg=TINY_SIGLIP_CFG):
+    """A perturbed open_clip CustomTextCLIP of ``model_cfg`` (TINY_SIGLIP_CFG or a variant: the tiny timm tower)
+    saved at ``directory`` by save_for_hf with siglip_tokenizer's files (a tokenizer.json), that tokenizer's own
+    folder next to it."""
     spm = directory.with_name(f"{directory.name}-spm")
-    tokenizer = siglip_tokenizer(spm_model_file, spm, TINY_SIGLIP_CFG["text_cfg"]["context_length"])
-    return _tiny_timm_siglip_repo(directory, TINY_SIGLIP_CFG, tokenizer, safe_serialization)
+    tokenizer = siglip_tokenizer(spm_model_file, spm, model_cfg["text_cfg"]["context_length"])
+    return _tiny_timm_siglip_repo(directory, model_cfg, tokenizer, safe_serialization)
 
 
 def tiny_siglip2_repo(directory):

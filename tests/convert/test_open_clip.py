@@ -149,6 +149,8 @@ def test_coca_embeddings_and_decoder_logits_match(converted_coca):
         # the timm SigLIP tower and open_clip's text tower with a 250k / 256k vocabulary: 1.5 GB each
         pytest.param("ViT-B-16-SigLIP-i18n-256", "visual.trunk.attn_pool.latent", marks=pytest.mark.slow),
         pytest.param("ViT-B-16-SigLIP2", "text.text_projection.bias", marks=pytest.mark.slow),
+        # SO400M's text tower as wide as the embedding, without text_projection (proj_type 'none'): 2.2 GB
+        pytest.param("ViT-SO400M-16-SigLIP-i18n-256", "text.ln_final.weight", marks=pytest.mark.slow),
     ],
 )
 def test_converters_account_for_every_key(name, dropped):

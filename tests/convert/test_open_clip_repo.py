@@ -11,16 +11,20 @@ import inspect
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
 
 from jaxvlm.cli import main
 from jaxvlm.convert import open_clip_repo as converter
+from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import ARCHITECTURES
 from jaxvlm.tokenizers import CLIP_BPE_FILE
 from tests.convert.open_clip_models import (
     TINY_CLIP_CFG,
+    TINY_SIGLIP_UNPROJECTED_CFG,
     compare_with_open_clip,
     tiny_clip_repo,
     tiny_siglip2_repo,
@@ -91,6 +95,18 @@ def test_siglip2_repo_converts_without_model(siglip2_repo, tmp_path, tiny_timm):
     assert saved_tokenizer(tmp_path / "model") == registered.to_dict()
     ids = model.tokenize(["a photo of a cat"])[0]
     assert 1 in ids and ids[-1] == 0 and 2 not in ids  # <eos>, padded with <pad>, no <bos>
+
+
+def test_unprojected_siglip_repo_converts(spm_model_file, tmp_path, tiny_timm):
+    """A text tower without text_projection (proj_type 'none', as ViT-SO400M-16-SigLIP-i18n-256's): its pooled
+    features are the text embedding; a state dict that still has a projection is refused."""
+    repo = tiny_siglip_repo(tmp_path / "repo", spm_model_file, model_cfg=TINY_SIGLIP_UNPROJECTED_CFG)
+    model = convert_and_compare(repo, tmp_path / "model", "tiny SigLIP without text projection")
+    assert not model.config.text.proj and model.config.text.width == model.config.embed_dim
+    weights = load_file(repo / "open_clip_model.safetensors")
+    weights["text.text_projection"] = np.zeros((64, 64), np.float32)
+    with pytest.raises(InputError, match="unused source keys, e.g. text.text_projection"):
+        convert_state_dict(weights, model.config)
 
 
 def test_model_flag_with_a_repo_is_checked(clip_repo, tmp_path, capsys):

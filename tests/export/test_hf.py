@@ -219,6 +219,11 @@ REFUSED = {  # (model config, random_model_dir arguments, what the message names
         {"architecture": "tiny-siglip", "tokenizer_source": "spm"},
         "without a logit bias",
     ),
+    "siglip text without projection": (  # as ViT-SO400M-16-SigLIP-i18n-256; SiglipModel always has a text head
+        lambda: replaced("tiny-siglip", text_proj=False, text_proj_bias=False),
+        {"architecture": "tiny-siglip", "tokenizer_source": "spm"},
+        "text.proj False",
+    ),
     "case-keeping clean": (
         lambda: replaced("tiny-clip"),
         {"tokenizer": dataclasses.replace(CLIP_TOKENIZER, clean="whitespace")},

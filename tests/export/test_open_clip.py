@@ -14,6 +14,7 @@ import dataclasses
 import json
 
 import pytest
+from safetensors.numpy import load_file
 
 from jaxvlm import model_dir
 from jaxvlm.cli import main
@@ -30,6 +31,7 @@ from tests.convert.open_clip_models import (
     CLIP_PREPROCESS,
     TINY_CLIP_CFG,
     TINY_SIGLIP_CFG,
+    TINY_SIGLIP_UNPROJECTED_CFG,
     TINY_TIMM,
     compare_with_open_clip,
     tiny_clip_repo,
@@ -93,6 +95,17 @@ def test_siglip_round_trip(siglip_model, tmp_path, tiny_timm):
     }
     compare_with_open_clip(siglip_model, out, "exported tiny SigLIP (timm tower, tokenizer.json)")
     assert_reconverts_exactly(siglip_model, "open_clip", out, tmp_path / "again")
+
+
+def test_unprojected_siglip_round_trip(spm_model_file, tmp_path, tiny_timm):
+    """A text tower without projection (ViT-SO400M-16-SigLIP-i18n-256's) exports as proj_type 'none' with no
+    text_projection, and converts back exactly."""
+    repo = tiny_siglip_repo(tmp_path / "repo", spm_model_file, model_cfg=TINY_SIGLIP_UNPROJECTED_CFG)
+    convert("open_clip", repo, tmp_path / "model")
+    out = export(tmp_path / "model", tmp_path / "export", "open_clip", push=None)
+    assert open_clip_config(out)["model_cfg"]["text_cfg"]["proj_type"] == "none"
+    assert not any("text_projection" in k for k in load_file(out / "open_clip_model.safetensors"))
+    assert_reconverts_exactly(tmp_path / "model", "open_clip", out, tmp_path / "again")
 
 
 @pytest.fixture(scope="module")
