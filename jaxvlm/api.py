@@ -78,7 +78,13 @@ class Model:
         return self._tokenizer
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """int32 [N, context_length] ids; longer texts are truncated as the model's source truncates
+        them (`tokenize_with_truncation` says which)."""
         return self._tokenizer(texts)
+
+    def tokenize_with_truncation(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, truncated): `tokenize`'s ids and bool [N], True for the texts that did not fit the context."""
+        return self._tokenizer.tokenize_with_truncation(texts)
 
     def preprocess(self, images: Sequence) -> np.ndarray:
         """PIL images (or paths to image files) -> float32 [N, H, W, 3]."""

@@ -65,14 +65,24 @@ def cmd_embed(args: argparse.Namespace) -> None:
     arrays = {}
     if args.images is not None:
         arrays["image_embeds"] = model.encode_image(model.preprocess(args.images))
+    truncated = None
     if args.texts is not None:
-        arrays["text_embeds"] = model.encode_text(model.tokenize(args.texts))
-    if len(arrays) == 2:
+        ids, cut = model.tokenize_with_truncation(args.texts)
+        arrays["text_embeds"] = model.encode_text(ids)
+        truncated = int(cut.sum())
+        if truncated:
+            note = f"{truncated} of {len(cut)} texts are longer than the model's {ids.shape[1]} tokens"
+            print(f"note: {note} and were truncated", file=sys.stderr)
+    if "image_embeds" in arrays and "text_embeds" in arrays:
         arrays["logits"] = model.logits(arrays["image_embeds"], arrays["text_embeds"])
     import numpy as np
 
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
+    if truncated is not None:
+        arrays["truncated_texts"] = np.int64(truncated)
+        shapes += f", truncated_texts {truncated}"
     _write_atomically(args.out, lambda f: np.savez(f, **arrays))
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+    print(f"wrote {args.out}: {shapes}")
 
 
 def cmd_caption(args: argparse.Namespace) -> None:
@@ -354,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path)
     p.add_argument("--images", nargs="*", type=Path)
     p.add_argument("--texts", nargs="*")
-    p.add_argument("--out", type=Path, required=True, help=".npz with image_embeds, text_embeds, logits")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help=".npz with image_embeds, text_embeds, logits, truncated_texts (how many texts did not fit the context)",
+    )
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_embed)
 

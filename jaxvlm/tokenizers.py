@@ -6,6 +6,11 @@ Three kinds, chosen by `TokenizerConfig.kind`:
   hf_json        a HF `tokenizer.json`, through the `tokenizers` package.
 Every kind first applies `TokenizerConfig.clean` to each text, then returns int32
 [N, context_length] ids padded with `pad_id`. `Tokenizer.decode` turns ids back into text.
+
+Texts longer than the context are truncated as the reference truncates them, keeping the end
+token where it keeps it (clip_bpe: always; sentencepiece: the eos; hf_json: what its
+post-processor adds). That is silent in the references; `Tokenizer.tokenize_with_truncation`
+and `Tokenizer.count_truncated` say which texts lost tokens.
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ def clean_text(text: str, mode: str) -> str:
 class Tokenizer:
     """Turns texts into int32 [N, context_length] ids and ids back into text.
 
-    Subclasses give `_ids` for one cleaned text and `_decode` for a list of in-vocabulary ids.
+    Subclasses give `_row` for one cleaned text (its ids and whether tokens were cut off to fit
+    the context) and `_decode` for a list of in-vocabulary ids.
     """
 
     context_length: int
@@ -115,6 +121,11 @@ class Tokenizer:
     clean: str
 
     def __call__(self, texts: Sequence[str] | str) -> np.ndarray:
+        return self.tokenize_with_truncation(texts)[0]
+
+    def tokenize_with_truncation(self, texts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, truncated): the ids `__call__` returns, and bool [N], True where a text held more
+        tokens than the context has room for and lost the ones past it."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -123,16 +134,22 @@ class Tokenizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"text {i} is a {type(t).__name__}, not a str")
-        rows = self._batch_ids([clean_text(_valid_unicode(t), self.clean) for t in texts])
+        rows = self._batch_rows([clean_text(_valid_unicode(t), self.clean) for t in texts])
         out = np.full((len(rows), self.context_length), self.pad_id, dtype=np.int32)
-        for i, ids in enumerate(rows):
+        truncated = np.zeros(len(rows), dtype=bool)
+        for i, (ids, cut) in enumerate(rows):
             out[i, : len(ids)] = ids
-        return out
+            truncated[i] = cut
+        return out, truncated
 
-    def _batch_ids(self, texts: list[str]) -> list[list[int]]:
-        return [self._ids(t) for t in texts]
+    def count_truncated(self, texts: Sequence[str] | str) -> int:
+        """How many of ``texts`` are longer than the context (and so truncated by `__call__`)."""
+        return int(self.tokenize_with_truncation(texts)[1].sum())
 
-    def _ids(self, text: str) -> list[int]:
+    def _batch_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        return [self._row(t) for t in texts]
+
+    def _row(self, text: str) -> tuple[list[int], bool]:
         raise NotImplementedError
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -226,9 +243,10 @@ class ClipBpeTokenizer(Tokenizer):
             ids.extend(self._word_ids(word))
         return ids
 
-    def _ids(self, text: str) -> list[int]:
-        ids = [self.sot_id, *self.encode(text)][: self.context_length - 1]
-        return ids + [self.eot_id]
+    def _row(self, text: str) -> tuple[list[int], bool]:
+        # open_clip: the first context_length - 1 tokens, then <end_of_text> in the last place
+        full = [self.sot_id, *self.encode(text)]
+        return full[: self.context_length - 1] + [self.eot_id], len(full) > self.context_length - 1
 
     def _decode(self, ids: list[int]) -> str:
         # open_clip's `SimpleTokenizer.decode`, without the two special tokens.
@@ -338,13 +356,16 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return [self._sp.piece_to_id(p) for p in self.pieces(text)]
 
-    def _ids(self, text: str) -> list[int]:
+    def _row(self, text: str) -> tuple[list[int], bool]:
+        full = self.encode(text)
         if self.eos_id is None:
-            return self.encode(text)[: self.context_length]
-        ids = self.encode(text)[: self.context_length - 1]
+            return full[: self.context_length], len(full) > self.context_length
+        ids = full[: self.context_length - 1]
         if not ids or ids[-1] != self.eos_id:
             ids.append(self.eos_id)
-        return ids
+        if not full or full[-1] != self.eos_id:
+            full.append(self.eos_id)
+        return ids, len(full) > self.context_length
 
     def _decode(self, ids: list[int]) -> str:
         return self._sp.decode(ids)
@@ -370,8 +391,9 @@ class HfJsonTokenizer(Tokenizer):
         # transformers' CLIPTokenizerFast turns it into a space after decoding, as `_decode` does.
         self._word_end = getattr(backend.model, "end_of_word_suffix", None)
 
-    def _batch_ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._backend.encode_batch(texts)]
+    def _batch_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        # with truncation enabled, the backend keeps what it cut off in `overflowing`
+        return [(e.ids, bool(e.overflowing)) for e in self._backend.encode_batch(texts)]
 
     def _decode(self, ids: list[int]) -> str:
         text = self._backend.decode(ids, skip_special_tokens=True)

@@ -68,7 +68,7 @@ def test_list_names_the_architectures(capsys):
     )
 
 
-def test_embed_writes_the_three_arrays(model_dir, image_file, tmp_path, capsys):
+def test_embed_writes_the_arrays_and_the_truncated_count(model_dir, image_file, tmp_path, capsys):
     out = tmp_path / "e.npz"
     assert (
         main(
@@ -82,6 +82,7 @@ def test_embed_writes_the_three_arrays(model_dir, image_file, tmp_path, capsys):
                 "a cat",
                 "a dog",
                 "",
+                "a long caption " * 30,  # 90 words: past tiny-clip's 77 tokens
                 "--out",
                 str(out),
             ]
@@ -89,10 +90,14 @@ def test_embed_writes_the_three_arrays(model_dir, image_file, tmp_path, capsys):
         == 0
     )
     with np.load(out) as z:
-        assert sorted(z.files) == ["image_embeds", "logits", "text_embeds"]
-        assert z["image_embeds"].shape == (2, 32) and z["text_embeds"].shape == (3, 32)
+        assert sorted(z.files) == ["image_embeds", "logits", "text_embeds", "truncated_texts"]
+        assert z["image_embeds"].shape == (2, 32) and z["text_embeds"].shape == (4, 32)
         np.testing.assert_allclose(np.linalg.norm(z["image_embeds"], axis=1), 1, atol=1e-5)
-        assert z["logits"].shape == (2, 3)
+        assert z["logits"].shape == (2, 4)
+        assert z["truncated_texts"] == 1
+    captured = capsys.readouterr()
+    assert "truncated_texts 1" in captured.out
+    assert captured.err.strip() == "note: 1 of 4 texts are longer than the model's 77 tokens and were truncated"
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".partial"] == []
 
 

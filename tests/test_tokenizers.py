@@ -501,3 +501,70 @@ def test_config_round_trip_and_unknown_keys():
     with pytest.raises(InputError, match="tokenizer config must be a mapping"):
         TokenizerConfig.from_dict(["clip_bpe"])
     assert type(TokenizerConfig("clip_bpe", "x", np.int64(77)).to_dict()["context_length"]) is int
+
+
+# --- truncation ----------------------------------------------------------------------------------
+
+
+def _assert_flags(tok, texts, expected):
+    ids, truncated = tok.tokenize_with_truncation(texts)
+    np.testing.assert_array_equal(ids, tok(texts))  # the ids are __call__'s, whatever the flags say
+    assert truncated.dtype == bool and truncated.tolist() == expected
+    assert tok.count_truncated(texts) == sum(expected)
+    return ids
+
+
+def test_clip_bpe_counts_the_texts_longer_than_the_context():
+    tok = _clip_bpe(context_length=8)
+    words = "one two three four five six seven".split()
+    assert [len(tok.encode(w)) for w in words] == [1] * 7
+    # <start_of_text> + 6 words + <end_of_text> fill the 8 places exactly; a 7th word is cut off
+    texts = ["a cat", " ".join(words[:6]), " ".join(words), "a caption " * 50]
+    ids = _assert_flags(tok, texts, [False, False, True, True])
+    assert (ids[2:, -1] == tok.eot_id).all() and (ids[2] == ids[1]).all()
+
+
+@pytest.mark.parametrize("eos", [1, None])
+def test_sentencepiece_counts_the_texts_longer_than_the_context(spm_model_file, eos):
+    cfg = TokenizerConfig("sentencepiece", spm_model_file.name, 8, clean="canonicalize", pad_id=0, eos_id=eos)
+    tok = build_tokenizer(cfg, spm_model_file.parent)
+    if eos is None:
+        tok.eos_id = None  # the trained model has an eos; this one runs without it
+    room = 8 - (eos is not None)
+    words, fit = "kato rimo sky red cat blu dog the an or ka to ri mo su ne".split(), None
+    for n in range(1, len(words) + 1):
+        if len(tok.encode(" ".join(words[:n]))) > room:
+            fit = " ".join(words[: n - 1])
+            break
+    assert fit is not None and len(tok.encode(fit)) <= room
+    long = " ".join(words)
+    ids = _assert_flags(tok, ["cat", fit, long, long + " </s>"], [False, False, True, True])
+    if eos is not None:
+        assert (ids[2:, -1] == eos).all()
+        # pieces that already end in the eos and fill the context exactly lose nothing; one more does
+        tok.encode = lambda text: [5] * room + [eos]
+        assert tok.tokenize_with_truncation(["x"])[1].tolist() == [False]
+        tok.encode = lambda text: [5] * (room + 1)
+        assert tok.tokenize_with_truncation(["x"])[1].tolist() == [True]
+
+
+def test_hf_json_counts_what_its_truncation_cut_off(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {
+        "[UNK]": 0,
+        "<s>": 1,
+        "</s>": 2,
+        **{w: i + 3 for i, w in enumerate("one two three four five six seven".split())},
+    }
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tok = build_tokenizer(TokenizerConfig("hf_json", "tokenizer.json", 8, clean="none"), tmp_path)
+    ids = _assert_flags(
+        tok, ["one", "one two three four five six", "one two three four five six seven"], [False, False, True]
+    )
+    assert ids[2].tolist() == [1, 3, 4, 5, 6, 7, 8, 2]

@@ -26,7 +26,7 @@ from jaxvlm.eval.classification import classification_metrics
 from jaxvlm.eval.linear_probe import ProbeConfig, linear_probe
 from jaxvlm.eval.prompts import PromptSet, dataset_name, find_prompt_set, from_class_names, load_prompt_set
 from jaxvlm.eval.retrieval import DEFAULT_KS, retrieval_metrics, top_k_indices
-from jaxvlm.eval.zeroshot import zeroshot_classifier, zeroshot_scores
+from jaxvlm.eval.zeroshot import zeroshot_classifier_counted, zeroshot_scores
 from jaxvlm.generation import GenerationConfig
 
 if TYPE_CHECKING:
@@ -85,6 +85,10 @@ class EvalSpec(Config):
         return self.name or dataset_name(self.dataset)
 
 
+# zero-shot and retrieval results also count the texts (class prompts, captions) longer than the
+# model's context, which were truncated as the model's tokenizer truncates them
+TRUNCATED = "truncated_texts"
+
 # the tasks that draw a picture with `evaluate(..., plots=DIR)`, and the picture's name
 PICTURES = {"zeroshot": "confusion_matrix", "retrieval": "retrieval"}
 RETRIEVAL_QUERIES = 6  # text queries in the retrieval picture, spread over the split
@@ -97,7 +101,8 @@ def evaluate(
     """The metrics of one task on one split. Bad input (dataset, split, labels or captions missing,
     prompt set, model) fails before the first batch is encoded. With ``plots_dir``,
     zero-shot also draws its confusion matrix and retrieval a grid of top-k hits, as PNGs at
-    `picture_path(plots_dir, spec)`."""
+    `picture_path(plots_dir, spec)`. Zero-shot and retrieval metrics hold ``truncated_texts``: how many
+    class prompts or captions were longer than the model's context (and so truncated)."""
     if plots_dir is None:
         return _RUNNERS[spec.task](model, spec, progress)
     if spec.task not in PICTURES:
@@ -114,14 +119,14 @@ def picture_path(plots_dir: Path | str, spec: EvalSpec) -> Path:
 
 def _zeroshot(model: Model, spec: EvalSpec, progress: bool, picture: Path | None = None) -> dict[str, float]:
     prompts = _prompt_set(spec)
-    classifier = zeroshot_classifier(model, prompts)
+    classifier, truncated = zeroshot_classifier_counted(model, prompts)
     embeds, labels = _image_features(model, spec, spec.split, progress)
     scores = zeroshot_scores(embeds, classifier)
     if picture is not None:
         matrix = plots.confusion_matrix(labels, scores.argmax(axis=1), len(prompts.classes))
         title = f"{model_name(model)} on {spec.dataset}:{spec.split}"
         plots.save(plots.confusion_figure(matrix, prompts.classes, title), picture)
-    return classification_metrics(scores, labels)
+    return {**classification_metrics(scores, labels), TRUNCATED: truncated}
 
 
 def _prompt_set(spec: EvalSpec) -> PromptSet:
@@ -160,11 +165,13 @@ def _retrieval(model: Model, spec: EvalSpec, progress: bool, picture: Path | Non
             text_image.extend([first_image + i] * len(captions))
     if not texts:
         raise InputError(f"dataset {spec.dataset!r} split {spec.split!r} has no captions to retrieve")
-    text_embeds = model.encode_text(model.tokenize(texts))
+    ids, truncated = model.tokenize_with_truncation(texts)
+    text_embeds = model.encode_text(ids)
     images, text_image = np.concatenate(images), np.asarray(text_image)
     if picture is not None:
         _draw_retrieval(model, spec, images, texts, text_embeds, text_image, picture)
-    return retrieval_metrics(images, text_embeds, text_image, spec.recall_k, mesh=model.mesh)
+    metrics = retrieval_metrics(images, text_embeds, text_image, spec.recall_k, mesh=model.mesh)
+    return {**metrics, TRUNCATED: int(truncated.sum())}
 
 
 def _draw_retrieval(

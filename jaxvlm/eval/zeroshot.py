@@ -19,9 +19,15 @@ if TYPE_CHECKING:
 def zeroshot_classifier(model: Model, prompts: PromptSet) -> np.ndarray:
     """[C, D] class embeddings: each class's prompts embedded and L2-normalised (the model's
     encoders normalise), averaged over templates, and normalised again, as CLIP does."""
-    embeds = model.encode_text(model.tokenize(prompts.texts()))
+    return zeroshot_classifier_counted(model, prompts)[0]
+
+
+def zeroshot_classifier_counted(model: Model, prompts: PromptSet) -> tuple[np.ndarray, int]:
+    """(`zeroshot_classifier`, how many of its prompts were longer than the model's context and truncated)."""
+    ids, truncated = model.tokenize_with_truncation(prompts.texts())
+    embeds = model.encode_text(ids)
     per_class = jnp.asarray(embeds).reshape(len(prompts.classes), len(prompts.templates), -1)
-    return np.asarray(l2_normalize(per_class.mean(axis=1)))
+    return np.asarray(l2_normalize(per_class.mean(axis=1))), int(truncated.sum())
 
 
 def zeroshot_scores(image_embeds: ArrayLike, classifier: ArrayLike) -> np.ndarray:

@@ -162,6 +162,7 @@ def test_cli_json_equals_the_training_hook_and_imports_no_torch(tiny_clip_dir, d
     }
     assert [p.name for p in out.parent.iterdir()] == ["digits.json"]
 
+    assert record["metrics"]["truncated_texts"] == 0  # the digits' class prompts are short
     loaded = jaxvlm.load(tiny_clip_dir, batch_size=64)
     assert record["metrics"] == evaluate(loaded, spec("zeroshot", digits_dir, batch_size=64))
     tokenizer = build_tokenizer(get_architecture("tiny-clip").tokenizer, CLIP_BPE_FILE.parent)

@@ -6,6 +6,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, top_k_accur
 
 import jaxvlm
 from jaxvlm.eval import PromptSet, zeroshot_classifier, zeroshot_metrics
+from jaxvlm.eval.zeroshot import zeroshot_classifier_counted
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,14 @@ def test_ensemble_normalises_per_template_then_averages_then_renormalises(model)
     print("max abs error", np.abs(got - np.stack(expected)).max())
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
+
+
+def test_the_prompts_longer_than_the_context_are_counted(model):
+    long = "a photo of a {} " + "seen from very far away " * 20  # past tiny-clip's 77 tokens
+    prompts = PromptSet(name="t", classes=("cat", "dog", "red car"), templates=("a {}", long))
+    classifier, truncated = zeroshot_classifier_counted(model, prompts)
+    assert truncated == 3
+    np.testing.assert_array_equal(classifier, zeroshot_classifier(model, prompts))
 
 
 def test_metrics_equal_scikit_learn_on_random_embeddings():
