@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 import jaxvlm
 from jaxvlm.cli import main
 from jaxvlm.errors import InputError
-from tests.test_cli import tiny_open_clip_state
+from tests.convert.open_clip_models import tiny_open_clip_state
 
 
 @pytest.fixture(scope="module")

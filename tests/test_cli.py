@@ -16,19 +16,9 @@ from jaxvlm.errors import InputError
 from jaxvlm.generation import GenerationConfig
 from jaxvlm.models.runtime import DTYPES
 from jaxvlm.ops import IMPLEMENTATIONS
+from tests.convert.open_clip_models import tiny_open_clip_state
 
 open_clip = pytest.importorskip("open_clip")
-
-
-def tiny_open_clip_state():
-    """An open_clip CLIP with jaxvlm's tiny-clip shapes (random weights)."""
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(
-        embed_dim=32,
-        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
-    )
-    return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

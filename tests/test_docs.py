@@ -380,10 +380,10 @@ def world(tmp_path_factory, spm_model_file):
     from jaxvlm.data.builders import build_digits
     from jaxvlm.data.tar import write_tar_shard
     from tests.convert.big_vision_models import SMALL, hf_siglip, to_big_vision, write_npz
+    from tests.convert.open_clip_models import tiny_open_clip_state
     from tests.data.records import tar_records
     from tests.eval.model_dirs import random_model_dir
     from tests.stand_ins import hf_clip_dir, open_clip_coca_state
-    from tests.test_cli import tiny_open_clip_state
 
     root = tmp_path_factory.mktemp("world")
     build_digits(root / "tfds")

@@ -188,7 +188,7 @@ def test_generate_needs_a_coca_model(tmp_path):
     from safetensors.torch import save_file
 
     from jaxvlm.cli import main
-    from tests.test_cli import tiny_open_clip_state
+    from tests.convert.open_clip_models import tiny_open_clip_state
 
     save_file(tiny_open_clip_state(), tmp_path / "clip.safetensors")
     assert (

@@ -1,5 +1,6 @@
-"""How the tests are laid out: helpers live in helper modules, and conftest.py files hold only
-fixtures, hooks and the environment set-up, so no test module imports from one."""
+"""How the tests are laid out: helpers live in helper modules, conftest.py files hold only
+fixtures, hooks and the environment set-up, and no test module imports from a conftest or from
+another test module (importing one runs its module-level set-up and couples the two files)."""
 
 import ast
 from pathlib import Path
@@ -7,8 +8,9 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 
-def conftest_imports(path: Path) -> list[str]:
-    """The imports of ``path`` that name a conftest module, as "line: statement"."""
+def conftest_imports(path: Path, is_forbidden=lambda part: part == "conftest") -> list[str]:
+    """The imports of ``path`` that name a conftest module (or a module part ``is_forbidden``
+    accepts), as "line: statement"."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -18,7 +20,7 @@ def conftest_imports(path: Path) -> list[str]:
             modules = [node.module or "", *(alias.name for alias in node.names)]
         else:
             continue
-        if any("conftest" in module.split(".") for module in modules):
+        if any(is_forbidden(part) for module in modules for part in module.split(".")):
             found.append(f"{node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -40,3 +42,13 @@ def test_the_check_finds_conftest_imports(tmp_path):
         "from tests.train.runs import tiny_config\nimport conftest_like\n"
     )
     assert [line.split(":")[0] for line in conftest_imports(path)] == ["1", "2", "3", "5"]
+
+
+def test_no_test_file_imports_from_another_test_module():
+    is_test_module = lambda part: part.startswith("test_")
+    offenders = {
+        str(path.relative_to(TESTS)): found
+        for path in sorted(TESTS.rglob("*.py"))
+        if "__pycache__" not in path.parts and (found := conftest_imports(path, is_test_module))
+    }
+    assert not offenders, f"import helpers from helper modules, not test modules: {offenders}"

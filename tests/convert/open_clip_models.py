@@ -35,6 +35,19 @@ CAPTIONS = [
 TOLERANCE = 1e-5
 
 
+def tiny_open_clip_state() -> dict:
+    """An open_clip CLIP with jaxvlm's tiny-clip shapes (random weights), as a state dict."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(
+        embed_dim=32,
+        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+    )
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 def perturbed_open_clip_model(name: str, seed: int = 0):
     torch.manual_seed(seed)
     import open_clip

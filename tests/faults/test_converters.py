@@ -19,7 +19,7 @@ from jaxvlm.convert import convert
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import list_models
 from tests.convert.big_vision_models import SMALL, hf_siglip, to_big_vision
-from tests.test_cli import tiny_open_clip_state
+from tests.convert.open_clip_models import tiny_open_clip_state
 
 EXAMPLES = {"short": 12, "full": 60}
 

@@ -20,7 +20,7 @@ import jaxvlm
 from jaxvlm.cli import main
 from jaxvlm.convert import convert
 from jaxvlm.errors import InputError
-from tests.test_cli import tiny_open_clip_state
+from tests.convert.open_clip_models import tiny_open_clip_state
 
 
 class Planted:

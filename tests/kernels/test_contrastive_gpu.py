@@ -16,8 +16,8 @@ from jaxvlm.errors import InputError
 from jaxvlm.kernels.contrastive_gpu import sigmoid_loss_gpu, softmax_loss_gpu
 from jaxvlm.kernels.sigmoid_loss import sigmoid_loss_reference
 from jaxvlm.kernels.softmax_loss import softmax_loss_reference
+from tests.kernels.checks import assert_close  # the TPU kernels' tolerances: 1e-5 f32, 2e-2 bf16
 from tests.kernels.gpu import lower_for_cuda, triton_kernels
-from tests.kernels.test_softmax_loss import assert_close  # the TPU kernels' tolerances: 1e-5 f32, 2e-2 bf16
 
 SOFTMAX, SIGMOID = (0, 1, 2), (0, 1, 2, 3)  # differentiated arguments: x, y, scale (, bias)
 

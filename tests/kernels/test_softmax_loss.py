@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxvlm.errors import InputError
 from jaxvlm.kernels.softmax_loss import sharded_softmax_loss, softmax_loss, softmax_loss_reference
+from tests.kernels.checks import assert_close
 from tests.kernels.tpu import TOPOLOGIES, compile_for_tpu, mosaic_kernels, tpu_mesh
 
 ARGS = (0, 1, 2)  # x, y, scale
@@ -29,20 +30,6 @@ def embeddings(n, d, dtype, *, noise=None, seed=0):
         y = x + noise * y
     normalise = lambda a: (a / jnp.linalg.norm(a, axis=1, keepdims=True)).astype(dtype)
     return normalise(x), normalise(y)
-
-
-# float32: 1e-5, relative to the largest reference value where that exceeds 1; bfloat16: 2e-2
-# relative (with a floor for all-zero references, e.g. N = 1).
-TOLERANCES = {jnp.dtype(jnp.float32): (1e-5, 1e-5), jnp.dtype(jnp.bfloat16): (2e-2, 1e-7)}
-
-
-def assert_close(name, actual, expected, dtype):
-    """max |actual - expected| <= max(rtol * max |expected|, atol), printing the errors."""
-    rtol, atol = TOLERANCES[jnp.dtype(dtype)]
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    error, size = np.max(np.abs(actual - expected)), np.max(np.abs(expected))
-    print(f"  {name}: max abs error {error:.3g}, max |ref| {size:.3g}")
-    assert error <= max(rtol * size, atol), (name, error, size)
 
 
 def check_against_reference(loss_and_grads, x, y, scale):
