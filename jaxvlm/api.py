@@ -18,7 +18,7 @@ from jaxvlm.errors import InputError
 from jaxvlm.generation import GenerationConfig, generator
 from jaxvlm.models import ModelConfig, Runtime, build_model
 from jaxvlm.models.two_tower import TwoTower, contrastive_logits
-from jaxvlm.preprocess import PreprocessConfig, load_image, preprocess
+from jaxvlm.preprocess import NaFlexImages, PreprocessConfig, load_image, preprocess
 from jaxvlm.tokenizers import Tokenizer, build_tokenizer
 
 
@@ -86,13 +86,15 @@ class Model:
         """(ids, truncated): `tokenize`'s ids and bool [N], True for the texts that did not fit the context."""
         return self._tokenizer.tokenize_with_truncation(texts)
 
-    def preprocess(self, images: Sequence) -> np.ndarray:
-        """PIL images (or paths to image files) -> float32 [N, H, W, 3]."""
+    def preprocess(self, images: Sequence) -> np.ndarray | NaFlexImages:
+        """PIL images (or paths to image files) -> float32 [N, H, W, 3], or for a NaFlex model
+        `NaFlexImages` (each image at its own aspect ratio within the patch budget): what
+        `encode_image` takes."""
         if isinstance(images, (str, Path)):
             images = [images]
         return preprocess([load_image(x) if isinstance(x, (str, Path)) else x for x in images], self.preprocess_config)
 
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_image(self, pixels: np.ndarray | NaFlexImages) -> np.ndarray:
         return self._chunked(self._image_fn, self._checked_pixels(pixels, "encode_image"))
 
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
@@ -129,12 +131,29 @@ class Model:
         eot = self.config.decoder.eot_id
         return [self._tokenizer.decode(row[: list(row).index(eot)] if eot in row else row) for row in ids]
 
-    def _checked_pixels(self, pixels, what: str) -> np.ndarray:
+    def _checked_pixels(self, pixels, what: str) -> np.ndarray | NaFlexImages:
+        if self.preprocess_config.resize_mode == "naflex":
+            return self._checked_patches(pixels, what)
         size = self.config.vision.image_size
         pixels = np.asarray(pixels, np.float32)
         if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or not len(pixels):
             raise InputError(f"{what} expects float pixels [N>0, {size}, {size}, 3], got {pixels.shape}")
         return pixels
+
+    def _checked_patches(self, images, what: str) -> NaFlexImages:
+        dim = self.config.vision.patch_dim
+        if not isinstance(images, NaFlexImages):
+            raise InputError(f"{what} expects NaFlexImages (what preprocess returns) for a NaFlex model")
+        patches, mask, grid = (np.asarray(x) for x in images)
+        n, length = patches.shape[:2] if patches.ndim == 3 else (0, 0)
+        if patches.shape != (n, length, dim) or not n or mask.shape != (n, length) or grid.shape != (n, 2):
+            raise InputError(
+                f"{what} expects NaFlexImages of patches [N>0, L, {dim}], mask [N, L] and grid [N, 2], "
+                f"got {patches.shape}, {mask.shape}, {grid.shape}"
+            )
+        if np.any(grid < 1) or np.any(grid.prod(axis=1) != mask.sum(axis=1)):
+            raise InputError(f"{what}: each image's grid (rows, columns) must count its real patches in mask")
+        return NaFlexImages(patches.astype(np.float32), mask.astype(bool), grid.astype(np.int32))
 
     @functools.cached_property
     def _image_fn(self):
@@ -162,17 +181,24 @@ class Model:
             params = multihost_utils.process_allgather(params, tiled=True)
         return jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
 
-    def _chunked(self, fn, inputs: np.ndarray) -> np.ndarray:
+    def _chunked(self, fn, inputs: Any) -> np.ndarray:
+        """fn over ``inputs`` (an array, or a tuple of arrays with the same rows) in padded chunks."""
         devices = self.mesh.size
-        n = len(inputs)
+        n = len(jax.tree.leaves(inputs)[0])
         size = -(-min(self.batch_size, n) // devices) * devices
         outs = []
         for start in range(0, n, size):
-            chunk = inputs[start : start + size]
-            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+            count = min(size, n - start)
+            padded = jax.tree.map(functools.partial(_padded_rows, start=start, count=count, size=size), inputs)
             # placed explicitly: with several processes, jit takes no numpy input for a split argument
-            outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[: len(chunk)])
+            outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[:count])
         return np.concatenate(outs)
+
+
+def _padded_rows(x: np.ndarray, start: int, count: int, size: int) -> np.ndarray:
+    """Rows start..start+count of x, the last one repeated up to ``size`` rows."""
+    chunk = x[start : start + count]
+    return np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
 
 
 def default_devices() -> list:

@@ -48,12 +48,15 @@ class Pretrained:
 
     @property
     def loads(self) -> bool:
-        """Whether jaxvlm builds the architecture today (and, for a big_vision file, converts its text
-        pre-processing: SigLIP 1's SentencePiece, not yet SigLIP 2's Gemma tokenizer)."""
+        """Whether jaxvlm builds the architecture today (and, for a big_vision file, converts its towers)."""
         from jaxvlm.models.registry import ARCHITECTURES
 
         built = ARCHITECTURES.get(self.architecture)
-        return built is not None and (self.weights_url is None or built.tokenizer.kind == "sentencepiece")
+        if built is None or self.weights_url is None:
+            return built is not None
+        from jaxvlm.convert.big_vision import converts
+
+        return converts(built.model)
 
     @property
     def from_open_clip(self) -> bool:

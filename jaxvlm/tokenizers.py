@@ -2,7 +2,8 @@
 
 Three kinds, chosen by `TokenizerConfig.kind`:
   clip_bpe       OpenAI CLIP's byte-level BPE, as open_clip's `SimpleTokenizer` runs it.
-  sentencepiece  a SentencePiece model, as HF's `SiglipTokenizer` runs it (SigLIP in open_clip).
+  sentencepiece  a SentencePiece model, as HF's `SiglipTokenizer` runs it (SigLIP in open_clip), or
+                 (`encode="plain"`) as big_vision's tokenizers run it: the model's own encode.
   hf_json        a HF `tokenizer.json`, through the `tokenizers` package.
 Every kind first applies `TokenizerConfig.clean` to each text, then returns int32
 [N, context_length] ids padded with `pad_id`. `Tokenizer.decode` turns ids back into text.
@@ -35,7 +36,8 @@ from jaxvlm.errors import InputError
 CLIP_BPE_FILE = pathlib.Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 
 KINDS = ("clip_bpe", "sentencepiece", "hf_json")
-CLEANS = ("lower", "canonicalize", "whitespace", "none")
+CLEANS = ("lower", "canonicalize", "whitespace", "ascii_lower", "unicode_lower", "none")
+ENCODES = ("hf_siglip", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +50,27 @@ class TokenizerConfig(Config):
     clean: str = "lower"  # one of CLEANS, applied to each text before tokenizing
     pad_id: int = 0
     eos_id: int | None = None  # sentencepiece: appended to every text, kept on truncation
+    # hf_json: this id becomes pad_id wherever it is (open_clip's strip_sep_token, which zeroes BERT's [SEP])
+    strip_id: int | None = None
+    encode: str = "hf_siglip"  # sentencepiece: one of ENCODES (SentencePieceTokenizer says what each does)
+    # hf_json: texts split on whitespace ahead of the file's pre-tokenizer, as transformers' XLMRobertaTokenizer
+    # rebuilds a tokenizer.json (MetaCLIP 2's XLM-V): no lone '▁' piece at a text's ends or before a special token
+    whitespace_split: bool = False
 
     def __post_init__(self) -> None:
         check_choice("tokenizer kind", self.kind, KINDS)
         check_choice("tokenizer clean", self.clean, CLEANS)
+        check_choice("tokenizer encode", self.encode, ENCODES)
+        if self.encode != "hf_siglip" and self.kind != "sentencepiece":
+            raise InputError(f"tokenizer encode {self.encode!r} is for kind 'sentencepiece' only, not {self.kind!r}")
         check_int("tokenizer context_length", self.context_length, 2)
         object.__setattr__(self, "context_length", int(self.context_length))  # a numpy integer is written as JSON
+        if self.strip_id is not None:
+            check_int("tokenizer strip_id", self.strip_id, 0)
+            if self.kind != "hf_json":
+                raise InputError(f"tokenizer strip_id applies to kind 'hf_json' only, not {self.kind!r}")
+        if self.whitespace_split and self.kind != "hf_json":
+            raise InputError(f"tokenizer whitespace_split applies to kind 'hf_json' only, not {self.kind!r}")
         if not isinstance(self.file, str) or self.file in ("", "..") or pathlib.PurePath(self.file).name != self.file:
             # a path would read (or, when a model directory is written, write) outside the directory
             raise InputError(f"tokenizer file must be a plain file name, got {self.file!r}")
@@ -75,6 +92,7 @@ def whitespace_clean(text: str) -> str:
 
 
 _ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def canonicalize_text(text: str) -> str:
@@ -102,6 +120,10 @@ def clean_text(text: str, mode: str) -> str:
         return whitespace_clean(basic_clean(text))
     if mode == "canonicalize":
         return canonicalize_text(basic_clean(text))
+    if mode == "ascii_lower":  # TensorFlow's tf.strings.lower (big_vision's `lower` op): A-Z only
+        return text.translate(_ASCII_LOWER)
+    if mode == "unicode_lower":  # the `tokenizers` Lowercase normaliser transformers' Siglip2Tokenizer adds
+        return text.lower()
     raise InputError(f"tokenizer clean {mode!r} is not one of {', '.join(CLEANS)}")
 
 
@@ -302,6 +324,9 @@ class SentencePieceTokenizer(Tokenizer):
     unless the ids already end with it, pad with pad_id. After open_clip's "canonicalize" clean
     this comes down to `sp.encode(text) + [eos]`; the rest matters for texts that still hold
     special-token literals.
+
+    With ``encode="plain"`` the text is the model's own `encode` of the whole cleaned text, special-token
+    literals and punctuation included (big_vision's tokenizers), then the same eos, truncation and padding.
     """
 
     def __init__(
@@ -311,6 +336,7 @@ class SentencePieceTokenizer(Tokenizer):
         clean: str = "canonicalize",
         pad_id: int = 0,
         eos_id: int | None = None,
+        encode: str = "hf_siglip",
     ):
         import sentencepiece as spm
 
@@ -319,6 +345,7 @@ class SentencePieceTokenizer(Tokenizer):
         except (OSError, RuntimeError) as e:
             raise InputError(f"cannot load SentencePiece model {path}: {e}") from None
         self.context_length, self.clean, self.pad_id = context_length, clean, pad_id
+        self.plain = encode == "plain"
         self.vocab_size = self._sp.get_piece_size()
         eos = self._sp.eos_id() if eos_id is None else eos_id
         self.eos_id = eos if eos >= 0 else None
@@ -354,6 +381,8 @@ class SentencePieceTokenizer(Tokenizer):
         return pieces
 
     def encode(self, text: str) -> list[int]:
+        if self.plain:
+            return self._sp.encode(text)
         return [self._sp.piece_to_id(p) for p in self.pieces(text)]
 
     def _row(self, text: str) -> tuple[list[int], bool]:
@@ -374,18 +403,30 @@ class SentencePieceTokenizer(Tokenizer):
 class HfJsonTokenizer(Tokenizer):
     """A HF `tokenizer.json`: its own normaliser, pre-tokenizer and special tokens."""
 
-    def __init__(self, path: str | os.PathLike, context_length: int = 77, clean: str = "none", pad_id: int = 0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        context_length: int = 77,
+        clean: str = "none",
+        pad_id: int = 0,
+        strip_id: int | None = None,
+        whitespace_split: bool = False,
+    ):
         from tokenizers import Tokenizer as _Backend
+        from tokenizers import pre_tokenizers
 
         try:
             backend = _Backend.from_file(str(path))
         except Exception as e:  # the Rust side raises bare Exceptions for unreadable files
             raise InputError(f"cannot load tokenizer.json {path}: {e}") from None
-        self.context_length, self.clean, self.pad_id = context_length, clean, pad_id
+        self.context_length, self.clean, self.pad_id, self.strip_id = context_length, clean, pad_id, strip_id
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         # Truncation leaves room for the special tokens the post-processor adds.
         backend.enable_truncation(max_length=context_length)
         backend.no_padding()
+        if whitespace_split:
+            own = [backend.pre_tokenizer] if backend.pre_tokenizer is not None else []
+            backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), *own])
         self._backend = backend
         # CLIP's tokenizer.json ends words with "</w>", which its ByteLevel decoder leaves in;
         # transformers' CLIPTokenizerFast turns it into a space after decoding, as `_decode` does.
@@ -393,7 +434,10 @@ class HfJsonTokenizer(Tokenizer):
 
     def _batch_rows(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         # with truncation enabled, the backend keeps what it cut off in `overflowing`
-        return [(e.ids, bool(e.overflowing)) for e in self._backend.encode_batch(texts)]
+        rows = [(e.ids, bool(e.overflowing)) for e in self._backend.encode_batch(texts)]
+        if self.strip_id is None:
+            return rows
+        return [([self.pad_id if i == self.strip_id else i for i in ids], cut) for ids, cut in rows]
 
     def _decode(self, ids: list[int]) -> str:
         text = self._backend.decode(ids, skip_special_tokens=True)
@@ -408,5 +452,5 @@ def build_tokenizer(cfg: TokenizerConfig, directory: str | os.PathLike) -> Token
     if cfg.kind == "clip_bpe":
         return ClipBpeTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id)
     if cfg.kind == "sentencepiece":
-        return SentencePieceTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id, cfg.eos_id)
-    return HfJsonTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id)
+        return SentencePieceTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id, cfg.eos_id, cfg.encode)
+    return HfJsonTokenizer(path, cfg.context_length, cfg.clean, cfg.pad_id, cfg.strip_id, cfg.whitespace_split)

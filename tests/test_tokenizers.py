@@ -568,3 +568,40 @@ def test_hf_json_counts_what_its_truncation_cut_off(tmp_path):
         tok, ["one", "one two three four five six", "one two three four five six seven"], [False, False, True]
     )
     assert ids[2].tolist() == [1, 3, 4, 5, 6, 7, 8, 2]
+
+
+# --- hf_json with strip_id vs open_clip.HFTokenizer(strip_sep_token) over BertTokenizer (CLIPA) ----------
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    pytest.importorskip("open_clip")
+    pytest.importorskip("transformers")
+    from tests.wordpiece import tiny_bert_tokenizer
+
+    return tiny_bert_tokenizer(tmp_path_factory.mktemp("bert") / "tokenizer")
+
+
+@pytest.mark.parametrize("context_length", [32, 8])
+def test_hf_json_strips_the_separator_as_open_clip_does(bert_dir, context_length):
+    """CLIPA's text side: lower-cased WordPiece, [CLS] ... [SEP] truncated to the context, [SEP] zeroed."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from tests.wordpiece import PAD_ID, SEP_ID
+
+    ref_tok = HFTokenizer(str(bert_dir), context_length=context_length, strip_sep_token=True)
+    assert (ref_tok.tokenizer.sep_token_id, ref_tok.tokenizer.pad_token_id) == (SEP_ID, PAD_ID)
+    cfg = TokenizerConfig("hf_json", "tokenizer.json", context_length, clean="whitespace", strip_id=SEP_ID)
+    ours = build_tokenizer(cfg, bert_dir)
+    ids = ours(CORPUS)
+    _compare(f"hf_json strip_id L={context_length}", ids, ref_tok(CORPUS).numpy())
+    assert not (ids == SEP_ID).any() and (ids[:, 0] == ref_tok.tokenizer.cls_token_id).all()
+    truncated = ours.tokenize_with_truncation(CORPUS)[1]
+    assert 0 < truncated.sum() < len(CORPUS) and (ids[truncated, -1] == PAD_ID).all()  # the cut [SEP]'s place
+
+
+def test_strip_id_is_checked():
+    with pytest.raises(InputError, match="tokenizer strip_id must be an integer >= 0"):
+        TokenizerConfig("hf_json", "tokenizer.json", 32, strip_id=-1)
+    with pytest.raises(InputError, match="strip_id applies to kind 'hf_json' only, not 'clip_bpe'"):
+        TokenizerConfig("clip_bpe", "x", 77, strip_id=102)

@@ -1,4 +1,4 @@
-"""big_vision SigLIP `.npz` checkpoints -> jaxvlm.
+"""big_vision SigLIP and SigLIP 2 (fixed resolution and NaFlex) `.npz` checkpoints -> jaxvlm.
 
 big_vision (`models/proj/image_text/two_towers.py`) is flax too, so its kernels already have
 our layouts (conv [p, p, 3, w], attention [w, heads, head_dim] / [heads, head_dim, w], dense
@@ -19,13 +19,18 @@ blocks on a leading axis, and turning the [1]-shaped `t` / `b` into scalars. The
     txt/head/{kernel,bias}
     t, b                                        [1] each (b only with a sigmoid loss)
 
-optionally all under `params/`. Some early text towers also hold `txt/Encoder_0/pos_embedding`
+optionally all under `params/`. A NaFlex image tower (`models/proj/image_text/naflex_vit.py`) has the
+same names with two other shapes: `img/embedding` is a Dense over flattened patches [p*p*3, w] (pixels in
+(row, column, channel) order) and `img/pos_embedding` is the learned grid [g, g, w].
+
+Some early text towers also hold `txt/Encoder_0/pos_embedding`
 (a second position embedding added by mistake); big_vision's loader sums it into
 `txt/pos_embedding`, and so does this converter.
 
 With no `model_name` the architecture is read off the shapes. big_vision's numerics are flax
 defaults: tanh-approximated GELU, LayerNorm eps 1e-6; the text tower is bidirectional and pools
-its last token (the tokenizer pads with the sticky EOS, id 1).
+its last position. SigLIP 2's checkpoints have SigLIP's layout (and a 256k vocabulary); what
+differs is the text pre-processing, which follows the SentencePiece model (`TEXT_PRE_PROCESSING`).
 """
 
 from __future__ import annotations
@@ -41,13 +46,12 @@ from jaxvlm.convert.common import Converted, SourceKeys, check_params, converter
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import SIGLIP_TOKENIZER_FILE, get_architecture
-from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import NaFlexViTConfig, TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
 LN_EPS = 1e-6  # flax nn.LayerNorm's default, which big_vision never overrides
 ACT = "gelu_tanh"  # flax nn.gelu defaults to approximate=True
-PAD_ID = 1  # big_vision's SigLIP text pre-processing: tokenize(..., eos="sticky", pad_value=1)
 
 # (big_vision name inside one encoder block, jaxvlm name inside one Block)
 BLOCK = {
@@ -89,8 +93,20 @@ TXT_EXTRA_POSEMB = "txt/Encoder_0/pos_embedding"
 TOKENIZER_HINT = (
     "big_vision checkpoints do not carry their tokenizer: pass its SentencePiece model with "
     "--tokenizer (SigLIP's English models use c4_en, gs://t5-data/vocabs/cc_en.32000/sentencepiece.model; "
-    "the i18n ones mc4, gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model)"
+    "the i18n ones mc4, gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model; "
+    "SigLIP 2 Gemma's, gs://big_vision/gemma_tokenizer.model)"
 )
+
+# big_vision's text pre-processing, told apart by the SentencePiece model (both append the model's
+# <eos> and keep it as the last token when truncating):
+#   SigLIP's T5 vocabularies (c4_en, mc4: no <bos> piece): `tokenize(max_len, eos="sticky", pad_value=1)`,
+#     run as HF's SiglipTokenizer runs it (texts canonicalised), padded with 1 (the <eos>);
+#   SigLIP 2's Gemma vocabulary (<pad> 0, <eos> 1, <bos> 2): `lower|tok(length, model="gemma", bos="no",
+#     eos="sticky")`, TensorFlow's ASCII-only lower case, then the model's own encode, padded with <pad>.
+TEXT_PRE_PROCESSING = {
+    "SigLIP's T5 vocabulary": {"clean": "canonicalize", "encode": "hf_siglip", "pad_id": 1},
+    "SigLIP 2's Gemma vocabulary": {"clean": "ascii_lower", "encode": "plain", "pad_id": None},  # None: <pad>
+}
 
 
 # ---------------------------------------------------------------- reading and layout
@@ -159,30 +175,12 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
             )
         return dict(depth=_depth(weights, encoder, _layout(weights, encoder), what), heads=q[1], mlp_dim=mlp[1])
 
-    patch = _shape(weights, "img/embedding/kernel", what)
-    if len(patch) != 4 or patch[0] != patch[1] or patch[2] != 3:
-        raise InputError(f"{what}: 'img/embedding/kernel' has shape {patch}; expected [p, p, 3, width]")
-    width, p = patch[3], patch[0]
-    pos = _shape(weights, "img/pos_embedding", what)
-    grid = math.isqrt(pos[1]) if len(pos) == 3 else 0
-    if len(pos) != 3 or pos[0] != 1 or grid * grid != pos[1]:
-        raise InputError(f"{what}: 'img/pos_embedding' has shape {pos}; expected [1, grid*grid, width]")
     img_out = _shape(weights, "img/head/kernel", what)[-1] if "img/head/kernel" in weights else None
-    vision = ViTConfig(
-        image_size=grid * p,
-        patch_size=p,
-        width=width,
-        **tower(IMG_ENCODER),
-        act=ACT,
-        ln_eps=LN_EPS,
-        patch_bias="img/embedding/bias" in weights,
-        class_token=False,
-        pos_embed="learned",
-        pre_norm=False,
-        pool="map",
-        proj=img_out is not None,
-        proj_bias="img/head/bias" in weights,
-    )
+    patch = _shape(weights, "img/embedding/kernel", what)
+    if len(patch) == 2 and img_out is None:
+        vision = _naflex_vision(weights, patch, tower(IMG_ENCODER), what)
+    else:
+        vision = _fixed_vision(weights, patch, tower(IMG_ENCODER), img_out, what)
 
     vocab, text_width = _shape(weights, "txt/Embed_0/embedding", what)
     txt_pos = _shape(weights, "txt/pos_embedding", what)
@@ -216,11 +214,47 @@ def infer_config(weights: dict[str, np.ndarray], what: str) -> ModelConfig:
     )
 
 
+def _fixed_vision(weights: dict, patch: tuple, encoder: dict, img_out: int | None, what: str) -> ViTConfig:
+    if len(patch) != 4 or patch[0] != patch[1] or patch[2] != 3:
+        raise InputError(f"{what}: 'img/embedding/kernel' has shape {patch}; expected [p, p, 3, width]")
+    width, p = patch[3], patch[0]
+    pos = _shape(weights, "img/pos_embedding", what)
+    grid = math.isqrt(pos[1]) if len(pos) == 3 else 0
+    if len(pos) != 3 or pos[0] != 1 or grid * grid != pos[1]:
+        raise InputError(f"{what}: 'img/pos_embedding' has shape {pos}; expected [1, grid*grid, width]")
+    return ViTConfig(
+        image_size=grid * p,
+        patch_size=p,
+        width=width,
+        **encoder,
+        act=ACT,
+        ln_eps=LN_EPS,
+        patch_bias="img/embedding/bias" in weights,
+        class_token=False,
+        pos_embed="learned",
+        pre_norm=False,
+        pool="map",
+        proj=img_out is not None,
+        proj_bias="img/head/bias" in weights,
+    )
+
+
+def _naflex_vision(weights: dict, patch: tuple, encoder: dict, what: str) -> NaFlexViTConfig:
+    p = math.isqrt(patch[0] // 3)
+    pos = _shape(weights, "img/pos_embedding", what)
+    if 3 * p * p != patch[0] or len(pos) != 3 or pos[0] != pos[1] or pos[2] != patch[1]:
+        raise InputError(
+            f"{what}: NaFlex 'img/embedding/kernel' {patch} and 'img/pos_embedding' {pos}; expected "
+            "[p*p*3, width] and [grid, grid, width]"
+        )
+    return NaFlexViTConfig(patch_size=p, width=patch[1], **encoder, act=ACT, ln_eps=LN_EPS, position_grid=pos[0])
+
+
 def named_config(model_name: str) -> ModelConfig:
     """The registry architecture, with big_vision's tanh GELU in both towers."""
     cfg = get_architecture(model_name).model
     v = cfg.vision
-    if v.pool != "map" or v.class_token or v.pre_norm or v.pos_embed != "learned":
+    if v.kind == "vit" and (v.pool != "map" or v.class_token or v.pre_norm or v.pos_embed != "learned"):
         raise InputError(
             f"{model_name} is not a SigLIP architecture (a ViT with a MAP head, no class token); "
             "big_vision SigLIP checkpoints need one of the *-SigLIP models, or no --model at all"
@@ -234,6 +268,10 @@ def _check_named(cfg: ModelConfig, weights: dict[str, np.ndarray], what: str) ->
         found = infer_config(weights, what)
     except InputError:
         return cfg  # not readable as a whole; the key accounting below names what is wrong
+    v = cfg.vision
+    if v.kind == "vit" and found.vision.image_size == v.image_size // v.patch_size * v.patch_size:
+        # the shapes give the patch grid only: So400m/14 at 384 px has 27 x 27 patches, as at 378 px
+        found = found.replace(vision=dataclasses.replace(found.vision, image_size=v.image_size))
     diffs = [f"embed_dim {found.embed_dim} (model: {cfg.embed_dim})"] if found.embed_dim != cfg.embed_dim else []
     for tower in ("vision", "text"):
         ours, theirs = getattr(found, tower), getattr(cfg, tower)
@@ -304,13 +342,38 @@ def _text(src: SourceKeys, t: TransformerTextConfig, layout: str) -> dict[str, n
     return params
 
 
+def _naflex_vit(src: SourceKeys, v: NaFlexViTConfig, layout: str) -> dict[str, np.ndarray]:
+    """The fixed ViT's tables, the patch Dense stored as the patch kernel and the grid flattened."""
+    p = v.patch_size
+    params = {
+        "img/patch_embed/kernel": src.take("img/embedding/kernel").reshape(p, p, 3, v.width),
+        "img/patch_embed/bias": src.take("img/embedding/bias"),
+        "img/pos_embed": src.take("img/pos_embedding").reshape(1, -1, v.width),
+    }
+    params.update(_encoder(src, IMG_ENCODER, v.depth, layout, "img/encoder/blocks"))
+    params.update(_norm(src, f"{IMG_ENCODER}/encoder_norm", "img/final_norm"))
+    params.update({f"img/map_head/{ours}": src.take(f"img/MAPHead_0/{theirs}") for theirs, ours in MAP_HEAD.items()})
+    return params
+
+
 # tower kind -> the converter of its big_vision weights ("img/..." / "txt/...")
-IMAGE_TOWERS = {"vit": _vit}
+IMAGE_TOWERS = {"vit": _vit, "naflex_vit": _naflex_vit}
 TEXT_TOWERS = {"transformer": _text}
 
 
-def _tokenizer(tokenizer_path: Path | None, cfg: ModelConfig) -> TokenizerConfig:
-    """SigLIP's text pre-processing: SentencePiece ids + sticky EOS, padded with id 1."""
+def converts(model: ModelConfig) -> bool:
+    """Whether this converter writes both towers of ``model`` (`jaxvlm.pretrained.Pretrained.loads`)."""
+    return model.vision.kind in IMAGE_TOWERS and model.text.kind in TEXT_TOWERS
+
+
+def _vocabulary(sp) -> str:
+    """The TEXT_PRE_PROCESSING entry of a SentencePiece model: Gemma's has a <bos> piece, T5's have none."""
+    return "SigLIP 2's Gemma vocabulary" if sp.bos_id() >= 0 else "SigLIP's T5 vocabulary"
+
+
+def _tokenizer(tokenizer_path: Path | None, cfg: ModelConfig, model_name: str | None) -> TokenizerConfig:
+    """The text pre-processing big_vision trained with the tokenizer's vocabulary: SentencePiece ids +
+    sticky EOS, cleaned, encoded and padded as TEXT_PRE_PROCESSING says."""
     if tokenizer_path is None:
         raise InputError(TOKENIZER_HINT)
     if not Path(tokenizer_path).is_file():
@@ -328,17 +391,29 @@ def _tokenizer(tokenizer_path: Path | None, cfg: ModelConfig) -> TokenizerConfig
             f"SentencePiece model {tokenizer_path} has {sp.get_piece_size()} pieces but the text tower "
             f"embeds only {cfg.text.vocab_size} — the tokenizer belongs to another model"
         )
+    vocabulary = _vocabulary(sp)
+    rules = TEXT_PRE_PROCESSING[vocabulary]
+    pad_id = int(sp.pad_id()) if rules["pad_id"] is None else rules["pad_id"]
+    if pad_id < 0:
+        raise InputError(f"SentencePiece model {tokenizer_path} ({vocabulary}) has no <pad> piece to pad texts with")
+    trained_pad = get_architecture(model_name).tokenizer.pad_id if model_name else pad_id
+    if trained_pad != pad_id:
+        raise InputError(
+            f"{model_name} was trained on texts padded with id {trained_pad}, but {tokenizer_path} is "
+            f"{vocabulary}, whose texts big_vision pads with id {pad_id} — the tokenizer belongs to another model"
+        )
     return TokenizerConfig(
         kind="sentencepiece",
         file=SIGLIP_TOKENIZER_FILE,
         context_length=cfg.text.context_length,
-        clean="canonicalize",
-        pad_id=PAD_ID,
+        clean=rules["clean"],
+        pad_id=pad_id,
         eos_id=int(sp.eos_id()),
+        encode=rules["encode"],
     )
 
 
-def preprocess_config(image_size: int) -> PreprocessConfig:
+def preprocess_config(vision: ViTConfig | NaFlexViTConfig) -> PreprocessConfig:
     """big_vision's `resize(size)|value_range(-1, 1)`: squash to size x size, then [-1, 1].
 
     big_vision resizes with TensorFlow's `tf.image.resize(method="bilinear")`, which does not
@@ -346,22 +421,25 @@ def preprocess_config(image_size: int) -> PreprocessConfig:
     so pixels are not bit-identical to big_vision's, and differ visibly for large downscales;
     the model's inputs are otherwise the same (mean = std = 0.5 is value_range(-1, 1)).
     """
-    return PreprocessConfig(
-        image_size=image_size, resize_mode="squash", interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD
+    squash = PreprocessConfig(
+        image_size=vision.image_size,
+        resize_mode="squash",
+        interpolation="bilinear",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
     )
+    if vision.kind != "naflex_vit":
+        return squash
+    # NaFlex: each image resized (bilinear) to fit the patch budget at its own aspect ratio
+    return squash.replace(resize_mode="naflex", patch_size=vision.patch_size, max_num_patches=vision.max_num_patches)
 
 
 def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None = None) -> Converted:
     what = f"{src_path} as big_vision" + (f" {model_name}" if model_name else "")
     named = named_config(model_name) if model_name else None
-    if named is not None and get_architecture(model_name).tokenizer.kind != "sentencepiece":
-        raise InputError(
-            f"{what}: {model_name} runs a {get_architecture(model_name).tokenizer.kind} tokenizer; this converter "
-            "writes big_vision's SigLIP 1 text pre-processing (SentencePiece, sticky EOS, pad 1) only"
-        )
     weights = _without_params_prefix(read_weights(src_path), what)
     cfg = infer_config(weights, what) if named is None else _check_named(named, weights, what)
-    tokenizer = _tokenizer(tokenizer_path, cfg)
+    tokenizer = _tokenizer(tokenizer_path, cfg, model_name)
     layouts = {"img": _layout(weights, IMG_ENCODER), "txt": _layout(weights, TXT_ENCODER)}
     src = SourceKeys(weights, what)
     vision = converter_for(IMAGE_TOWERS, cfg.vision, "big_vision")(src, cfg.vision, layouts["img"])
@@ -375,4 +453,4 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
     provenance = {"source": "big_vision", "weights": str(src_path), "layout": layout}
     if model_name:
         provenance["model"] = model_name
-    return Converted(cfg, params, preprocess_config(cfg.vision.image_size), tokenizer, Path(tokenizer_path), provenance)
+    return Converted(cfg, params, preprocess_config(cfg.vision), tokenizer, Path(tokenizer_path), provenance)

@@ -8,6 +8,8 @@ Numerics follow what transformers computes:
   through `post_layernorm`, bias-free projections, logits exp(t) * cos. Text pooling is HF's:
   the argmax of the ids when the config's `eos_token_id` is 2 (legacy configs), otherwise the
   first position holding `eos_token_id`.
+- MetaClip2 (MetaCLIP 2 worldwide): CLIP's towers and keys, pooled at the first `eos_token_id` whatever
+  its value, with XLM-R's tokenizer (XLM-V's vocabulary) run as transformers' XLMRobertaTokenizer runs it.
 - SigLIP: patch conv with bias, no class token, no pre-LN, MAP head (a torch MultiheadAttention
   with packed in_proj), bidirectional text pooled at the last position, `text_model.head` as the
   text projection, logits exp(t) * cos + b.
@@ -19,6 +21,7 @@ needs neither transformers nor network access.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from jaxvlm.convert.common import (
     dense,
     flat_fields,
     layer_norm,
+    linear,
     read_json,
     read_weights,
     stack_layers,
@@ -41,11 +45,16 @@ from jaxvlm.convert.common import (
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import CLIP_TOKENIZER, SIGLIP_TOKENIZER_FILE, get_architecture
-from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import NaFlexViTConfig, TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 
-MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+MODEL_CLASSES = {
+    "clip": "CLIPModel",
+    "siglip": "SiglipModel",
+    "siglip2": "Siglip2Model",
+    "metaclip_2": "MetaClip2Model",
+}
 
 # Non-persistent buffers that older checkpoints saved along with the parameters.
 NON_PARAMETERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
@@ -116,18 +125,39 @@ DEFAULTS = {
     },
 }
 
+# Siglip2's: SigLIP's text tower, a NaFlex image tower whose learned positions are num_patches
+DEFAULTS["siglip2"] = {
+    "model": {},
+    "text_config": DEFAULTS["siglip"]["text_config"],
+    "vision_config": {**DEFAULTS["siglip"]["vision_config"], "num_patches": 256},
+}
+# MetaClip2Config's defaults are CLIPConfig's (its tokenizer is XLM-R's, which the config does not name)
+DEFAULTS["metaclip_2"] = DEFAULTS["clip"]
+# transformers' CLIP pools at the largest id when eos_token_id is this legacy value; MetaClip2 always at the eos
+ARGMAX_EOS = {"clip": 2}
+
 # The HF image processors' class defaults (image_processing_clip.py / image_processing_siglip.py).
 PROCESSOR_DEFAULTS = {
     "clip": {"resample": 3, "image_mean": OPENAI_MEAN, "image_std": OPENAI_STD, "do_center_crop": True},
     "siglip": {"resample": 3, "image_mean": INCEPTION_MEAN, "image_std": INCEPTION_STD, "do_center_crop": False},
+    "siglip2": {"resample": 2, "image_mean": INCEPTION_MEAN, "image_std": INCEPTION_STD, "max_num_patches": 256},
 }
+PROCESSOR_DEFAULTS["metaclip_2"] = PROCESSOR_DEFAULTS["clip"]  # MetaClip2 uses CLIPImageProcessor
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
 
 # The HF tokenizer classes' default special tokens (CLIPTokenizer / SiglipTokenizer).
 TOKENIZER_DEFAULTS = {
     "clip": {"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
     "siglip": {"pad_token": "</s>", "eos_token": "</s>"},
+    "siglip2": {"pad_token": "<pad>", "eos_token": "<eos>"},
+    "xlm_roberta": {"pad_token": "<pad>", "eos_token": "</s>"},  # XLMRobertaTokenizer, MetaClip2's
+    "metaclip_2": {"pad_token": "<pad>", "eos_token": "</s>"},
+    "bert": {"pad_token": "[PAD]", "sep_token": "[SEP]"},  # a WordPiece tokenizer.json (CLIPA in open_clip)
 }
+
+# What transformers' tokenizer class for a model type does to texts ahead of the tokenizer.json it reads:
+# Siglip2Tokenizer puts a Lowercase normaliser in front of the file's (whatever tokenizer_class the repo names)
+HF_JSON_CLEANS = {"siglip2": "unicode_lower"}
 
 # Fields that legitimately differ between sources of one architecture: not compared with model_name.
 _NUMERIC_FIELDS = {
@@ -221,15 +251,16 @@ def _text_common(t: _Fields) -> dict:
     )
 
 
-def _clip_config(config: dict, where: str) -> ModelConfig:
-    d = DEFAULTS["clip"]
+def _clip_config(config: dict, where: str, model_type: str = "clip") -> ModelConfig:
+    """CLIPModel, and MetaClip2Model (``model_type`` 'metaclip_2'): the same towers and keys."""
+    d = DEFAULTS[model_type]
     top = _Fields(config, d["model"], where)
     v = _sub_config(config, "vision_config", d["vision_config"], where)
     t = _sub_config(config, "text_config", d["text_config"], where)
     eos = t.get("eos_token_id")
     if isinstance(eos, bool) or not isinstance(eos, int):
         raise InputError(f"{t.where}.eos_token_id must be one integer (transformers' CLIP pools on it), got {eos!r}")
-    pool = dict(pool="argmax") if eos == 2 else dict(pool="eos", eos_id=eos)  # HF's legacy rule
+    pool = dict(pool="argmax") if eos == ARGMAX_EOS.get(model_type) else dict(pool="eos", eos_id=eos)
     scale = top.get("logit_scale_init_value")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise InputError(f"{where}.logit_scale_init_value must be a number, got {scale!r}")
@@ -243,12 +274,37 @@ def _clip_config(config: dict, where: str) -> ModelConfig:
 
 
 def _siglip_config(config: dict, where: str) -> ModelConfig:
-    d = DEFAULTS["siglip"]
-    v = _sub_config(config, "vision_config", d["vision_config"], where)
-    t = _sub_config(config, "text_config", d["text_config"], where)
+    v = _sub_config(config, "vision_config", DEFAULTS["siglip"]["vision_config"], where)
+    vision = ViTConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False)
+    return _siglip_model(config, "siglip", v, vision, where)
+
+
+def _siglip2_config(config: dict, where: str) -> ModelConfig:
+    """A NaFlex image tower: patches through a linear layer, num_patches learned positions as a square."""
+    v = _sub_config(config, "vision_config", DEFAULTS["siglip2"]["vision_config"], where)
+    if v.get("num_channels") != 3:
+        raise InputError(f"{v.where}.num_channels is {v.get('num_channels')}; only RGB (3) models are supported")
+    positions = v.int("num_patches")
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise InputError(f"{v.where}.num_patches {positions} is not a square number of learned positions")
+    vision = NaFlexViTConfig(
+        patch_size=v.square("patch_size"),
+        width=v.int("hidden_size"),
+        depth=v.int("num_hidden_layers"),
+        heads=v.int("num_attention_heads"),
+        mlp_dim=v.int("intermediate_size"),
+        act=v.act(),
+        ln_eps=v.eps(),
+        position_grid=grid,
+    )
+    return _siglip_model(config, "siglip2", v, vision, where)
+
+
+def _siglip_model(config: dict, model_type: str, v: _Fields, vision: Any, where: str) -> ModelConfig:
+    t = _sub_config(config, "text_config", DEFAULTS[model_type]["text_config"], where)
     if v.get("vision_use_head") is not True:
         raise InputError(f"{v.where}.vision_use_head is off: the model has no pooled image embedding")
-    vision = ViTConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False)
     embed_dim = vision.width
     projection = t.get("projection_size")
     projection = t.int("hidden_size") if projection is None else t.int("projection_size")
@@ -283,9 +339,17 @@ def model_config(config: dict, where: str) -> tuple[str, ModelConfig]:
             f"{where}: architectures is {architectures}; expected {MODEL_CLASSES[model_type]} (both towers)"
         )
     try:
-        return model_type, (_clip_config if model_type == "clip" else _siglip_config)(config, where)
+        return model_type, CONFIG_READERS[model_type](config, where)
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
+
+
+CONFIG_READERS = {
+    "clip": _clip_config,
+    "siglip": _siglip_config,
+    "siglip2": _siglip2_config,
+    "metaclip_2": functools.partial(_clip_config, model_type="metaclip_2"),
+}
 
 
 def _check_model_name(model_name: str, cfg: ModelConfig, where: str) -> None:
@@ -382,12 +446,24 @@ def _clip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 
 def _siglip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    kernel = conv(src.take("vision_model.embeddings.patch_embedding.weight"))
+    return _siglip_towers(src, cfg, kernel)
+
+
+def _siglip2_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Siglip2's patch embedding is a Linear over patches flattened in (row, column, channel) order."""
+    p = cfg.vision.patch_size
+    kernel = linear(src.take("vision_model.embeddings.patch_embedding.weight")).reshape(p, p, 3, -1)
+    return _siglip_towers(src, cfg, kernel)
+
+
+def _siglip_towers(src: SourceKeys, cfg: ModelConfig, patch_kernel: np.ndarray) -> dict[str, np.ndarray]:
     v, t = cfg.vision, cfg.text
     head = "vision_model.head"
     q_w, k_w, v_w = np.split(src.take(f"{head}.attention.in_proj_weight"), 3)  # torch packs q, k, v in order
     q_b, k_b, v_b = np.split(src.take(f"{head}.attention.in_proj_bias"), 3)
     return {
-        "img/patch_embed/kernel": conv(src.take("vision_model.embeddings.patch_embedding.weight")),
+        "img/patch_embed/kernel": patch_kernel,
         "img/patch_embed/bias": src.take("vision_model.embeddings.patch_embedding.bias"),
         "img/pos_embed": src.take("vision_model.embeddings.position_embedding.weight")[None],
         **stack_layers(v.depth, _encoder_layers(src, "vision_model.encoder.layers", v.heads), "img/encoder/blocks"),
@@ -421,6 +497,9 @@ def _text_params(src: SourceKeys, t: TransformerTextConfig) -> dict[str, np.ndar
     }
 
 
+PARAM_READERS = {"clip": _clip_params, "siglip": _siglip_params, "siglip2": _siglip2_params, "metaclip_2": _clip_params}
+
+
 # ---------------------------------------------------------------- preprocessing
 
 
@@ -432,13 +511,13 @@ def _size_pair(value: Any, what: str) -> tuple[int, int]:
     raise InputError(f"{what} is {value!r}; expected an int or {{'height', 'width'}}")
 
 
-def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> PreprocessConfig:
+def preprocess_config(src_dir: Path, model_type: str, vision: Any) -> PreprocessConfig:
     """The HF image processor's transform, from preprocessor_config.json or the class defaults.
 
     Only what PreprocessConfig can reproduce is accepted: resize to the model's size (shortest side
     then a centre crop of that size, or straight to a square), bicubic or bilinear, /255, mean/std.
     """
-    defaults = PROCESSOR_DEFAULTS[model_type]
+    image_size, defaults = vision.image_size, PROCESSOR_DEFAULTS[model_type]
     path = src_dir / "preprocessor_config.json"
     p = _Fields(read_json(path) if path.is_file() else {}, defaults, str(path))
     resample = p.get("resample")
@@ -446,8 +525,20 @@ def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> Prepro
         raise InputError(f"{path}: resample {resample!r} is not supported (2 bilinear, 3 bicubic)")
     if p.values.get("do_resize") is False:
         raise InputError(f"{path}: do_resize is false; jaxvlm always resizes to the model's image size")
+    mean, std = _normalization(p, path)
+    if model_type == "siglip2":  # Siglip2ImageProcessor: each image resized to fit a patch budget
+        return PreprocessConfig(
+            image_size=image_size,
+            resize_mode="naflex",
+            interpolation=RESAMPLE[resample],
+            mean=mean,
+            std=std,
+            patch_size=_same_patch(p, path, vision.patch_size),
+            max_num_patches=p.int("max_num_patches"),
+        )
     square = {"height": image_size, "width": image_size}
-    size = p.values.get("size", {"shortest_edge": image_size} if model_type == "clip" else square)
+    # a centre-cropping processor (CLIP's) resizes the shortest edge by default, the others to a square
+    size = p.values.get("size", {"shortest_edge": image_size} if defaults.get("do_center_crop") else square)
     shortest = isinstance(size, int) and not isinstance(size, bool)  # HF reads a bare int as the short side
     if isinstance(size, dict) and set(size) == {"shortest_edge"}:
         size, shortest = size["shortest_edge"], True
@@ -469,18 +560,27 @@ def preprocess_config(src_dir: Path, model_type: str, image_size: int) -> Prepro
                 f"does not give the model's {image_size}x{image_size}"
             )
         mode = "squash"
+    return PreprocessConfig(
+        image_size=image_size, resize_mode=mode, interpolation=RESAMPLE[resample], mean=mean, std=std
+    )
+
+
+def _same_patch(p: _Fields, path: Path, patch_size: int) -> int:
+    if p.values.get("patch_size", patch_size) != patch_size:
+        raise InputError(f"{path}: patch_size {p.values['patch_size']!r} is not the model's {patch_size}")
+    return patch_size
+
+
+def _normalization(p: _Fields, path: Path) -> tuple[Any, Any]:
+    """(mean, std) of the processor's rescale-and-normalise, which must start with / 255."""
     if p.values.get("do_rescale") is False:
         raise InputError(f"{path}: do_rescale is false; jaxvlm always scales pixels to [0, 1]")
     factor = p.values.get("rescale_factor", 1 / 255)
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or abs(factor - 1 / 255) > 1e-12:
         raise InputError(f"{path}: rescale_factor {factor!r} is not 1/255")
     if p.values.get("do_normalize") is False:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    else:
-        mean, std = p.get("image_mean"), p.get("image_std")
-    return PreprocessConfig(
-        image_size=image_size, resize_mode=mode, interpolation=RESAMPLE[resample], mean=mean, std=std
-    )
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return p.get("image_mean"), p.get("image_std")
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -556,7 +656,7 @@ def tokenizer_config(
     else:
         # SiglipTokenizer is SentencePiece only: spiece.model is what transformers runs.
         found = [("spiece.model", "sentencepiece"), ("tokenizer.json", "hf_json")]
-        if model_type == "clip":
+        if model_type != "siglip":  # CLIP and Siglip2 (Gemma) tokenizers run from tokenizer.json
             found.reverse()
         found = [(src_dir / name, kind) for name, kind in found if (src_dir / name).is_file()]
         if found:
@@ -579,10 +679,28 @@ def tokenizer_config(
             pad_id=pad,
             eos_id=eos,
         ), path
-    pad = _hf_json_pad(path, src_dir, model_type, text.values.get("pad_token_id"))
+    split = _tokenizer_class(src_dir, model_type) in WHITESPACE_SPLIT_CLASSES
+    pad = _hf_json_pad(path, src_dir, "xlm_roberta" if split else model_type, text.values.get("pad_token_id"))
+    clean = HF_JSON_CLEANS.get(model_type, "none")
     return TokenizerConfig(
-        kind="hf_json", file="tokenizer.json", context_length=context, clean="none", pad_id=pad
+        kind="hf_json", file="tokenizer.json", context_length=context, clean=clean, pad_id=pad, whitespace_split=split
     ), path
+
+
+# transformers' classes that rebuild a tokenizer.json with a whitespace split ahead of its Metaspace pre-tokenizer
+WHITESPACE_SPLIT_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast")
+TOKENIZER_CLASSES = {"metaclip_2": "XLMRobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer"}  # AutoTokenizer's
+
+
+def _tokenizer_class(src_dir: Path, model_type: str) -> str | None:
+    """The tokenizer class AutoTokenizer builds: tokenizer_config.json's, else that of the model type in the
+    folder's config.json (facebook/xlm-v-base holds no tokenizer_config.json), else ``model_type``'s."""
+    for file, key in (("tokenizer_config.json", "tokenizer_class"), ("config.json", "model_type")):
+        path = src_dir / file
+        value = read_json(path).get(key) if path.is_file() else None
+        if isinstance(value, str):
+            return value if key == "tokenizer_class" else TOKENIZER_CLASSES.get(value)
+    return TOKENIZER_CLASSES.get(model_type)
 
 
 # ---------------------------------------------------------------- entry point
@@ -604,10 +722,13 @@ def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None =
     weights, weights_path = _read_dir_weights(src_dir)
     what = f"{weights_path} as HF {MODEL_CLASSES[model_type]}"
     src = SourceKeys(weights, what, ignore=NON_PARAMETERS)
-    flat = _clip_params(src, cfg) if model_type == "clip" else _siglip_params(src, cfg)
+    flat = PARAM_READERS[model_type](src, cfg)
     src.check_all_used()
     params = check_params(cfg, flat, what)
-    preprocess = preprocess_config(src_dir, model_type, cfg.vision.image_size)
+    preprocess = preprocess_config(src_dir, model_type, cfg.vision)
+    if preprocess.resize_mode == "naflex":  # the model's sequence length is the processor's patch budget
+        vision = dataclasses.replace(cfg.vision, max_num_patches=preprocess.max_num_patches)
+        cfg = dataclasses.replace(cfg, vision=vision)
     text = _sub_config(hf_config, "text_config", DEFAULTS[model_type]["text_config"], str(config_path))
     tokenizer, tokenizer_source = tokenizer_config(src_dir, model_type, text, cfg.text.context_length, tokenizer_path)
     return Converted(

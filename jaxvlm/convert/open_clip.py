@@ -1,4 +1,4 @@
-"""open_clip checkpoints -> jaxvlm: the OpenAI-style CLIP ViTs, the timm-based SigLIP models and CoCa.
+"""open_clip checkpoints -> jaxvlm: the OpenAI-style CLIP ViTs, the timm-based SigLIP and PE-Core models and CoCa.
 
 Two sources: a weights file, whose architecture ``model_name`` names (open_clip's names, as
 `jaxvlm list` shows them), or an open_clip hub repo directory, which carries its own config
@@ -28,7 +28,7 @@ from jaxvlm.convert.common import (
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import get_architecture
-from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import PeViTConfig, TransformerTextConfig, ViTConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE
 
 # Buffers that are not parameters: older checkpoints (and OpenAI's own) carry them.
@@ -73,7 +73,7 @@ def _openai_vision(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
         "img/patch_embed/kernel": conv(src.take("visual.conv1.weight")),
         "img/cls": src.take("visual.class_embedding").reshape(1, 1, -1),
         "img/pos_embed": src.take("visual.positional_embedding")[None],
-        **layer_norm(src, "visual.ln_pre", "img/pre_norm"),
+        **(layer_norm(src, "visual.ln_pre", "img/pre_norm") if v.pre_norm else {}),
         **stack_layers(
             v.depth, _blocks(src, "visual.transformer.resblocks", v.heads, OPENAI_BLOCK), "img/encoder/blocks"
         ),
@@ -105,29 +105,53 @@ def _attention_pooler(src: SourceKeys, name: str, heads: int) -> dict[str, np.nd
 
 
 def _timm_vision(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
-    q_w, q_b = src.take("visual.trunk.attn_pool.q.weight"), src.take("visual.trunk.attn_pool.q.bias")
-    k_w, v_w = np.split(src.take("visual.trunk.attn_pool.kv.weight"), 2)
-    k_b, v_b = np.split(src.take("visual.trunk.attn_pool.kv.bias"), 2)
     return {
         "img/patch_embed/kernel": conv(src.take("visual.trunk.patch_embed.proj.weight")),
         "img/patch_embed/bias": src.take("visual.trunk.patch_embed.proj.bias"),
         "img/pos_embed": src.take("visual.trunk.pos_embed"),
         **stack_layers(v.depth, _blocks(src, "visual.trunk.blocks", v.heads, TIMM_BLOCK), "img/encoder/blocks"),
         **layer_norm(src, "visual.trunk.norm", "img/final_norm"),
-        "img/map_head/probe": src.take("visual.trunk.attn_pool.latent"),
+        **_timm_map_head(src, "visual.trunk.attn_pool", v.heads),
+    }
+
+
+def _timm_map_head(src: SourceKeys, name: str, heads: int) -> dict[str, np.ndarray]:
+    """timm's AttentionPoolLatent (one latent query, packed k/v) -> a jaxvlm MapHead."""
+    k_w, v_w = np.split(src.take(f"{name}.kv.weight"), 2)
+    k_b, v_b = np.split(src.take(f"{name}.kv.bias"), 2)
+    return {
+        "img/map_head/probe": src.take(f"{name}.latent"),
         **attention_params(
             "img/map_head/attn",
-            (q_w, q_b),
+            (src.take(f"{name}.q.weight"), src.take(f"{name}.q.bias")),
             (k_w, k_b),
             (v_w, v_b),
-            src.take("visual.trunk.attn_pool.proj.weight"),
-            src.take("visual.trunk.attn_pool.proj.bias"),
-            v.heads,
+            src.take(f"{name}.proj.weight"),
+            src.take(f"{name}.proj.bias"),
+            heads,
         ),
-        **layer_norm(src, "visual.trunk.attn_pool.norm", "img/map_head/norm"),
-        **dense(src, "visual.trunk.attn_pool.mlp.fc1", "img/map_head/mlp/fc1"),
-        **dense(src, "visual.trunk.attn_pool.mlp.fc2", "img/map_head/mlp/fc2"),
+        **layer_norm(src, f"{name}.norm", "img/map_head/norm"),
+        **dense(src, f"{name}.mlp.fc1", "img/map_head/mlp/fc1"),
+        **dense(src, f"{name}.mlp.fc2", "img/map_head/mlp/fc2"),
     }
+
+
+def _pe_vision(src: SourceKeys, v: PeViTConfig) -> dict[str, np.ndarray]:
+    """timm's PE-Core ViT (its Eva class) under open_clip's TimmModel; its classifier head is the projection."""
+    t = "visual.trunk"
+    params = {
+        "img/patch_embed/kernel": conv(src.take(f"{t}.patch_embed.proj.weight")),
+        "img/pos_embed": src.take(f"{t}.pos_embed"),
+        **layer_norm(src, f"{t}.norm_pre", "img/pre_norm"),
+        **stack_layers(v.depth, _blocks(src, f"{t}.blocks", v.heads, TIMM_BLOCK), "img/encoder/blocks"),
+        **layer_norm(src, f"{t}.norm", "img/final_norm"),
+        **_timm_map_head(src, f"{t}.attn_pool", v.pool_heads),
+    }
+    if v.class_token:
+        params["img/cls"] = src.take(f"{t}.cls_token")
+    if v.proj:
+        params.update(dense(src, f"{t}.head", "img/proj", bias=v.proj_bias))
+    return params
 
 
 def _text(src: SourceKeys, t: TransformerTextConfig) -> dict[str, np.ndarray]:
@@ -169,7 +193,7 @@ def _decoder(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 
 # tower kind -> the converter of its open_clip weights ("visual.*" / "text.*" or top-level text keys)
-IMAGE_TOWERS = {"vit": _vit}
+IMAGE_TOWERS = {"vit": _vit, "pe_vit": _pe_vision}
 TEXT_TOWERS = {"transformer": _text}
 
 
@@ -208,8 +232,8 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
     tokenizer_source = tokenizer_path or (CLIP_BPE_FILE if arch.tokenizer.kind == "clip_bpe" else None)
     if tokenizer_source is None:
         raise InputError(
-            f"{model_name} uses a SentencePiece tokenizer that open_clip downloads from the HF hub; "
-            "pass its file with --tokenizer (e.g. the checkpoint's tokenizer.model / spiece.model)"
+            f"{model_name} uses a tokenizer that open_clip downloads from the HF hub; pass its file with "
+            "--tokenizer (the checkpoint's tokenizer.model / spiece.model; CLIPA: bert-base-uncased's tokenizer.json)"
         )
     return Converted(
         arch.model,

@@ -21,7 +21,7 @@ from jaxvlm.convert.open_clip import convert_state_dict
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import DecoderConfig, ModelConfig
 from jaxvlm.models.registry import ARCHITECTURES, CLIP_TOKENIZER, get_architecture
-from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import ImageTowerConfig, PeViTConfig, TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 
@@ -186,6 +186,38 @@ def _timm_siglip_vits() -> dict[str, TimmViT]:
 TIMM_VITS: dict[str, TimmViT] = _timm_siglip_vits()
 
 
+def _timm_pe_vits() -> dict[str, PeViTConfig]:
+    """What timm builds for its vit_pe_core_* models (eva.py's model_args), by name: exact GELU, LayerNorm
+    eps 1e-5, an 8-head MAP head with a 4x MLP, RoPE coordinates scaled to ref_feat_shape, and the
+    classifier head (open_clip's projection, with bias)."""
+    sizes = {  # img_size, patch_size, embed_dim, depth, num_heads, MLP width, class_token, rope_grid_offset, ref
+        "vit_pe_core_tiny_patch16_384": (384, 16, 192, 12, 3, 768, True, 1.0, 24),
+        "vit_pe_core_small_patch16_384": (384, 16, 384, 12, 6, 1536, True, 1.0, 24),
+        "vit_pe_core_base_patch16_224": (224, 16, 768, 12, 12, 3072, True, 1.0, 14),
+        "vit_pe_core_large_patch14_336": (336, 14, 1024, 24, 16, 4096, True, 1.0, 24),
+        "vit_pe_core_gigantic_patch14_448": (448, 14, 1536, 50, 16, 8960, False, 0.0, 32),
+    }
+    vits = {}
+    for name, (image, patch, width, depth, heads, mlp_dim, cls, offset, ref) in sizes.items():
+        vits[name] = PeViTConfig(
+            image_size=image,
+            patch_size=patch,
+            width=width,
+            depth=depth,
+            heads=heads,
+            mlp_dim=mlp_dim,
+            pool_heads=8,
+            pool_mlp_dim=4 * width,
+            class_token=cls,
+            rope_offset=offset,
+            rope_ref_grid=ref,
+        )
+    return vits
+
+
+TIMM_PE_VITS: dict[str, PeViTConfig] = _timm_pe_vits()
+
+
 class _Fields:
     """One of model_cfg's objects over open_clip's defaults, with typed access; a key open_clip
     does not know is an error (open_clip's dataclass would refuse it too)."""
@@ -278,7 +310,7 @@ def _check_plain_blocks(section: _Fields) -> None:
             section.only(key)
 
 
-def _vision_config(v: _Fields, quick_gelu: bool) -> ViTConfig:
+def _vision_config(v: _Fields, quick_gelu: bool) -> ImageTowerConfig:
     if v["timm_model_name"] is not None:
         return _timm_vision_config(v)
     layers = v["layers"]
@@ -288,19 +320,21 @@ def _vision_config(v: _Fields, quick_gelu: bool) -> ViTConfig:
             "which jaxvlm cannot convert yet"
         )
     _check_plain_blocks(v)
-    for key in ("no_ln_pre", "pos_embed_type", "final_ln_after_pool", "pool_type"):
-        v.only(key)
+    v.only("pos_embed_type")
     attentional = v.only("attentional_pool", False, True)  # "parallel" / "cascade": two poolers
     width, head_width = v.int("width"), v.int("head_width")
     if width % head_width:
         raise InputError(f"{v.where}.width {width} is not a multiple of head_width {head_width}")
-    pool = (
-        dict(
+    if attentional:  # the pooler's first query is pooled; open_clip ignores final_ln_after_pool then
+        v.only("pool_type")
+        pool = dict(
             pool="attn_pool", attn_pool_queries=v.int("attn_pooler_queries"), attn_pool_heads=v.int("attn_pooler_heads")
         )
-        if attentional
-        else {}
-    )
+    else:  # 'avg' (CLIPA): the mean of the patch tokens, the class token left out
+        pool = dict(
+            pool={"tok": "cls", "avg": "gap"}[v.only("pool_type", "tok", "avg")],
+            norm_after_pool=v.flag("final_ln_after_pool"),
+        )
     return ViTConfig(
         image_size=v.square("image_size"),
         patch_size=v.square("patch_size"),
@@ -310,19 +344,22 @@ def _vision_config(v: _Fields, quick_gelu: bool) -> ViTConfig:
         mlp_dim=int(width * v.number("mlp_ratio")),
         act=_act(v, quick_gelu),
         ln_eps=_ln_eps(v),
+        pre_norm=not v.flag("no_ln_pre"),
         **pool,
     )
 
 
-def _timm_vision_config(v: _Fields) -> ViTConfig:
+def _timm_vision_config(v: _Fields) -> ImageTowerConfig:
     """open_clip's TimmModel: the named timm trunk (open_clip's own ViT fields do not apply), timm's GELU
     whatever quick_gelu says, and with timm_proj 'none' no projection."""
     name = v["timm_model_name"]
+    if isinstance(name, str) and name in TIMM_PE_VITS:
+        return _timm_pe_config(v, TIMM_PE_VITS[name])
     tower = TIMM_VITS.get(name) if isinstance(name, str) else None
     if tower is None:
         raise InputError(
             f"{v.where}.timm_model_name is {name!r}; jaxvlm converts open_clip's timm image towers only for "
-            f"timm's SigLIP ViTs (e.g. {next(iter(TIMM_VITS))}), not this one yet"
+            f"timm's SigLIP and PE-Core ViTs (e.g. {next(iter(TIMM_VITS))}), not this one yet"
         )
     v.only("timm_pool", "map")
     v.only("timm_proj", "none")
@@ -344,6 +381,17 @@ def _timm_vision_config(v: _Fields) -> ViTConfig:
         pool="map",
         proj=False,
     )
+
+
+def _timm_pe_config(v: _Fields, tower: PeViTConfig) -> PeViTConfig:
+    """A timm PE-Core trunk: with timm_proj null its classifier head (with bias) projects to embed_dim,
+    with 'none' there is no head."""
+    v.only("timm_pool", "map")
+    proj = v.only("timm_proj", None, "none") is None
+    size, name = v.square("image_size"), v["timm_model_name"]
+    if size != tower.image_size:
+        raise InputError(f"{v.where}.image_size is {size}, but timm builds {name} for {tower.image_size}")
+    return tower.replace(proj=proj, proj_bias=proj)
 
 
 def _text_config(t: _Fields, quick_gelu: bool, custom_text: bool) -> TransformerTextConfig:
@@ -399,7 +447,7 @@ def _decoder_config(m: _Fields, text: TransformerTextConfig, quick_gelu: bool) -
 def model_config_from_open_clip(model_cfg: Mapping[str, Any], where: str) -> ModelConfig:
     """The jaxvlm ModelConfig of an open_clip model config (``model_cfg`` of open_clip_config.json, or
     one of open_clip's ``model_configs/*.json``): open_clip's ViT and text transformer (CLIP, QuickGELU,
-    CoCa with its attentional pooler and decoder) or timm's SigLIP ViTs with open_clip's text tower.
+    CoCa with its attentional pooler and decoder) or timm's SigLIP and PE-Core ViTs with open_clip's text tower.
 
     ``where`` names the architecture in errors. What jaxvlm cannot build (ResNet or other timm towers,
     HF text towers, layer scale, ...) and keys open_clip does not know are one InputError naming the field.
@@ -506,13 +554,15 @@ def tokenizer_from_open_clip(
     ``hf_tokenizer_name`` (downloaded, as open_clip does); without, its SimpleTokenizer — CLIP's BPE, bundled
     with jaxvlm (a tokenizer.json next to it is not what open_clip runs). ``tokenizer_path`` (--tokenizer)
     replaces the files. The padding and end tokens come from the directory's tokenizer_config.json /
-    special_tokens_map.json, as in the HF converter."""
+    special_tokens_map.json, as in the HF converter, or are BERT's for a WordPiece tokenizer.json (CLIPA's
+    bert-base-uncased names none). ``strip_sep_token`` (CLIPA): the separator id becomes padding."""
 
     t = _Fields(text_cfg, TEXT_FIELDS, f"{where} text_cfg", "CLIPTextCfg")
     hf_name = t["hf_tokenizer_name"]
     if t["tokenizer_mode"]:
         t.only("tokenizer_mode")
-    clean = t.kwargs("tokenizer_kwargs", ("clean",)).get("clean", "whitespace" if hf_name else "lower")
+    kwargs = t.kwargs("tokenizer_kwargs", ("clean", "strip_sep_token"))
+    clean = kwargs.get("clean", "whitespace" if hf_name else "lower")
     if clean not in OPEN_CLIP_CLEANS:
         raise InputError(
             f"{t.where}.tokenizer_kwargs.clean is {clean!r}; open_clip's are {', '.join(OPEN_CLIP_CLEANS)}"
@@ -531,7 +581,12 @@ def tokenizer_from_open_clip(
                 "tokenizer open_clip uses without hf_tokenizer_name: pass the model's tokenizer with --tokenizer"
             )
         return dataclasses.replace(CLIP_TOKENIZER, context_length=context_length, clean=clean), CLIP_BPE_FILE
-    tokenizer, source = hf.tokenizer_config(src_dir, "clip", hf._Fields({}, {}, where), context_length, path)
+    family = "bert" if _is_wordpiece(path) else "clip"
+    tokenizer, source = hf.tokenizer_config(src_dir, family, hf._Fields({}, {}, where), context_length, path)
+    if kwargs.get("strip_sep_token"):
+        if tokenizer.kind != "hf_json":
+            raise InputError(f"{t.where}.tokenizer_kwargs.strip_sep_token needs a tokenizer.json, not {source}")
+        tokenizer = tokenizer.replace(strip_id=_sep_id(Path(source), src_dir, family, tokenizer.pad_id, t.where))
     if tokenizer.kind != "sentencepiece":
         return dataclasses.replace(tokenizer, clean=clean), Path(source)
     if clean != "canonicalize":  # jaxvlm runs SentencePiece as SigLIP's tokenizer: lower case, no punctuation
@@ -542,12 +597,40 @@ def tokenizer_from_open_clip(
     return tokenizer, Path(source)
 
 
+def _is_wordpiece(path: Path) -> bool:
+    from tokenizers import Tokenizer, models
+
+    try:
+        return path.suffix == ".json" and isinstance(Tokenizer.from_file(str(path)).model, models.WordPiece)
+    except Exception:  # the Rust side raises bare Exceptions; hf.tokenizer_config names the unreadable file
+        return False
+
+
+def _sep_id(path: Path, src_dir: Path, family: str, pad_id: int, where: str) -> int:
+    """The id of the separator token open_clip's strip_sep_token zeroes: jaxvlm pads it, so padding must be 0."""
+    from tokenizers import Tokenizer
+
+    name = hf._special_token(src_dir, "sep_token", hf.TOKENIZER_DEFAULTS[family].get("sep_token", ""))
+    sep = Tokenizer.from_file(str(path)).token_to_id(name) if name else None
+    if sep is None:
+        raise InputError(
+            f"{where}.tokenizer_kwargs.strip_sep_token: {path} has no separator token; name it as sep_token in "
+            f"{src_dir}/tokenizer_config.json"
+        )
+    if pad_id != 0:
+        raise InputError(
+            f"{where}.tokenizer_kwargs.strip_sep_token zeroes the separator, but {path} pads with {pad_id}"
+        )
+    return sep
+
+
 def _hub_tokenizer(repo: str, where: str) -> Path:
     """The folder of the tokenizer files of hub repo ``repo`` (open_clip's ``hf_tokenizer_name``), downloaded."""
     from jaxvlm import hub
 
     try:
-        snapshot = hub.download(repo, None, only=[*TOKENIZER_FILES, *TOKENIZER_CONFIGS])
+        # config.json: its model type names the tokenizer class where no tokenizer_config.json does (XLM-V's repo)
+        snapshot = hub.download(repo, None, only=[*TOKENIZER_FILES, *TOKENIZER_CONFIGS, "config.json"])
     except InputError as e:
         raise InputError(f"{where}.hf_tokenizer_name (the repo holds no tokenizer files): {e}") from None
     if not any((snapshot / name).is_file() for name in TOKENIZER_FILES):

@@ -156,6 +156,14 @@ class Mlp(nn.Module):
         return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
 
 
+def rotate_pairs(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotary position embedding of x [B, L, heads, head_dim]: channels 2i and 2i+1 rotated together by
+    the angle whose sin / cos are sin[l, 2i] (= sin[l, 2i+1]) [L, head_dim], in float32 and rounded once."""
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    return (x * cos[:, None] + rotated * sin[:, None]).astype(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate query/key/value/out projections.
 
@@ -166,6 +174,7 @@ class Attention(nn.Module):
       - cross-attention gets ``x_kv=None`` and attends over the cached ``cache`` as it is.
     A key/value set may serve several consecutive query sequences (the beams of one image).
     ``attention`` is the implementation `jaxvlm.ops.attention` takes: "auto", "xla" or "pallas".
+    ``rope`` (sin, cos) [L, head_dim] rotates the queries and keys of self-attention (`rotate_pairs`).
     """
 
     heads: int
@@ -182,6 +191,7 @@ class Attention(nn.Module):
         key_mask: jax.Array | None = None,
         cache: tuple | None = None,
         index: jax.Array | None = None,
+        rope: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, tuple | None]:
         width = x_q.shape[-1]
         head_dim = width // self.heads
@@ -201,6 +211,8 @@ class Attention(nn.Module):
             k, v = cache
         else:
             k, v = proj("key")(x_kv), proj("value")(x_kv)
+            if rope is not None:
+                q, k = rotate_pairs(q, *rope), rotate_pairs(k, *rope)
             if cache is not None:
                 k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
                 v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
@@ -249,6 +261,7 @@ class Block(nn.Module):
         key_mask: jax.Array | None = None,
         index: jax.Array | None = None,
         x_kv: jax.Array | None = None,
+        rope: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, tuple | None]:
         y = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
         if self.cross:
@@ -256,7 +269,7 @@ class Block(nn.Module):
         else:
             source = y
         y, kv = Attention(self.heads, self.causal, self.dtype, self.attention, name="attn")(
-            y, source, key_mask=key_mask, cache=cache, index=index
+            y, source, key_mask=key_mask, cache=cache, index=index, rope=rope
         )
         x = activations_with_axes(x + y)
         y = layer_norm(self.ln_eps, self.dtype, "norm2")(x)
@@ -302,8 +315,10 @@ class Encoder(nn.Module):
         cache: tuple | None = None,
         key_mask: jax.Array | None = None,
         index: jax.Array | None = None,
+        rope: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, tuple | None]:
-        blocks = scan_layers(Block, self.depth, self.remat, in_axes=(0, nn.broadcast, nn.broadcast))(
+        in_axes = (0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast)  # cache, key_mask, index, x_kv, rope
+        blocks = scan_layers(Block, self.depth, self.remat, in_axes=in_axes)(
             self.heads,
             self.mlp_dim,
             self.act,
@@ -313,7 +328,7 @@ class Encoder(nn.Module):
             attention=self.attention,
             name="blocks",
         )
-        return blocks(x, cache, key_mask, index)
+        return blocks(x, cache, key_mask, index, None, rope)
 
 
 class MapHead(nn.Module):
@@ -327,12 +342,15 @@ class MapHead(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        """x [B, N, W] -> [B, W]; ``key_mask`` bool [B, N]: the tokens to pool over (all by default)."""
         probe = self.param(
             "probe", param_with_axes(nn.initializers.xavier_uniform(), None, None, "embed"), (1, 1, x.shape[-1])
         )
         probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x, _ = Attention(self.heads, dtype=self.dtype, attention=self.attention, name="attn")(probe, x)
+        x, _ = Attention(self.heads, dtype=self.dtype, attention=self.attention, name="attn")(
+            probe, x, key_mask=key_mask
+        )
         y = layer_norm(self.ln_eps, self.dtype, "norm")(x)
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(y)
         return x[:, 0]

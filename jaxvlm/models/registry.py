@@ -13,8 +13,8 @@ import math
 
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import DecoderConfig, ModelConfig
-from jaxvlm.models.towers import TransformerTextConfig, ViTConfig
-from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
+from jaxvlm.models.towers import NaFlexViTConfig, PeViTConfig, TransformerTextConfig, ViTConfig
+from jaxvlm.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
 
@@ -109,6 +109,30 @@ def siglip2(*, vision: dict, text: dict) -> Architecture:
     """open_clip's SigLIP 2 at a fixed resolution: SigLIP with Gemma's 256k vocabulary and tanh GELU in
     the text tower (its act_kwargs), the image tower's GELU being timm's for that model."""
     return siglip(vision=vision, text={"vocab_size": 256000, "act": "gelu_tanh", **text}, tokenizer=GEMMA_TOKENIZER)
+
+
+def siglip2_naflex(*, vision: dict, text: dict) -> Architecture:
+    """SigLIP 2 NaFlex (HF's Siglip2Model, big_vision's NaFlex checkpoints): SigLIP 2's text tower and a
+    NaFlex image tower (`jaxvlm.models.towers.naflex_vit`) with 16 x 16 learned positions, tanh GELU,
+    images resized (bilinear) to fit 256 patches at their own aspect ratio, as Siglip2ImageProcessor does."""
+    fixed = siglip2(vision={"image_size": 256, **vision}, text=text)
+    naflex = NaFlexViTConfig(**vision, act="gelu_tanh", ln_eps=1e-6, position_grid=16, max_num_patches=256)
+    preprocess = dataclasses.replace(
+        fixed.preprocess, resize_mode="naflex", interpolation="bilinear", patch_size=naflex.patch_size
+    )
+    return dataclasses.replace(fixed, model=dataclasses.replace(fixed.model, vision=naflex), preprocess=preprocess)
+
+
+def tiny_siglip_naflex() -> Architecture:
+    """jaxvlm's test size of a NaFlex SigLIP (training tests, `jaxvlm plan` tests): tiny-siglip's towers
+    with 8 px patches on a 4 x 4 position grid, 16 patches per image, and CLIP's bundled BPE (no
+    tokenizer file to fetch)."""
+    vision = {"patch_size": 8, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 256}
+    text = {"context_length": 16, "vocab_size": 49408}
+    fixed = siglip(vision={"image_size": 32, **vision}, text=text, tokenizer=CLIP_TOKENIZER)
+    naflex = NaFlexViTConfig(**vision, position_grid=4, max_num_patches=16)
+    preprocess = dataclasses.replace(fixed.preprocess, resize_mode="naflex", patch_size=8, max_num_patches=16)
+    return dataclasses.replace(fixed, model=dataclasses.replace(fixed.model, vision=naflex), preprocess=preprocess)
 
 
 def coca(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
@@ -269,10 +293,13 @@ def _siglip_family() -> dict[str, Architecture]:
         "ViT-SO400M-16-SigLIP2-512": siglip2(vision={"image_size": 512, **so400m16, **tanh}, text={}),
         "ViT-gopt-16-SigLIP2-256": siglip2(vision={"image_size": 256, **gopt16, **tanh}, text=so400m_text),
         "ViT-gopt-16-SigLIP2-384": siglip2(vision={"image_size": 384, **gopt16, **tanh}, text=so400m_text),
+        "ViT-B-16-SigLIP2-NaFlex": siglip2_naflex(vision=b16, text={}),
+        "ViT-SO400M-16-SigLIP2-NaFlex": siglip2_naflex(vision=so400m16, text={}),
         "tiny-siglip": siglip(
             vision={"image_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 256},
             text={"context_length": 16},
         ),
+        "tiny-siglip-naflex": tiny_siglip_naflex(),
     }
 
 
@@ -301,7 +328,136 @@ def _coca_family() -> dict[str, Architecture]:
     }
 
 
-ARCHITECTURES: dict[str, Architecture] = {**_clip_family(), **_siglip_family(), **_coca_family()}
+# MetaCLIP 2 worldwide's text side: XLM-V's tokenizer.json as open_clip's HFTokenizer runs it (transformers'
+# XLMRobertaTokenizer over the file): whitespace-cleaned text, <s> ... </s>, padded with <pad> (id 1)
+XLM_V_TOKENIZER = TokenizerConfig(
+    kind="hf_json", file="tokenizer.json", context_length=77, clean="whitespace", pad_id=1, whitespace_split=True
+)
+
+
+def metaclip2_worldwide(*, embed_dim: int, vision: dict, text: dict, act: str = "gelu") -> Architecture:
+    """open_clip's MetaCLIP 2 worldwide: a CLIP ViT whose text tower reads XLM-V's 901,629-piece vocabulary
+    and pools at the first end token (</s>, id 2), not at CLIP's largest id."""
+    text = {"vocab_size": 901629, "pool": "eos", "eos_id": 2, **text}
+    return dataclasses.replace(clip(embed_dim=embed_dim, vision=vision, text=text, act=act), tokenizer=XLM_V_TOKENIZER)
+
+
+def _metaclip2_family() -> dict[str, Architecture]:
+    h14 = {"embed_dim": 1024, "text": {"width": 1024, "depth": 24}}
+    h14_vision = {"patch_size": 14, "width": 1280, "depth": 32, "head_width": 80}
+    big_g14 = {"embed_dim": 1280, "text": {"width": 1280, "depth": 32}}
+    big_g14_vision = {"patch_size": 14, "width": 1664, "depth": 48, "head_width": 104, "mlp_ratio": 4.9231}
+    return {
+        "ViT-H-14-worldwide": metaclip2_worldwide(**h14, vision={"image_size": 224, **h14_vision}),
+        "ViT-H-14-worldwide-quickgelu": metaclip2_worldwide(
+            **h14, vision={"image_size": 224, **h14_vision}, act="quick_gelu"
+        ),
+        "ViT-H-14-worldwide-378": metaclip2_worldwide(**h14, vision={"image_size": 378, **h14_vision}),
+        "ViT-bigG-14-worldwide": metaclip2_worldwide(**big_g14, vision={"image_size": 224, **big_g14_vision}),
+        "ViT-bigG-14-worldwide-378": metaclip2_worldwide(**big_g14, vision={"image_size": 378, **big_g14_vision}),
+    }
+
+
+# CLIPA's text side: bert-base-uncased's tokenizer.json (WordPiece, lower case, [CLS] ... [SEP]) as open_clip's
+# HFTokenizer runs it: whitespace-cleaned text, padded with [PAD] (0), and [SEP] (102) zeroed (strip_sep_token)
+CLIPA_TOKENIZER = TokenizerConfig(
+    kind="hf_json", file="tokenizer.json", context_length=32, clean="whitespace", strip_id=102
+)
+
+
+def clipa(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
+    """open_clip's CLIPA: a CLIP ViT without pre-LN that averages its patch tokens (the class token left
+    out) and normalises the average (final_ln_after_pool); a bidirectional text tower over BERT's WordPiece
+    ids pooled at the last position; squashed, bilinear, ImageNet-normalised images."""
+    vision = {**vision, "pre_norm": False, "pool": "gap", "norm_after_pool": True}
+    text = {"vocab_size": 32000, "context_length": 32, "causal": False, "pool": "last", **text}
+    arch = clip(embed_dim=embed_dim, vision=vision, text=text)
+    preprocess = PreprocessConfig(
+        image_size=arch.model.vision.image_size,
+        resize_mode="squash",
+        interpolation="bilinear",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    return dataclasses.replace(arch, preprocess=preprocess, tokenizer=CLIPA_TOKENIZER)
+
+
+def _clipa_family() -> dict[str, Architecture]:
+    l14 = {"embed_dim": 768, "text": {"width": 768, "depth": 12}}
+    l14_vision = {"patch_size": 14, "width": 1024, "depth": 24}
+    h14 = {"embed_dim": 1024, "text": {"width": 1024, "depth": 24}}
+    h14_vision = {"patch_size": 14, "width": 1280, "depth": 32, "head_width": 80}
+    big_g14 = {"embed_dim": 1280, "text": {"width": 1280, "depth": 32}}
+    big_g14_vision = {"patch_size": 14, "width": 1664, "depth": 48, "head_width": 104, "mlp_ratio": 4.9231}
+    archs = {}
+    for name, sizes, vision in [("L", l14, l14_vision), ("H", h14, h14_vision), ("bigG", big_g14, big_g14_vision)]:
+        archs[f"ViT-{name}-14-CLIPA"] = clipa(**sizes, vision={"image_size": 224, **vision})
+        archs[f"ViT-{name}-14-CLIPA-336"] = clipa(**sizes, vision={"image_size": 336, **vision})
+    return archs
+
+
+def pe_core(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
+    """open_clip's PE-Core (Meta's Perception Encoder): timm's PE ViT (`jaxvlm.models.towers.pe_vit`: 2-D
+    RoPE, an 8-head MAP head with a 4x MLP, its classifier head projecting with bias) and open_clip's causal
+    text tower over CLIP's BPE with 4x MLPs; squashed, bilinear images normalised to [-1, 1]."""
+    vision = PeViTConfig(**vision, pool_heads=8, pool_mlp_dim=4 * vision["width"])
+    text = TransformerTextConfig(vocab_size=49408, **text, mlp_dim=4 * text["width"])
+    preprocess = PreprocessConfig(
+        image_size=vision.image_size,
+        resize_mode="squash",
+        interpolation="bilinear",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+    )
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
+        preprocess,
+        dataclasses.replace(CLIP_TOKENIZER, context_length=text.context_length),
+    )
+
+
+def _pe_core_family() -> dict[str, Architecture]:
+    # timm's vit_pe_core_*: rope_ref_grid is its ref_feat_shape; the gigantic one has no class token and
+    # its rotary grid starts at 0
+    def vision(image_size, patch_size, width, depth, heads, mlp_dim, ref_grid, class_token=True, offset=1.0):
+        return dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            width=width,
+            depth=depth,
+            heads=heads,
+            mlp_dim=mlp_dim,
+            rope_ref_grid=ref_grid,
+            class_token=class_token,
+            rope_offset=offset,
+        )
+
+    def text(width, heads, depth, context_length=32):
+        return dict(width=width, heads=heads, depth=depth, context_length=context_length)
+
+    return {
+        "PE-Core-T-16-384": pe_core(embed_dim=512, vision=vision(384, 16, 192, 12, 3, 768, 24), text=text(512, 8, 12)),
+        "PE-Core-S-16-384": pe_core(embed_dim=512, vision=vision(384, 16, 384, 12, 6, 1536, 24), text=text(512, 8, 12)),
+        "PE-Core-B-16": pe_core(embed_dim=1024, vision=vision(224, 16, 768, 12, 12, 3072, 14), text=text(1024, 16, 24)),
+        "PE-Core-L-14-336": pe_core(
+            embed_dim=1024, vision=vision(336, 14, 1024, 24, 16, 4096, 24), text=text(1024, 16, 24)
+        ),
+        "PE-Core-bigG-14-448": pe_core(
+            embed_dim=1280,
+            vision=vision(448, 14, 1536, 50, 16, 8960, 32, class_token=False, offset=0.0),
+            text=text(1280, 20, 24, context_length=72),
+        ),
+    }
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    **_clip_family(),
+    **_siglip_family(),
+    **_coca_family(),
+    **_metaclip2_family(),
+    **_clipa_family(),
+    **_pe_core_family(),
+}
 
 
 def list_models() -> list[str]:

@@ -5,20 +5,40 @@ SigLIP numerics: tanh GELU, eps 1e-6, bidirectional text pooled at the last toke
 stands in for it: a small random SiglipModel, every parameter perturbed, is written out as a
 big_vision .npz by the big_vision <-> HF key correspondence (per-layer and stacked blocks, with
 and without the `params/` prefix), converted, and compared in float32 against HF run in float64.
+SigLIP 2's files differ only in vocabulary and text pre-processing: a Gemma-style SentencePiece model
+trained here, and big_vision's pre-processing written op by op from its sources (`big_vision_gemma_tokens`;
+big_vision needs TensorFlow, which is not installed) as the reference for the token ids.
 """
 
 import json
+import re
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 import jaxvlm
+from jaxvlm import pretrained
 from jaxvlm.cli import main
 from jaxvlm.convert import big_vision
 from jaxvlm.errors import InputError
+from jaxvlm.models import registry
 from jaxvlm.models.two_tower import TwoTower, contrastive_logits
-from tests.convert.big_vision_models import SMALL, TINY_SIGLIP, hf_siglip, to_big_vision, write_npz
+from tests.convert.big_vision_models import (
+    GEMMA_SPECIAL,
+    SIGLIP2_SMALL,
+    SMALL,
+    TINY_SIGLIP,
+    big_vision_gemma_tokens,
+    gemma_spm,
+    hf_siglip,
+    hf_siglip2_naflex,
+    siglip2_shapes,
+    to_big_vision,
+    write_npz,
+)
+from tests.hub_server import HubServer
 from tests.tolerances import assert_close_to_scale
 
 torch = pytest.importorskip("torch")
@@ -255,8 +275,211 @@ def test_tokenizer_is_required(small_arrays, tmp_path, spm_model_file):
         _convert(tmp_path, small_arrays, tmp_path / "absent.model")
 
 
-def test_siglip2_text_pre_processing_is_refused_by_name(tmp_path, spm_model_file):
-    """big_vision's SigLIP 2 checkpoints tokenize with Gemma's tokenizer, which this converter does not write yet."""
+# ---------------------------------------------------------------- SigLIP 2: Gemma's vocabulary and pre-processing
+
+# what big_vision's ASCII-only lower case, the plain SentencePiece encode (punctuation, digits, special-token
+# literals kept), the sticky <eos> and the <pad> padding each change; the last is longer than the context
+TEXTS = [
+    "A photo of a CAT.",
+    'an apple with a note saying "ipod"',
+    "ZÜRICH Éc ωa жи",
+    "",
+    "in 1984 <mask> </s> <eos> <unk>",
+    "  two  spaces\tand a tab ",
+    "ka to ri " * 8,
+]
+SIGLIP2_FILE = re.compile(r"gs://big_vision/siglip2/siglip2_(?P<variant>[a-z0-9-]+?)(?P<patch>\d+)_(?P<res>\d+)\.npz")
+BIG_VISION_VARIANT = {"b": "B", "l": "L", "so400m": "So400m", "g-opt": "g-opt"}  # in the file names
+# SIGLIP2_SMALL as a registry architecture: open_clip's SigLIP 2 numerics, its Gemma tokenizer's padding
+TINY_SIGLIP2 = registry.siglip2(
+    vision={"image_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 4, "mlp_dim": 128},
+    text={"vocab_size": 640, "context_length": 16, "width": 48, "depth": 3, "heads": 2, "mlp_dim": 96},
+)
+
+
+@pytest.fixture(scope="module")
+def gemma_spm_file(tmp_path_factory):
+    return gemma_spm(tmp_path_factory.mktemp("gemma"))
+
+
+@pytest.fixture(scope="module")
+def small_siglip2():
+    return hf_siglip(SIGLIP2_SMALL, seed=4, special=GEMMA_SPECIAL)
+
+
+def siglip2_rows():
+    """The big_vision SigLIP 2 fixed-resolution rows of the pretrained table."""
+    rows = [pretrained.get_pretrained(*pair) for pair in jaxvlm.list_pretrained()]
+    return [e for e in rows if e.weights_url and SIGLIP2_FILE.fullmatch(e.weights_url)]
+
+
+def assert_big_vision_tokens(ids, spm_file, texts, length):
+    want = big_vision_gemma_tokens(spm_file, texts, length)
+    np.testing.assert_array_equal(ids, want)
+    print(f"\ntoken ids identical to big_vision's SigLIP 2 pre-processing for {len(texts)} texts")
+
+
+def test_siglip2_via_cli_matches_hf_and_big_vision_tokens(small_siglip2, tmp_path, gemma_spm_file):
+    """A SigLIP 2-style checkpoint (scan layout, `params/` prefix) with a Gemma-style vocabulary, converted
+    without --model: big_vision's text pre-processing id for id, embeddings as HF's SiglipModel's."""
+    npz = write_npz(tmp_path / "ckpt.npz", to_big_vision(small_siglip2, stacked=True, prefix="params/"))
+    converted = big_vision.convert(npz, None, gemma_spm_file)
+    t, tok = converted.config.text, converted.tokenizer
+    assert (t.vocab_size, t.context_length, t.width, t.proj, converted.config.embed_dim) == (640, 16, 48, True, 64)
+    assert (tok.kind, tok.clean, tok.encode, tok.pad_id, tok.eos_id) == ("sentencepiece", "ascii_lower", "plain", 0, 1)
+
+    out = tmp_path / "model"
+    assert main(["convert", "--from", "big_vision", str(npz), str(out), "--tokenizer", str(gemma_spm_file)]) == 0
+    loaded = jaxvlm.load(out)
+    ids = loaded.tokenize(TEXTS)
+    assert_big_vision_tokens(ids, gemma_spm_file, TEXTS, 16)
+    pixels, _ = inputs(small_siglip2)
+    zi, zt = loaded.encode_image(pixels), loaded.encode_text(ids)
+    want = reference(small_siglip2, pixels, ids)
+    assert_parity(
+        "SigLIP 2 (Gemma vocabulary) via CLI + jaxvlm.load", small_siglip2, (zi, zt, loaded.logits(zi, zt)), want
+    )
+
+
+def test_the_siglip1_rules_would_tokenize_otherwise(tmp_path, gemma_spm_file):
+    """The SigLIP 2 rules matter on TEXTS: SigLIP's (canonicalised, HF's SiglipTokenizer) give other ids."""
+    from jaxvlm.tokenizers import TokenizerConfig, build_tokenizer
+
+    cfg = TokenizerConfig("sentencepiece", gemma_spm_file.name, 16, clean="ascii_lower", pad_id=0, eos_id=1)
+    ids = {
+        encode: build_tokenizer(cfg.replace(encode=encode), gemma_spm_file.parent)(TEXTS)
+        for encode in ("plain", "hf_siglip")
+    }
+    assert_big_vision_tokens(ids["plain"], gemma_spm_file, TEXTS, 16)
+    differs = [text for text, a, b in zip(TEXTS, ids["plain"], ids["hf_siglip"]) if not np.array_equal(a, b)]
+    assert len(differs) >= 4, differs
+    lower = build_tokenizer(cfg.replace(encode="plain", clean="lower"), gemma_spm_file.parent)(TEXTS)
+    assert not np.array_equal(lower[2], ids["plain"][2])  # str.lower lowers Ü and É too; TensorFlow's does not
+
+
+def test_a_siglip2_pair_loads_through_the_gcs_stand_in(small_siglip2, tmp_path, gemma_spm_file, monkeypatch):
+    """A SigLIP 2 pair (a tiny registry architecture standing in for the published ones) loads by name:
+    weights and Gemma tokenizer fetched from $JAXVLM_GCS_ENDPOINT, converted once, reloaded offline."""
+    npz = write_npz(tmp_path / "tiny.npz", to_big_vision(small_siglip2, stacked=True))
+    arch, url = "tiny-siglip2", "gs://big_vision/siglip2/tiny.npz"
+    monkeypatch.setitem(registry.ARCHITECTURES, arch, TINY_SIGLIP2)
+    row = pretrained.Pretrained(
+        arch, url, None, None, False, {}, weights_url=url, tokenizer_url="gs://big_vision/gemma_tokenizer.model"
+    )
+    monkeypatch.setitem(pretrained._table(), (arch, url), row)
+    assert row.loads
+    monkeypatch.setenv("JAXVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with HubServer(tmp_path / "repos") as server:
+        server.static |= {"big_vision/siglip2/tiny.npz": npz, "big_vision/gemma_tokenizer.model": gemma_spm_file}
+        monkeypatch.setenv("JAXVLM_GCS_ENDPOINT", server.endpoint)
+        model = jaxvlm.load(arch, pretrained=url)
+    ids = model.tokenize(TEXTS)
+    assert_big_vision_tokens(ids, gemma_spm_file, TEXTS, 16)
+    pixels, _ = inputs(small_siglip2)
+    zi, zt = model.encode_image(pixels), model.encode_text(ids)
+    want = reference(small_siglip2, pixels, ids)
+    assert_parity("SigLIP 2 pair via the GCS stand-in", small_siglip2, (zi, zt, model.logits(zi, zt)), want)
+    assert model.provenance["model"] == arch
+    assert not [p for p in (tmp_path / "cache").rglob("*.npz*") if p.is_file()]  # downloads go once converted
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("JAXVLM_GCS_ENDPOINT", "http://127.0.0.1:9")
+    assert jaxvlm.load(arch, pretrained=url).directory == model.directory
+
+
+def test_the_siglip2_rows_load():
+    rows = siglip2_rows()
+    assert len(rows) == 15 and all(e.loads for e in rows), [e.arch for e in rows if not e.loads]
+    assert {e.tokenizer_url for e in rows} == {"gs://big_vision/gemma_tokenizer.model"}
+
+
+@pytest.mark.parametrize(
+    "name,tokenizer,message",
+    [
+        ("ViT-B-16-SigLIP2", "t5", "ViT-B-16-SigLIP2 was trained on texts padded with id 0, but .* SigLIP's T5"),
+        ("tiny-siglip", "gemma", "tiny-siglip was trained on texts padded with id 1, but .* SigLIP 2's Gemma"),
+    ],
+)
+def test_a_tokenizer_of_the_other_generation_is_refused(
+    tmp_path, spm_model_file, gemma_spm_file, name, tokenizer, message
+):
     npz = write_npz(tmp_path / "x.npz", {"t": np.zeros(1, np.float32)})
-    with pytest.raises(InputError, match="ViT-B-16-SigLIP2 runs a hf_json tokenizer; .* SigLIP 1 text pre-processing"):
-        big_vision.convert(npz, "ViT-B-16-SigLIP2", spm_model_file)
+    with pytest.raises(InputError, match=message):
+        big_vision.convert(npz, name, spm_model_file if tokenizer == "t5" else gemma_spm_file)
+
+
+def shapes_only(shapes):
+    """Zero-strided float32 arrays of these shapes: a full-size checkpoint that takes no memory to hold."""
+    return {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", siglip2_rows(), ids=lambda e: e.architecture)
+def test_every_siglip2_row_converts_at_full_size(monkeypatch, gemma_spm_file, entry):
+    """Key and shape accounting of each published SigLIP 2 checkpoint, its layout written from big_vision's
+    ViT variants and the demo colab's model config (out_dim [None, image width]; g-opt's text tower So400m)."""
+    m = SIGLIP2_FILE.fullmatch(entry.weights_url)
+    variant = BIG_VISION_VARIANT[m["variant"]]
+    shapes = siglip2_shapes(variant, int(m["patch"]), int(m["res"]), "So400m" if variant == "g-opt" else variant)
+    monkeypatch.setattr(big_vision, "read_weights", lambda path: shapes_only(shapes))
+    converted = big_vision.convert(Path(entry.weights_url), entry.architecture, gemma_spm_file)
+    assert converted.config == big_vision.named_config(entry.architecture)
+    assert (converted.tokenizer.context_length, converted.tokenizer.pad_id, converted.tokenizer.clean) == (
+        64,
+        0,
+        "ascii_lower",
+    )
+
+
+def test_a_named_architecture_keeps_its_image_size_for_the_same_patch_grid():
+    """A 384-px So400m/14 (big_vision's so400m_384 files) has a 27 x 27 grid, which reads as 378 px."""
+    weights = shapes_only(siglip2_shapes("So400m", 14, 384, "So400m", vocab=32000))
+    assert big_vision.infer_config(weights, "x").vision.image_size == 378
+    cfg = big_vision.named_config("ViT-SO400M-14-SigLIP-384")
+    assert big_vision._check_named(cfg, weights, "x").vision.image_size == 384
+    with pytest.raises(InputError, match=r"vision.image_size 378 \(model: 224\)"):
+        big_vision._check_named(big_vision.named_config("ViT-SO400M-14-SigLIP"), weights, "x")
+
+
+def test_encode_is_a_sentencepiece_choice():
+    from jaxvlm.tokenizers import TokenizerConfig
+
+    with pytest.raises(InputError, match="tokenizer encode 'plain' is for kind 'sentencepiece' only"):
+        TokenizerConfig("hf_json", "tokenizer.json", 16, encode="plain")
+    with pytest.raises(InputError, match="tokenizer encode is 'raw'; expected one of hf_siglip, plain"):
+        TokenizerConfig("sentencepiece", "tokenizer.model", 16, encode="raw")
+
+
+def test_siglip2_naflex_matches_hf_siglip2(tmp_path, gemma_spm_file):
+    """A NaFlex checkpoint in big_vision's layout (patch Dense, [g, g, w] positions; scan layout) converted
+    without --model: images of several patch grids embed as transformers' Siglip2Model embeds them."""
+    from jaxvlm.preprocess import NaFlexImages
+
+    model = hf_siglip2_naflex(SIGLIP2_SMALL, seed=5)
+    npz = write_npz(tmp_path / "naflex.npz", to_big_vision(model, stacked=True, prefix="params/"))
+    converted = big_vision.convert(npz, None, gemma_spm_file)
+    v, pre = converted.config.vision, converted.preprocess
+    assert (v.kind, v.patch_size, v.position_grid, pre.resize_mode, pre.patch_size) == ("naflex_vit", 8, 4, "naflex", 8)
+
+    rng = np.random.default_rng(0)
+    grids, length = [(2, 7), (4, 4), (3, 5), (1, 1)], 20
+    patches = rng.uniform(-1, 1, (len(grids), length, 8 * 8 * 3)).astype(np.float32)
+    mask = np.arange(length)[None] < np.array([r * c for r, c in grids])[:, None]
+    images = NaFlexImages(patches * mask[..., None], mask, np.array(grids, np.int32))
+    _, ids = inputs(hf_siglip(SIGLIP2_SMALL))
+    with torch.no_grad():
+        zi = model.get_image_features(
+            pixel_values=torch.from_numpy(images.patches).double(),
+            pixel_attention_mask=torch.from_numpy(mask).long(),
+            spatial_shapes=torch.from_numpy(images.grid).long(),
+        ).pooler_output
+        zt = model.get_text_features(input_ids=torch.from_numpy(ids).long()).pooler_output
+        zi, zt = zi / zi.norm(dim=-1, keepdim=True), zt / zt.norm(dim=-1, keepdim=True)
+        logits = model.logit_scale.exp() * zi @ zt.T + model.logit_bias
+    assert_parity("SigLIP 2 NaFlex", model, ours(converted, images, ids), (zi.numpy(), zt.numpy(), logits.numpy()))
+
+
+def test_the_naflex_rows_load():
+    rows = [pretrained.get_pretrained(*pair) for pair in jaxvlm.list_pretrained()]
+    naflex = [e for e in rows if e.weights_url and e.weights_url.endswith("_naflex.npz")]
+    assert len(naflex) == 2 and all(e.loads for e in naflex)

@@ -160,7 +160,7 @@ def test_unknown_and_unsupported_options_name_the_field():
     cases = [
         ({**base, "new_option": 1}, "model_cfg.new_option"),
         ({**base, "vision_cfg": {**base["vision_cfg"], "ls_init_value": 0.1}}, "vision_cfg.ls_init_value"),
-        ({**base, "vision_cfg": {**base["vision_cfg"], "pool_type": "avg"}}, "vision_cfg.pool_type"),
+        ({**base, "vision_cfg": {**base["vision_cfg"], "pool_type": "none"}}, "vision_cfg.pool_type"),
         ({**base, "text_cfg": {**base["text_cfg"], "qk_norm": True}}, "text_cfg.qk_norm"),
         ({**base, "text_cfg": {**base["text_cfg"], "embed_cls": True}}, "text_cfg.embed_cls"),
     ]
@@ -179,7 +179,8 @@ def test_preprocess_cfg_is_read_as_open_clip_reads_it():
 
 
 def test_every_registered_open_clip_architecture_maps_from_open_clips_own_config():
-    names = [name for name in ARCHITECTURES if not name.startswith("tiny-")]
+    # SigLIP 2 NaFlex is transformers' and big_vision's: open_clip has no config for it
+    names = [name for name in ARCHITECTURES if not name.startswith("tiny-") and not name.endswith("-NaFlex")]
     for name in names:
         cfg = converter.model_config_from_open_clip(open_clip.get_model_config(name), name)
         assert cfg == ARCHITECTURES[name].model, name

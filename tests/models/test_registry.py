@@ -51,20 +51,39 @@ OPEN_CLIP_PARAMETERS = {
     "ViT-SO400M-16-SigLIP2-512": 1_136_555_698,
     "ViT-gopt-16-SigLIP2-256": 1_871_393_906,
     "ViT-gopt-16-SigLIP2-384": 1_871_885_426,
+    "ViT-H-14-worldwide": 1_858_783_745,
+    "ViT-H-14-worldwide-quickgelu": 1_858_783_745,
+    "ViT-H-14-worldwide-378": 1_859_389_185,
+    "ViT-bigG-14-worldwide": 3_630_409_985,
+    "ViT-bigG-14-worldwide-378": 3_631_197_057,
     "coca_ViT-B-32": 253_560_065,
     "coca_ViT-L-14": 638_450_177,
     "coca_base": 440_337_409,
+    "PE-Core-T-16-384": 69_546_113,
+    "PE-Core-S-16-384": 87_188_225,
+    "PE-Core-B-16": 447_660_545,
+    "PE-Core-L-14-336": 671_138_817,
+    "PE-Core-bigG-14-448": 2_419_267_841,
+    "ViT-L-14-CLIPA": 414_210_561,
+    "ViT-L-14-CLIPA-336": 414_538_241,
+    "ViT-H-14-CLIPA": 968_235_009,
+    "ViT-H-14-CLIPA-336": 968_644_609,
+    "ViT-bigG-14-CLIPA": 2_517_223_937,
+    "ViT-bigG-14-CLIPA-336": 2_517_756_417,
 }
+# architectures open_clip does not build: counted with transformers' Siglip2Model of the same config
+TRANSFORMERS_PARAMETERS = {"ViT-B-16-SigLIP2-NaFlex": 375_234_050, "ViT-SO400M-16-SigLIP2-NaFlex": 1_135_670_962}
 TINY_PARAMETERS = {
     "tiny-clip": 3_384_897,
     "tiny-clip-quickgelu": 3_384_897,
     "tiny-siglip": 2_316_674,
+    "tiny-siglip-naflex": 3_430_786,
     "tiny-coca": 3_371_393,
 }
 
 
 def test_every_architecture_has_a_pinned_count():
-    assert sorted({**OPEN_CLIP_PARAMETERS, **TINY_PARAMETERS}) == list_models()
+    assert sorted({**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **TINY_PARAMETERS}) == list_models()
 
 
 @pytest.mark.parametrize("name", sorted(TINY_PARAMETERS))
@@ -73,11 +92,11 @@ def test_tiny_parameter_counts(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(OPEN_CLIP_PARAMETERS))
-def test_parameter_counts_are_open_clips(name):
+@pytest.mark.parametrize("name", sorted({**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS}))
+def test_parameter_counts_are_pinned(name):
     count = param_count(get_architecture(name).model)
     print(f"{name}: {count:,} parameters")
-    assert count == OPEN_CLIP_PARAMETERS[name]
+    assert count == {**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS}[name]
 
 
 @pytest.mark.slow
@@ -87,4 +106,27 @@ def test_pinned_counts_are_what_open_clip_builds():
     for name, pinned in OPEN_CLIP_PARAMETERS.items():
         with torch.device("meta"):
             model = open_clip.create_model(name, pretrained=None, device="meta")
+        assert sum(p.numel() for p in model.parameters()) == pinned, name
+
+
+@pytest.mark.slow
+def test_naflex_counts_are_what_transformers_builds():
+    """google/siglip2-*-patch16-naflex's configs: SigLIP 2 B/16 and So400m/16 with 256 learned positions."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    for name, pinned in TRANSFORMERS_PARAMETERS.items():
+        v = get_architecture(name).model.vision
+        t = get_architecture(name).model.text
+        tower = dict(
+            hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth, num_attention_heads=v.heads
+        )
+        text = dict(
+            hidden_size=t.width, intermediate_size=t.mlp_dim, num_hidden_layers=t.depth, num_attention_heads=t.heads
+        )
+        config = transformers.Siglip2Config(
+            vision_config={**tower, "patch_size": v.patch_size, "num_patches": v.position_grid**2},
+            text_config={**text, "vocab_size": t.vocab_size, "max_position_embeddings": t.context_length},
+        )
+        with torch.device("meta"):
+            model = transformers.Siglip2Model(config)
         assert sum(p.numel() for p in model.parameters()) == pinned, name

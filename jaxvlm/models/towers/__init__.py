@@ -13,6 +13,8 @@ import jax
 
 from jaxvlm.models.runtime import Runtime
 from jaxvlm.models.towers.base import ImageTowerConfig, TextTowerConfig, TowerConfig
+from jaxvlm.models.towers.naflex_vit import NaFlexViT, NaFlexViTConfig
+from jaxvlm.models.towers.pe_vit import PeViT, PeViTConfig
 from jaxvlm.models.towers.text_transformer import TextTransformer, TransformerTextConfig
 from jaxvlm.models.towers.vit import ViT, ViTConfig
 
@@ -22,7 +24,11 @@ class TowerKind(NamedTuple):
     module: type[nn.Module]
 
 
-IMAGE_TOWERS: dict[str, TowerKind] = {"vit": TowerKind(ViTConfig, ViT)}
+IMAGE_TOWERS: dict[str, TowerKind] = {
+    "vit": TowerKind(ViTConfig, ViT),
+    "naflex_vit": TowerKind(NaFlexViTConfig, NaFlexViT),
+    "pe_vit": TowerKind(PeViTConfig, PeViT),
+}
 TEXT_TOWERS: dict[str, TowerKind] = {"transformer": TowerKind(TransformerTextConfig, TextTransformer)}
 
 
@@ -49,6 +55,10 @@ __all__ = [
     "IMAGE_TOWERS",
     "TEXT_TOWERS",
     "ImageTowerConfig",
+    "NaFlexViT",
+    "NaFlexViTConfig",
+    "PeViT",
+    "PeViTConfig",
     "TextTowerConfig",
     "TextTransformer",
     "TowerKind",

@@ -54,6 +54,9 @@ class ViTConfig(ImageTowerConfig):
     proj_bias: bool = False
     attn_pool_queries: int = 256
     attn_pool_heads: int = 8
+    # open_clip's final_ln_after_pool (CLIPA): the final LN normalises the pooled feature alone, the
+    # image tokens stay unnormalised
+    norm_after_pool: bool = False
 
     def __post_init__(self) -> None:
         check_encoder("vision", self)
@@ -65,6 +68,8 @@ class ViTConfig(ImageTowerConfig):
             raise InputError("vision.pool 'cls' needs vision.class_token")
         if self.pool == "attn_pool" and self.attn_pool_queries < 2:
             raise InputError("vision.attn_pool_queries must be >= 2 (one pooled, the rest image tokens)")
+        if self.norm_after_pool and self.pool not in ("cls", "gap"):
+            raise InputError(f"vision.norm_after_pool needs vision.pool 'cls' or 'gap', not {self.pool!r}")
 
     @property
     def grid(self) -> int:
@@ -135,8 +140,8 @@ class ViT(nn.Module):
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images float [B, H, W, 3] -> (pooled (projected) features [B, embed_dim], tokens [B, N, C]).
 
-        tokens are the normalised sequence without the token that was pooled (class token or first
-        query); for "map" pooling, all of it.
+        tokens are the normalised sequence (unnormalised with norm_after_pool) without the token that was
+        pooled (class token or first query); for "map" pooling, all of it.
         """
         cfg, dtype, attention = self.cfg, self.runtime.compute_dtype, self.runtime.attention
         x = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias, dtype, name="patch_embed")(images)
@@ -176,7 +181,9 @@ class ViT(nn.Module):
                 attention,
                 name="attn_pool",
             )(x)
-        x = layer_norm(cfg.ln_eps, dtype, "final_norm")(x)
+        final_norm = layer_norm(cfg.ln_eps, dtype, "final_norm")
+        if not cfg.norm_after_pool:
+            x = final_norm(x)
         if cfg.pool in ("cls", "attn_pool"):
             pooled, tokens = x[:, 0], x[:, 1:]
         elif cfg.pool == "gap":
@@ -187,6 +194,8 @@ class ViT(nn.Module):
                 MapHead(cfg.heads, cfg.mlp_dim, cfg.act, cfg.ln_eps, dtype, attention, name="map_head")(x),
                 x,
             )
+        if cfg.norm_after_pool:
+            pooled = final_norm(pooled)
         if cfg.proj:
             pooled = dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=dtype, name="proj")(pooled)
         return pooled, tokens
