@@ -279,6 +279,13 @@ def cmd_wise_ft(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_stretch(args: argparse.Namespace) -> None:
+    from jaxvlm.models.long_context import stretch
+
+    stretch(args.model, args.out, context=args.context, keep=args.keep)
+    print(f"wrote {args.out}: text context {args.context}, the first {args.keep} positions kept")
+
+
 def _add_generation_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """One flag per GenerationConfig field (--num-beams for num_beams), typed and described by the field;
     the config's defaults apply to the flags not given."""
@@ -528,6 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, required=True, help="0: the zero-shot model, 1: the fine-tuned one")
     p.add_argument("out", type=Path, help="model directory to create")
     p.set_defaults(run=cmd_wise_ft)
+
+    from jaxvlm.models.long_context import LONG_CLIP_CONTEXT, LONG_CLIP_KEEP
+
+    p = sub.add_parser(
+        "stretch", help="stretch a model directory's text positions for long captions (Long-CLIP), to fine-tune"
+    )
+    p.add_argument("model", type=Path, help="model directory")
+    p.add_argument("out", type=Path, help="model directory to create")
+    p.add_argument(
+        "--context", type=int, default=LONG_CLIP_CONTEXT, help=f"new text context (default {LONG_CLIP_CONTEXT})"
+    )
+    p.add_argument(
+        "--keep", type=int, default=LONG_CLIP_KEEP, help=f"positions kept as they are (default {LONG_CLIP_KEEP})"
+    )
+    p.set_defaults(run=cmd_stretch)
     return parser
 
 

@@ -96,3 +96,18 @@ def test_refuses_coca_and_a_used_output(dirs, tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
     with pytest.raises(InputError, match="output exists"):
         stretch(dirs[0], dirs[1])
+
+
+def test_the_stretch_command(dirs, tmp_path, capsys):
+    from jaxvlm.cli import main
+
+    out = tmp_path / "cli-248"
+    assert main(["stretch", str(dirs[0]), str(out)]) == 0
+    assert "text context 248, the first 20 kept" in capsys.readouterr().out.replace("positions ", "")
+    np.testing.assert_array_equal(
+        model_dir.load(out).params["txt"]["pos_embed"], model_dir.load(dirs[1]).params["txt"]["pos_embed"]
+    )
+    assert main(["stretch", str(dirs[0]), str(tmp_path / "bad"), "--context", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "context must be an integer above the current 77 positions" in err and "\n" not in err
+    assert not (tmp_path / "bad").exists()
