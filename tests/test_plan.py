@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from jax.sharding import PartitionSpec
 
 from jaxvlm import parallel, plan
 from jaxvlm.cli import main
@@ -191,3 +192,38 @@ def test_cli_bad_input_is_one_line(args, message, capsys):
     assert main(["plan", "--config", "configs/demo.py", "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_a_naflex_model_plans_with_its_patches_mask_and_grid_in_the_batch(monkeypatch):
+    """A NaFlex model's batch (uint8 patches, bool mask, int32 grid, each split on the batch axis)
+    traced for a TPU slice: its bytes per chip and the FLOPs of the step (the compile stubbed, as above)."""
+    steps = []
+
+    def compile_stub(self, batch, traced=None):
+        steps.append(self)
+        return plan.Memory(0, 0, 0, 0, 0, 0), ""
+
+    monkeypatch.setattr(plan._Step, "compile", compile_stub)
+    config = tiny_config(64)
+    config.model.name = "tiny-siglip-naflex"
+    p = plan.plan(config, plan.parse_slice("v5e-4"))
+    image = steps[0].program.abstract_batch(64)["image"]
+    assert [(x.shape, x.dtype.name, x.sharding.spec) for x in image] == [
+        ((64, 16, 192), "uint8", PartitionSpec(parallel.BATCH_AXES)),
+        ((64, 16), "bool", PartitionSpec(parallel.BATCH_AXES)),
+        ((64, 2), "int32", PartitionSpec(parallel.BATCH_AXES)),
+    ]
+    assert plan._shard_bytes(image) == 16 * (16 * 192 + 16 + 2 * 4)
+    assert 0 < p.model_flops <= p.executed_flops
+
+
+@pytest.mark.slow
+def test_the_siglip2_naflex_recipe_plans_on_v5p_128(tmp_path, capsys):
+    """configs/siglip2_so400m16_naflex.py compiled for a v5p-128 (minutes of CPU): the README's figures."""
+    out = tmp_path / "plan.json"
+    args = ["plan", "--config", "configs/siglip2_so400m16_naflex.py", "--topology", "v5p-128", "--quiet"]
+    assert main([*args, "--json", str(out)]) == 0
+    print(capsys.readouterr().out)
+    record = json.loads(out.read_text())
+    assert record["fits"] and record["mesh"] == {"data": 8, "fsdp": 8, "tensor": 1}
+    assert record["global_batch_size"] == 32768

@@ -10,7 +10,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 def global_batch(
     batch: dict[str, np.ndarray], mesh: Mesh, data_axes: tuple[str, ...] = ("data", "fsdp")
 ) -> dict[str, jax.Array]:
-    """This process's batch -> global arrays whose first dimension is split over `data_axes`.
+    """This process's batch -> global arrays whose first dimension is split over `data_axes` (each
+    array of a pytree value, e.g. the fields of `NaFlexImages`).
 
     Every process passes its own rows (as `train_iterator` yields them); the global batch is
     their concatenation in process order. Axes the mesh does not have are ignored; with none
@@ -18,4 +19,5 @@ def global_batch(
     """
     axes = tuple(a for a in data_axes if a in mesh.axis_names)
     sharding = NamedSharding(mesh, PartitionSpec(axes or None))
-    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in batch.items()}
+    put = lambda value: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    return {name: jax.tree.map(put, value) for name, value in batch.items()}

@@ -31,7 +31,7 @@ from jaxvlm.data.records import BadRecord
 from jaxvlm.data.sources import open_source
 from jaxvlm.data.transforms import ExampleTransform
 from jaxvlm.errors import InputError
-from jaxvlm.preprocess import PreprocessConfig
+from jaxvlm.preprocess import NaFlexImages, PreprocessConfig, naflex_example
 from jaxvlm.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class TrainIterator(grain.DatasetIterator):
                     )
             else:
                 examples.append(element)
-        return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
+        return {name: stack([e[name] for e in examples]) for name in examples[0]}
 
     def get_state(self) -> dict:
         # Batches end at record boundaries, so the parent's state says where the next one starts.
@@ -129,7 +129,9 @@ def train_iterator(
     """An infinite iterator over this process's batches of `config.source` (or `config.mixture`).
 
     Batches are {"image": uint8 [b, H, W, 3] (resized and augmented, not normalised: the train
-    step normalises on the accelerator), "text": int32 [b, L] (with a tokenizer),
+    step normalises on the accelerator), or for a NaFlex ``preprocess`` `NaFlexImages` (uint8
+    patches [b, max_num_patches, p * p * 3], bool mask [b, max_num_patches], int32 grid [b, 2]):
+    every batch at the same patch budget, "text": int32 [b, L] (with a tokenizer),
     "label": int32 [b] (when every source has labels)}, b = global_batch_size // process_count.
     Each process reads the records at positions process_index, + process_count, ... of each source.
     """
@@ -183,8 +185,7 @@ class _EvalExample:
     def __call__(self, index: int) -> dict:
         if index < len(self._source):
             return {**self._transform(self._source[index]), "valid": True}
-        size = self._transform.preprocess.image_size
-        example = {"image": np.zeros((size, size, 3), np.float32), "valid": False}
+        example = {"image": _blank(self._transform.preprocess), "valid": False}
         tokenizer = self._transform.tokenizer
         if tokenizer is not None:
             example["text"] = np.full(tokenizer.context_length, tokenizer.pad_id, np.int32)
@@ -195,9 +196,26 @@ class _EvalExample:
         return example
 
 
+def _blank(cfg: PreprocessConfig) -> np.ndarray | NaFlexImages:
+    """A normalised padding image: zeros, for NaFlex one patch of them (a 1 x 1 grid, so that the
+    model's attention and position resizing see a real patch)."""
+    if cfg.resize_mode == "naflex":
+        return naflex_example(
+            np.zeros((cfg.patch_size, cfg.patch_size, 3), np.float32), cfg.patch_size, cfg.max_num_patches
+        )
+    return np.zeros((cfg.image_size, cfg.image_size, 3), np.float32)
+
+
+def stack(values: list) -> np.ndarray | NaFlexImages:
+    """Examples' arrays stacked into a batch; `NaFlexImages` field by field."""
+    if isinstance(values[0], NaFlexImages):
+        return NaFlexImages(*(np.stack(field) for field in zip(*values)))
+    return np.stack(values)
+
+
 def _stack(examples: list[dict]) -> dict:
     return {
-        name: [e[name] for e in examples] if name == "texts" else np.stack([e[name] for e in examples])
+        name: [e[name] for e in examples] if name == "texts" else stack([e[name] for e in examples])
         for name in examples[0]
     }
 
@@ -238,12 +256,13 @@ def eval_batches(
 
     `split` and the feature keys apply to TFDS sources (a spec's own options override them).
 
-    Batches of `batch_size`: "image" float32 [b, H, W, 3], "valid" bool [b] (False on the padding
-    that fills the last batch), "label" int32 [b] if the source has labels, "texts" (a list of each
-    record's captions) if it has captions, and "text" int32 [b, L] (the first caption's ids) with a
-    tokenizer; `len()` of the result is the number of batches. With `num_shards` > 1, shard
-    `shard_index` gets one contiguous block of the records and every shard gets the same number of
-    batches (for multi-host evaluation). A bad record is an error naming it: evaluation never skips data.
+    Batches of `batch_size`: "image" float32 [b, H, W, 3] (`NaFlexImages` for a NaFlex model),
+    "valid" bool [b] (False on the padding that fills the last batch), "label" int32 [b] if the source
+    has labels, "texts" (a list of each record's captions) if it has captions, and "text" int32 [b, L]
+    (the first caption's ids) with a tokenizer; `len()` of the result is the number of batches. With
+    `num_shards` > 1, shard `shard_index` gets one contiguous block of the records and every shard
+    gets the same number of batches (for multi-host evaluation). A bad record is an error naming it:
+    evaluation never skips data.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"eval batch size must be a positive integer, got {batch_size!r}")

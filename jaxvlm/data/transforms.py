@@ -17,7 +17,16 @@ from PIL import Image
 
 from jaxvlm.data.records import BadRecord, Record
 from jaxvlm.errors import InputError
-from jaxvlm.preprocess import _FILTERS, IMAGE_FORMATS, PreprocessConfig, normalize, pixels
+from jaxvlm.preprocess import (
+    _FILTERS,
+    IMAGE_FORMATS,
+    NaFlexImages,
+    PreprocessConfig,
+    naflex_example,
+    naflex_size,
+    normalize_images,
+    pixels,
+)
 from jaxvlm.tokenizers import Tokenizer
 
 AUGMENTS = ("train", "eval")
@@ -127,7 +136,9 @@ class ExampleTransform:
     model's interpolation) and a horizontal flip with probability 1/2 when `flip`; "eval": the
     model's own resize / crop. Both end with the model's normalisation (float32), or, with
     `normalize` False, keep the uint8 pixels (a quarter of the bytes: the train step normalises
-    them on the accelerator). With a tokenizer, "text"
+    them on the accelerator). A NaFlex model's "image" is one image's `NaFlexImages` (patches
+    [max_num_patches, p * p * 3], mask, grid; no batch dimension): "eval" is `naflex_patches` of the
+    image, "train" that of the random crop, at the crop's own aspect ratio. With a tokenizer, "text"
     holds the ids of one caption drawn at random (the first when no generator is given);
     `with_texts` adds "texts", all the record's captions as strings.
     """
@@ -150,7 +161,7 @@ class ExampleTransform:
             return self._reject(record)
         try:
             image = self._image(record.image, rng)
-            example = {"image": normalize(image, self.preprocess) if self.normalize else image}
+            example = {"image": normalize_images(image, self.preprocess) if self.normalize else image}
             if self.tokenizer is not None or self.with_texts:
                 texts = captions(record.texts)
                 if self.tokenizer is not None:
@@ -169,21 +180,40 @@ class ExampleTransform:
             raise InputError(bad.describe())
         return bad
 
-    def _image(self, data: bytes, rng: np.random.Generator) -> np.ndarray:
+    def _image(self, data: bytes, rng: np.random.Generator) -> np.ndarray | NaFlexImages:
         img = open_image(data, self.max_image_pixels)
         if self.augment == "eval":
-            return pixels([load_image(img)], self.preprocess)[0]
-        size = self.preprocess.image_size
+            return _first(pixels([load_image(img)], self.preprocess))
         width, height = img.size
         left, top, w, h = random_resized_crop_box(width, height, self.crop_scale, self.crop_ratio, rng)
+        out_w, out_h = self._output_size(w, h)
         if self.jpeg_draft:
-            # A JPEG is decoded at the smallest of 1, 1/2, 1/4, 1/8 scale that keeps `size` pixels
-            # across the crop (DCT-domain scaling); other formats ignore the request.
-            img.draft(img.mode, (math.ceil(width * size / w), math.ceil(height * size / h)))
+            # A JPEG is decoded at the smallest of 1, 1/2, 1/4, 1/8 scale that keeps the output's
+            # pixels across the crop (DCT-domain scaling); other formats ignore the request.
+            img.draft(img.mode, (math.ceil(width * out_w / w), math.ceil(height * out_h / h)))
         img = load_image(img)
         sx, sy = img.width / width, img.height / height
         box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-        img = img.resize((size, size), _FILTERS[self.preprocess.interpolation], box=box)
+        img = img.resize((out_w, out_h), _FILTERS[self.preprocess.interpolation], box=box)
         if self.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return pixels([img], self.preprocess)[0]  # at `size` already: only the conversion to RGB
+        cfg = self.preprocess
+        if cfg.resize_mode == "naflex":
+            return naflex_example(np.asarray(img.convert("RGB")), cfg.patch_size, cfg.max_num_patches)
+        return pixels([img], cfg)[0]  # at `image_size` already: only the conversion to RGB
+
+    def _output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) a crop of ``width`` x ``height`` is resized to: the model's square, or for
+        NaFlex the crop's aspect ratio in whole patches within the patch budget."""
+        cfg = self.preprocess
+        if cfg.resize_mode != "naflex":
+            return cfg.image_size, cfg.image_size
+        out_h, out_w = naflex_size(height, width, cfg.patch_size, cfg.max_num_patches)
+        return out_w, out_h
+
+
+def _first(images: np.ndarray | NaFlexImages) -> np.ndarray | NaFlexImages:
+    """The first image of a batch (of pixels, or of NaFlex patches)."""
+    if isinstance(images, NaFlexImages):
+        return NaFlexImages(*(x[0] for x in images))
+    return images[0]

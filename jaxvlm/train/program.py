@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import flax
 import jax
@@ -18,7 +19,7 @@ from jaxvlm import model_dir, parallel
 from jaxvlm.errors import InputError
 from jaxvlm.models import ModelConfig, Runtime, abstract_params, build_model, example_inputs
 from jaxvlm.models.registry import get_architecture
-from jaxvlm.preprocess import PreprocessConfig
+from jaxvlm.preprocess import NaFlexImages, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 from jaxvlm.train import optimizer as optim
 from jaxvlm.train.state import StateLayout, TrainState, layout, place
@@ -81,14 +82,17 @@ class TrainProgram:
     step: jax.stages.Wrapped  # jitted (state, batch) -> (state, metrics); donates the state
     init_params: str  # regex: the parameters taken from spec.pretrained
 
-    def abstract_batch(self, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        """The batch the input pipeline delivers: uint8 pixels and int32 token ids."""
+    def abstract_batch(self, global_batch_size: int) -> dict[str, Any]:
+        """The batch the input pipeline delivers: uint8 pixels (or NaFlex patches, with their mask and
+        grid) and int32 token ids, every array split on the batch axis."""
         sharding = parallel.batch_sharding(self.mesh)
         images, ids = jax.eval_shape(lambda: example_inputs(self.spec.config, global_batch_size))
-        return {
-            "image": jax.ShapeDtypeStruct(images.shape, jnp.uint8, sharding=sharding),
-            "text": jax.ShapeDtypeStruct(ids.shape, ids.dtype, sharding=sharding),
-        }
+        sent = lambda x, dtype=None: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=sharding)
+        if isinstance(images, NaFlexImages):  # the mask (bool) and grid (int32) as the model takes them
+            images = NaFlexImages(sent(images.patches, jnp.uint8), sent(images.mask), sent(images.grid))
+        else:
+            images = sent(images, jnp.uint8)
+        return {"image": images, "text": sent(ids)}
 
     def lower(self, global_batch_size: int) -> jax.stages.Lowered:
         """The train step lowered for abstract inputs: ``.compile()`` it for memory and cost analyses."""

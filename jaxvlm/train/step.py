@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxvlm import losses, parallel
 from jaxvlm.models import Embeddings
-from jaxvlm.preprocess import PreprocessConfig, normalize
+from jaxvlm.preprocess import PreprocessConfig, normalize_images
 from jaxvlm.train.state import TrainState
 
 
@@ -42,11 +42,9 @@ class Objective:
 def embed(
     module: nn.Module, params: Any, batch: dict, rng: jax.Array, caption: bool, preprocess: PreprocessConfig
 ) -> Embeddings:
-    """The model's `embed` of a batch (caption logits only with ``caption``). uint8 images are
-    pixels, normalised here per `preprocess`; float images are taken as normalised."""
-    images = batch["image"]
-    if images.dtype == jnp.uint8:
-        images = normalize(images, preprocess)
+    """The model's `embed` of a batch (caption logits only with ``caption``). uint8 images (pixels, or
+    NaFlex patches) are normalised here per `preprocess`; float images are taken as normalised."""
+    images = normalize_images(batch["image"], preprocess)
     return module.apply({"params": params}, images, batch["text"], caption, method="embed", rngs={"dropout": rng})
 
 
@@ -135,7 +133,8 @@ def make_train_step(
     logit_scale_max: float | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": u8 [B, H, W, 3]
-    pixels (normalised per ``preprocess`` on the device) or f32 normalised, "text": i32 [B, L]}
+    pixels (normalised per ``preprocess`` on the device) or f32 normalised, or a NaFlex model's
+    `NaFlexImages` (u8 or f32 patches), "text": i32 [B, L]}
     (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
     for frozen parameters (kept bitwise as they are). A step whose loss, gradient norm or new
     parameters are not finite changes nothing but the step and the NaN-guard counters."""

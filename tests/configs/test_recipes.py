@@ -29,6 +29,7 @@ RECIPES = {
     "clip_b16": ("ViT-B-16", 64, 149.62, 0),
     "siglip_b16": ("ViT-B-16-SigLIP", 256, 203.16, 0),
     "siglip_so400m": ("ViT-SO400M-14-SigLIP", 256, 877.36, 0),
+    "siglip2_so400m16_naflex": ("ViT-SO400M-16-SigLIP2-NaFlex", 64, 1135.67, 0),
     "coca_b32": ("coca_ViT-B-32", 128, 253.56, 0),
     "lit": ("ViT-B-16-SigLIP", 4, 203.16, 92.88),
     "finetune": ("ViT-B-16-quickgelu", 8, 149.62, 0),
