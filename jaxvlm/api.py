@@ -36,6 +36,8 @@ class Model:
     `jaxvlm.load` builds one from a model directory; the constructor takes the parts in memory
     (a training loop evaluating its current parameters), and `with_params` swaps parameters
     while keeping the compiled programs. ``runtime`` says how it computes (dtype, attention).
+    A model with BatchNorm takes its statistics as ``batch_stats`` and normalises with them (running
+    averages, as in evaluation mode).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class Model:
         directory: str | Path | None = None,
         batch_size: int = 32,
         devices: Sequence[jax.Device] | None = None,
+        batch_stats: Any = None,
     ):
         self.directory = Path(directory) if directory is not None else None
         self.config = config
@@ -60,17 +63,26 @@ class Model:
         self.batch_size = batch_size
         self.mesh = Mesh(np.asarray(devices if devices is not None else default_devices()), ("data",))
         self.params = self._replicated(params)
+        self.batch_stats = self._replicated(batch_stats or {})
         self._tokenizer = tokenizer
         self._generators: dict[GenerationConfig, object] = {}
 
     def __repr__(self) -> str:
         return f"Model({self.directory}, provenance={self.provenance})"
 
-    def with_params(self, params: Any) -> Model:
-        """The same model with other parameters (same tree and shapes): no recompilation."""
+    def with_params(self, params: Any, batch_stats: Any = None) -> Model:
+        """The same model with other parameters (same tree and shapes; BatchNorm statistics too, when
+        given): no recompilation."""
         other = copy.copy(self)
         other.params = self._replicated(params)
+        if batch_stats is not None:
+            other.batch_stats = self._replicated(batch_stats)
         return other
+
+    @property
+    def variables(self) -> dict:
+        """What the module applies to: the parameters and, for a model with BatchNorm, its statistics."""
+        return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -126,7 +138,7 @@ class Model:
         pixels = self._checked_pixels(pixels, "generate")
         if cfg not in self._generators:
             run, rng = generator(self.module, cfg, self._tokenizer.pad_id), jax.random.key(cfg.seed)
-            self._generators[cfg] = self._sharded(lambda params, x: run(params, x, rng)[0][:, 0])
+            self._generators[cfg] = self._sharded(lambda variables, x: run(variables["params"], x, rng)[0][:, 0])
         ids = self._chunked(self._generators[cfg], pixels)
         eot = self.config.decoder.eot_id
         return [self._tokenizer.decode(row[: list(row).index(eot)] if eot in row else row) for row in ids]
@@ -157,14 +169,14 @@ class Model:
 
     @functools.cached_property
     def _image_fn(self):
-        return self._sharded(lambda p, x: self.module.apply({"params": p}, x, method=TwoTower.encode_image))
+        return self._sharded(lambda v, x: self.module.apply(v, x, method=TwoTower.encode_image))
 
     @functools.cached_property
     def _text_fn(self):
-        return self._sharded(lambda p, x: self.module.apply({"params": p}, x, method=TwoTower.encode_text))
+        return self._sharded(lambda v, x: self.module.apply(v, x, method=TwoTower.encode_text))
 
     def _sharded(self, fn):
-        """jit(fn(params, batch)) with the batch split over the data mesh and params replicated."""
+        """jit(fn(variables, batch)) with the batch split over the data mesh and the variables replicated."""
         return jax.jit(
             fn, in_shardings=(NamedSharding(self.mesh, PartitionSpec()), self._rows), out_shardings=self._rows
         )
@@ -191,7 +203,7 @@ class Model:
             count = min(size, n - start)
             padded = jax.tree.map(functools.partial(_padded_rows, start=start, count=count, size=size), inputs)
             # placed explicitly: with several processes, jit takes no numpy input for a split argument
-            outs.append(np.asarray(fn(self.params, jax.device_put(padded, self._rows)))[:count])
+            outs.append(np.asarray(fn(self.variables, jax.device_put(padded, self._rows)))[:count])
         return np.concatenate(outs)
 
 
@@ -235,4 +247,5 @@ def load(
         directory=directory,
         batch_size=batch_size,
         devices=devices,
+        batch_stats=loaded.batch_stats,
     )

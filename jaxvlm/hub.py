@@ -123,7 +123,9 @@ def _as_open_clip_builds(directory: Path, entry: Pretrained, key: str, what: str
         if shapes != param_shapes(arch.model):
             raise InputError(f"{what}: the repo's weights do not fit {entry.architecture}, which open_clip builds")
         provenance = {**loaded.provenance, "model": entry.architecture, "pretrained": entry.tag}
-        rebuilt = model_dir.ModelDir(arch.model, preprocess, loaded.tokenizer, provenance, loaded.params)
+        rebuilt = model_dir.ModelDir(
+            arch.model, preprocess, loaded.tokenizer, provenance, loaded.params, loaded.batch_stats
+        )
         model_dir.save(target, rebuilt, directory / loaded.tokenizer.file)
 
     return _converted_once(key, rebuild)

@@ -1,5 +1,7 @@
 """Model directories: config.json (architecture, preprocessing, tokenizer, provenance), weights
-in model.safetensors (flat '/'-joined parameter names), and the tokenizer's file.
+in model.safetensors (flat '/'-joined parameter names), and the tokenizer's file. A model with
+BatchNorm keeps its statistics (the "batch_stats" collection) in batch_stats.safetensors, named as
+the parameters are; a directory without that file has none.
 
 Writing is all-or-nothing: everything goes to a hidden sibling directory that is renamed into
 place only once complete, so a failed write leaves no OUT behind.
@@ -25,6 +27,7 @@ from jaxvlm.tokenizers import TokenizerConfig, build_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+BATCH_STATS_FILE = "batch_stats.safetensors"
 FORMAT = "jaxvlm-model"
 FORMAT_VERSION = 1
 
@@ -36,6 +39,7 @@ class ModelDir:
     tokenizer: TokenizerConfig
     provenance: dict
     params: dict | None  # nested tree of numpy arrays (None: loaded without weights)
+    batch_stats: dict = dataclasses.field(default_factory=dict)  # BatchNorm statistics, as params ({}: none)
 
 
 def check_output_dir(out: Path) -> None:
@@ -76,8 +80,10 @@ def save(out: Path, model: ModelDir, tokenizer_source: Path) -> None:
                 f"tokenizer {tokenizer_source} has {tokenizer.vocab_size} tokens but the model's "
                 f"vocabulary has {model.config.text.vocab_size}"
             )
-        flat = flax.traverse_util.flatten_dict(model.params, sep="/")
-        save_file({k: np.array(v, np.float32, order="C") for k, v in flat.items()}, str(staging / WEIGHTS_FILE))
+        for tree, name in ((model.params, WEIGHTS_FILE), (model.batch_stats, BATCH_STATS_FILE)):
+            flat = flax.traverse_util.flatten_dict(tree, sep="/")
+            if flat or name == WEIGHTS_FILE:
+                save_file({k: np.array(v, np.float32, order="C") for k, v in flat.items()}, str(staging / name))
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -107,19 +113,24 @@ def load(directory: Path, *, weights: bool = True) -> ModelDir:
         raise InputError(f"{config_path} is not a jaxvlm model config (format != '{FORMAT}')")
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{config_path}: unsupported format_version {config.get('format_version')!r}")
-    params = None
+    params, batch_stats = None, {}
     if weights:
-        try:
-            flat = load_file(str(directory / WEIGHTS_FILE))
-        except FileNotFoundError:
-            raise InputError(f"model directory has no {WEIGHTS_FILE}: {directory}") from None
-        except SafetensorError as e:
-            raise InputError(f"damaged weights file {directory / WEIGHTS_FILE}: {e}") from None
-        params = flax.traverse_util.unflatten_dict(flat, sep="/")
+
+        def read(name: str) -> dict:
+            try:
+                return flax.traverse_util.unflatten_dict(load_file(str(directory / name)), sep="/")
+            except FileNotFoundError:
+                raise InputError(f"model directory has no {name}: {directory}") from None
+            except SafetensorError as e:
+                raise InputError(f"damaged weights file {directory / name}: {e}") from None
+
+        params = read(WEIGHTS_FILE)
+        batch_stats = read(BATCH_STATS_FILE) if (directory / BATCH_STATS_FILE).exists() else {}
     return ModelDir(
         config=ModelConfig.from_dict(config["model"]),
         preprocess=PreprocessConfig.from_dict(config["preprocess"]),
         tokenizer=TokenizerConfig.from_dict(config["tokenizer"]),
         provenance=config.get("provenance", {}),
         params=params,
+        batch_stats=batch_stats,
     )

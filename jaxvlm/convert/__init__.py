@@ -35,7 +35,12 @@ def convert(source: str, src: Path, out: Path, model_name: str | None = None, to
     model_dir.save(
         out,
         model_dir.ModelDir(
-            converted.config, converted.preprocess, converted.tokenizer, converted.provenance, converted.params
+            converted.config,
+            converted.preprocess,
+            converted.tokenizer,
+            converted.provenance,
+            converted.params,
+            converted.batch_stats,
         ),
         converted.tokenizer_source,
     )

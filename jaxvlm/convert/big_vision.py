@@ -254,7 +254,8 @@ def named_config(model_name: str) -> ModelConfig:
     """The registry architecture, with big_vision's tanh GELU in both towers."""
     cfg = get_architecture(model_name).model
     v = cfg.vision
-    if v.kind == "vit" and (v.pool != "map" or v.class_token or v.pre_norm or v.pos_embed != "learned"):
+    plain = v.kind == "vit" and not (v.pool != "map" or v.class_token or v.pre_norm or v.pos_embed != "learned")
+    if not (plain or v.kind == "naflex_vit") or cfg.text.kind != "transformer":
         raise InputError(
             f"{model_name} is not a SigLIP architecture (a ViT with a MAP head, no class token); "
             "big_vision SigLIP checkpoints need one of the *-SigLIP models, or no --model at all"
@@ -269,6 +270,8 @@ def _check_named(cfg: ModelConfig, weights: dict[str, np.ndarray], what: str) ->
     except InputError:
         return cfg  # not readable as a whole; the key accounting below names what is wrong
     v = cfg.vision
+    if found.vision.kind != v.kind:
+        raise InputError(f"{what}: the checkpoint holds a {found.vision.kind} image tower, the model a {v.kind}")
     if v.kind == "vit" and found.vision.image_size == v.image_size // v.patch_size * v.patch_size:
         # the shapes give the patch grid only: So400m/14 at 384 px has 27 x 27 patches, as at 378 px
         found = found.replace(vision=dataclasses.replace(found.vision, image_size=v.image_size))

@@ -32,6 +32,7 @@ class Converted:
     tokenizer: TokenizerConfig
     tokenizer_source: Path  # the file copied into the model dir as tokenizer.file
     provenance: dict
+    batch_stats: dict = dataclasses.field(default_factory=dict)  # BatchNorm statistics, as params (none: {})
 
 
 # ---------------------------------------------------------------- reading source weights
@@ -159,11 +160,12 @@ class SourceKeys:
             )
 
 
-def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str) -> dict:
-    """Compares converted params with the model's own tree; returns the nested tree."""
+def check_params(cfg: ModelConfig, flat: dict[str, np.ndarray], what: str, collection: str = "params") -> dict:
+    """Compares converted params (or another ``collection``'s variables) with the model's own tree;
+    returns the nested tree."""
     from jaxvlm.models import param_shapes
 
-    expected = param_shapes(cfg)
+    expected = param_shapes(cfg, collection)
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     if missing or extra:
@@ -238,11 +240,12 @@ def heads_out(w: np.ndarray, heads: int) -> np.ndarray:
 def attention_params(
     prefix: str, q: tuple, k: tuple, v: tuple, out_w: np.ndarray, out_b: np.ndarray, heads: int
 ) -> dict[str, np.ndarray]:
-    """q/k/v/out as (weight, bias) pairs in torch layout -> flax Attention params."""
+    """q/k/v/out as (weight, bias) pairs in torch layout -> flax Attention params (a bias None: none)."""
     params = {}
     for name, (w, b) in (("query", q), ("key", k), ("value", v)):
         params[f"{prefix}/{name}/kernel"] = heads_in(w, heads)
-        params[f"{prefix}/{name}/bias"] = b.reshape(heads, -1)
+        if b is not None:
+            params[f"{prefix}/{name}/bias"] = b.reshape(heads, -1)
     params[f"{prefix}/out/kernel"] = heads_out(out_w, heads)
     params[f"{prefix}/out/bias"] = out_b
     return params

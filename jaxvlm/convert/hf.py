@@ -1,4 +1,4 @@
-"""HF transformers model directories -> jaxvlm: `CLIPModel` and `SiglipModel`.
+"""HF transformers model directories -> jaxvlm: `CLIPModel`, `SiglipModel` and the others of `MODEL_CLASSES`.
 
 The directory's `config.json` decides the architecture (a `model_name`, when given, must agree
 with it); the weights are `model.safetensors`, `pytorch_model.bin`, or a sharded index of either.
@@ -10,6 +10,8 @@ Numerics follow what transformers computes:
   first position holding `eos_token_id`.
 - MetaClip2 (MetaCLIP 2 worldwide): CLIP's towers and keys, pooled at the first `eos_token_id` whatever
   its value, with XLM-R's tokenizer (XLM-V's vocabulary) run as transformers' XLMRobertaTokenizer runs it.
+- ChineseCLIP: CLIP's image tower; a BERT text tower (`hf_encoder`), its first token's output projected without
+  bias; the WordPiece tokenizer BertTokenizer builds from the repo's vocab.txt (OFA-Sys's hold no tokenizer.json).
 - SigLIP: patch conv with bias, no class token, no pre-LN, MAP head (a torch MultiheadAttention
   with packed in_proj), bidirectional text pooled at the last position, `text_model.head` as the
   text projection, logits exp(t) * cos + b.
@@ -42,10 +44,11 @@ from jaxvlm.convert.common import (
     read_weights,
     stack_layers,
 )
+from jaxvlm.convert.open_clip import hf_text_encoder
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import CLIP_TOKENIZER, SIGLIP_TOKENIZER_FILE, get_architecture
-from jaxvlm.models.towers import NaFlexViTConfig, TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import HFTextConfig, NaFlexViTConfig, TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 
@@ -54,6 +57,7 @@ MODEL_CLASSES = {
     "siglip": "SiglipModel",
     "siglip2": "Siglip2Model",
     "metaclip_2": "MetaClip2Model",
+    "chinese_clip": "ChineseCLIPModel",
 }
 
 # Non-persistent buffers that older checkpoints saved along with the parameters.
@@ -133,6 +137,26 @@ DEFAULTS["siglip2"] = {
 }
 # MetaClip2Config's defaults are CLIPConfig's (its tokenizer is XLM-R's, which the config does not name)
 DEFAULTS["metaclip_2"] = DEFAULTS["clip"]
+# ChineseCLIPConfig's: a BERT text tower (ChineseCLIPTextConfig) and CLIP's image tower
+DEFAULTS["chinese_clip"] = {
+    "model": DEFAULTS["clip"]["model"],
+    "text_config": {
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 512,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "position_embedding_type": "absolute",
+    },
+    "vision_config": DEFAULTS["clip"]["vision_config"],
+}
+# Chinese-CLIP's own context length (cn_clip's tokenize); the HF config holds none
+CHINESE_CLIP_CONTEXT = 52
 # transformers' CLIP pools at the largest id when eos_token_id is this legacy value; MetaClip2 always at the eos
 ARGMAX_EOS = {"clip": 2}
 
@@ -143,6 +167,7 @@ PROCESSOR_DEFAULTS = {
     "siglip2": {"resample": 2, "image_mean": INCEPTION_MEAN, "image_std": INCEPTION_STD, "max_num_patches": 256},
 }
 PROCESSOR_DEFAULTS["metaclip_2"] = PROCESSOR_DEFAULTS["clip"]  # MetaClip2 uses CLIPImageProcessor
+PROCESSOR_DEFAULTS["chinese_clip"] = PROCESSOR_DEFAULTS["clip"]  # ChineseCLIPImageProcessor's are CLIP's
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
 
 # The HF tokenizer classes' default special tokens (CLIPTokenizer / SiglipTokenizer).
@@ -152,7 +177,8 @@ TOKENIZER_DEFAULTS = {
     "siglip2": {"pad_token": "<pad>", "eos_token": "<eos>"},
     "xlm_roberta": {"pad_token": "<pad>", "eos_token": "</s>"},  # XLMRobertaTokenizer, MetaClip2's
     "metaclip_2": {"pad_token": "<pad>", "eos_token": "</s>"},
-    "bert": {"pad_token": "[PAD]", "sep_token": "[SEP]"},  # a WordPiece tokenizer.json (CLIPA in open_clip)
+    "bert": {"pad_token": "[PAD]", "sep_token": "[SEP]"},
+    "chinese_clip": {"pad_token": "[PAD]"},  # BertTokenizer's  # a WordPiece tokenizer.json (CLIPA in open_clip)
 }
 
 # What transformers' tokenizer class for a model type does to texts ahead of the tokenizer.json it reads:
@@ -273,6 +299,36 @@ def _clip_config(config: dict, where: str, model_type: str = "clip") -> ModelCon
     )
 
 
+def _chinese_clip_config(config: dict, where: str) -> ModelConfig:
+    """ChineseCLIPModel: CLIP's image tower; a BERT text tower (post-LN, learned positions, token type 0)
+    whose first token's output, unpooled, is projected without bias."""
+    d = DEFAULTS["chinese_clip"]
+    top = _Fields(config, d["model"], where)
+    v = _sub_config(config, "vision_config", d["vision_config"], where)
+    t = _sub_config(config, "text_config", d["text_config"], where)
+    if t.get("position_embedding_type") != "absolute":
+        kind = t.get("position_embedding_type")
+        raise InputError(f"{t.where}.position_embedding_type is {kind!r}; jaxvlm builds 'absolute' positions")
+    scale = top.get("logit_scale_init_value")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise InputError(f"{where}.logit_scale_init_value must be a number, got {scale!r}")
+    vision = ViTConfig(
+        **_vision_common(v), patch_bias=False, class_token=True, pre_norm=True, pool="cls", proj=True, proj_bias=False
+    )
+    common = _text_common(t)
+    text = HFTextConfig(
+        **{**common, "context_length": min(CHINESE_CLIP_CONTEXT, common["context_length"])},
+        max_positions=t.int("max_position_embeddings"),
+        pad_id=t.get("pad_token_id"),
+        type_vocab_size=t.int("type_vocab_size"),
+        pool="cls",
+        proj="linear",
+    )
+    return ModelConfig(
+        embed_dim=top.int("projection_dim"), vision=vision, text=text, loss="softmax", logit_scale_init=float(scale)
+    )
+
+
 def _siglip_config(config: dict, where: str) -> ModelConfig:
     v = _sub_config(config, "vision_config", DEFAULTS["siglip"]["vision_config"], where)
     vision = ViTConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False)
@@ -349,6 +405,7 @@ CONFIG_READERS = {
     "siglip": _siglip_config,
     "siglip2": _siglip2_config,
     "metaclip_2": functools.partial(_clip_config, model_type="metaclip_2"),
+    "chinese_clip": _chinese_clip_config,
 }
 
 
@@ -430,7 +487,24 @@ def _scalar(src: SourceKeys, key: str) -> np.ndarray:
 
 
 def _clip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    v, t = cfg.vision, cfg.text
+    return {
+        **_clip_vision(src, cfg.vision),
+        **_text_params(src, cfg.text),
+        **dense(src, "text_projection", "txt/proj", bias=False),
+        "t": _scalar(src, "logit_scale"),
+    }
+
+
+def _chinese_clip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    return {
+        **_clip_vision(src, cfg.vision),
+        **hf_text_encoder(src, cfg.text, "text_model."),
+        **dense(src, "text_projection", "txt/proj", bias=False),
+        "t": _scalar(src, "logit_scale"),
+    }
+
+
+def _clip_vision(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
     return {
         "img/patch_embed/kernel": conv(src.take("vision_model.embeddings.patch_embedding.weight")),
         "img/cls": src.take("vision_model.embeddings.class_embedding").reshape(1, 1, -1),
@@ -439,9 +513,6 @@ def _clip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
         **stack_layers(v.depth, _encoder_layers(src, "vision_model.encoder.layers", v.heads), "img/encoder/blocks"),
         **layer_norm(src, "vision_model.post_layernorm", "img/final_norm"),
         **dense(src, "visual_projection", "img/proj", bias=False),
-        **_text_params(src, t),
-        **dense(src, "text_projection", "txt/proj", bias=False),
-        "t": _scalar(src, "logit_scale"),
     }
 
 
@@ -497,7 +568,13 @@ def _text_params(src: SourceKeys, t: TransformerTextConfig) -> dict[str, np.ndar
     }
 
 
-PARAM_READERS = {"clip": _clip_params, "siglip": _siglip_params, "siglip2": _siglip2_params, "metaclip_2": _clip_params}
+PARAM_READERS = {
+    "clip": _clip_params,
+    "siglip": _siglip_params,
+    "siglip2": _siglip2_params,
+    "metaclip_2": _clip_params,
+    "chinese_clip": _chinese_clip_params,
+}
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -661,6 +738,8 @@ def tokenizer_config(
         found = [(src_dir / name, kind) for name, kind in found if (src_dir / name).is_file()]
         if found:
             path, kind = found[0]
+        elif (src_dir / "vocab.txt").is_file():  # BertTokenizer's vocabulary alone (Chinese-CLIP's repos)
+            path, kind = _wordpiece_json(src_dir), "hf_json"
         elif model_type == "clip" and text.get("vocab_size") == 49408:
             path, kind = CLIP_BPE_FILE, "clip_bpe"
         else:
@@ -679,12 +758,70 @@ def tokenizer_config(
             pad_id=pad,
             eos_id=eos,
         ), path
-    split = _tokenizer_class(src_dir, model_type) in WHITESPACE_SPLIT_CLASSES
+    tokenizer_class = _tokenizer_class(src_dir, model_type)
+    split = tokenizer_class in WHITESPACE_SPLIT_CLASSES
+    if tokenizer_class in NLLB_CLASSES:
+        path = _nllb_json(path, src_dir)
     pad = _hf_json_pad(path, src_dir, "xlm_roberta" if split else model_type, text.values.get("pad_token_id"))
     clean = HF_JSON_CLEANS.get(model_type, "none")
     return TokenizerConfig(
         kind="hf_json", file="tokenizer.json", context_length=context, clean=clean, pad_id=pad, whitespace_split=split
     ), path
+
+
+# transformers' NLLB tokenizers, which replace the file's post-processor with their source language's template
+NLLB_CLASSES = ("NllbTokenizer", "NllbTokenizerFast")
+
+
+def _nllb_json(path: Path, src_dir: Path) -> Path:
+    """``path`` with the post-processor transformers' NllbTokenizer sets whatever the file holds (facebook's
+    nllb-200 files hold the legacy one): the source language's code (tokenizer_config.json's src_lang,
+    eng_Latn by default) first and </s> last, or with legacy_behaviour </s> and the code last; a temporary copy."""
+    import tempfile
+
+    from tokenizers import Tokenizer, processors
+
+    settings_path = src_dir / "tokenizer_config.json"
+    settings = read_json(settings_path) if settings_path.is_file() else {}
+    lang = settings.get("src_lang") or "eng_Latn"
+    eos = _special_token(src_dir, "eos_token", "</s>")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises bare Exceptions
+        raise InputError(f"cannot load tokenizer.json {path}: {e}") from None
+    ids = {token: tokenizer.token_to_id(token) for token in (lang, eos)}
+    if None in ids.values():
+        missing = lang if ids[lang] is None else eos
+        raise InputError(f"{path}: no token {missing!r} (NllbTokenizer's language or end token)")
+    single = ["$A", eos, lang] if settings.get("legacy_behaviour") else [lang, "$A", eos]
+    tokenizer.post_processor = processors.TemplateProcessing(single=single, special_tokens=list(ids.items()))
+    out = Path(tempfile.mkdtemp(prefix="jaxvlm-nllb-")) / "tokenizer.json"
+    tokenizer.save(str(out))
+    return out
+
+
+def _wordpiece_json(src_dir: Path) -> Path:
+    """The tokenizer.json of what transformers' BertTokenizer builds from ``src_dir``/vocab.txt (BERT's normaliser,
+    with tokenizer_config.json's do_lower_case / tokenize_chinese_chars / strip_accents; [CLS] $A [SEP]),
+    written to a temporary folder."""
+    import tempfile
+
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    path = src_dir / "tokenizer_config.json"
+    settings = read_json(path) if path.is_file() else {}
+    try:
+        tokenizer = BertWordPieceTokenizer(
+            str(src_dir / "vocab.txt"),
+            lowercase=settings.get("do_lower_case", True),
+            handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+            strip_accents=settings.get("strip_accents"),
+        )
+    except Exception as e:  # the Rust side raises bare Exceptions
+        raise InputError(f"cannot read the WordPiece vocabulary {src_dir / 'vocab.txt'}: {e}") from None
+    out = Path(tempfile.mkdtemp(prefix="jaxvlm-wordpiece-")) / "tokenizer.json"
+    tokenizer.save(str(out))
+    return out
 
 
 # transformers' classes that rebuild a tokenizer.json with a whitespace split ahead of its Metaspace pre-tokenizer

@@ -17,11 +17,20 @@ from typing import Any
 
 from jaxvlm.convert import hf
 from jaxvlm.convert.common import Converted, flat_fields, read_json, read_weights
-from jaxvlm.convert.open_clip import convert_state_dict
+from jaxvlm.convert.open_clip import convert_variables
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import DecoderConfig, ModelConfig
 from jaxvlm.models.registry import ARCHITECTURES, CLIP_TOKENIZER, get_architecture
-from jaxvlm.models.towers import ImageTowerConfig, PeViTConfig, TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import (
+    ConvNeXtConfig,
+    EvaViTConfig,
+    HFTextConfig,
+    ImageTowerConfig,
+    TransformerTextConfig,
+    ViTaminConfig,
+    ViTConfig,
+)
+from jaxvlm.models.towers.modified_resnet import ModifiedResNetConfig
 from jaxvlm.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 
@@ -186,10 +195,11 @@ def _timm_siglip_vits() -> dict[str, TimmViT]:
 TIMM_VITS: dict[str, TimmViT] = _timm_siglip_vits()
 
 
-def _timm_pe_vits() -> dict[str, PeViTConfig]:
-    """What timm builds for its vit_pe_core_* models (eva.py's model_args), by name: exact GELU, LayerNorm
-    eps 1e-5, an 8-head MAP head with a 4x MLP, RoPE coordinates scaled to ref_feat_shape, and the
-    classifier head (open_clip's projection, with bias)."""
+def _timm_eva_vits() -> dict[str, EvaViTConfig]:
+    """What timm builds with its Eva class for the models open_clip uses (eva.py's model_args), by name.
+    vit_pe_core_*: exact GELU, LayerNorm eps 1e-5, an 8-head MAP head with a 4x MLP, RoPE coordinates scaled
+    to ref_feat_shape, and the classifier head (open_clip's projection, with bias). The EVA towers are the
+    registered EVA architectures' (`jaxvlm.models.registry.eva`)."""
     sizes = {  # img_size, patch_size, embed_dim, depth, num_heads, MLP width, class_token, rope_grid_offset, ref
         "vit_pe_core_tiny_patch16_384": (384, 16, 192, 12, 3, 768, True, 1.0, 24),
         "vit_pe_core_small_patch16_384": (384, 16, 384, 12, 6, 1536, True, 1.0, 24),
@@ -199,7 +209,7 @@ def _timm_pe_vits() -> dict[str, PeViTConfig]:
     }
     vits = {}
     for name, (image, patch, width, depth, heads, mlp_dim, cls, offset, ref) in sizes.items():
-        vits[name] = PeViTConfig(
+        vits[name] = EvaViTConfig(
             image_size=image,
             patch_size=patch,
             width=width,
@@ -212,10 +222,60 @@ def _timm_pe_vits() -> dict[str, PeViTConfig]:
             rope_offset=offset,
             rope_ref_grid=ref,
         )
-    return vits
+    eva = {
+        "eva_giant_patch14_224": "EVA01-g-14",
+        "eva02_base_patch16_clip_224": "EVA02-B-16",
+        "eva02_large_patch14_clip_224": "EVA02-L-14",
+        "eva02_large_patch14_clip_336": "EVA02-L-14-336",
+        "eva02_enormous_patch14_clip_224": "EVA02-E-14",
+    }
+    return {**vits, **{name: ARCHITECTURES[arch].model.vision for name, arch in eva.items()}}
 
 
-TIMM_PE_VITS: dict[str, PeViTConfig] = _timm_pe_vits()
+TIMM_EVA_VITS: dict[str, EvaViTConfig] = _timm_eva_vits()
+# timm's VisionTransformer models (and its hybrid behind a ConvStem) that open_clip's MobileCLIPs use, in eva_vit's
+# terms: the registered architectures' (`jaxvlm.models.registry.mobileclip`)
+TIMM_PLAIN_VITS: dict[str, EvaViTConfig] = {
+    name: ARCHITECTURES[arch].model.vision
+    for name, arch in {"vit_base_mci_224": "MobileCLIP-B", "vit_large_patch14_clip_224": "MobileCLIP2-L-14"}.items()
+}
+
+
+def _timm_convnexts() -> dict[str, ConvNeXtConfig]:
+    """timm's ConvNeXts (convnext.py's model_args; patch stem, channels-last MLP blocks, layer scale), by name,
+    at timm's default 224 px: open_clip builds them at its own image_size."""
+    sizes = {  # depths, dims
+        "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+        "convnext_small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+        "convnext_base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+        "convnext_large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+        "convnext_xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+        "convnext_xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072)),
+    }
+    eps = {"convnext_xxlarge": 1e-5}  # its norm_eps; timm's LayerNorms default to 1e-6
+    return {
+        name: ConvNeXtConfig(image_size=224, depths=depths, dims=dims, ln_eps=eps.get(name, 1e-6))
+        for name, (depths, dims) in sizes.items()
+    }
+
+
+TIMM_CONVNEXTS: dict[str, ConvNeXtConfig] = _timm_convnexts()
+
+
+def _timm_vitamins() -> dict[str, ViTaminConfig]:
+    """timm's vitamin_* towers (vitamin.py's embed_cfg and model_args), by name, at the image size timm builds
+    them for: the registered ViTamin architectures' (`jaxvlm.models.registry.vitamin`)."""
+    towers = {"small": "ViTamin-S", "base": "ViTamin-B", "large": "ViTamin-L", "large2": "ViTamin-L2"}
+    names = {f"vitamin_{t}_224": arch for t, arch in towers.items()}
+    names.update({f"vitamin_{t}_{s}": f"{towers[t]}-{s}" for t in ("large", "large2") for s in (256, 336, 384)})
+    names.update({f"vitamin_xlarge_{s}": f"ViTamin-XL-{s}" for s in (256, 336, 384)})
+    return {
+        name: ARCHITECTURES[arch].model.vision.replace(image_size=int(name.rsplit("_", 1)[1]))
+        for name, arch in names.items()
+    }
+
+
+TIMM_VITAMINS: dict[str, ViTaminConfig] = _timm_vitamins()
 
 
 class _Fields:
@@ -313,12 +373,8 @@ def _check_plain_blocks(section: _Fields) -> None:
 def _vision_config(v: _Fields, quick_gelu: bool) -> ImageTowerConfig:
     if v["timm_model_name"] is not None:
         return _timm_vision_config(v)
-    layers = v["layers"]
-    if isinstance(layers, (list, tuple)):
-        raise InputError(
-            f"{v.where}.layers is {list(layers)}: a ResNet image tower (open_clip's ModifiedResNet), "
-            "which jaxvlm cannot convert yet"
-        )
+    if isinstance(v["layers"], (list, tuple)):
+        return _modified_resnet_config(v)
     _check_plain_blocks(v)
     v.only("pos_embed_type")
     attentional = v.only("attentional_pool", False, True)  # "parallel" / "cascade": two poolers
@@ -349,17 +405,37 @@ def _vision_config(v: _Fields, quick_gelu: bool) -> ImageTowerConfig:
     )
 
 
+def _modified_resnet_config(v: _Fields) -> ModifiedResNetConfig:
+    """open_clip's ModifiedResNet (layers: four stage depths), which reads only these four fields."""
+    layers = v["layers"]
+    if len(layers) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in layers):
+        raise InputError(f"{v.where}.layers must be four positive block counts, got {list(layers)}")
+    width, head_width = v.int("width"), v.int("head_width")
+    if (width * 32) % head_width:
+        raise InputError(f"{v.where}: the ResNet's width {width} * 32 is not a multiple of head_width {head_width}")
+    return ModifiedResNetConfig(
+        image_size=v.square("image_size"), layers=tuple(layers), width=width, heads=width * 32 // head_width
+    )
+
+
 def _timm_vision_config(v: _Fields) -> ImageTowerConfig:
     """open_clip's TimmModel: the named timm trunk (open_clip's own ViT fields do not apply), timm's GELU
     whatever quick_gelu says, and with timm_proj 'none' no projection."""
     name = v["timm_model_name"]
-    if isinstance(name, str) and name in TIMM_PE_VITS:
-        return _timm_pe_config(v, TIMM_PE_VITS[name])
+    if isinstance(name, str) and name in TIMM_EVA_VITS:
+        return _timm_eva_config(v, TIMM_EVA_VITS[name])
+    if isinstance(name, str) and name in TIMM_PLAIN_VITS:
+        return _timm_eva_config(v, TIMM_PLAIN_VITS[name])
+    if isinstance(name, str) and name in TIMM_CONVNEXTS:
+        return _timm_convnext_config(v, TIMM_CONVNEXTS[name])
+    if isinstance(name, str) and name in TIMM_VITAMINS:
+        return _timm_vitamin_config(v, TIMM_VITAMINS[name])
     tower = TIMM_VITS.get(name) if isinstance(name, str) else None
     if tower is None:
         raise InputError(
             f"{v.where}.timm_model_name is {name!r}; jaxvlm converts open_clip's timm image towers only for "
-            f"timm's SigLIP and PE-Core ViTs (e.g. {next(iter(TIMM_VITS))}), not this one yet"
+            f"timm's SigLIP, PE-Core and EVA ViTs, ConvNeXts and ViTamins (e.g. {next(iter(TIMM_VITS))}), "
+            "not this one yet"
         )
     v.only("timm_pool", "map")
     v.only("timm_proj", "none")
@@ -383,10 +459,10 @@ def _timm_vision_config(v: _Fields) -> ImageTowerConfig:
     )
 
 
-def _timm_pe_config(v: _Fields, tower: PeViTConfig) -> PeViTConfig:
-    """A timm PE-Core trunk: with timm_proj null its classifier head (with bias) projects to embed_dim,
-    with 'none' there is no head."""
-    v.only("timm_pool", "map")
+def _timm_eva_config(v: _Fields, tower: EvaViTConfig) -> EvaViTConfig:
+    """A timm Eva trunk (PE-Core's MAP-pooled, EVA's pooled by the class token): with timm_proj null its
+    classifier head (with bias) projects to embed_dim, with 'none' there is no head."""
+    v.only("timm_pool", "map" if tower.pool == "map" else "token")
     proj = v.only("timm_proj", None, "none") is None
     size, name = v.square("image_size"), v["timm_model_name"]
     if size != tower.image_size:
@@ -394,14 +470,128 @@ def _timm_pe_config(v: _Fields, tower: PeViTConfig) -> PeViTConfig:
     return tower.replace(proj=proj, proj_bias=proj)
 
 
+def _timm_convnext_config(v: _Fields, tower: ConvNeXtConfig) -> ConvNeXtConfig:
+    """A timm ConvNeXt trunk (fully convolutional: any image_size) pooled by timm's head (its average, timm_pool
+    '' or 'avg', then LayerNorm) and projected by open_clip's head ('linear' or 'mlp'). Dropout and drop path
+    change training only."""
+    v.only("timm_pool", "", "avg")
+    return tower.replace(
+        image_size=v.square("image_size"), head=v.only("timm_proj", "linear", "mlp"), proj_bias=v.flag("timm_proj_bias")
+    )
+
+
+def _timm_vitamin_config(v: _Fields, tower: ViTaminConfig) -> ViTaminConfig:
+    """A timm ViTamin trunk, pooled by its own average and fc_norm (timm_pool '', which leaves timm's 'avg') and
+    projected by open_clip's linear head. timm builds it for its own image size, whatever image_size says: with
+    learned positions that is the only size it runs at; without (xlarge), open_clip's image_size is used."""
+    v.only("timm_pool", "", "avg")
+    v.only("timm_proj", "linear")
+    size, name = v.square("image_size"), v["timm_model_name"]
+    if tower.pos_embed and size != tower.image_size:
+        raise InputError(f"{v.where}.image_size is {size}, but timm builds {name} for {tower.image_size}")
+    return tower.replace(image_size=size, proj_bias=v.flag("timm_proj_bias"))
+
+
+# The HF model configs open_clip's HFTextEncoder builds from hf_model_name's config.json, by model_type:
+# transformers' defaults for omitted fields, and what jaxvlm's hf_encoder tower takes from each
+HF_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bert": {
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "position_embedding_type": "absolute",
+    },
+    "roberta": {
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 1,
+        "type_vocab_size": 2,
+        "position_embedding_type": "absolute",
+    },
+    "m2m_100": {"activation_function": "relu", "pad_token_id": 1, "scale_embedding": True},
+}
+HF_TEXT_DEFAULTS["xlm-roberta"] = HF_TEXT_DEFAULTS["roberta"]
+HF_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+# open_clip's hf_pooler_type -> hf_encoder pool; "cls_pooler" reads BERT's pooler where the HF model has one
+HF_POOLERS = {"mean_pooler": "mean", "cls_pooler": "cls", "cls_last_hidden_state_pooler": "cls"}
+
+
+def _hf_text_config(t: _Fields, embed_dim: int, hf_config: Mapping[str, Any], where: str) -> HFTextConfig:
+    """open_clip's HFTextEncoder over the HF model whose config.json is ``hf_config``: BERT, RoBERTa,
+    XLM-R or M2M100 (NLLB; open_clip keeps its encoder)."""
+    model_type = hf_config.get("model_type")
+    if model_type not in HF_TEXT_DEFAULTS:
+        raise InputError(
+            f"{where}: model_type {model_type!r} is a HF text tower jaxvlm cannot build (it builds "
+            f"{', '.join(HF_TEXT_DEFAULTS)})"
+        )
+    values = {k: v for k, v in hf_config.items() if v is not None}
+    c = _Fields(values, {**HF_TEXT_DEFAULTS[model_type], **values}, where, model_type)
+    pool = HF_POOLERS.get(t.only("hf_pooler_type", *HF_POOLERS))
+    proj = t.only("hf_proj_type", "linear", "mlp", None) or "none"
+    m2m = model_type == "m2m_100"
+    if m2m:
+        width, act = c.int("d_model"), c["activation_function"]
+        sizes = dict(depth=c.int("encoder_layers"), heads=c.int("encoder_attention_heads"))
+        family = dict(
+            mlp_dim=c.int("encoder_ffn_dim"),
+            ln_eps=1e-5,
+            positions="sinusoidal",
+            position_ids="after_padding",
+            type_vocab_size=0,
+            embed_scale=c.flag("scale_embedding"),
+            embed_norm=False,
+            post_norm=False,
+        )
+    else:
+        width, act = c.int("hidden_size"), c["hidden_act"]
+        sizes = dict(depth=c.int("num_hidden_layers"), heads=c.int("num_attention_heads"))
+        c.only("position_embedding_type", "absolute")
+        family = dict(
+            mlp_dim=c.int("intermediate_size"),
+            ln_eps=c.number("layer_norm_eps"),
+            position_ids="arange" if model_type == "bert" else "after_padding",
+            type_vocab_size=c.int("type_vocab_size", low=0),
+        )
+        if t["hf_pooler_type"] == "cls_pooler":  # the HF model's pooler (dense + tanh) gives pooler_output
+            pool = "pooler"
+    if act not in HF_ACTIVATIONS:
+        raise InputError(f"{where}: activation {act!r}; jaxvlm's hf_encoder computes {', '.join(HF_ACTIVATIONS)}")
+    if proj == "none" and width != embed_dim:
+        raise InputError(f"{t.where}.hf_proj_type is null but the HF width {width} is not embed_dim {embed_dim}")
+    return HFTextConfig(
+        vocab_size=c.int("vocab_size"),
+        context_length=t.int("context_length"),
+        width=width,
+        **sizes,
+        max_positions=c.int("max_position_embeddings"),
+        act=HF_ACTIVATIONS[act],
+        pad_id=c.int("pad_token_id", low=0),
+        pool=pool,
+        proj=proj,
+        **family,
+    )
+
+
+def _hub_model_config(repo: str, where: str) -> Mapping[str, Any]:
+    """The config.json of hub repo ``repo`` (open_clip's ``hf_model_name``), downloaded as open_clip does."""
+    from jaxvlm import hub
+
+    if not isinstance(repo, str) or not repo:
+        raise InputError(f"{where}.hf_model_name must be a hub repo name, got {repo!r}")
+    try:
+        snapshot = hub.download(repo, None, only=["config.json"])
+    except InputError as e:
+        raise InputError(f"{where}.hf_model_name (its config.json): {e}") from None
+    if not (snapshot / "config.json").is_file():
+        raise InputError(f"{where}.hf_model_name: hf-hub:{repo} holds no config.json")
+    return read_json(snapshot / "config.json")
+
+
 def _text_config(t: _Fields, quick_gelu: bool, custom_text: bool) -> TransformerTextConfig:
     """open_clip's TextTransformer (CLIP keeps its parts at the top level, CustomTextCLIP and CoCa under
     ``text.``; the converter reads both)."""
-    if t["hf_model_name"] is not None:
-        raise InputError(
-            f"{t.where}.hf_model_name is {t['hf_model_name']!r}: a Hugging Face text tower, which jaxvlm cannot "
-            "convert yet"
-        )
     _check_plain_blocks(t)
     proj = t.only("proj_type", "linear", "none") == "linear"  # 'none': the pooled features are the embedding
     width = t.int("width")
@@ -446,11 +636,13 @@ def _decoder_config(m: _Fields, text: TransformerTextConfig, quick_gelu: bool) -
 
 def model_config_from_open_clip(model_cfg: Mapping[str, Any], where: str) -> ModelConfig:
     """The jaxvlm ModelConfig of an open_clip model config (``model_cfg`` of open_clip_config.json, or
-    one of open_clip's ``model_configs/*.json``): open_clip's ViT and text transformer (CLIP, QuickGELU,
-    CoCa with its attentional pooler and decoder) or timm's SigLIP and PE-Core ViTs with open_clip's text tower.
+    one of open_clip's ``model_configs/*.json``): open_clip's ViT, ModifiedResNet and text transformer (CLIP,
+    QuickGELU, CoCa with its attentional pooler and decoder) or timm's SigLIP and PE-Core ViTs with open_clip's
+    text tower, or its HFTextEncoder (BERT, RoBERTa, XLM-R, NLLB: sized by hf_model_name's config.json,
+    downloaded as open_clip downloads it).
 
-    ``where`` names the architecture in errors. What jaxvlm cannot build (ResNet or other timm towers,
-    HF text towers, layer scale, ...) and keys open_clip does not know are one InputError naming the field.
+    ``where`` names the architecture in errors. What jaxvlm cannot build (timm towers it has no table of,
+    other HF text models, layer scale, ...) and keys open_clip does not know are one InputError naming the field.
     """
     try:
         return _model_config(model_cfg)
@@ -471,7 +663,12 @@ def _model_config(cfg: Mapping[str, Any]) -> ModelConfig:
         raise InputError("model_cfg has multimodal_cfg (CoCa) without custom_text: open_clip builds CoCa only with it")
     quick_gelu = top.flag("quick_gelu")
     vision = _vision_config(_Fields(cfg["vision_cfg"], VISION_FIELDS, "vision_cfg", "CLIPVisionCfg"), quick_gelu)
-    text = _text_config(_Fields(cfg["text_cfg"], TEXT_FIELDS, "text_cfg", "CLIPTextCfg"), quick_gelu, custom_text)
+    text_fields = _Fields(cfg["text_cfg"], TEXT_FIELDS, "text_cfg", "CLIPTextCfg")
+    if text_fields["hf_model_name"] is not None:  # open_clip builds these with custom_text
+        hf_config = _hub_model_config(text_fields["hf_model_name"], text_fields.where)
+        text = _hf_text_config(text_fields, top.int("embed_dim"), hf_config, f"{text_fields.where}.hf_model_name")
+    else:
+        text = _text_config(text_fields, quick_gelu, custom_text)
     decoder = None
     if coca:
         multimodal = _Fields(cfg["multimodal_cfg"], MULTIMODAL_FIELDS, "multimodal_cfg", "MultimodalCfg")
@@ -687,7 +884,9 @@ def convert_repo(src_dir: Path, model_name: str | None = None, tokenizer_path: P
         src_dir, model_cfg["text_cfg"], cfg.text.context_length, tokenizer_path, str(config_path)
     )
     weights_path = _repo_weights(src_dir)
-    params = convert_state_dict(read_weights(weights_path), cfg, f"{weights_path} as open_clip {name or 'model'}")
+    params, batch_stats = convert_variables(
+        read_weights(weights_path), cfg, f"{weights_path} as open_clip {name or 'model'}"
+    )
     provenance = {"source": "open_clip", "model": name} if name else {"source": "open_clip"}
     provenance.update(config=str(config_path), weights=str(weights_path))
-    return Converted(cfg, params, preprocess, tokenizer, Path(tokenizer_source), provenance)
+    return Converted(cfg, params, preprocess, tokenizer, Path(tokenizer_source), provenance, batch_stats)

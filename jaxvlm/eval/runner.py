@@ -337,7 +337,7 @@ def training_hook(
     batch_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> Callable[[int, Any], dict[str, float]]:
-    """A ``hook(step, params) -> {"<prefix>/<metric>": value}`` running every spec's evaluation on
+    """A ``hook(step, params, batch_stats=None) -> {"<prefix>/<metric>": value}`` running every spec's evaluation on
     the given parameters; the training loop decides how often to call it. The model's compiled
     encoders are built on the first call and reused (`Model.with_params`)."""
     from jaxvlm.api import Model
@@ -348,12 +348,20 @@ def training_hook(
     batch_size = batch_size or max(s.batch_size for s in specs)
     model = None
 
-    def hook(step: int, params: Any) -> dict[str, float]:
+    def hook(step: int, params: Any, batch_stats: Any = None) -> dict[str, float]:
         nonlocal model
         if model is None:
-            model = Model(config, params, preprocess_config, tokenizer, batch_size=batch_size, devices=devices)
+            model = Model(
+                config,
+                params,
+                preprocess_config,
+                tokenizer,
+                batch_size=batch_size,
+                devices=devices,
+                batch_stats=batch_stats,
+            )
         else:
-            model = model.with_params(params)
+            model = model.with_params(params, batch_stats)
         metrics = {}
         for spec in specs:
             metrics.update({f"{spec.metric_prefix}/{k}": v for k, v in evaluate(model, spec).items()})

@@ -24,15 +24,22 @@ def example_inputs(config: ModelConfig, batch: int = 1) -> tuple[jax.Array, jax.
     return config.vision.example_input(batch), config.text.example_input(batch)
 
 
+def abstract_variables(config: ModelConfig, runtime: Runtime = Runtime()) -> dict[str, Any]:
+    """Every collection's variables as ShapeDtypeStructs: "params" (in flax ``Partitioned`` boxes, their
+    logical axis names) and, for a model with BatchNorm, "batch_stats" (its running means and variances)."""
+    module = build_model(config, runtime)
+    return dict(jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(config))))
+
+
 def abstract_params(config: ModelConfig, runtime: Runtime = Runtime()) -> Any:
     """The parameter tree as ShapeDtypeStructs in flax ``Partitioned`` boxes (their logical axis names)."""
-    module = build_model(config, runtime)
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(config))["params"])
+    return abstract_variables(config, runtime)["params"]
 
 
-def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape, by its '/'-joined name."""
-    flat = flax.traverse_util.flatten_dict(flax.linen.unbox(abstract_params(config)), sep="/")
+def param_shapes(config: ModelConfig, collection: str = "params") -> dict[str, tuple[int, ...]]:
+    """Every parameter's (or another collection's variable's) shape, by its '/'-joined name."""
+    tree = abstract_variables(config).get(collection, {})
+    flat = flax.traverse_util.flatten_dict(flax.linen.unbox(tree), sep="/")
     return {name: tuple(leaf.shape) for name, leaf in flat.items()}
 
 
@@ -48,6 +55,7 @@ __all__ = [
     "Runtime",
     "TwoTower",
     "abstract_params",
+    "abstract_variables",
     "build_model",
     "example_inputs",
     "param_count",

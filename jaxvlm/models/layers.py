@@ -29,6 +29,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": gelu,
     "gelu_tanh": functools.partial(nn.gelu, approximate=True),
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,  # NLLB's encoder
 }
 
 # `dot_general`'s products are custom-VJP calls, which the dot policies do not see: they are named
@@ -175,12 +176,16 @@ class Attention(nn.Module):
     A key/value set may serve several consecutive query sequences (the beams of one image).
     ``attention`` is the implementation `jaxvlm.ops.attention` takes: "auto", "xla" or "pallas".
     ``rope`` (sin, cos) [L, head_dim] rotates the queries and keys of self-attention (`rotate_pairs`).
+    ``key_bias`` False: the keys have no bias (EVA's); ``inner_norm_eps``: a LayerNorm over all heads'
+    outputs before the out projection (timm's scale_attn_inner, EVA02's sub-LN).
     """
 
     heads: int
     causal: bool = False
     dtype: jnp.dtype = jnp.float32
     attention: str = "auto"  # the implementation (`jaxvlm.ops.attention`)
+    key_bias: bool = True
+    inner_norm_eps: float | None = None
 
     @nn.compact
     def __call__(
@@ -196,9 +201,10 @@ class Attention(nn.Module):
         width = x_q.shape[-1]
         head_dim = width // self.heads
 
-        def proj(name):
+        def proj(name, use_bias=True):
             return nn.DenseGeneral(
                 (self.heads, head_dim),
+                use_bias=use_bias,
                 dtype=self.dtype,
                 dot_general=dot_general,
                 kernel_init=param_with_axes(nn.initializers.lecun_normal(), "embed", "heads", "kv"),
@@ -210,7 +216,7 @@ class Attention(nn.Module):
         if x_kv is None:
             k, v = cache
         else:
-            k, v = proj("key")(x_kv), proj("value")(x_kv)
+            k, v = proj("key", self.key_bias)(x_kv), proj("value")(x_kv)
             if rope is not None:
                 q, k = rotate_pairs(q, *rope), rotate_pairs(k, *rope)
             if cache is not None:
@@ -224,6 +230,16 @@ class Attention(nn.Module):
             y = ops.attention(
                 q, k, v, causal=self.causal, q_offset=index, key_mask=key_mask, implementation=self.attention
             )
+        if self.inner_norm_eps is not None:
+            y = nn.LayerNorm(
+                epsilon=self.inner_norm_eps,
+                dtype=self.dtype,
+                reduction_axes=(-2, -1),
+                feature_axes=(-2, -1),
+                scale_init=param_with_axes(nn.initializers.ones, "heads", "kv"),
+                bias_init=param_with_axes(nn.initializers.zeros, "heads", "kv"),
+                name="norm",
+            )(y)
         out = nn.DenseGeneral(
             width,
             axis=(-2, -1),

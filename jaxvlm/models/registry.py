@@ -13,7 +13,16 @@ import math
 
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import DecoderConfig, ModelConfig
-from jaxvlm.models.towers import NaFlexViTConfig, PeViTConfig, TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import (
+    ConvNeXtConfig,
+    EvaViTConfig,
+    HFTextConfig,
+    NaFlexViTConfig,
+    TransformerTextConfig,
+    ViTaminConfig,
+    ViTConfig,
+)
+from jaxvlm.models.towers.modified_resnet import ModifiedResNetConfig
 from jaxvlm.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
 
@@ -397,10 +406,10 @@ def _clipa_family() -> dict[str, Architecture]:
 
 
 def pe_core(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
-    """open_clip's PE-Core (Meta's Perception Encoder): timm's PE ViT (`jaxvlm.models.towers.pe_vit`: 2-D
+    """open_clip's PE-Core (Meta's Perception Encoder): timm's PE ViT (`jaxvlm.models.towers.eva_vit`: 2-D
     RoPE, an 8-head MAP head with a 4x MLP, its classifier head projecting with bias) and open_clip's causal
     text tower over CLIP's BPE with 4x MLPs; squashed, bilinear images normalised to [-1, 1]."""
-    vision = PeViTConfig(**vision, pool_heads=8, pool_mlp_dim=4 * vision["width"])
+    vision = EvaViTConfig(**vision, pool_heads=8, pool_mlp_dim=4 * vision["width"])
     text = TransformerTextConfig(vocab_size=49408, **text, mlp_dim=4 * text["width"])
     preprocess = PreprocessConfig(
         image_size=vision.image_size,
@@ -450,6 +459,359 @@ def _pe_core_family() -> dict[str, Architecture]:
     }
 
 
+def convnext(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
+    """open_clip's ConvNeXt CLIPs: timm's ConvNeXt (`jaxvlm.models.towers.convnext`) under open_clip's TimmModel
+    head, and open_clip's CLIP text tower (CLIP's BPE, 77 positions, 64-wide heads, 4x MLPs); OpenAI's
+    preprocessing."""
+    vision = ConvNeXtConfig(**vision)
+    text = TransformerTextConfig(
+        vocab_size=49408, context_length=77, **text, heads=text["width"] // 64, mlp_dim=4 * text["width"]
+    )
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
+        PreprocessConfig(image_size=vision.image_size),
+        CLIP_TOKENIZER,
+    )
+
+
+def _convnext_family() -> dict[str, Architecture]:
+    # timm's convnext_base / _large / _xxlarge (the xxlarge with LayerNorm eps 1e-5); the _d models project
+    # through open_clip's MLP head (timm_proj 'mlp')
+    base = {"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)}
+    large = {"depths": (3, 3, 27, 3), "dims": (192, 384, 768, 1536), "head": "mlp"}
+    xxlarge = {"depths": (3, 4, 30, 3), "dims": (384, 768, 1536, 3072), "ln_eps": 1e-5}
+    return {
+        "convnext_base": convnext(embed_dim=512, vision={"image_size": 224, **base}, text={"width": 512, "depth": 12}),
+        "convnext_base_w": convnext(
+            embed_dim=640, vision={"image_size": 256, **base}, text={"width": 640, "depth": 12}
+        ),
+        "convnext_base_w_320": convnext(
+            embed_dim=640, vision={"image_size": 320, **base}, text={"width": 640, "depth": 12}
+        ),
+        "convnext_large_d": convnext(
+            embed_dim=768, vision={"image_size": 256, **large}, text={"width": 768, "depth": 16}
+        ),
+        "convnext_large_d_320": convnext(
+            embed_dim=768, vision={"image_size": 320, **large}, text={"width": 768, "depth": 16}
+        ),
+        "convnext_xxlarge": convnext(
+            embed_dim=1024, vision={"image_size": 256, **xxlarge}, text={"width": 1024, "depth": 24}
+        ),
+    }
+
+
+VITAMIN_SIZES = {"": 224, "-256": 256, "-336": 336, "-384": 384}  # ViTamin-L(2) name suffix: image size
+
+
+def vitamin(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
+    """open_clip's ViTamin CLIPs: timm's vitamin_* towers (`jaxvlm.models.towers.vitamin`: two MBConv stages of
+    2 and 4 blocks, the first as wide as the stem, GeGLU MLPs 2x wide) under open_clip's linear head, and
+    open_clip's CLIP text tower (CLIP's BPE, 77 positions, 4x MLPs); OpenAI's preprocessing."""
+    vision = dict(vision)
+    stem, dim, width = vision.pop("stem_width"), vision.pop("dim"), vision["width"]
+    vision = ViTaminConfig(stem_width=stem, dims=(stem, dim), depths=(2, 4), mlp_dim=2 * width, **vision)
+    text = TransformerTextConfig(vocab_size=49408, context_length=77, **text, mlp_dim=4 * text["width"])
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
+        PreprocessConfig(image_size=vision.image_size),
+        CLIP_TOKENIZER,
+    )
+
+
+def _vitamin_family() -> dict[str, Architecture]:
+    # timm's vitamin_small / _base / _large(2) / _xlarge; the xlarge towers have no position embedding, and
+    # open_clip runs ViTamin-XL-384 (timm's vitamin_xlarge_384) at 256 px
+    towers = {  # stem width, second stage's channels, ViT width, depth, heads
+        "S": (64, 128, 384, 14, 6),
+        "B": (128, 256, 768, 14, 12),
+        "L": (160, 320, 1024, 31, 16),
+        "XL": (192, 384, 1152, 32, 16),
+    }
+    models = {  # name: tower, image size, embed_dim and text tower (width, heads, depth)
+        "ViTamin-S": ("S", 224, 384, (384, 6, 12)),
+        "ViTamin-S-LTT": ("S", 224, 768, (768, 12, 12)),
+        "ViTamin-B": ("B", 224, 512, (512, 8, 12)),
+        "ViTamin-B-LTT": ("B", 224, 768, (768, 12, 12)),
+        **{f"ViTamin-L{s}": ("L", size, 768, (768, 12, 12)) for s, size in VITAMIN_SIZES.items()},
+        **{f"ViTamin-L2{s}": ("L", size, 1024, (1024, 16, 24)) for s, size in VITAMIN_SIZES.items()},
+        "ViTamin-XL-256": ("XL", 256, 1152, (1152, 16, 27)),
+        "ViTamin-XL-336": ("XL", 336, 1152, (1152, 16, 27)),
+        "ViTamin-XL-384": ("XL", 256, 1152, (1152, 16, 27)),
+    }
+    family = {}
+    for name, (tower, image_size, embed_dim, (text_width, text_heads, text_depth)) in models.items():
+        stem, dim, width, depth, heads = towers[tower]
+        vision = dict(image_size=image_size, stem_width=stem, dim=dim, width=width, depth=depth, heads=heads)
+        family[name] = vitamin(
+            embed_dim=embed_dim,
+            vision={**vision, "pos_embed": tower != "XL"},
+            text={"width": text_width, "heads": text_heads, "depth": text_depth},
+        )
+    return family
+
+
+def eva(*, embed_dim: int, vision: dict, text: dict) -> Architecture:
+    """open_clip's EVA01 / EVA02: timm's Eva towers (`jaxvlm.models.towers.eva_vit`: LayerNorm eps 1e-6, patch
+    embedding with bias and no LN after it, keys without bias, class-token pooling, the classifier head
+    projecting with bias) and open_clip's causal text tower over CLIP's BPE with 4x MLPs; OpenAI's preprocessing."""
+    common = dict(ln_eps=1e-6, patch_bias=True, pre_norm=False, key_bias=False, pool="cls", rope=False)
+    vision = EvaViTConfig(**{**common, **vision})
+    text = TransformerTextConfig(vocab_size=49408, context_length=77, **text, mlp_dim=4 * text["width"])
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
+        PreprocessConfig(image_size=vision.image_size),
+        CLIP_TOKENIZER,
+    )
+
+
+def _eva_family() -> dict[str, Architecture]:
+    # timm's eva_giant_patch14_224, eva02_*_clip_*: EVA02 B / L have SwiGLU with an LN inside, an LN before
+    # the attention's out projection and 2-D RoPE ('ij' grid from 0, scaled to a 16 x 16 reference grid);
+    # EVA02-E has plain GELU MLPs and post-LN blocks
+    eva01_g = dict(image_size=224, patch_size=14, width=1408, depth=40, heads=16, mlp_dim=6144)
+    eva02 = dict(
+        mlp="swiglu", mlp_norm=True, attn_norm=True, rope=True, rope_indexing="ij", rope_offset=0.0, rope_ref_grid=16
+    )
+    eva02_b = dict(image_size=224, patch_size=16, width=768, depth=12, heads=12, mlp_dim=2048, **eva02)
+    eva02_l = dict(patch_size=14, width=1024, depth=24, heads=16, mlp_dim=2730, **eva02)
+    eva02_e = dict(image_size=224, patch_size=14, width=1792, depth=64, heads=16, mlp_dim=15360, post_norm=True)
+
+    def text(width, heads, depth):
+        return dict(width=width, heads=heads, depth=depth)
+
+    return {
+        "EVA01-g-14": eva(embed_dim=1024, vision=eva01_g, text=text(768, 12, 12)),
+        "EVA01-g-14-plus": eva(embed_dim=1024, vision=eva01_g, text=text(1024, 16, 24)),
+        "EVA02-B-16": eva(embed_dim=512, vision=eva02_b, text=text(512, 8, 12)),
+        "EVA02-L-14": eva(embed_dim=768, vision=dict(image_size=224, **eva02_l), text=text(768, 12, 12)),
+        "EVA02-L-14-336": eva(embed_dim=768, vision=dict(image_size=336, **eva02_l), text=text(768, 12, 12)),
+        "EVA02-E-14": eva(embed_dim=1024, vision=eva02_e, text=text(1024, 16, 24)),
+        "EVA02-E-14-plus": eva(embed_dim=1024, vision=eva02_e, text=text(1280, 20, 32)),
+    }
+
+
+def mobileclip(
+    *, embed_dim: int, vision: EvaViTConfig, text_width: int, causal: bool, preprocess: dict | None = None
+) -> Architecture:
+    """open_clip's MobileCLIP / MobileCLIP2 with a timm ViT image tower (as `jaxvlm.models.towers.eva_vit` expresses
+    it) and open_clip's 12-layer text tower over CLIP's BPE, causal or not as its text_cfg's no_causal_mask says.
+    OpenAI's preprocessing unless ``preprocess`` says otherwise; it differs by tag (mean, std, interpolation), and
+    the pretrained table carries each tag's."""
+    text = TransformerTextConfig(
+        vocab_size=49408,
+        context_length=77,
+        width=text_width,
+        depth=12,
+        heads=text_width // 64,
+        mlp_dim=4 * text_width,
+        causal=causal,
+    )
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
+        PreprocessConfig(image_size=vision.image_size, **(preprocess or {})),
+        CLIP_TOKENIZER,
+    )
+
+
+# MobileCLIP's tags (open_clip's _mccfg): no normalisation, bilinear resizing
+MOBILECLIP_PREPROCESS = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bilinear")
+# timm's vit_base_mci_224: ViT-B/16 (LayerNorm eps 1e-6, no pre-LN) behind a ConvStem (4 x 4, 2 x 2, 2 x 2 convolutions,
+# BatchNorm and GELU between), positions for the patches only
+TIMM_VIT_B_MCI = EvaViTConfig(
+    image_size=224,
+    patch_size=16,
+    width=768,
+    depth=12,
+    heads=12,
+    mlp_dim=3072,
+    pool="cls",
+    rope=False,
+    ln_eps=1e-6,
+    pre_norm=False,
+    stem_widths=(192, 192, 768),
+    stem_kernels=(4, 2, 2),
+    pos_embed_class=False,
+)
+# timm's vit_large_patch14_clip_224 (a plain pre-LN CLIP ViT, exact GELU, no patch bias) with open_clip's token
+# pooling and its classifier head as the projection
+TIMM_VIT_L14_CLIP = EvaViTConfig(
+    image_size=224, patch_size=14, width=1024, depth=24, heads=16, mlp_dim=4096, pool="cls", rope=False
+)
+
+
+def _mobileclip_family() -> dict[str, Architecture]:
+    b = dict(embed_dim=512, vision=TIMM_VIT_B_MCI, text_width=512, causal=True, preprocess=MOBILECLIP_PREPROCESS)
+    return {
+        "MobileCLIP-B": mobileclip(**b),
+        "MobileCLIP2-B": mobileclip(**b),
+        "MobileCLIP2-L-14": mobileclip(embed_dim=768, vision=TIMM_VIT_L14_CLIP, text_width=768, causal=False),
+    }
+
+
+# open_clip's HFTextEncoder towers, sized as the config.json of each hf_model_name on the hub says, their
+# tokenizer.json run as open_clip's HFTokenizer runs it (whitespace-cleaned, padded with <pad>, id 1;
+# XLMRobertaTokenizer splits on whitespace first)
+ROBERTA_TOKENIZER = TokenizerConfig(
+    kind="hf_json", file="tokenizer.json", context_length=77, clean="whitespace", pad_id=1
+)
+XLM_R_TOKENIZER = dataclasses.replace(ROBERTA_TOKENIZER, whitespace_split=True)
+NLLB_TOKENIZER = ROBERTA_TOKENIZER
+
+
+def roberta_text(*, vocab_size: int, width: int, depth: int, heads: int) -> HFTextConfig:
+    """roberta-base / xlm-roberta-*: post-LN BERT layers, positions counted after the padding id (514 rows),
+    one token type, mean-pooled over the non-padding tokens, open_clip's default MLP projection."""
+    return HFTextConfig(
+        vocab_size=vocab_size,
+        context_length=77,
+        width=width,
+        depth=depth,
+        heads=heads,
+        mlp_dim=4 * width,
+        max_positions=514,
+        ln_eps=1e-5,
+        pad_id=1,
+        position_ids="after_padding",
+        type_vocab_size=1,
+        pool="mean",
+        proj="mlp",
+    )
+
+
+def nllb_text(*, depth: int, mlp_dim: int) -> HFTextConfig:
+    """facebook/nllb-200-distilled-*'s encoder (M2M100): scaled embeddings, sinusoidal positions, pre-LN ReLU
+    layers and a final norm; the first token (the language code) pooled and projected linearly."""
+    return HFTextConfig(
+        vocab_size=256206,
+        context_length=77,
+        width=1024,
+        depth=depth,
+        heads=16,
+        mlp_dim=mlp_dim,
+        max_positions=1024,
+        act="relu",
+        ln_eps=1e-5,
+        pad_id=1,
+        positions="sinusoidal",
+        position_ids="after_padding",
+        type_vocab_size=0,
+        embed_scale=True,
+        embed_norm=False,
+        post_norm=False,
+        pool="cls",
+        proj="linear",
+    )
+
+
+def with_hf_text(arch: Architecture, text: HFTextConfig, tokenizer: TokenizerConfig) -> Architecture:
+    return dataclasses.replace(arch, model=dataclasses.replace(arch.model, text=text), tokenizer=tokenizer)
+
+
+def _hf_text_family() -> dict[str, Architecture]:
+    b32 = {"image_size": 224, "patch_size": 32, "width": 768, "depth": 12}
+    h14 = {"image_size": 224, "patch_size": 14, "width": 1280, "depth": 32, "head_width": 80}
+    clip_text = {"width": 512, "depth": 1}  # replaced by the HF tower
+
+    def vit(embed_dim: int, vision: dict, act: str = "gelu") -> Architecture:
+        return clip(embed_dim=embed_dim, vision=vision, text=clip_text, act=act)
+
+    def siglip_vit(vision: dict, act: str) -> Architecture:
+        return siglip(vision={"image_size": 384, **vision}, text={}, act=act)
+
+    xlm_r_base = roberta_text(vocab_size=250002, width=768, depth=12, heads=12)
+    xlm_r_large = roberta_text(vocab_size=250002, width=1024, depth=24, heads=16)
+    nllb_600m, nllb_1b = nllb_text(depth=12, mlp_dim=4096), nllb_text(depth=24, mlp_dim=8192)
+    base16 = {"patch_size": 16, "width": 768, "depth": 12, "heads": 12, "mlp_dim": 3072}
+    so400m14 = {"patch_size": 14, "width": 1152, "depth": 27, "heads": 16, "mlp_dim": 4304}
+    return {
+        "roberta-ViT-B-32": with_hf_text(
+            vit(512, b32, act="quick_gelu"),
+            roberta_text(vocab_size=50265, width=768, depth=12, heads=12),
+            ROBERTA_TOKENIZER,
+        ),
+        "xlm-roberta-base-ViT-B-32": with_hf_text(vit(512, b32), xlm_r_base, XLM_R_TOKENIZER),
+        "xlm-roberta-large-ViT-H-14": with_hf_text(vit(1024, h14), xlm_r_large, XLM_R_TOKENIZER),
+        "nllb-clip-base": with_hf_text(vit(512, b32), nllb_600m, NLLB_TOKENIZER),
+        "nllb-clip-large": with_hf_text(vit(1024, h14), nllb_1b, NLLB_TOKENIZER),
+        "nllb-clip-base-siglip": with_hf_text(siglip_vit(base16, "gelu"), nllb_600m, NLLB_TOKENIZER),
+        "nllb-clip-large-siglip": with_hf_text(siglip_vit(so400m14, "gelu"), nllb_1b, NLLB_TOKENIZER),
+    }
+
+
+def modified_resnet_clip(*, embed_dim: int, vision: dict, text_width: int, act: str = "gelu") -> Architecture:
+    """OpenAI's ResNet CLIPs (`jaxvlm.models.towers.modified_resnet`): attention-pool heads 64 wide (open_clip's
+    width * 32 // head_width), the CLIP text tower (``act``: quick_gelu tags set only its activation)."""
+    vision = ModifiedResNetConfig(**vision, heads=vision["width"] * 32 // 64)
+    text = TransformerTextConfig(
+        vocab_size=49408,
+        context_length=77,
+        width=text_width,
+        depth=12,
+        heads=text_width // 64,
+        mlp_dim=4 * text_width,
+        act=act,
+    )
+    return Architecture(
+        ModelConfig(embed_dim=embed_dim, vision=vision, text=text, loss="softmax"),
+        PreprocessConfig(image_size=vision.image_size),
+        CLIP_TOKENIZER,
+    )
+
+
+def _modified_resnet_family() -> dict[str, Architecture]:
+    sizes = {  # name: embed_dim, image_size, layers, width, text width
+        "RN50": (1024, 224, (3, 4, 6, 3), 64, 512),
+        "RN101": (512, 224, (3, 4, 23, 3), 64, 512),
+        "RN50x4": (640, 288, (4, 6, 10, 6), 80, 640),
+        "RN50x16": (768, 384, (6, 8, 18, 8), 96, 768),
+        "RN50x64": (1024, 448, (3, 15, 36, 10), 128, 1024),
+    }
+    archs = {}
+    for name, (embed_dim, image_size, layers, width, text_width) in sizes.items():
+        fields = dict(
+            embed_dim=embed_dim, vision=dict(image_size=image_size, layers=layers, width=width), text_width=text_width
+        )
+        archs[name] = modified_resnet_clip(**fields)
+        archs[f"{name}-quickgelu"] = modified_resnet_clip(**fields, act="quick_gelu")
+    return archs
+
+
+# Chinese-CLIP (OFA-Sys's transformers repos): CLIP ViTs with quick GELU and a Chinese RoBERTa-wwm text tower,
+# which is BERT's architecture (post-LN, positions from 0, two token types, [PAD] 0), its first token projected;
+# texts of up to 52 WordPiece ids (cn_clip's context), images squashed
+CHINESE_CLIP_TOKENIZER = TokenizerConfig(kind="hf_json", file="tokenizer.json", context_length=52, clean="none")
+
+
+def chinese_clip(*, embed_dim: int, vision: dict, text_width: int, text_depth: int) -> Architecture:
+    arch = clip(embed_dim=embed_dim, vision=vision, text={"width": 512, "depth": 1}, act="quick_gelu")
+    text = HFTextConfig(
+        vocab_size=21128,
+        context_length=52,
+        width=text_width,
+        depth=text_depth,
+        heads=text_width // 64,
+        mlp_dim=4 * text_width,
+        max_positions=512,
+        pool="cls",
+        proj="linear",
+    )
+    preprocess = PreprocessConfig(image_size=arch.model.vision.image_size, resize_mode="squash")
+    return dataclasses.replace(with_hf_text(arch, text, CHINESE_CLIP_TOKENIZER), preprocess=preprocess)
+
+
+def _chinese_clip_family() -> dict[str, Architecture]:
+    b16 = {"image_size": 224, "patch_size": 16, "width": 768, "depth": 12}
+    l14 = {"patch_size": 14, "width": 1024, "depth": 24}
+    h14 = {"image_size": 224, "patch_size": 14, "width": 1280, "depth": 32, "head_width": 80}
+    base, large = {"text_width": 768, "text_depth": 12}, {"text_width": 1024, "text_depth": 24}
+    return {
+        "chinese-clip-ViT-B-16": chinese_clip(embed_dim=512, vision=b16, **base),
+        "chinese-clip-ViT-L-14": chinese_clip(embed_dim=768, vision={"image_size": 224, **l14}, **base),
+        "chinese-clip-ViT-L-14-336": chinese_clip(embed_dim=768, vision={"image_size": 336, **l14}, **base),
+        "chinese-clip-ViT-H-14": chinese_clip(embed_dim=1024, vision=h14, **large),
+    }
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     **_clip_family(),
     **_siglip_family(),
@@ -457,6 +819,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     **_metaclip2_family(),
     **_clipa_family(),
     **_pe_core_family(),
+    **_modified_resnet_family(),
+    **_hf_text_family(),
+    **_chinese_clip_family(),
+    **_eva_family(),
+    **_mobileclip_family(),
+    **_convnext_family(),
+    **_vitamin_family(),
 }
 
 

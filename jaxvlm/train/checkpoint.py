@@ -12,6 +12,7 @@ removed and the steps before it stay as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -66,7 +67,9 @@ class Checkpoints:
         try:
             self.manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=data.iterator_save_args(iterator)),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_stored(state)), data=data.iterator_save_args(iterator)
+                ),
                 force=True,
             )
         except Exception as e:  # noqa: BLE001 - orbax and the file system raise many kinds
@@ -95,7 +98,7 @@ class Checkpoints:
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), data=data.iterator_restore_args(iterator)
+                        state=ocp.args.StandardRestore(_stored(abstract)), data=data.iterator_restore_args(iterator)
                     ),
                 )
             except Exception as e:  # noqa: BLE001 - orbax and the file system raise many kinds
@@ -117,7 +120,7 @@ class Checkpoints:
                     unreadable,
                     UNREADABLE_SUFFIX,
                 )
-            return restored.state
+            return TrainState(**restored.state) if isinstance(abstract, TrainState) else restored.state
         if steps:
             raise TrainingError(f"none of the checkpoints in {self.directory} (steps {steps}) can be restored")
         return None
@@ -159,6 +162,18 @@ class Checkpoints:
         self.close()
 
 
+def _stored(state: Any) -> Any:
+    """A `TrainState` as orbax stores it: its fields by name, without batch_stats when there are none, so that
+    checkpoints of models without BatchNorm keep the tree they had before the field existed (orbax takes
+    an empty dict for a node and would refuse the old checkpoints' tree, which lacks it). Other trees as they are."""
+    if not isinstance(state, TrainState):
+        return state
+    fields = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
+    if not fields["batch_stats"]:
+        del fields["batch_stats"]
+    return fields
+
+
 def describe(error: BaseException) -> str:
     """One short line for an error from orbax / TensorStore / the file system (a full disk reads
     "No space left on device"), instead of their pages of specs."""
@@ -178,12 +193,14 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def export(out: Path, spec: ModelSpec, params: Any, provenance: dict) -> None:
-    """Writes ``params`` as a model directory that `jaxvlm.load` opens (process 0 writes; every
-    process must call this, since gathering sharded parameters is collective)."""
+def export(out: Path, spec: ModelSpec, params: Any, provenance: dict, batch_stats: Any = None) -> None:
+    """Writes ``params`` (and BatchNorm's ``batch_stats``, if any) as a model directory that `jaxvlm.load`
+    opens (process 0 writes; every process must call this, since gathering sharded parameters is collective)."""
     from jax.experimental import multihost_utils
 
-    host = multihost_utils.process_allgather(params, tiled=True)
+    host, host_stats = multihost_utils.process_allgather((params, batch_stats or {}), tiled=True)
     if jax.process_index() == 0:
-        loaded = model_dir.ModelDir(spec.config, spec.preprocess, spec.tokenizer, provenance, host)
+        loaded = model_dir.ModelDir(
+            spec.config, spec.preprocess, spec.tokenizer, provenance, host, batch_stats=host_stats
+        )
         model_dir.save(out, loaded, spec.tokenizer_dir / spec.tokenizer.file)

@@ -19,6 +19,7 @@ from jaxvlm.errors import InputError
 from jaxvlm.ops import IMPLEMENTATIONS
 
 SAVE_ERROR_ACTIONS = ("stop", "continue")
+BATCH_NORM_MODES = ("auto", "frozen", "train")
 
 _PARSERS = {
     bool: flags.BooleanParser(),
@@ -62,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.remat = "none"
     c.model.attention = "auto"
+    # BatchNorm (ResNet towers): "frozen" normalises by the running statistics and keeps them, "train" by each
+    # batch's (synchronised over the data axes) and updates them; "auto": frozen with init_from, else train
+    c.model.batch_norm = "auto"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.implementation = "auto"  # contrastive loss: auto (fused kernel on TPU), xla or pallas
@@ -220,6 +224,10 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
     ):
         if not 0 < value < math.inf:
             raise InputError(f"{name} must be a positive number of seconds, got {value}")
+    if config.model.batch_norm not in BATCH_NORM_MODES:
+        raise InputError(
+            f"model.batch_norm is {config.model.batch_norm!r}; expected one of {', '.join(BATCH_NORM_MODES)}"
+        )
     if config.loss.implementation not in IMPLEMENTATIONS:
         raise InputError(
             f"loss.implementation is {config.loss.implementation!r}; expected one of {', '.join(IMPLEMENTATIONS)}"
@@ -235,6 +243,13 @@ def check(config: ml_collections.ConfigDict, devices: int) -> None:
             f"global_batch_size {config.global_batch_size} is not divisible by the {shards} batch shards "
             f"(mesh data x fsdp) times {config.microbatches} microbatches"
         )
+
+
+def batch_norm_mode(model: ml_collections.ConfigDict) -> str:
+    """What BatchNorm does in training: model.batch_norm, "auto" resolved by whether the run fine-tunes."""
+    if model.batch_norm == "auto":
+        return "frozen" if model.init_from else "train"
+    return model.batch_norm
 
 
 def eval_specs(config: ml_collections.ConfigDict) -> list[dict]:

@@ -34,8 +34,9 @@ from jaxvlm.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
-# (step, params) -> {name: value}, e.g. jaxvlm.eval.training_hook. params are the train state's global
-# arrays: with several processes, not every shard is on this process (process_allgather gathers them).
+# (step, params) -> {name: value}, e.g. jaxvlm.eval.training_hook; (step, params, batch_stats) for a model with
+# BatchNorm. params are the train state's global arrays: with several processes, not every shard is on this
+# process (process_allgather gathers them).
 Hook = Callable[[int, dict], dict]
 MODEL_DIR = "model"
 
@@ -240,8 +241,9 @@ class _Run:
 
     def _evaluate(self, step: int, state: TrainState) -> dict[str, float]:
         results = {}
+        variables = (state.params, state.batch_stats) if state.batch_stats else (state.params,)
         for hook in self.hooks:
-            results.update({k: float(v) for k, v in hook(step, state.params).items()})
+            results.update({k: float(v) for k, v in hook(step, *variables).items()})
         if self.chief:
             self.log.write(step, results)
             self.progress.write(f"step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -301,4 +303,4 @@ class _Run:
             "steps": self.config.total_steps,
             **self.program.spec.origin,
         }
-        export(out, self.program.spec, state.params, provenance)
+        export(out, self.program.spec, state.params, provenance, state.batch_stats)

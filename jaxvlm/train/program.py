@@ -21,6 +21,7 @@ from jaxvlm.models import ModelConfig, Runtime, abstract_params, build_model, ex
 from jaxvlm.models.registry import get_architecture
 from jaxvlm.preprocess import NaFlexImages, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
+from jaxvlm.train import config as train_config
 from jaxvlm.train import optimizer as optim
 from jaxvlm.train.state import StateLayout, TrainState, layout, place
 from jaxvlm.train.step import Objective, make_train_step
@@ -40,6 +41,7 @@ class ModelSpec:
     # what it starts from, for the exported model's provenance: the architecture's name ("model"), and with
     # init_from that directory and its own provenance
     origin: dict
+    pretrained_stats: dict = dataclasses.field(default_factory=dict)  # the model directory's BatchNorm statistics
 
 
 def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> ModelSpec:
@@ -66,6 +68,7 @@ def model_spec(cfg: ml_collections.ConfigDict, *, pretrained: bool = True) -> Mo
             Path(cfg.tokenizer_dir or cfg.init_from),
             loaded.params,
             origin,
+            loaded.batch_stats,
         )
     arch = get_architecture(cfg.name)
     tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else CLIP_BPE_FILE.parent
@@ -106,8 +109,14 @@ class TrainProgram:
         state = self.state.init()
         if self.spec.pretrained is None:
             return state
+        stats = state.batch_stats
+        if stats:  # BatchNorm's statistics come with the parameters they normalise for (same names, same regex)
+            stats = _with_pretrained(
+                stats, self.state.abstract.batch_stats, self.spec.pretrained_stats, self.init_params, "batch statistic"
+            )
         return state.replace(
-            params=_with_pretrained(state.params, self.state.abstract.params, self.spec.pretrained, self.init_params)
+            params=_with_pretrained(state.params, self.state.abstract.params, self.spec.pretrained, self.init_params),
+            batch_stats=stats,
         )
 
     def run_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -149,6 +158,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = T
         trainable=optimizer.trainable,
         microbatches=config.microbatches,
         logit_scale_max=config.loss.logit_scale_max,
+        batch_norm=train_config.batch_norm_mode(config.model),
     )
     replicated = parallel.replicated(mesh)
     jitted = jax.jit(
@@ -160,18 +170,19 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, *, pretrained: bool = T
     return TrainProgram(mesh, spec, module, optimizer, state, jitted, config.model.init_params)
 
 
-def _with_pretrained(params, abstract, pretrained: dict, pattern: str) -> dict:
-    """``params`` with the leaves whose names match ``pattern`` replaced by the pretrained ones."""
+def _with_pretrained(params, abstract, pretrained: dict, pattern: str, what: str = "parameter") -> dict:
+    """``params`` with the leaves whose names match ``pattern`` replaced by the pretrained ones; ``what``:
+    "parameter" (which ``pattern`` must match) or "batch statistic" (BatchNorm's, which it may not)."""
     regex = optim.compile_regex(pattern, "model.init_params")
     flat = flax.traverse_util.flatten_dict(params, sep="/")
     shapes = flax.traverse_util.flatten_dict(abstract, sep="/")
     source = flax.traverse_util.flatten_dict(pretrained, sep="/")
     taken = [name for name in flat if regex.fullmatch(name)]
-    if not taken:
+    if not taken and what == "parameter":
         raise InputError(f"model.init_params {pattern!r} matches no parameter")
     for name in taken:
         if name not in source:
-            raise InputError(f"model.init_from has no parameter {name}")
+            raise InputError(f"model.init_from has no {what} {name}")
         if source[name].shape != shapes[name].shape:
             raise InputError(
                 f"model.init_from's {name} has shape {source[name].shape}, the model needs {shapes[name].shape}"

@@ -27,6 +27,9 @@ class TrainState:
     rng: jax.Array  # uint32 key data; step s uses fold_in(rng, s)
     skipped: jax.Array  # int32: updates the NaN guard skipped, in total
     nan_streak: jax.Array  # int32: ... in a row, up to this step
+    # BatchNorm's running statistics (the "batch_stats" collection, replicated); {} for models without BatchNorm,
+    # whose state tree, and so their checkpoints, are as they were before it existed (an empty dict has no leaves)
+    batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +57,8 @@ def layout(
 
     def init() -> TrainState:
         init_key, state_key = jax.random.split(jax.random.key(seed))
-        params = nn.unbox(module.init(init_key, *inputs)["params"])
+        variables = nn.unbox(module.init(init_key, *inputs))
+        params = variables["params"]
         zero = jnp.zeros((), jnp.int32)
         return TrainState(
             step=zero,
@@ -63,6 +67,7 @@ def layout(
             rng=jax.random.key_data(state_key),
             skipped=zero,
             nan_streak=zero,
+            batch_stats=variables.get("batch_stats", {}),
         )
 
     shapes = jax.eval_shape(init)
@@ -74,6 +79,7 @@ def layout(
         rng=replicated,
         skipped=replicated,
         nan_streak=replicated,
+        batch_stats=jax.tree.map(lambda _: replicated, shapes.batch_stats),
     )
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return StateLayout(abstract, shardings, jax.jit(init, out_shardings=shardings))

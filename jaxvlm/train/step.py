@@ -7,6 +7,14 @@ without gradients, compute the loss of the whole batch and its gradient with res
 embeddings, then run each micro-batch again and backpropagate that cached embedding gradient
 through the towers. The result is the full batch's gradient, at the activation memory of one
 micro-batch.
+
+BatchNorm (``batch_norm``): "frozen" normalises with the running statistics and leaves them as they
+are; "train" normalises each batch by its own statistics (under jit over a batch sharded on the data
+axes, global ones: GSPMD reduces across the shards) and returns the updated running statistics through
+the loss's aux. With micro-batches, each micro-batch is normalised by its own statistics in both passes
+(so the second pass recomputes exactly the embeddings the first cached), and the running statistics are
+updated once per micro-batch, in order, in the first pass only (the second pass's updates, repeats, are
+dropped): as k steps of micro-batches would, and as PyTorch's gradient accumulation does.
 """
 
 from __future__ import annotations
@@ -40,19 +48,41 @@ class Objective:
 
 
 def embed(
-    module: nn.Module, params: Any, batch: dict, rng: jax.Array, caption: bool, preprocess: PreprocessConfig
-) -> Embeddings:
-    """The model's `embed` of a batch (caption logits only with ``caption``). uint8 images (pixels, or
-    NaFlex patches) are normalised here per `preprocess`; float images are taken as normalised."""
+    module: nn.Module,
+    params: Any,
+    batch: dict,
+    rng: jax.Array,
+    caption: bool,
+    preprocess: PreprocessConfig,
+    batch_stats: Any = None,
+    train_stats: bool = False,
+) -> tuple[Embeddings, Any]:
+    """The model's `embed` of a batch (caption logits only with ``caption``) and BatchNorm's running
+    statistics: ``batch_stats`` as given, or with ``train_stats`` updated by this batch (which is then
+    normalised by its own statistics). uint8 images (pixels, or NaFlex patches) are normalised here per
+    `preprocess`; float images are taken as normalised."""
     images = normalize_images(batch["image"], preprocess)
-    return module.apply({"params": params}, images, batch["text"], caption, method="embed", rngs={"dropout": rng})
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    call = dict(method="embed", rngs={"dropout": rng})
+    if not (train_stats and batch_stats):
+        return module.apply(variables, images, batch["text"], caption, **call), batch_stats or {}
+    embeddings, updated = module.apply(variables, images, batch["text"], caption, mutable=["batch_stats"], **call)
+    return embeddings, updated["batch_stats"]
 
 
 def make_gradients(
-    module: nn.Module, objective: Objective, *, mesh: Mesh | None, preprocess: PreprocessConfig, microbatches: int = 1
+    module: nn.Module,
+    objective: Objective,
+    *,
+    mesh: Mesh | None,
+    preprocess: PreprocessConfig,
+    microbatches: int = 1,
+    batch_norm: str = "train",
 ) -> Callable:
-    """``gradients(params, batch, rng) -> (loss, loss terms, image embeddings, text embeddings,
-    gradients)`` of the whole batch; with ``microbatches`` > 1 by gradient caching (see above)."""
+    """``gradients(params, batch, rng, batch_stats=None) -> (loss, loss terms, image embeddings, text
+    embeddings, gradients, batch_stats)`` of the whole batch; with ``microbatches`` > 1 by gradient
+    caching; ``batch_norm``: "frozen" or "train" (see above)."""
+    train_stats = batch_norm == "train"
 
     def contrastive(zimg, ztxt, t, b):
         return losses.contrastive_loss(
@@ -68,23 +98,29 @@ def make_gradients(
             value = value + objective.caption_weight * terms["caption_loss"]
         return value
 
-    def full_batch(params, batch, rng):
+    def full_batch(params, batch, rng, batch_stats=None):
         def loss_fn(params):
-            zimg, ztxt, caption_logits = embed(module, params, batch, rng, objective.caption, preprocess)
+            (zimg, ztxt, caption_logits), stats = embed(
+                module, params, batch, rng, objective.caption, preprocess, batch_stats, train_stats
+            )
             terms = {"contrastive_loss": contrastive(zimg, ztxt, params["t"], params.get("b"))}
             if objective.caption:
                 nll, _ = losses.caption_nll(caption_logits, batch["text"], objective.pad_id)
                 terms["caption_loss"] = nll / caption_tokens(batch)
-            return total(terms), (terms, zimg, ztxt)
+            return total(terms), (terms, zimg, ztxt, stats)
 
-        (loss, (terms, zimg, ztxt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, terms, zimg, ztxt, grads
+        (loss, (terms, zimg, ztxt, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, terms, zimg, ztxt, grads, stats
 
-    def accumulated(params, batch, rng):
+    def accumulated(params, batch, rng, batch_stats=None):
         parts = jax.tree.map(lambda x: _interleave(x, microbatches, mesh), batch)
         take = lambda tree, i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False), tree)
-        embeddings = lambda i: embed(module, params, take(parts, i), rng, False, preprocess)[:2]
-        _, (zimg, ztxt) = jax.lax.scan(lambda _, i: (None, embeddings(i)), None, jnp.arange(microbatches))
+
+        def forward(stats, i):  # the running statistics updated by each micro-batch in turn
+            (zi, zt, _), stats = embed(module, params, take(parts, i), rng, False, preprocess, stats, train_stats)
+            return stats, (zi, zt)
+
+        stats, (zimg, ztxt) = jax.lax.scan(forward, batch_stats or {}, jnp.arange(microbatches))
         zimg, ztxt = _merge(zimg), _merge(ztxt)
         t, b = params["t"], params.get("b")
         closs, (gimg, gtxt, gt, gb) = jax.value_and_grad(contrastive, argnums=(0, 1, 2, 3))(zimg, ztxt, t, b)
@@ -95,7 +131,9 @@ def make_gradients(
             mb, gimg_mb, gtxt_mb = take((parts, cached_gimg, cached_gtxt), i)
 
             def surrogate(p):  # its gradient is this micro-batch's share of the full loss's
-                zi, zt, caption_logits = embed(module, p, mb, rng, objective.caption, preprocess)
+                (zi, zt, caption_logits), _ = embed(
+                    module, p, mb, rng, objective.caption, preprocess, batch_stats, train_stats
+                )
                 value = weight * (jnp.vdot(zi, gimg_mb) + jnp.vdot(zt, gtxt_mb))
                 nll = jnp.zeros((), jnp.float32)
                 if objective.caption:
@@ -115,7 +153,7 @@ def make_gradients(
         terms = {"contrastive_loss": closs}
         if objective.caption:
             terms["caption_loss"] = nll / tokens
-        return total(terms), terms, zimg, ztxt, grads
+        return total(terms), terms, zimg, ztxt, grads, stats
 
     return full_batch if microbatches == 1 else accumulated
 
@@ -131,18 +169,22 @@ def make_train_step(
     trainable: Any,
     microbatches: int = 1,
     logit_scale_max: float | None = None,
+    batch_norm: str = "train",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``, to be jitted. ``batch``: {"image": u8 [B, H, W, 3]
     pixels (normalised per ``preprocess`` on the device) or f32 normalised, or a NaFlex model's
     `NaFlexImages` (u8 or f32 patches), "text": i32 [B, L]}
     (B a multiple of ``microbatches``). ``trainable``: tree of bools, False
     for frozen parameters (kept bitwise as they are). A step whose loss, gradient norm or new
-    parameters are not finite changes nothing but the step and the NaN-guard counters."""
-    compute = make_gradients(module, objective, mesh=mesh, preprocess=preprocess, microbatches=microbatches)
+    parameters are not finite changes nothing but the step and the NaN-guard counters. ``batch_norm``:
+    "frozen" or "train", what BatchNorm does with its statistics (see above)."""
+    compute = make_gradients(
+        module, objective, mesh=mesh, preprocess=preprocess, microbatches=microbatches, batch_norm=batch_norm
+    )
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        loss, terms, zimg, ztxt, grads = compute(state.params, batch, rng)
+        loss, terms, zimg, ztxt, grads, batch_stats = compute(state.params, batch, rng, state.batch_stats)
         grad_norm = optax.tree.norm(jax.tree.map(lambda g, keep: g if keep else None, grads, trainable))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u, keep: p + u.astype(p.dtype) if keep else p, state.params, updates, trainable)
@@ -168,6 +210,7 @@ def make_train_step(
             step=state.step + 1,
             params=keep_if_ok(params, state.params),
             opt_state=keep_if_ok(opt_state, state.opt_state),
+            batch_stats=keep_if_ok(batch_stats, state.batch_stats),
             skipped=state.skipped + (~ok),
             nan_streak=jnp.where(ok, 0, state.nan_streak + 1),
         )

@@ -137,10 +137,9 @@ def write_config(directory, model_cfg, preprocess_cfg=None):
 @pytest.mark.parametrize(
     "name, field",
     [
-        ("RN50", "vision_cfg.layers"),
-        ("convnext_base", "vision_cfg.timm_model_name"),
-        ("EVA02-B-16", "vision_cfg.timm_model_name"),
-        ("roberta-ViT-B-32", "text_cfg.hf_model_name"),
+        ("swin_base_patch4_window7_224", "vision_cfg.timm_model_name"),
+        # the HF text tower's config.json is downloaded from hf_model_name's repo, as open_clip does
+        ("roberta-ViT-B-32", "text_cfg.hf_model_name (its config.json): hf-hub:roberta-base"),
         # no tokenizer files: timm/ViT-B-16-SigLIP's are downloaded, as open_clip does (the suite runs offline)
         ("ViT-B-16-SigLIP", "text_cfg.hf_tokenizer_name (the repo holds no tokenizer files): hf-hub:timm/"),
     ],
@@ -178,13 +177,20 @@ def test_preprocess_cfg_is_read_as_open_clip_reads_it():
         read({"resize_mode": "longest"}, 32, "x")
 
 
-def test_every_registered_open_clip_architecture_maps_from_open_clips_own_config():
-    # SigLIP 2 NaFlex is transformers' and big_vision's: open_clip has no config for it
-    names = [name for name in ARCHITECTURES if not name.startswith("tiny-") and not name.endswith("-NaFlex")]
+def test_every_registered_open_clip_architecture_maps_from_open_clips_own_config(tmp_path):
+    from tests.convert.hf_text_models import hf_configs_offline, published_hf_configs
+
+    # SigLIP 2 NaFlex is transformers' and big_vision's, Chinese-CLIP transformers': open_clip has no config for them
+    names = [n for n in ARCHITECTURES if not n.startswith(("tiny-", "chinese-clip-")) and not n.endswith("-NaFlex")]
     for name in names:
-        cfg = converter.model_config_from_open_clip(open_clip.get_model_config(name), name)
+        with hf_configs_offline(published_hf_configs(), tmp_path):  # HF text towers: their hf_model_name's config
+            cfg = converter.model_config_from_open_clip(open_clip.get_model_config(name), name)
         assert cfg == ARCHITECTURES[name].model, name
-        assert converter.registered_name(cfg) == name
+        # open_clip configs that are equal name the first of them
+        assert converter.registered_name(cfg) == {
+            "MobileCLIP2-B": "MobileCLIP-B",
+            "ViTamin-XL-384": "ViTamin-XL-256",
+        }.get(name, name)
     print(f"\n{len(names)} architectures map to the registered configs")
 
 

@@ -15,8 +15,15 @@ from jaxvlm.convert import open_clip as open_clip_converter
 from jaxvlm.convert import open_clip_repo as converter
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import ARCHITECTURES, CLIP_TOKENIZER
+from tests.convert.eva_models import (
+    TINY_PE_VITS,
+    stack_views,
+    take_view,
+    tiny_eva_cfg,
+    tiny_eva_repo,
+    tiny_timm_eva_known,
+)
 from tests.convert.open_clip_models import compare_with_open_clip
-from tests.convert.pe_core_models import TINY_PE_VITS, tiny_pe_cfg, tiny_pe_repo, tiny_timm_pe_known
 
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
@@ -26,13 +33,13 @@ PE_CORE = ["PE-Core-T-16-384", "PE-Core-S-16-384", "PE-Core-B-16", "PE-Core-L-14
 
 @pytest.fixture
 def tiny_timm_pe():
-    with tiny_timm_pe_known():
+    with tiny_timm_eva_known():
         yield
 
 
 @pytest.mark.parametrize("timm_name", sorted(TINY_PE_VITS))
 def test_pe_core_repo_converts_without_model(timm_name, tmp_path, tiny_timm_pe):
-    repo = tiny_pe_repo(tmp_path / "repo", timm_name)
+    repo = tiny_eva_repo(tmp_path / "repo", timm_name)
     out = tmp_path / "model"
     assert main(["convert", "--from", "open_clip", str(repo), str(out)]) == 0
     model = compare_with_open_clip(out, repo, f"open_clip PE-Core repo ({timm_name})")
@@ -50,7 +57,7 @@ def test_registered_pe_core_maps_from_open_clips_config():
 
 def test_timm_proj_options(tiny_timm_pe):
     name = "vit_pe_core_jaxvlmtest_patch8_32"
-    cfg = tiny_pe_cfg(name)
+    cfg = tiny_eva_cfg(name)
     unprojected = {**cfg, "embed_dim": 64, "vision_cfg": {**cfg["vision_cfg"], "timm_proj": "none"}}
     assert not converter.model_config_from_open_clip(unprojected, "x").vision.proj
     for key, value in [("timm_proj", "linear"), ("timm_pool", "avg"), ("image_size", 64)]:
@@ -61,7 +68,9 @@ def test_timm_proj_options(tiny_timm_pe):
 
 def test_timm_pe_table_is_timms():
     """Every timm PE-Core ViT jaxvlm knows by name, built by timm on the meta device and read back."""
-    for name, v in converter.TIMM_PE_VITS.items():
+    for name, v in converter.TIMM_EVA_VITS.items():
+        if not name.startswith("vit_pe_core_"):
+            continue
         with torch.device("meta"):
             trunk = timm.create_model(name, pretrained=False, num_classes=0)
         block, rope, pool = trunk.blocks[0], trunk.rope, trunk.attn_pool
@@ -81,7 +90,7 @@ def test_timm_pe_table_is_timms():
             rope_temperature=rope.temperature,
         )
         assert got == v, name
-        # what the converter and PeViTConfig assume of all of them
+        # what the converter and EvaViTConfig assume of all of them
         assert trunk.patch_embed.proj.bias is None and trunk.reg_token is None and not trunk.no_embed_class, name
         assert (rope.grid_indexing, rope.in_pixels, rope.rotate_half, rope.grid_type) == ("xy", False, False, "index")
         assert isinstance(trunk.fc_norm, torch.nn.Identity) and block.gamma_1 is None and block.gamma_2 is None, name
@@ -90,28 +99,13 @@ def test_timm_pe_table_is_timms():
         assert not isinstance(trunk.norm_pre, torch.nn.Identity) and not isinstance(trunk.norm, torch.nn.Identity)
 
 
-def _take_view(self, key):
-    """SourceKeys.take without its float32 copy: the zero-stride array itself."""
-    if key not in self.weights:
-        raise InputError(f"{self.what}: missing key '{key}'")
-    assert key not in self.used, key
-    self.used.add(key)
-    return self.weights[key]
-
-
-def _stack_views(depth, one_layer, prefix):
-    """stack_layers over zero-stride arrays, every layer's keys taken, without writing the stack out."""
-    layers = [one_layer(i) for i in range(depth)]
-    return {f"{prefix}/{k}": np.broadcast_to(x, (depth, *x.shape)) for k, x in layers[0].items()}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PE_CORE)
 def test_converter_accounts_for_every_key(name, monkeypatch):
     """At full size without weights: open_clip's tensors on the meta device as zero-stride arrays of their
     shapes, converted without copying them (bigG is 10 GB in float32), every key and shape checked."""
-    monkeypatch.setattr(common.SourceKeys, "take", _take_view)
-    monkeypatch.setattr(open_clip_converter, "stack_layers", _stack_views)
+    monkeypatch.setattr(common.SourceKeys, "take", take_view)
+    monkeypatch.setattr(open_clip_converter, "stack_layers", stack_views)
     with torch.device("meta"):
         reference = open_clip.create_model(name, pretrained=None, device="meta")
     state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in reference.state_dict().items()}

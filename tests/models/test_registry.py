@@ -64,15 +64,71 @@ OPEN_CLIP_PARAMETERS = {
     "PE-Core-B-16": 447_660_545,
     "PE-Core-L-14-336": 671_138_817,
     "PE-Core-bigG-14-448": 2_419_267_841,
+    "EVA01-g-14": 1_136_435_841,
+    "EVA01-g-14-plus": 1_366_621_569,
+    "EVA02-B-16": 149_691_137,
+    "MobileCLIP-B": 149_777_153,
+    "MobileCLIP2-B": 149_777_153,
+    "MobileCLIP2-L-14": 427_617_281,
+    "EVA02-L-14": 427_755_457,
+    "EVA02-L-14-336": 428_083_137,
+    "EVA02-E-14": 4_704_589_569,
+    "EVA02-E-14-plus": 5_044_889_089,
+    "RN50": 102_007_137,
+    "RN50-quickgelu": 102_007_137,
+    "RN101": 119_688_033,
+    "RN101-quickgelu": 119_688_033,
+    "RN50x4": 178_300_601,
+    "RN50x4-quickgelu": 178_300_601,
+    "RN50x16": 290_979_217,
+    "RN50x16-quickgelu": 290_979_217,
+    "RN50x64": 623_258_305,
+    "RN50x64-quickgelu": 623_258_305,
+    "convnext_base": 151_518_849,
+    "convnext_base_w": 179_385_345,
+    "convnext_base_w_320": 179_385_345,
+    "convnext_large_d": 351_772_609,
+    "convnext_large_d_320": 351_772_609,
+    "convnext_xxlarge": 1_200_576_385,
+    "ViTamin-S": 62_469_185,
+    "ViTamin-S-LTT": 145_822_913,
+    "ViTamin-B": 150_953_345,
+    "ViTamin-B-LTT": 211_372_161,
+    "ViTamin-L": 456_968_353,
+    "ViTamin-L-256": 457_029_793,
+    "ViTamin-L-336": 457_219_233,
+    "ViTamin-L-384": 457_357_473,
+    "ViTamin-L2": 687_612_833,
+    "ViTamin-L2-256": 687_674_273,
+    "ViTamin-L2-336": 687_863_713,
+    "ViTamin-L2-384": 688_001_953,
+    "ViTamin-XL-256": 924_776_257,
+    "ViTamin-XL-336": 924_776_257,
+    "ViTamin-XL-384": 924_776_257,
     "ViT-L-14-CLIPA": 414_210_561,
     "ViT-L-14-CLIPA-336": 414_538_241,
     "ViT-H-14-CLIPA": 968_235_009,
     "ViT-H-14-CLIPA-336": 968_644_609,
     "ViT-bigG-14-CLIPA": 2_517_223_937,
     "ViT-bigG-14-CLIPA-336": 2_517_756_417,
+    # HF text towers: open_clip built over the published HF configs (tests/convert/hf_text_models.py)
+    "roberta-ViT-B-32": 212_723_457,
+    "xlm-roberta-base-ViT-B-32": 366_121_473,
+    "xlm-roberta-large-ViT-H-14": 1_193_014_785,
+    "nllb-clip-base": 501_885_185,
+    "nllb-clip-large": 1_399_216_641,
+    "nllb-clip-base-siglip": 507_474_178,
+    "nllb-clip-large-siglip": 1_195_496_514,
 }
 # architectures open_clip does not build: counted with transformers' Siglip2Model of the same config
 TRANSFORMERS_PARAMETERS = {"ViT-B-16-SigLIP2-NaFlex": 375_234_050, "ViT-SO400M-16-SigLIP2-NaFlex": 1_135_670_962}
+# OFA-Sys's ChineseCLIPModel repos, as transformers builds them (tests/convert/test_chinese_clip.py checks)
+CHINESE_CLIP_PARAMETERS = {
+    "chinese-clip-ViT-B-16": 188_262_913,
+    "chinese-clip-ViT-L-14": 406_233_089,
+    "chinese-clip-ViT-L-14-336": 406_560_769,
+    "chinese-clip-ViT-H-14": 957_598_209,
+}
 TINY_PARAMETERS = {
     "tiny-clip": 3_384_897,
     "tiny-clip-quickgelu": 3_384_897,
@@ -83,7 +139,8 @@ TINY_PARAMETERS = {
 
 
 def test_every_architecture_has_a_pinned_count():
-    assert sorted({**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **TINY_PARAMETERS}) == list_models()
+    pinned = {**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **CHINESE_CLIP_PARAMETERS, **TINY_PARAMETERS}
+    assert sorted(pinned) == list_models()
 
 
 @pytest.mark.parametrize("name", sorted(TINY_PARAMETERS))
@@ -92,20 +149,22 @@ def test_tiny_parameter_counts(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted({**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS}))
+@pytest.mark.parametrize("name", sorted({**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **CHINESE_CLIP_PARAMETERS}))
 def test_parameter_counts_are_pinned(name):
     count = param_count(get_architecture(name).model)
     print(f"{name}: {count:,} parameters")
-    assert count == {**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS}[name]
+    assert count == {**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **CHINESE_CLIP_PARAMETERS}[name]
 
 
 @pytest.mark.slow
-def test_pinned_counts_are_what_open_clip_builds():
+def test_pinned_counts_are_what_open_clip_builds(tmp_path):
     open_clip = pytest.importorskip("open_clip")
     torch = pytest.importorskip("torch")
+    from tests.convert.hf_text_models import hf_configs_offline, published_hf_configs
+
     for name, pinned in OPEN_CLIP_PARAMETERS.items():
-        with torch.device("meta"):
-            model = open_clip.create_model(name, pretrained=None, device="meta")
+        with hf_configs_offline(published_hf_configs(), tmp_path), torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, pretrained_text=False, device="meta")
         assert sum(p.numel() for p in model.parameters()) == pinned, name
 
 

@@ -127,7 +127,7 @@ def test_flops_per_example_of_the_third_kind(mixer_registered):
 def test_an_unregistered_kind_is_one_clear_error():
     d = get_architecture("tiny-clip").model.to_dict()
     d["vision"] = {**dataclasses.asdict(MIXER), "kind": "mixer"}
-    with pytest.raises(InputError, match=r"unknown tower kind 'mixer'; known: ([a-z_]+, )*vit$"):
+    with pytest.raises(InputError, match=r"unknown tower kind 'mixer'; known: ([a-z_]+, )*[a-z_]+$"):
         ModelConfig.from_dict(d)
 
 

@@ -55,7 +55,7 @@ def gradients(program, batch, microbatches: int = 1):
         program.module, objective, mesh=program.mesh, preprocess=program.spec.preprocess, microbatches=microbatches
     )
     with parallel.activate(program.mesh):
-        loss, _, _, _, grads = jax.jit(fn)(program.init().params, on_mesh(batch, program.mesh), jax.random.key(0))
+        loss, _, _, _, grads, _ = jax.jit(fn)(program.init().params, on_mesh(batch, program.mesh), jax.random.key(0))
     return float(loss), grads
 
 

@@ -133,7 +133,7 @@ def test_gradient_caching_equals_the_full_batch(name, monkeypatch):
             make_gradients(program.module, objective, mesh=mesh, preprocess=program.spec.preprocess, microbatches=k)
         )
         with parallel.activate(mesh):
-            loss, terms, *_, grads = gradients(params, on_mesh(batch, mesh), rng)
+            loss, terms, _, _, grads, _ = gradients(params, on_mesh(batch, mesh), rng)
         results[k, batch["image"].dtype.name] = (float(loss), {k: float(v) for k, v in terms.items()}, grads)
     loss, terms, grads = results[1, "float32"]
     # every gradient, and the loss, is a float32 sum over the 32 examples x up to 77 token positions,

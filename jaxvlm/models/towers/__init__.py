@@ -13,10 +13,14 @@ import jax
 
 from jaxvlm.models.runtime import Runtime
 from jaxvlm.models.towers.base import ImageTowerConfig, TextTowerConfig, TowerConfig
+from jaxvlm.models.towers.convnext import ConvNeXt, ConvNeXtConfig
+from jaxvlm.models.towers.eva_vit import EvaViT, EvaViTConfig
+from jaxvlm.models.towers.hf_text import HFText, HFTextConfig
+from jaxvlm.models.towers.modified_resnet import ModifiedResNet, ModifiedResNetConfig
 from jaxvlm.models.towers.naflex_vit import NaFlexViT, NaFlexViTConfig
-from jaxvlm.models.towers.pe_vit import PeViT, PeViTConfig
 from jaxvlm.models.towers.text_transformer import TextTransformer, TransformerTextConfig
 from jaxvlm.models.towers.vit import ViT, ViTConfig
+from jaxvlm.models.towers.vitamin import ViTamin, ViTaminConfig
 
 
 class TowerKind(NamedTuple):
@@ -27,9 +31,15 @@ class TowerKind(NamedTuple):
 IMAGE_TOWERS: dict[str, TowerKind] = {
     "vit": TowerKind(ViTConfig, ViT),
     "naflex_vit": TowerKind(NaFlexViTConfig, NaFlexViT),
-    "pe_vit": TowerKind(PeViTConfig, PeViT),
+    "eva_vit": TowerKind(EvaViTConfig, EvaViT),
+    "modified_resnet": TowerKind(ModifiedResNetConfig, ModifiedResNet),
+    "convnext": TowerKind(ConvNeXtConfig, ConvNeXt),
+    "vitamin": TowerKind(ViTaminConfig, ViTamin),
 }
-TEXT_TOWERS: dict[str, TowerKind] = {"transformer": TowerKind(TransformerTextConfig, TextTransformer)}
+TEXT_TOWERS: dict[str, TowerKind] = {
+    "transformer": TowerKind(TransformerTextConfig, TextTransformer),
+    "hf_encoder": TowerKind(HFTextConfig, HFText),
+}
 
 
 def registry_for(config_class: type[TowerConfig]) -> dict[str, TowerKind]:
@@ -52,19 +62,27 @@ def flops_per_example(config: TowerConfig, embed_dim: int, runtime: Runtime = Ru
 
 
 __all__ = [
+    "ConvNeXt",
+    "ConvNeXtConfig",
     "IMAGE_TOWERS",
+    "HFText",
+    "HFTextConfig",
     "TEXT_TOWERS",
     "ImageTowerConfig",
+    "ModifiedResNet",
+    "ModifiedResNetConfig",
+    "EvaViT",
+    "EvaViTConfig",
     "NaFlexViT",
     "NaFlexViTConfig",
-    "PeViT",
-    "PeViTConfig",
     "TextTowerConfig",
     "TextTransformer",
     "TowerKind",
     "TransformerTextConfig",
     "ViT",
     "ViTConfig",
+    "ViTamin",
+    "ViTaminConfig",
     "build_tower",
     "flops_per_example",
 ]
