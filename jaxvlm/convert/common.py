@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import tokenize
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -71,7 +72,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if "pickle" in str(e).lower():
             raise InputError(f"refusing {path}: it holds pickled objects, not plain arrays") from None
         raise InputError(f"not a valid .npz file: {path} ({_one_line(e)})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses each member's header as a Python literal: damaged header bytes fail in the tokenizer
         raise InputError(f"not a valid .npz file: {path} ({_one_line(e)})") from None
 
 
