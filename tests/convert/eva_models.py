@@ -9,10 +9,7 @@ import copy
 import functools
 from unittest import mock
 
-import numpy as np
-
 from jaxvlm.convert import open_clip_repo as converter
-from jaxvlm.errors import InputError
 from jaxvlm.models.towers import EvaViTConfig
 
 _TINY = dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=192)
@@ -147,18 +144,3 @@ def tiny_eva_repo(directory, timm_name: str):
     model = perturbed(open_clip.CustomTextCLIP(**cfg))
     preprocess = PE_PREPROCESS if timm_name in TINY_PE_VITS else EVA_PREPROCESS
     return save_repo(directory, model, NoTokenizerFiles(), model_cfg, preprocess, safe_serialization=True)
-
-
-def take_view(self, key):
-    """SourceKeys.take without its float32 copy: the zero-stride array itself."""
-    if key not in self.weights:
-        raise InputError(f"{self.what}: missing key '{key}'")
-    assert key not in self.used, key
-    self.used.add(key)
-    return self.weights[key]
-
-
-def stack_views(depth, one_layer, prefix):
-    """stack_layers over zero-stride arrays, every layer's keys taken, without writing the stack out."""
-    layers = [one_layer(i) for i in range(depth)]
-    return {f"{prefix}/{k}": np.broadcast_to(x, (depth, *x.shape)) for k, x in layers[0].items()}

@@ -7,17 +7,24 @@ from a hub repo."""
 import contextlib
 import copy
 import json
+import re
 import shutil
+from collections.abc import Iterable
 from unittest import mock
 
+import flax
 import jax
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from skimage import data
 
 import jaxvlm
+from jaxvlm.convert import common
+from jaxvlm.convert import open_clip as open_clip_converter
 from jaxvlm.convert import open_clip_repo as converter
+from jaxvlm.errors import InputError
 from jaxvlm.preprocess import OPENAI_MEAN, OPENAI_STD
 from tests.reference_models import initialise_decoder_head
 from tests.tolerances import assert_close_to_scale
@@ -82,6 +89,47 @@ def photos():
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _take_view(self, key):
+    """SourceKeys.take without its float32 copy: the zero-stride array itself."""
+    if key not in self.weights:
+        raise InputError(f"{self.what}: missing key '{key}'")
+    assert key not in self.used, key
+    self.used.add(key)
+    return self.weights[key]
+
+
+def _stack_views(depth, one_layer, prefix):
+    """stack_layers over zero-stride arrays, every layer's keys taken, without writing the stack out."""
+    layers = [one_layer(i) for i in range(depth)]
+    return {f"{prefix}/{k}": np.broadcast_to(x, (depth, *x.shape)) for k, x in layers[0].items()}
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(np.shape(x))) for x in flax.traverse_util.flatten_dict(tree).values())
+
+
+def assert_full_size_keys_accounted(name: str, monkeypatch, dropped: Iterable[str]) -> None:
+    """open_clip's architecture ``name`` at full size without weights: its tensors, built on the meta device, as
+    zero-stride arrays of their shapes converted without copying them (a 20 GB model costs nothing), every key
+    used and every shape checked; the converted parameters and BatchNorm statistics count as many values as
+    open_clip's parameters and running statistics; each key of ``dropped`` missing is one InputError naming it."""
+    import open_clip
+
+    monkeypatch.setattr(common.SourceKeys, "take", _take_view)
+    monkeypatch.setattr(open_clip_converter, "stack_layers", _stack_views)
+    with torch.device("meta"):
+        reference = open_clip.create_model(name, pretrained=None, device="meta")
+    state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in reference.state_dict().items()}
+    params, stats = open_clip_converter.convert_variables(state, name)
+    statistics = [b for k, b in reference.named_buffers() if k.endswith(("running_mean", "running_var"))]
+    assert _count(params) == sum(p.numel() for p in reference.parameters())
+    assert _count(stats) == sum(b.numel() for b in statistics)
+    print(f"\n{name}: {len(state)} open_clip tensors, {_count(params):,} parameters, {_count(stats):,} statistics")
+    for key in dropped:
+        with pytest.raises(InputError, match=re.escape(key)):
+            open_clip_converter.convert_variables({k: x for k, x in state.items() if k != key}, name)
 
 
 # ---------------------------------------------------------------- tiny open_clip hub repos

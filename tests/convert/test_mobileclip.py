@@ -2,21 +2,17 @@
 style tower (timm's CLIP ViT, non-causal text) saved as hub repos and converted with no --model against what
 open_clip loads from them; every registered architecture's open_clip config maps to it; full-size key accounting."""
 
-import flax
 import numpy as np
 import pytest
 import torch
 
 from jaxvlm import pretrained
 from jaxvlm.cli import main
-from jaxvlm.convert import common
 from jaxvlm.convert import open_clip as open_clip_converter
 from jaxvlm.convert import open_clip_repo as converter
-from jaxvlm.errors import InputError
 from jaxvlm.models.registry import ARCHITECTURES
-from tests.convert.eva_models import stack_views, take_view
 from tests.convert.mobileclip_models import TINY_CLIP_VITS, tiny_mobileclip_repo, tiny_timm_clip_vits_known
-from tests.convert.open_clip_models import compare_with_open_clip
+from tests.convert.open_clip_models import assert_full_size_keys_accounted, compare_with_open_clip
 
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
@@ -94,23 +90,7 @@ def test_timm_plain_vit_table_is_timms():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MOBILECLIP)
 def test_converter_accounts_for_every_key(name, monkeypatch):
-    """At full size without weights: open_clip's tensors on the meta device as zero-stride arrays of their
-    shapes, converted without copying them, every key and shape checked."""
-    monkeypatch.setattr(common.SourceKeys, "take", take_view)
-    monkeypatch.setattr(open_clip_converter, "stack_layers", stack_views)
-    with torch.device("meta"):
-        reference = open_clip.create_model(name, pretrained=None, device="meta")
-    state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in reference.state_dict().items()}
-    params, stats = open_clip_converter.convert_variables(state, name)
-    converted = sum(
-        int(np.prod(np.shape(x))) for tree in (params, stats) for x in flax.traverse_util.flatten_dict(tree).values()
-    )
-    counters = sum(v.numel() for k, v in reference.state_dict().items() if k.endswith(".num_batches_tracked"))
-    assert converted == sum(v.numel() for v in reference.state_dict().values()) - counters
-    print(f"\n{name}: {len(state)} open_clip tensors, {converted:,} parameters and statistics")
-    for dropped in ("text.positional_embedding", "visual.trunk.head.weight"):
-        with pytest.raises(InputError, match=dropped):
-            open_clip_converter.convert_variables({k: x for k, x in state.items() if k != dropped}, name)
+    assert_full_size_keys_accounted(name, monkeypatch, ["text.positional_embedding", "visual.trunk.head.weight"])
 
 
 @pytest.mark.slow

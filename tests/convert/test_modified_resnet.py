@@ -19,7 +19,7 @@ from jaxvlm.errors import InputError
 from jaxvlm.models import TwoTower
 from jaxvlm.models.registry import ARCHITECTURES
 from jaxvlm.models.towers import ModifiedResNetConfig
-from tests.convert.open_clip_models import TOLERANCE, compare_with_open_clip, max_abs
+from tests.convert.open_clip_models import TOLERANCE, assert_full_size_keys_accounted, compare_with_open_clip, max_abs
 from tests.convert.resnet_models import TINY_RESNET_CFG, tiny_resnet_model, tiny_resnet_repo
 
 open_clip = pytest.importorskip("open_clip")
@@ -119,30 +119,8 @@ def test_bad_resnet_configs_are_one_line():
             converter.model_config_from_open_clip(bad, "x")
 
 
-def _take_view(self, key):
-    """SourceKeys.take without its float32 copy: the zero-stride array itself."""
-    if key not in self.weights:
-        raise InputError(f"{self.what}: missing key '{key}'")
-    assert key not in self.used, key
-    self.used.add(key)
-    return self.weights[key]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SIZES)
 def test_converter_accounts_for_every_key(name, monkeypatch):
-    """At full size without weights: open_clip's tensors on the meta device as zero-stride arrays of their
-    shapes, every key used (num_batches_tracked ignored) and every parameter and statistic's shape checked."""
-    monkeypatch.setattr(common.SourceKeys, "take", _take_view)
-    with torch.device("meta"):
-        reference = open_clip.create_model(name, pretrained=None, device="meta")
-    state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in reference.state_dict().items()}
-    params, stats = open_clip_converter.convert_variables(state, name)
-    counted = [sum(int(np.prod(np.shape(x))) for x in flat(tree).values()) for tree in (params, stats)]
-    buffers = dict(reference.named_buffers())
-    assert counted[0] == sum(p.numel() for p in reference.parameters())
-    assert counted[1] == sum(b.numel() for k, b in buffers.items() if k.endswith(("running_mean", "running_var")))
-    print(f"\n{name}: {len(state)} open_clip tensors, {counted[0]:,} parameters, {counted[1]:,} statistics")
-    for dropped in ("visual.layer4.0.downsample.1.running_mean", "visual.attnpool.positional_embedding"):
-        with pytest.raises(InputError, match=dropped.replace(".", r"\.")):
-            open_clip_converter.convert_variables({k: x for k, x in state.items() if k != dropped}, name)
+    dropped = ["visual.layer4.0.downsample.1.running_mean", "visual.attnpool.positional_embedding"]
+    assert_full_size_keys_accounted(name, monkeypatch, dropped)

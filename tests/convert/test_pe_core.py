@@ -4,26 +4,17 @@ of timm's PE ViTs read back from timm; every full-size architecture's keys and s
 
 import json
 
-import flax
 import numpy as np
 import pytest
 import torch
 
 from jaxvlm.cli import main
-from jaxvlm.convert import common
 from jaxvlm.convert import open_clip as open_clip_converter
 from jaxvlm.convert import open_clip_repo as converter
 from jaxvlm.errors import InputError
 from jaxvlm.models.registry import ARCHITECTURES, CLIP_TOKENIZER
-from tests.convert.eva_models import (
-    TINY_PE_VITS,
-    stack_views,
-    take_view,
-    tiny_eva_cfg,
-    tiny_eva_repo,
-    tiny_timm_eva_known,
-)
-from tests.convert.open_clip_models import compare_with_open_clip
+from tests.convert.eva_models import TINY_PE_VITS, tiny_eva_cfg, tiny_eva_repo, tiny_timm_eva_known
+from tests.convert.open_clip_models import assert_full_size_keys_accounted, compare_with_open_clip
 
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
@@ -102,20 +93,8 @@ def test_timm_pe_table_is_timms():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PE_CORE)
 def test_converter_accounts_for_every_key(name, monkeypatch):
-    """At full size without weights: open_clip's tensors on the meta device as zero-stride arrays of their
-    shapes, converted without copying them (bigG is 10 GB in float32), every key and shape checked."""
-    monkeypatch.setattr(common.SourceKeys, "take", take_view)
-    monkeypatch.setattr(open_clip_converter, "stack_layers", stack_views)
-    with torch.device("meta"):
-        reference = open_clip.create_model(name, pretrained=None, device="meta")
-    state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in reference.state_dict().items()}
-    params = open_clip_converter.convert_state_dict(state, name)
-    converted = sum(int(np.prod(np.shape(x))) for x in flax.traverse_util.flatten_dict(params).values())
-    assert converted == sum(v.numel() for v in reference.state_dict().values())
-    print(f"\n{name}: {len(state)} open_clip tensors, {converted:,} parameters")
-    for dropped in ("visual.trunk.head.bias", "visual.trunk.blocks.0.attn.qkv.weight"):
-        with pytest.raises(InputError, match=dropped):
-            open_clip_converter.convert_state_dict({k: x for k, x in state.items() if k != dropped}, name)
+    dropped = ["visual.trunk.head.bias", "visual.trunk.blocks.0.attn.qkv.weight"]
+    assert_full_size_keys_accounted(name, monkeypatch, dropped)
 
 
 @pytest.mark.slow
