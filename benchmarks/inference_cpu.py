@@ -1,6 +1,6 @@
 """CPU inference speed: jaxvlm against open_clip (torch) with the same weights, side by side.
 
-For ViT-B-32 and ViT-B-16-SigLIP it times ``encode_image`` (images/s) and ``encode_text``
+For ViT-B-32, ViT-B-16-SigLIP and MobileCLIP-S1 it times ``encode_image`` (images/s) and ``encode_text``
 (texts/s) on one batch (32), in float32 and in bfloat16:
 
   jaxvlm     the two-tower model's encoders, each jitted whole as `jaxvlm.Model` runs them
@@ -12,7 +12,9 @@ For ViT-B-32 and ViT-B-16-SigLIP it times ``encode_image`` (images/s) and ``enco
              float32 there).
 
 open_clip's randomly initialised model, every tensor perturbed, is converted in memory with
-jaxvlm's open_clip converter, so both run the same weights, and their embeddings are compared
+jaxvlm's open_clip converter, so both run the same weights (MobileCLIP-S1's FastViT tower in the form both
+libraries run it for inference: branches and BatchNorms folded, by timm's `reparameterize_model` and by
+`jaxvlm.Model.reparameterize`'s function), and their embeddings are compared
 (max abs difference, printed and recorded) before anything is timed. Torch gets as many threads
 as XLA uses (one per core). Each method is warmed up (compiled) once, then the methods are timed
 in turn ``--repeats`` times; images/s and texts/s come from the median times, the speed-up is
@@ -50,12 +52,13 @@ from harness import (
     write_results,
 )
 
-from jaxvlm.convert.open_clip import convert_state_dict
+from jaxvlm.convert.open_clip import convert_variables
 from jaxvlm.models import Runtime, build_model
 from jaxvlm.models.registry import get_architecture
+from jaxvlm.models.towers.fastvit import reparameterize_model
 from jaxvlm.models.two_tower import TwoTower
 
-MODELS = ("ViT-B-32", "ViT-B-16-SigLIP")
+MODELS = ("ViT-B-32", "ViT-B-16-SigLIP", "MobileCLIP-S1")
 DTYPES = ("float32", "bfloat16")
 TARGET = 1.3  # jaxvlm's speed over open_clip's in float32
 SMOKE_MODEL = "tiny-clip"
@@ -76,14 +79,22 @@ def open_clip_model(open_clip, torch, name: str):
     )
 
 
-def jaxvlm_encoders(name: str, params: dict, dtype: str, inputs: dict) -> dict:
+def jaxvlm_variables(name: str, state: dict) -> tuple:
+    """(config, variables) of the open_clip state dict converted, its branches then folded for inference where
+    it has any."""
+    params, batch_stats = convert_variables(state, name, f"open_clip {name}")
+    config, params, batch_stats = reparameterize_model(get_architecture(name).model, params, batch_stats)
+    return config, jax.device_put({"params": params, **({"batch_stats": batch_stats} if batch_stats else {})})
+
+
+def jaxvlm_encoders(config, variables: dict, dtype: str, inputs: dict) -> dict:
     """{tower: fn() -> float32 numpy embeddings of ``inputs[tower]``}: numpy in and out."""
-    module = build_model(get_architecture(name).model, Runtime(dtype=dtype))
-    image = jax.jit(lambda p, x: module.apply({"params": p}, x, method=TwoTower.encode_image))
-    text = jax.jit(lambda p, x: module.apply({"params": p}, x, method=TwoTower.encode_text))
+    module = build_model(config, Runtime(dtype=dtype))
+    image = jax.jit(lambda v, x: module.apply(v, x, method=TwoTower.encode_image))
+    text = jax.jit(lambda v, x: module.apply(v, x, method=TwoTower.encode_text))
     return {
-        "image": lambda: np.asarray(image(params, inputs["image"])),
-        "text": lambda: np.asarray(text(params, inputs["text"])),
+        "image": lambda: np.asarray(image(variables, inputs["image"])),
+        "text": lambda: np.asarray(text(variables, inputs["text"])),
     }
 
 
@@ -109,6 +120,8 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 def benchmark_model(torch, open_clip, name: str, dtypes, batch: int, repeats: int) -> dict:
     """{dtype: {tower: timings, speed ratio and embedding difference}} for one architecture."""
+    from timm.utils.model import reparameterize_model as fold_branches  # timm only once harness imported open_clip
+
     cfg = get_architecture(name).model
     rng = np.random.default_rng(0)
     size = cfg.vision.image_size
@@ -116,14 +129,13 @@ def benchmark_model(torch, open_clip, name: str, dtypes, batch: int, repeats: in
         "image": rng.standard_normal((batch, size, size, 3), dtype=np.float32),
         "text": rng.integers(0, cfg.text.vocab_size, (batch, cfg.text.context_length), dtype=np.int32),
     }
-    reference = open_clip_model(open_clip, torch, name)
-    params = jax.device_put(
-        convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, name, f"open_clip {name}")
-    )
+    trained_form = open_clip_model(open_clip, torch, name)
+    config, variables = jaxvlm_variables(name, {k: v.numpy() for k, v in trained_form.state_dict().items()})
+    reference = fold_branches(trained_form)  # as MobileCLIP's own inference runs it
     rows = {}
     for dtype in dtypes:
         encoders = {
-            "jaxvlm": jaxvlm_encoders(name, params, dtype, inputs),
+            "jaxvlm": jaxvlm_encoders(config, variables, dtype, inputs),
             "open_clip": open_clip_encoders(torch, reference, dtype, inputs),
         }
         # each tower's two methods side by side: they meet the same load in each round

@@ -79,6 +79,28 @@ class Model:
             other.batch_stats = self._replicated(batch_stats)
         return other
 
+    def reparameterize(self) -> Model:
+        """The same model for inference with its image tower's branches and BatchNorms folded into single
+        convolutions (a FastViT's, as timm's reparameterize_model folds them): the same embeddings from fewer
+        operations. Fine-tune the model as loaded; other models come back as they are."""
+        from jaxvlm.models.towers.fastvit import reparameterize_model
+
+        config, params, batch_stats = reparameterize_model(self.config, self.params, self.batch_stats)
+        if config is self.config:
+            return self
+        return Model(
+            config,
+            params,
+            self.preprocess_config,
+            self._tokenizer,
+            runtime=self.runtime,
+            provenance=self.provenance,
+            directory=self.directory,
+            batch_size=self.batch_size,
+            devices=list(self.mesh.devices.flat),
+            batch_stats=batch_stats,
+        )
+
     @property
     def variables(self) -> dict:
         """What the module applies to: the parameters and, for a model with BatchNorm, its statistics."""

@@ -6,7 +6,8 @@ images, then ToTensor and Normalize) exactly, using only Pillow and numpy:
 - "shortest": the short side becomes `image_size`, the long side `int(image_size * long / short)`
   (truncated, as torchvision does), then a centre crop whose offset is Python's `round`
   (halves go to the even integer).
-- "squash": resize straight to `image_size` x `image_size`.
+- "squash": resize straight to `image_size` x `image_size`; or, with `resize_size`, to that square and then a
+  centre crop of `image_size` whose offset is rounded down (HF's EfficientNetImageProcessor, ALIGN's).
 - Resizing is Pillow's, done in the image's own mode; conversion to RGB comes after the crop, as in
   open_clip. The order matters: Pillow resizes palette ("P") and "1" images with nearest-neighbour
   whatever filter is asked for, and RGBA with premultiplied alpha.
@@ -79,11 +80,14 @@ class PreprocessConfig(Config):
     std: tuple[float, float, float] = OPENAI_STD
     patch_size: int = 16  # "naflex" only: the model's patch side
     max_num_patches: int = 256  # "naflex" only: the patch budget, the length of the patch sequence
+    resize_size: int | None = None  # "squash" only: the square side resized to before the centre crop
 
     def __post_init__(self) -> None:
         check_int("preprocess image_size", self.image_size, 1)
         check_int("preprocess patch_size", self.patch_size, 1)
         check_int("preprocess max_num_patches", self.max_num_patches, 1)
+        if self.resize_size is not None:
+            check_int("preprocess resize_size", self.resize_size, self.image_size)
         check_choice("preprocess resize_mode", self.resize_mode, RESIZE_MODES)
         check_choice("preprocess interpolation", self.interpolation, tuple(_FILTERS))
         # Normalised so that configs read back from JSON (lists) compare equal to the originals.
@@ -125,7 +129,7 @@ def _resize_crop_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     size = cfg.image_size
     w, h = img.size
     if cfg.resize_mode == "squash":
-        target = (size, size)
+        target = (cfg.resize_size or size,) * 2
     else:
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(size * long / short)
@@ -138,6 +142,9 @@ def _resize_crop_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         if (left, top, w, h) != (0, 0, size, size):
             # Pillow fills the part of the box outside the image with zeros, like torchvision's pad.
             img = img.crop((left, top, left + size, top + size))
+    elif target[0] != size:
+        offset = (target[0] - size) // 2
+        img = img.crop((offset, offset, offset + size, offset + size))
     return img.convert("RGB")
 
 

@@ -124,7 +124,10 @@ def loading_table() -> str:
     the registry (`make pretrained-table` writes it into README.md; a test checks it is current)."""
     open_clip = [(row["arch"], row["tag"]) for row in json.loads(TABLE.read_text())]
     more = [get_pretrained(row["arch"], row["tag"]) for row in json.loads(MORE.read_text())]
-    hub_names = r"openai/clip-\*, laion/CLIP-\*, facebook/metaclip-\*, google/siglip\*, google/siglip2\*"
+    hub_names = (
+        r"openai/clip-\*, laion/CLIP-\*, facebook/metaclip-\*, google/siglip\*, google/siglip2\*, "
+        r"OFA-Sys/chinese-clip-\*, kakaobrain/align-base"
+    )
     groups = {
         "open_clip's pretrained table": [get_pretrained(*pair) for pair in open_clip],
         f"transformers repos ({hub_names})": [e for e in more if e.hub_repo],

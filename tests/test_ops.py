@@ -266,3 +266,56 @@ def test_sharded_contrastive_loss_is_the_reference_on_cuda(name, implementation)
 def test_contrastive_loss_unknown_implementation():
     with pytest.raises(ValueError, match="implementation"):
         ops.softmax_contrastive_loss(*loss_inputs(4, 8, 1), implementation="triton")
+
+
+def conv_args(k: int, multiplier: int, dtype=jnp.float32):
+    rng = np.random.default_rng(k * 10 + multiplier)
+    x = jnp.asarray(rng.normal(size=(2, 13, 11, 8)), dtype)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, 8 * multiplier)), dtype)
+    return x, kernel
+
+
+def depthwise_dims():
+    return jax.lax.conv_dimension_numbers((2, 13, 11, 8), (3, 3, 1, 8), ("NHWC", "HWIO", "NHWC"))
+
+
+def depthwise(conv, stride: int, padding):
+    dims = depthwise_dims()
+    return lambda x, kernel: conv(x, kernel, (stride, stride), padding, dimension_numbers=dims, feature_group_count=8)
+
+
+@pytest.mark.parametrize(
+    "k, multiplier, stride, padding",
+    [(7, 1, 1, ((3, 3), (3, 3))), (3, 1, 2, ((0, 1), (0, 1))), (5, 2, 2, ((2, 2), (1, 2))), (3, 2, 1, "SAME")],
+)
+def test_depthwise_conv_is_the_convolution_forward_and_backward(k, multiplier, stride, padding):
+    """On CPU the shifted slices; values and both gradients equal XLA's grouped convolution to float32 rounding
+    (k * k products summed in another order, relative to the largest output)."""
+    x, kernel = conv_args(k, multiplier)
+    ours, xla = (depthwise(conv, stride, padding) for conv in (ops.depthwise_conv, jax.lax.conv_general_dilated))
+    assert "feature_group_count" not in jax.jit(ours).lower(x, kernel).as_text()  # no convolution left on CPU
+    assert_close_to_scale(jax.jit(ours)(x, kernel), xla(x, kernel), rtol_of_scale=4 * k * k * FLOAT32_EPS)
+    grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, kernel) for f in (ours, xla)]
+    assert_close_to_scale(grads[0], grads[1], rtol_of_scale=8 * k * k * FLOAT32_EPS, what="gradients")
+
+
+def test_depthwise_conv_accumulates_bfloat16_in_float32():
+    x, kernel = conv_args(7, 1, jnp.bfloat16)
+    got = ops.depthwise_conv(
+        x, kernel, (1, 1), ((3, 3), (3, 3)), dimension_numbers=depthwise_dims(), feature_group_count=8
+    )
+    exact = jax.lax.conv_general_dilated(
+        x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), ((3, 3), (3, 3)),
+        dimension_numbers=depthwise_dims(), feature_group_count=8,
+    )  # fmt: skip
+    assert got.dtype == jnp.bfloat16
+    # one rounding to bfloat16 of the float32 sum: half a bfloat16 ulp of the largest output
+    assert_close_to_scale(got.astype(jnp.float32), exact, rtol_of_scale=2**-8)
+
+
+def test_depthwise_conv_compiled_for_tpu_is_the_convolution():
+    pytest.importorskip("libtpu", reason="compiles for a TPU topology")
+    mesh = tpu_mesh("v5e", devices=1)
+    args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())) for a in conv_args(7, 1)]
+    conv = depthwise(ops.depthwise_conv, 1, ((3, 3), (3, 3)))
+    assert "feature_group_count=8" in compile_for_tpu(conv, *args).as_text()

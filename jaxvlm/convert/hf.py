@@ -12,6 +12,9 @@ Numerics follow what transformers computes:
   its value, with XLM-R's tokenizer (XLM-V's vocabulary) run as transformers' XLMRobertaTokenizer runs it.
 - ChineseCLIP: CLIP's image tower; a BERT text tower (`hf_encoder`), its first token's output projected without
   bias; the WordPiece tokenizer BertTokenizer builds from the repo's vocab.txt (OFA-Sys's hold no tokenizer.json).
+- ALIGN: an EfficientNet image tower (`efficientnet`, BatchNorm statistics in "batch_stats") pooled by its mean,
+  unprojected; BERT's first token's output projected with a bias; logits cos / temperature (t = -log temperature);
+  BERT's WordPiece padded to 64; EfficientNetImageProcessor's resize, centre crop and rescale as mean / std.
 - SigLIP: patch conv with bias, no class token, no pre-LN, MAP head (a torch MultiheadAttention
   with packed in_proj), bidirectional text pooled at the last position, `text_model.head` as the
   text projection, logits exp(t) * cos + b.
@@ -44,11 +47,11 @@ from jaxvlm.convert.common import (
     read_weights,
     stack_layers,
 )
-from jaxvlm.convert.open_clip import hf_text_encoder
+from jaxvlm.convert.open_clip import BATCH_STATS, hf_text_encoder
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import CLIP_TOKENIZER, SIGLIP_TOKENIZER_FILE, get_architecture
-from jaxvlm.models.towers import HFTextConfig, NaFlexViTConfig, TransformerTextConfig, ViTConfig
+from jaxvlm.models.towers import EfficientNetConfig, HFTextConfig, NaFlexViTConfig, TransformerTextConfig, ViTConfig
 from jaxvlm.preprocess import INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
 
@@ -58,6 +61,7 @@ MODEL_CLASSES = {
     "siglip2": "Siglip2Model",
     "metaclip_2": "MetaClip2Model",
     "chinese_clip": "ChineseCLIPModel",
+    "align": "AlignModel",
 }
 
 # Non-persistent buffers that older checkpoints saved along with the parameters.
@@ -155,6 +159,32 @@ DEFAULTS["chinese_clip"] = {
     },
     "vision_config": DEFAULTS["clip"]["vision_config"],
 }
+# AlignConfig's: BERT-base and AlignVisionConfig's EfficientNet-B7 (its image size is not align-base's)
+DEFAULTS["align"] = {
+    "model": {"projection_dim": 640, "temperature_init_value": 1.0},
+    "text_config": DEFAULTS["chinese_clip"]["text_config"],
+    "vision_config": {
+        "num_channels": 3,
+        "image_size": 600,
+        "width_coefficient": 2.0,
+        "depth_coefficient": 3.1,
+        "depth_divisor": 8,
+        "kernel_sizes": [3, 3, 5, 3, 5, 5, 3],
+        "in_channels": [32, 16, 24, 40, 80, 112, 192],
+        "out_channels": [16, 24, 40, 80, 112, 192, 320],
+        "depthwise_padding": [],
+        "strides": [1, 2, 2, 2, 1, 2, 1],
+        "num_block_repeats": [1, 2, 2, 3, 3, 4, 1],
+        "expand_ratios": [1, 6, 6, 6, 6, 6, 6],
+        "squeeze_expansion_ratio": 0.25,
+        "hidden_act": "swish",
+        "pooling_type": "mean",
+        "batch_norm_eps": 1e-3,
+        "batch_norm_momentum": 0.99,
+    },
+}
+# AlignProcessor pads and truncates text to 64 tokens
+ALIGN_CONTEXT = 64
 # Chinese-CLIP's own context length (cn_clip's tokenize); the HF config holds none
 CHINESE_CLIP_CONTEXT = 52
 # transformers' CLIP pools at the largest id when eos_token_id is this legacy value; MetaClip2 always at the eos
@@ -168,6 +198,18 @@ PROCESSOR_DEFAULTS = {
 }
 PROCESSOR_DEFAULTS["metaclip_2"] = PROCESSOR_DEFAULTS["clip"]  # MetaClip2 uses CLIPImageProcessor
 PROCESSOR_DEFAULTS["chinese_clip"] = PROCESSOR_DEFAULTS["clip"]  # ChineseCLIPImageProcessor's are CLIP's
+PROCESSOR_DEFAULTS["align"] = {  # EfficientNetImageProcessor's
+    "resample": 3,
+    "image_mean": INCEPTION_MEAN,
+    "image_std": INCEPTION_STD,
+    "size": {"height": 346, "width": 346},
+    "crop_size": {"height": 289, "width": 289},
+    "do_center_crop": False,
+    "rescale_factor": 1 / 255,
+    "rescale_offset": False,
+    "do_normalize": True,
+    "include_top": True,
+}
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
 
 # The HF tokenizer classes' default special tokens (CLIPTokenizer / SiglipTokenizer).
@@ -179,6 +221,7 @@ TOKENIZER_DEFAULTS = {
     "metaclip_2": {"pad_token": "<pad>", "eos_token": "</s>"},
     "bert": {"pad_token": "[PAD]", "sep_token": "[SEP]"},
     "chinese_clip": {"pad_token": "[PAD]"},  # BertTokenizer's  # a WordPiece tokenizer.json (CLIPA in open_clip)
+    "align": {"pad_token": "[PAD]"},
 }
 
 # What transformers' tokenizer class for a model type does to texts ahead of the tokenizer.json it reads:
@@ -329,6 +372,71 @@ def _chinese_clip_config(config: dict, where: str) -> ModelConfig:
     )
 
 
+def _int_list(f: _Fields, key: str) -> tuple[int, ...]:
+    value = f.get(key)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise InputError(f"{f.where}.{key} must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _number(f: _Fields, key: str) -> float:
+    value = f.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise InputError(f"{f.where}.{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _align_config(config: dict, where: str) -> ModelConfig:
+    """AlignModel: AlignVisionModel's EfficientNet; a BERT text tower whose first token's output is projected
+    with a bias; logits cos / temperature."""
+    d = DEFAULTS["align"]
+    top = _Fields(config, d["model"], where)
+    v = _sub_config(config, "vision_config", d["vision_config"], where)
+    t = _sub_config(config, "text_config", d["text_config"], where)
+    if v.int("num_channels") != 3:
+        raise InputError(f"{v.where}.num_channels is {v.get('num_channels')}; only RGB (3) models are supported")
+    if v.get("hidden_act") not in ("swish", "silu"):
+        raise InputError(f"{v.where}.hidden_act {v.get('hidden_act')!r} is not supported; expected 'swish'")
+    if t.get("position_embedding_type") not in (None, "absolute"):
+        kind = t.get("position_embedding_type")
+        raise InputError(f"{t.where}.position_embedding_type is {kind!r}; jaxvlm builds 'absolute' positions")
+    vision = EfficientNetConfig(
+        image_size=v.square("image_size"),
+        width_coefficient=_number(v, "width_coefficient"),
+        depth_coefficient=_number(v, "depth_coefficient"),
+        depth_divisor=v.int("depth_divisor"),
+        kernel_sizes=_int_list(v, "kernel_sizes"),
+        in_channels=_int_list(v, "in_channels"),
+        out_channels=_int_list(v, "out_channels"),
+        strides=_int_list(v, "strides"),
+        block_repeats=_int_list(v, "num_block_repeats"),
+        expand_ratios=_int_list(v, "expand_ratios"),
+        se_ratio=_number(v, "squeeze_expansion_ratio"),
+        symmetric_padding=_int_list(v, "depthwise_padding"),
+        pool=v.get("pooling_type"),
+        bn_eps=_number(v, "batch_norm_eps"),
+        bn_momentum=round(1 - _number(v, "batch_norm_momentum"), 12),  # HF keeps TF's decay (0.99)
+    )
+    common = _text_common(t)
+    text = HFTextConfig(
+        **{**common, "context_length": min(ALIGN_CONTEXT, common["context_length"])},
+        max_positions=t.int("max_position_embeddings"),
+        pad_id=t.get("pad_token_id"),
+        type_vocab_size=t.int("type_vocab_size"),
+        pool="cls",
+        proj="linear",
+        proj_bias=True,
+    )
+    temperature = _number(top, "temperature_init_value")
+    return ModelConfig(
+        embed_dim=top.int("projection_dim"),
+        vision=vision,
+        text=text,
+        loss="softmax",
+        logit_scale_init=-math.log(temperature),
+    )
+
+
 def _siglip_config(config: dict, where: str) -> ModelConfig:
     v = _sub_config(config, "vision_config", DEFAULTS["siglip"]["vision_config"], where)
     vision = ViTConfig(**_vision_common(v), patch_bias=True, class_token=False, pre_norm=False, pool="map", proj=False)
@@ -406,6 +514,7 @@ CONFIG_READERS = {
     "siglip2": _siglip2_config,
     "metaclip_2": functools.partial(_clip_config, model_type="metaclip_2"),
     "chinese_clip": _chinese_clip_config,
+    "align": _align_config,
 }
 
 
@@ -504,6 +613,56 @@ def _chinese_clip_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndar
     }
 
 
+# AlignTextModel's pooler, which AlignModel never runs (it projects the first token's output)
+ALIGN_UNUSED = ("text_model.pooler.dense.weight", "text_model.pooler.dense.bias")
+
+
+def _align_params(src: SourceKeys, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    for key in ALIGN_UNUSED:
+        if key in src:
+            src.used.add(key)
+    temperature = _scalar(src, "temperature")
+    if not temperature > 0:
+        raise InputError(f"{src.what}: 'temperature' is {float(temperature)}; ALIGN divides by it, it must be positive")
+    return {
+        **_efficientnet(src, cfg.vision, "vision_model."),
+        **hf_text_encoder(src, cfg.text, "text_model."),
+        **dense(src, "text_projection", "txt/proj", bias=True),
+        "t": -np.log(temperature),
+    }
+
+
+def _conv_bn(src: SourceKeys, conv_key: str, bn: str, prefix: str) -> dict[str, np.ndarray]:
+    """A bias-free Conv2d and its BatchNorm2d -> an efficientnet ConvNorm; statistics to "batch_stats"."""
+    return {
+        f"{prefix}/conv/kernel": conv(src.take(conv_key)),
+        f"{prefix}/bn/scale": src.take(f"{bn}.weight"),
+        f"{prefix}/bn/bias": src.take(f"{bn}.bias"),
+        f"{BATCH_STATS}/{prefix}/bn/mean": src.take(f"{bn}.running_mean"),
+        f"{BATCH_STATS}/{prefix}/bn/var": src.take(f"{bn}.running_var"),
+    }
+
+
+def _efficientnet(src: SourceKeys, v: EfficientNetConfig, p: str) -> dict[str, np.ndarray]:
+    """AlignVisionModel (HF's EfficientNet) under prefix ``p`` -> img/*."""
+    e = f"{p}embeddings"
+    flat = _conv_bn(src, f"{e}.convolution.weight", f"{e}.batchnorm", "img/stem")
+    for i, spec in enumerate(v.blocks):
+        b, ours = f"{p}encoder.blocks.{i}", f"img/block{i}"
+        if spec.expand_ratio != 1:
+            expand = f"{b}.expansion"
+            flat.update(_conv_bn(src, f"{expand}.expand_conv.weight", f"{expand}.expand_bn", f"{ours}/expand"))
+        dw = f"{b}.depthwise_conv"
+        flat.update(_conv_bn(src, f"{dw}.depthwise_conv.weight", f"{dw}.depthwise_norm", f"{ours}/depthwise"))
+        for name in ("reduce", "expand"):  # 1x1 convolutions of a 1x1 map: dense layers
+            weight = src.take(f"{b}.squeeze_excite.{name}.weight")
+            flat[f"{ours}/se/{name}/kernel"] = linear(weight.reshape(weight.shape[:2]))
+            flat[f"{ours}/se/{name}/bias"] = src.take(f"{b}.squeeze_excite.{name}.bias")
+        project = f"{b}.projection"
+        flat.update(_conv_bn(src, f"{project}.project_conv.weight", f"{project}.project_bn", f"{ours}/project"))
+    return flat
+
+
 def _clip_vision(src: SourceKeys, v: ViTConfig) -> dict[str, np.ndarray]:
     return {
         "img/patch_embed/kernel": conv(src.take("vision_model.embeddings.patch_embedding.weight")),
@@ -574,6 +733,7 @@ PARAM_READERS = {
     "siglip2": _siglip2_params,
     "metaclip_2": _clip_params,
     "chinese_clip": _chinese_clip_params,
+    "align": _align_params,
 }
 
 
@@ -602,6 +762,8 @@ def preprocess_config(src_dir: Path, model_type: str, vision: Any) -> Preprocess
         raise InputError(f"{path}: resample {resample!r} is not supported (2 bilinear, 3 bicubic)")
     if p.values.get("do_resize") is False:
         raise InputError(f"{path}: do_resize is false; jaxvlm always resizes to the model's image size")
+    if model_type == "align":
+        return _efficientnet_preprocess(p, path, image_size)
     mean, std = _normalization(p, path)
     if model_type == "siglip2":  # Siglip2ImageProcessor: each image resized to fit a patch budget
         return PreprocessConfig(
@@ -639,6 +801,32 @@ def preprocess_config(src_dir: Path, model_type: str, vision: Any) -> Preprocess
         mode = "squash"
     return PreprocessConfig(
         image_size=image_size, resize_mode=mode, interpolation=RESAMPLE[resample], mean=mean, std=std
+    )
+
+
+def _efficientnet_preprocess(p: _Fields, path: Path, image_size: int) -> PreprocessConfig:
+    """EfficientNetImageProcessor: resize to a square, centre crop, x * rescale_factor (- 1 with rescale_offset),
+    then (x - mean) / std with do_normalize, then x / std with include_top: as one (x / 255 - mean') / std'."""
+    size = _size_pair(p.get("size"), f"{path}: size")
+    crop = _size_pair(p.get("crop_size"), f"{path}: crop_size") if p.get("do_center_crop") else size
+    if size[0] != size[1] or crop != (image_size, image_size) or size[0] < image_size:
+        raise InputError(f"{path}: resize to {size} and crop {crop} do not give the model's {image_size}x{image_size}")
+    if p.values.get("do_rescale") is False:
+        raise InputError(f"{path}: do_rescale is false; jaxvlm always rescales pixels")
+    factor = _number(p, "rescale_factor")
+    mean = np.full(3, 1.0 / (255 * factor) if p.get("rescale_offset") else 0.0)  # x * f - 1 = (x / 255 - m) / s
+    std = np.full(3, 1.0 / (255 * factor))
+    if p.get("do_normalize"):
+        mean, std = mean + np.asarray(p.get("image_mean")) * std, std * np.asarray(p.get("image_std"))
+    if p.get("include_top"):
+        std = std * np.asarray(p.get("image_std"))
+    return PreprocessConfig(
+        image_size=image_size,
+        resize_mode="squash",
+        interpolation=RESAMPLE[p.get("resample")],
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+        resize_size=size[0] if size[0] != image_size else None,
     )
 
 
@@ -858,10 +1046,14 @@ def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None =
         _check_model_name(model_name, cfg, str(config_path))
     weights, weights_path = _read_dir_weights(src_dir)
     what = f"{weights_path} as HF {MODEL_CLASSES[model_type]}"
-    src = SourceKeys(weights, what, ignore=NON_PARAMETERS)
+    counters = tuple(k for k in weights if k.endswith(".num_batches_tracked"))  # BatchNorm's, no parameters
+    src = SourceKeys(weights, what, ignore=NON_PARAMETERS + counters)
     flat = PARAM_READERS[model_type](src, cfg)
     src.check_all_used()
+    prefix = f"{BATCH_STATS}/"
+    stats = {k.removeprefix(prefix): flat.pop(k) for k in [k for k in flat if k.startswith(prefix)]}
     params = check_params(cfg, flat, what)
+    batch_stats = check_params(cfg, stats, what, BATCH_STATS) if stats else {}
     preprocess = preprocess_config(src_dir, model_type, cfg.vision)
     if preprocess.resize_mode == "naflex":  # the model's sequence length is the processor's patch budget
         vision = dataclasses.replace(cfg.vision, max_num_patches=preprocess.max_num_patches)
@@ -875,4 +1067,5 @@ def convert(src_dir: Path, model_name: str | None, tokenizer_path: Path | None =
         tokenizer,
         Path(tokenizer_source),
         {"source": "hf", "model_type": model_type, "weights": str(weights_path)},
+        batch_stats,
     )

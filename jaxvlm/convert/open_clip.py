@@ -26,6 +26,7 @@ from jaxvlm.convert.common import (
     stack_layers,
     strip_prefix,
 )
+from jaxvlm.convert.fastvit import fastvit_variables, is_folded
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import ModelConfig
 from jaxvlm.models.registry import get_architecture
@@ -475,6 +476,7 @@ IMAGE_TOWERS = {
     "convnext": _convnext_vision,
     "vitamin": _vitamin_vision,
     "modified_resnet": _modified_resnet,
+    "fastvit": fastvit_variables,
 }
 TEXT_TOWERS = {"transformer": _text, "hf_encoder": _hf_text}
 
@@ -500,6 +502,13 @@ def convert_variables(
     prefix = f"{BATCH_STATS}/"
     stats = {k.removeprefix(prefix): flat.pop(k) for k in [k for k in flat if k.startswith(prefix)]}
     return check_params(cfg, flat, what), check_params(cfg, stats, what, BATCH_STATS)
+
+
+def matching_form(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> ModelConfig:
+    """``cfg`` in the form ``weights`` ship in: a FastViT tower multi-branch or folded (`jaxvlm.convert.fastvit`)."""
+    if cfg.vision.kind != "fastvit":
+        return cfg
+    return cfg.replace(vision=cfg.vision.replace(reparameterized=is_folded(weights)))
 
 
 def convert_state_dict(weights: dict[str, np.ndarray], model: str | ModelConfig, what: str = "state dict") -> dict:
@@ -543,7 +552,9 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
             "a hub repo directory with open_clip_config.json does not"
         )
     arch = get_architecture(model_name)
-    params, batch_stats = convert_variables(read_weights(src_path), model_name, f"{src_path} as open_clip {model_name}")
+    weights = read_weights(src_path)
+    cfg = matching_form(arch.model, weights)
+    params, batch_stats = convert_variables(weights, cfg, f"{src_path} as open_clip {model_name}")
     tokenizer, tokenizer_source = arch.tokenizer, tokenizer_path
     if tokenizer_source is None and arch.tokenizer.kind == "clip_bpe":
         tokenizer_source = CLIP_BPE_FILE
@@ -555,7 +566,7 @@ def convert(src_path: Path, model_name: str | None, tokenizer_path: Path | None 
             "--tokenizer (the checkpoint's tokenizer.model / spiece.model; CLIPA: bert-base-uncased's tokenizer.json)"
         )
     return Converted(
-        arch.model,
+        cfg,
         params,
         arch.preprocess,
         tokenizer,

@@ -17,7 +17,7 @@ from typing import Any
 
 from jaxvlm.convert import hf
 from jaxvlm.convert.common import Converted, flat_fields, read_json, read_weights
-from jaxvlm.convert.open_clip import convert_variables
+from jaxvlm.convert.open_clip import convert_variables, matching_form
 from jaxvlm.errors import InputError
 from jaxvlm.models.config import DecoderConfig, ModelConfig
 from jaxvlm.models.registry import ARCHITECTURES, CLIP_TOKENIZER, get_architecture
@@ -30,6 +30,7 @@ from jaxvlm.models.towers import (
     ViTaminConfig,
     ViTConfig,
 )
+from jaxvlm.models.towers.fastvit import MCI, FastViTConfig
 from jaxvlm.models.towers.modified_resnet import ModifiedResNetConfig
 from jaxvlm.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from jaxvlm.tokenizers import CLIP_BPE_FILE, TokenizerConfig
@@ -430,11 +431,13 @@ def _timm_vision_config(v: _Fields) -> ImageTowerConfig:
         return _timm_convnext_config(v, TIMM_CONVNEXTS[name])
     if isinstance(name, str) and name in TIMM_VITAMINS:
         return _timm_vitamin_config(v, TIMM_VITAMINS[name])
+    if isinstance(name, str) and name in MCI:
+        return _timm_fastvit_config(v, MCI[name])
     tower = TIMM_VITS.get(name) if isinstance(name, str) else None
     if tower is None:
         raise InputError(
             f"{v.where}.timm_model_name is {name!r}; jaxvlm converts open_clip's timm image towers only for "
-            f"timm's SigLIP, PE-Core and EVA ViTs, ConvNeXts and ViTamins (e.g. {next(iter(TIMM_VITS))}), "
+            f"timm's SigLIP, PE-Core and EVA ViTs, ConvNeXts, ViTamins, FastViT MCis (e.g. {next(iter(TIMM_VITS))}), "
             "not this one yet"
         )
     v.only("timm_pool", "map")
@@ -490,6 +493,15 @@ def _timm_vitamin_config(v: _Fields, tower: ViTaminConfig) -> ViTaminConfig:
     if tower.pos_embed and size != tower.image_size:
         raise InputError(f"{v.where}.image_size is {size}, but timm builds {name} for {tower.image_size}")
     return tower.replace(image_size=size, proj_bias=v.flag("timm_proj_bias"))
+
+
+def _timm_fastvit_config(v: _Fields, tower: FastViTConfig) -> FastViTConfig:
+    """A timm FastVit MCi trunk (fully convolutional: any image_size) with its own classifier head (with bias) as
+    the projection: timm_pool 'avg' and timm_proj null. The multi-branch form; the weights may say folded
+    (`jaxvlm.convert.open_clip.matching_form`)."""
+    v.only("timm_pool", "avg")
+    v.only("timm_proj", None)
+    return tower.replace(image_size=v.square("image_size"))
 
 
 # The HF model configs open_clip's HFTextEncoder builds from hf_model_name's config.json, by model_type:
@@ -884,9 +896,9 @@ def convert_repo(src_dir: Path, model_name: str | None = None, tokenizer_path: P
         src_dir, model_cfg["text_cfg"], cfg.text.context_length, tokenizer_path, str(config_path)
     )
     weights_path = _repo_weights(src_dir)
-    params, batch_stats = convert_variables(
-        read_weights(weights_path), cfg, f"{weights_path} as open_clip {name or 'model'}"
-    )
+    weights = read_weights(weights_path)
+    cfg = matching_form(cfg, weights)
+    params, batch_stats = convert_variables(weights, cfg, f"{weights_path} as open_clip {name or 'model'}")
     provenance = {"source": "open_clip", "model": name} if name else {"source": "open_clip"}
     provenance.update(config=str(config_path), weights=str(weights_path))
     return Converted(cfg, params, preprocess, tokenizer, Path(tokenizer_source), provenance, batch_stats)

@@ -200,7 +200,7 @@ class ExampleTransform:
         cfg = self.preprocess
         if cfg.resize_mode == "naflex":
             return naflex_example(np.asarray(img.convert("RGB")), cfg.patch_size, cfg.max_num_patches)
-        return pixels([img], cfg)[0]  # at `image_size` already: only the conversion to RGB
+        return pixels([img], cfg.replace(resize_size=None))[0]  # at `image_size` already: only the conversion to RGB
 
     def _output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) a crop of ``width`` x ``height`` is resized to: the model's square, or for

@@ -15,6 +15,7 @@ from jaxvlm.errors import InputError
 from jaxvlm.models.config import DecoderConfig, ModelConfig
 from jaxvlm.models.towers import (
     ConvNeXtConfig,
+    EfficientNetConfig,
     EvaViTConfig,
     HFTextConfig,
     NaFlexViTConfig,
@@ -22,6 +23,7 @@ from jaxvlm.models.towers import (
     ViTaminConfig,
     ViTConfig,
 )
+from jaxvlm.models.towers.fastvit import MCI
 from jaxvlm.models.towers.modified_resnet import ModifiedResNetConfig
 from jaxvlm.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig
 from jaxvlm.tokenizers import TokenizerConfig
@@ -645,6 +647,20 @@ def _mobileclip_family() -> dict[str, Architecture]:
         "MobileCLIP-B": mobileclip(**b),
         "MobileCLIP2-B": mobileclip(**b),
         "MobileCLIP2-L-14": mobileclip(embed_dim=768, vision=TIMM_VIT_L14_CLIP, text_width=768, causal=False),
+        # timm's FastViT MCi towers (`jaxvlm.models.towers.fastvit`), multi-branch, non-causal text towers
+        **{
+            name: mobileclip(
+                embed_dim=width, vision=MCI[mci], text_width=width, causal=False, preprocess=MOBILECLIP_PREPROCESS
+            )
+            for name, mci, width in (
+                ("MobileCLIP-S1", "fastvit_mci1", 512),
+                ("MobileCLIP-S2", "fastvit_mci2", 512),
+                ("MobileCLIP2-S0", "fastvit_mci0", 512),
+                ("MobileCLIP2-S2", "fastvit_mci2", 512),
+                ("MobileCLIP2-S3", "fastvit_mci3", 768),
+                ("MobileCLIP2-S4", "fastvit_mci4", 768),
+            )
+        },
     }
 
 
@@ -812,6 +828,35 @@ def _chinese_clip_family() -> dict[str, Architecture]:
     }
 
 
+# ALIGN (kakaobrain/align-base, transformers' AlignModel): EfficientNet-B7 at 289 px pooled by its mean, unprojected;
+# BERT-base's first token projected with a bias; bert-base-uncased's WordPiece padded to 64; images squashed to 346
+# and centre-cropped, x / 127.5 - 1
+def _align_family() -> dict[str, Architecture]:
+    text = HFTextConfig(
+        vocab_size=30522,
+        context_length=64,
+        width=768,
+        depth=12,
+        heads=12,
+        mlp_dim=3072,
+        max_positions=512,
+        pool="cls",
+        proj="linear",
+        proj_bias=True,
+    )
+    model = ModelConfig(embed_dim=640, vision=EfficientNetConfig(image_size=289), text=text, logit_scale_init=0.0)
+    preprocess = PreprocessConfig(
+        image_size=289,
+        resize_mode="squash",
+        interpolation="bilinear",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        resize_size=346,
+    )
+    tokenizer = TokenizerConfig(kind="hf_json", file="tokenizer.json", context_length=64, clean="none")
+    return {"ALIGN-base": Architecture(model, preprocess, tokenizer)}
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     **_clip_family(),
     **_siglip_family(),
@@ -822,6 +867,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     **_modified_resnet_family(),
     **_hf_text_family(),
     **_chinese_clip_family(),
+    **_align_family(),
     **_eva_family(),
     **_mobileclip_family(),
     **_convnext_family(),

@@ -33,15 +33,17 @@ RECIPES = {
     "coca_b32": ("coca_ViT-B-32", 128, 253.56, 0),
     "lit": ("ViT-B-16-SigLIP", 4, 203.16, 92.88),
     "finetune": ("ViT-B-16-quickgelu", 8, 149.62, 0),
+    "finetune_mobileclip_s1": ("MobileCLIP-S1", 1, 84.97, 0),
 }
+PRETRAINED = {"lit", "finetune", "finetune_mobileclip_s1"}  # the recipes that start from a converted model
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> dict[str, Path]:
-    """Model directories standing in for the converted checkpoints lit and finetune start from:
+    """Model directories standing in for the converted checkpoints the PRETRAINED recipes start from:
     config.json alone, which is all that building a program from shapes reads."""
     out = {}
-    for name in ("ViT-B-16-SigLIP", "ViT-B-16-quickgelu"):
+    for name in (RECIPES[recipe][0] for recipe in PRETRAINED):
         arch = get_architecture(name)
         directory = tmp_path_factory.mktemp(name)
         (directory / model_dir.CONFIG_FILE).write_text(
@@ -62,7 +64,7 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
 
 def recipe(name: str, pretrained: dict[str, Path]):
     arch = RECIPES[name][0]
-    overrides = [f"model.init_from={pretrained[arch]}"] if name in ("lit", "finetune") else []
+    overrides = [f"model.init_from={pretrained[arch]}"] if name in PRETRAINED else []
     return train_config.load(CONFIGS / f"{name}.py", overrides)
 
 

@@ -180,8 +180,10 @@ def test_preprocess_cfg_is_read_as_open_clip_reads_it():
 def test_every_registered_open_clip_architecture_maps_from_open_clips_own_config(tmp_path):
     from tests.convert.hf_text_models import hf_configs_offline, published_hf_configs
 
-    # SigLIP 2 NaFlex is transformers' and big_vision's, Chinese-CLIP transformers': open_clip has no config for them
-    names = [n for n in ARCHITECTURES if not n.startswith(("tiny-", "chinese-clip-")) and not n.endswith("-NaFlex")]
+    # SigLIP 2 NaFlex is transformers' and big_vision's, Chinese-CLIP and ALIGN transformers': open_clip has no config
+    # for them
+    only_hf = ("tiny-", "chinese-clip-", "ALIGN-")
+    names = [n for n in ARCHITECTURES if not n.startswith(only_hf) and not n.endswith("-NaFlex")]
     for name in names:
         with hf_configs_offline(published_hf_configs(), tmp_path):  # HF text towers: their hf_model_name's config
             cfg = converter.model_config_from_open_clip(open_clip.get_model_config(name), name)
@@ -189,6 +191,7 @@ def test_every_registered_open_clip_architecture_maps_from_open_clips_own_config
         # open_clip configs that are equal name the first of them
         assert converter.registered_name(cfg) == {
             "MobileCLIP2-B": "MobileCLIP-B",
+            "MobileCLIP2-S2": "MobileCLIP-S2",
             "ViTamin-XL-384": "ViTamin-XL-256",
         }.get(name, name)
     print(f"\n{len(names)} architectures map to the registered configs")

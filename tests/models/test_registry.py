@@ -70,6 +70,12 @@ OPEN_CLIP_PARAMETERS = {
     "MobileCLIP-B": 149_777_153,
     "MobileCLIP2-B": 149_777_153,
     "MobileCLIP2-L-14": 427_617_281,
+    "MobileCLIP-S1": 84_969_729,
+    "MobileCLIP-S2": 99_243_329,
+    "MobileCLIP2-S0": 74_835_073,
+    "MobileCLIP2-S2": 99_243_329,
+    "MobileCLIP2-S3": 248_885_953,
+    "MobileCLIP2-S4": 445_435_137,
     "EVA02-L-14": 427_755_457,
     "EVA02-L-14-336": 428_083_137,
     "EVA02-E-14": 4_704_589_569,
@@ -129,6 +135,9 @@ CHINESE_CLIP_PARAMETERS = {
     "chinese-clip-ViT-L-14-336": 406_560_769,
     "chinese-clip-ViT-H-14": 957_598_209,
 }
+# kakaobrain/align-base: AlignModel(AlignConfig()) on the meta device has 172_117_841, less its text pooler (590_592),
+# which AlignModel never runs (tests/convert/test_hf_align.py checks)
+ALIGN_PARAMETERS = {"ALIGN-base": 171_527_249}
 TINY_PARAMETERS = {
     "tiny-clip": 3_384_897,
     "tiny-clip-quickgelu": 3_384_897,
@@ -139,7 +148,13 @@ TINY_PARAMETERS = {
 
 
 def test_every_architecture_has_a_pinned_count():
-    pinned = {**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **CHINESE_CLIP_PARAMETERS, **TINY_PARAMETERS}
+    pinned = {
+        **OPEN_CLIP_PARAMETERS,
+        **TRANSFORMERS_PARAMETERS,
+        **CHINESE_CLIP_PARAMETERS,
+        **ALIGN_PARAMETERS,
+        **TINY_PARAMETERS,
+    }
     assert sorted(pinned) == list_models()
 
 
@@ -154,6 +169,10 @@ def test_parameter_counts_are_pinned(name):
     count = param_count(get_architecture(name).model)
     print(f"{name}: {count:,} parameters")
     assert count == {**OPEN_CLIP_PARAMETERS, **TRANSFORMERS_PARAMETERS, **CHINESE_CLIP_PARAMETERS}[name]
+
+
+def test_align_count_is_pinned():
+    assert param_count(get_architecture("ALIGN-base").model) == ALIGN_PARAMETERS["ALIGN-base"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""The train step of every convolutional image tower kind compiles ahead of time for a TPU v5p slice on this CPU
-(libtpu's description of the topology): convolutions sharded FSDP x data over its 4 chips, BatchNorm trained with
+"""The train step of every convolutional image tower kind (OpenAI's ModifiedResNet, ConvNeXt, ViTamin, MobileCLIP's
+ConvStem ViT and FastViT, ALIGN's EfficientNet) compiles ahead of time for a TPU v5p slice on this CPU (libtpu's
+description of the topology): convolutions sharded FSDP x data over its 4 chips, BatchNorm trained with
 statistics reduced over the batch axes. Tiny towers of each kind; what the compiler is given is the program
 `jaxvlm train` runs."""
 
@@ -10,13 +11,25 @@ import dataclasses
 import pytest
 
 from jaxvlm import parallel, plan
-from jaxvlm.models.registry import convnext, mobileclip, modified_resnet_clip, vitamin
-from jaxvlm.models.towers import EvaViTConfig
+from jaxvlm.models.registry import ARCHITECTURES, convnext, mobileclip, modified_resnet_clip, vitamin
+from jaxvlm.models.towers import EfficientNetConfig
 from jaxvlm.train import program as program_module
 from jaxvlm.train.program import build
+from tests.convert.fastvit_models import TINY_FASTVITS
+from tests.convert.mobileclip_models import TINY_CLIP_VITS
 from tests.train.runs import tiny_config
 
 pytest.importorskip("libtpu", reason="compiling for a TPU topology needs the jax[tpu] extra")
+
+
+def tiny_align():
+    """ALIGN-base with two EfficientNet stages at 64 px (its embedding as wide as the last stage)."""
+    vision = EfficientNetConfig(
+        image_size=64, width_coefficient=0.5, depth_coefficient=1.0, kernel_sizes=(3, 5), in_channels=(32, 16),
+        out_channels=(16, 48), strides=(1, 2), block_repeats=(1, 2), expand_ratios=(1, 6),
+    )  # fmt: skip
+    align = ARCHITECTURES["ALIGN-base"]
+    return dataclasses.replace(align, model=align.model.replace(vision=vision, embed_dim=vision.features))
 
 
 def with_tiny_text(arch):
@@ -29,21 +42,23 @@ TINY_CONV_MODELS = {
         embed_dim=32, vision=dict(image_size=64, layers=(1, 1, 1, 1), width=16), text_width=64
     ),
     "tiny-convnext": convnext(
-        embed_dim=32, vision={"image_size": 64, "depths": (1, 1, 1, 1), "dims": (16, 32, 32, 64)}, text={"width": 64, "depth": 2}
+        embed_dim=32,
+        vision={"image_size": 64, "depths": (1, 1, 1, 1), "dims": (16, 32, 32, 64)},
+        text={"width": 64, "depth": 2},
     ),
     "tiny-vitamin": vitamin(
-        embed_dim=32, vision=dict(image_size=64, stem_width=16, dim=32, width=64, depth=2, heads=2), text={"width": 64, "heads": 1, "depth": 2}
+        embed_dim=32,
+        vision=dict(image_size=64, stem_width=16, dim=32, width=64, depth=2, heads=2),
+        text={"width": 64, "heads": 1, "depth": 2},
     ),
     "tiny-mobileclip-convstem": mobileclip(
-        embed_dim=32,
-        vision=EvaViTConfig(
-            image_size=64, patch_size=16, width=64, depth=2, heads=2, mlp_dim=256, pool="cls", rope=False,
-            pre_norm=False, stem_widths=(16, 24, 64), stem_kernels=(4, 2, 2), pos_embed_class=False,
-        ),
-        text_width=64,
-        causal=False,
+        embed_dim=32, vision=TINY_CLIP_VITS["vit_jaxvlmtest_mci_32"], text_width=64, causal=False
     ),
-}  # fmt: skip
+    "tiny-fastvit": mobileclip(
+        embed_dim=32, vision=TINY_FASTVITS["fastvit_jaxvlmtest_batch_norm"], text_width=64, causal=False
+    ),
+    "tiny-align": tiny_align(),
+}
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ import jax
 from jaxvlm.models.runtime import Runtime
 from jaxvlm.models.towers.base import ImageTowerConfig, TextTowerConfig, TowerConfig
 from jaxvlm.models.towers.convnext import ConvNeXt, ConvNeXtConfig
+from jaxvlm.models.towers.efficientnet import EfficientNet, EfficientNetConfig
 from jaxvlm.models.towers.eva_vit import EvaViT, EvaViTConfig
+from jaxvlm.models.towers.fastvit import FastViT, FastViTConfig
 from jaxvlm.models.towers.hf_text import HFText, HFTextConfig
 from jaxvlm.models.towers.modified_resnet import ModifiedResNet, ModifiedResNetConfig
 from jaxvlm.models.towers.naflex_vit import NaFlexViT, NaFlexViTConfig
@@ -35,6 +37,8 @@ IMAGE_TOWERS: dict[str, TowerKind] = {
     "modified_resnet": TowerKind(ModifiedResNetConfig, ModifiedResNet),
     "convnext": TowerKind(ConvNeXtConfig, ConvNeXt),
     "vitamin": TowerKind(ViTaminConfig, ViTamin),
+    "fastvit": TowerKind(FastViTConfig, FastViT),
+    "efficientnet": TowerKind(EfficientNetConfig, EfficientNet),
 }
 TEXT_TOWERS: dict[str, TowerKind] = {
     "transformer": TowerKind(TransformerTextConfig, TextTransformer),
@@ -64,6 +68,8 @@ def flops_per_example(config: TowerConfig, embed_dim: int, runtime: Runtime = Ru
 __all__ = [
     "ConvNeXt",
     "ConvNeXtConfig",
+    "EfficientNet",
+    "EfficientNetConfig",
     "IMAGE_TOWERS",
     "HFText",
     "HFTextConfig",
@@ -73,6 +79,8 @@ __all__ = [
     "ModifiedResNetConfig",
     "EvaViT",
     "EvaViTConfig",
+    "FastViT",
+    "FastViTConfig",
     "NaFlexViT",
     "NaFlexViTConfig",
     "TextTowerConfig",

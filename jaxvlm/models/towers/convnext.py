@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvlm import ops
 from jaxvlm.config_base import check_choice, check_int
 from jaxvlm.errors import InputError
 from jaxvlm.models.layers import ACTIVATIONS, Mlp, dense, layer_norm, param_with_axes, scan_layers
@@ -89,6 +90,7 @@ class Block(nn.Module):
             (k, k),
             padding=k // 2,
             feature_group_count=c,
+            conv_general_dilated=ops.depthwise_conv,
             dtype=self.dtype,
             kernel_init=param_with_axes(nn.initializers.lecun_normal(), None, None, None, "embed"),
             bias_init=param_with_axes(nn.initializers.zeros, "embed"),

@@ -8,7 +8,8 @@ Two encoder families, told apart by fields:
   from the padding id (its row zero), pre-LN blocks, a final LayerNorm.
 Attention never reads padding keys (ids == pad_id). The pooled feature is the first token's ("cls"), the
 mean over the non-padding tokens ("mean"), or BERT's pooler (dense + tanh over the first token); then
-open_clip's projection: linear, or an MLP through the mean width with exact GELU, without biases.
+open_clip's projection: linear (ALIGN's with a bias), or an MLP through the mean width with exact GELU, without
+biases.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class HFTextConfig(TextTowerConfig):
     post_norm: bool = True  # BERT's post-LN blocks; False: pre-LN blocks and a final LayerNorm
     pool: str = "mean"
     proj: str = "linear"
+    proj_bias: bool = False  # the linear projection's bias (ALIGN's text_projection has one)
 
     def __post_init__(self) -> None:
         check_encoder("text", self)
@@ -202,7 +204,7 @@ class HFText(nn.Module):
     def _project(self, pooled: jax.Array) -> jax.Array:
         cfg, dtype = self.cfg, self.runtime.compute_dtype
         if cfg.proj == "linear":
-            return dense(self.embed_dim, ("embed", "proj"), use_bias=False, dtype=dtype, name="proj")(pooled)
+            return dense(self.embed_dim, ("embed", "proj"), use_bias=cfg.proj_bias, dtype=dtype, name="proj")(pooled)
         if cfg.proj == "mlp":
             hidden = (cfg.width + self.embed_dim) // 2
             y = dense(hidden, ("embed", "mlp"), use_bias=False, dtype=dtype, name="proj_fc1")(pooled)

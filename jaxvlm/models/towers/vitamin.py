@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvlm import ops
 from jaxvlm.config_base import check_int
 from jaxvlm.errors import InputError
 from jaxvlm.models.layers import (
@@ -93,6 +94,7 @@ def conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str, a
         strides=stride,
         padding=kernel // 2,
         feature_group_count=groups,
+        conv_general_dilated=ops.depthwise_conv,
         dtype=dtype,
         kernel_init=param_with_axes(nn.initializers.lecun_normal(), None, None, *axes),
         bias_init=param_with_axes(nn.initializers.zeros, axes[-1]),
