@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -227,13 +228,13 @@ def _sharded_sigmoid_reference(x, y, scale, bias, *, axis_name):
 def depthwise_conv(
     lhs: jax.Array,
     rhs: jax.Array,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: jax.lax.ConvDimensionNumbers | None = None,
     feature_group_count: int = 1,
-    precision=None,
+    precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
     """`jax.lax.conv_general_dilated` for flax's ``nn.Conv(conv_general_dilated=ops.depthwise_conv)``: NHWC
     images, HWIO kernels. A depthwise convolution (one group per input channel, each with ``out / in`` filters)
